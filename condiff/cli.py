@@ -1,0 +1,123 @@
+"""condiff train | generate | eval: argument parsing only; the work is in pipelines and modules."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _train(args) -> None:
+    from .config import load_json
+    from .train.config import TrainConfig
+    from .train.trainer import train
+
+    cfg = load_json(TrainConfig, args.config)
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.steps is not None:
+        cfg.optim.steps = args.steps
+    if args.data is not None:
+        cfg.data.source, cfg.data.path = "imagefolder", args.data
+    run = train(cfg, Path(args.out), resume=args.resume, device=args.device)
+    print(f"trained {run.step} steps; model in {run.folder / 'model'}")
+
+
+def _output_paths(out: Path, n: int) -> list[Path]:
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i:03d}{out.suffix or '.png'}") for i in range(n)]
+
+
+def _generate(args) -> None:
+    import torch
+
+    from .pipelines.text2image import DEFAULT_MODEL, SamplingOptions, Text2ImagePipeline
+    from .png import format_parameters, save_png
+    from .world.render import to_uint8
+
+    torch.set_grad_enabled(False)
+    model = Path(args.model) if args.model else DEFAULT_MODEL
+    pipe = Text2ImagePipeline.from_pretrained(model)
+    prompts = [p for p in args.prompts for _ in range(args.num_images)]
+    seeds = [args.seed + i for i in range(len(prompts))]
+    opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler,
+                           eta=args.eta, negative_prompt=args.negative_prompt)
+    for p in set(prompts) | {args.negative_prompt}:
+        pipe.text_encoder.tokenizer.encode(p)  # fail on unknown words before any work
+    start = time.time()
+    images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True)).numpy()
+    for path, px, prompt, seed in zip(_output_paths(Path(args.out), len(prompts)), images, prompts, seeds):
+        params = {"Steps": opts.steps, "Sampler": opts.sampler.upper() if isinstance(opts.sampler, str) else opts.sampler.value.upper(),
+                  "CFG scale": opts.guidance_scale, "Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}",
+                  "Model": model.name, "Eta": opts.eta}
+        save_png(px, path, format_parameters(prompt, opts.negative_prompt, params))
+        print(path)
+    print(f"{len(images)} image(s) in {time.time() - start:.1f} s", file=sys.stderr)
+
+
+def _eval_bench(args) -> None:
+    from .eval.bench import run_bench
+
+    run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="condiff", description="Text-to-image diffusion on the shapes world and your own images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a text-conditional diffusion model")
+    t.add_argument("--config", required=True, help="training config (JSON), e.g. configs/base32.json")
+    t.add_argument("--out", required=True, help="run folder: config, checkpoints, samples, model/")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    t.add_argument("--seed", type=int, help="override the config's seed")
+    t.add_argument("--steps", type=int, help="override the number of optimiser steps")
+    t.add_argument("--data", help="train on an image folder with metadata.jsonl instead of the config's data")
+    t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    t.set_defaults(func=_train)
+
+    g = sub.add_parser("generate", help="generate images from prompts")
+    g.add_argument("prompts", nargs="+", metavar="PROMPT")
+    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    g.add_argument("--steps", type=int, default=50)
+    g.add_argument("--guidance-scale", type=float, default=3.0)
+    g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    g.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--model", help="model folder (default: the shipped base32 model)")
+    g.add_argument("--out", default="out.png", help="PNG path; with several images, OUT-000.png, OUT-001.png, ...")
+    g.set_defaults(func=_generate)
+
+    e = sub.add_parser("eval", help="evaluate a model")
+    esub = e.add_subparsers(dest="eval_command", required=True)
+    b = esub.add_parser("bench", help="shapes-bench: accuracy per category, judged by the oracle")
+    b.add_argument("--model", help="model folder (default: the shipped base32 model)")
+    b.add_argument("--n-per-prompt", type=int, default=4)
+    b.add_argument("--prompts-per-category", type=int, default=25)
+    b.add_argument("--steps", type=int, default=50)
+    b.add_argument("--guidance-scale", type=float, default=3.0)
+    b.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--device", help="cpu or cuda")
+    b.add_argument("--out-dir", default="bench", help="writes report.json and grid.png here")
+    b.set_defaults(func=_eval_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import USER_ERRORS
+
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        print(f"condiff: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Training data: every source yields (images (B, 3, H, W) in [-1, 1], captions) for a given step, deterministically."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Source(str, enum.Enum):
+    WORLD = "world"
+    IMAGEFOLDER = "imagefolder"
+
+
+@dataclass
+class DataConfig:
+    source: Source = Source.WORLD
+    path: str | None = None  # image folder with metadata.jsonl (source=imagefolder)
+    resolution: int = 32
+    exclude_held_out: bool = True  # world: never show the held-out (colour, shape) pairs
+
+
+def make_dataset(cfg: DataConfig):
+    from .imagefolder import ImageFolder
+    from .world import WorldStream
+
+    if Source(cfg.source) is Source.WORLD:
+        return WorldStream(cfg.resolution, cfg.exclude_held_out)
+    if not cfg.path:
+        raise ValueError("data.path is required for source 'imagefolder'")
+    return ImageFolder(cfg.path, cfg.resolution)

@@ -1,0 +1,65 @@
+"""A folder of images with captions in metadata.jsonl ({"file_name": ..., "text": ...}), as diffusers' imagefolder."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..nets.text import words_of
+
+
+class DataError(ValueError):
+    pass
+
+
+def _load(path: Path, resolution: int) -> torch.Tensor:
+    """Centre-crop to a square, resize, -> (3, H, W) in [-1, 1]."""
+    try:
+        img = Image.open(path).convert("RGB")
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read image '{path}': {e}") from None
+    w, h = img.size
+    side = min(w, h)
+    img = img.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
+    img = img.resize((resolution, resolution), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+
+
+def read_metadata(folder: Path) -> list[dict]:
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        raise DataError(f"missing file '{meta}' (one JSON object per line with 'file_name' and 'text')")
+    rows = []
+    for n, line in enumerate(meta.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append({"file_name": str(row["file_name"]), "text": str(row["text"])})
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{meta}:{n}: expected a JSON object with 'file_name' and 'text'") from None
+    if not rows:
+        raise DataError(f"'{meta}' lists no images")
+    return rows
+
+
+class ImageFolder:
+    """All images decoded once into memory; batch(seed, step, size) samples with replacement, seeded by step."""
+
+    def __init__(self, path: str, resolution: int):
+        folder = Path(path)
+        if not folder.is_dir():
+            raise DataError(f"missing folder '{folder}'")
+        rows = read_metadata(folder)
+        self.images = torch.stack([_load(folder / r["file_name"], resolution) for r in rows])  # (N, 3, H, W)
+        self.captions = [r["text"] for r in rows]
+        self.vocab = sorted({w for c in self.captions for w in words_of(c)})
+
+    def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
+        rng = random.Random(f"folder/{seed}/{step}")
+        idx = [rng.randrange(len(self.captions)) for _ in range(size)]
+        return self.images[idx].to(device), [self.captions[i] for i in idx]

@@ -1,0 +1,86 @@
+"""Samplers as pure functions over the denoiser contract eps_hat = model(x_t, t)."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .denoiser import eps_from_x0, x0_from_eps
+from .schedule import NoiseSchedule
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Callable[[dict], None]
+
+
+class PerSampleNoise:
+    """Gaussian noise drawn from one generator per image, so an image depends on its seed alone."""
+
+    def __init__(self, seeds: Sequence[int]):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+        """Noise of shape (B, ...) with B = number of seeds."""
+        assert shape[0] == len(self.generators), "one seed per image"
+        z = torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in self.generators])
+        return z.to(device=device, dtype=dtype)
+
+
+def _predict(model: Model, schedule: NoiseSchedule, x, t: int, clip_x0: bool):
+    """eps_hat and x0_hat at timestep t; with clip_x0, x0_hat in [-1, 1] and eps_hat made consistent."""
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    eps = model(x, tt)
+    x0 = x0_from_eps(schedule, x, tt, eps)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = eps_from_x0(schedule, x, tt, x0)
+    return eps, x0
+
+
+def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
+                eta: float = 0.0, noise: PerSampleNoise | None = None, clip_x0: bool = True,
+                callback: Callback | None = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) over descending timesteps; eta=1 is DDPM's posterior variance."""
+    ab = schedule.alpha_bar
+    for i, t in enumerate(timesteps):
+        eps, x0 = _predict(model, schedule, x, t, clip_x0)
+        ab_t = ab[t].item()
+        ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
+        sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
+        x = ab_prev ** 0.5 * x0 + (1 - ab_prev - sigma ** 2) ** 0.5 * eps
+        if sigma > 0:
+            x = x + sigma * noise(x.shape, x.device, x.dtype)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0_hat": x0})
+    return x
+
+
+def sample_ddpm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
+                noise: PerSampleNoise, clip_x0: bool = True, callback: Callback | None = None) -> torch.Tensor:
+    """Ancestral sampling (Ho et al. Alg. 2) with the respaced posterior q(x_s | x_t, x0_hat), variance beta_tilde."""
+    ab = schedule.alpha_bar
+    for i, t in enumerate(timesteps):
+        eps, x0 = _predict(model, schedule, x, t, clip_x0)
+        ab_t = ab[t].item()
+        ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
+        beta = 1 - ab_t / ab_prev  # respaced beta_t
+        mean = (ab_prev ** 0.5 * beta / (1 - ab_t)) * x0 + ((1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab_t)) * x
+        x = mean
+        if i + 1 < len(timesteps):
+            x = x + (beta * (1 - ab_prev) / (1 - ab_t)) ** 0.5 * noise(x.shape, x.device, x.dtype)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0_hat": x0})
+    return x
+
+
+def ddim_invert(model: Model, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int]) -> torch.Tensor:
+    """Deterministic DDIM run backwards, x_0 -> x_T (eq. 13 of Song et al. as an ODE step)."""
+    ab = schedule.alpha_bar
+    ascending = list(timesteps)[::-1]
+    x = x0
+    for i, t in enumerate(ascending):
+        ab_prev = ab[ascending[i - 1]].item() if i > 0 else 1.0
+        t_eval = ascending[i - 1] if i > 0 else t  # eps is evaluated at the current point (x_prev, t_prev)
+        eps, _ = _predict(model, schedule, x, t_eval, clip_x0=False)
+        x0_hat = (x - (1 - ab_prev) ** 0.5 * eps) / ab_prev ** 0.5
+        x = ab[t].item() ** 0.5 * x0_hat + (1 - ab[t].item()) ** 0.5 * eps
+    return x

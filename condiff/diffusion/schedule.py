@@ -1,0 +1,83 @@
+"""Discrete noise schedules (DDPM, improved DDPM) and the forward process q(x_t | x_0)."""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+class BetaSchedule(str, enum.Enum):
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+class Spacing(str, enum.Enum):
+    UNIFORM = "uniform"  # improved DDPM's respacing: evenly spaced, first and last step included
+    LEADING = "leading"  # diffusers' 'leading': 0, k, 2k, ... (DDIM paper)
+    TRAILING = "trailing"  # diffusers' 'trailing': T-1, T-1-k, ... (Lin et al. 2023)
+
+
+def linear_betas(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
+    """Ho et al. 2020: beta_t linear from beta_1 to beta_T (scaled to T as in improved DDPM)."""
+    scale = 1000 / T
+    return torch.linspace(scale * beta_1, scale * beta_T, T, dtype=torch.float64)
+
+
+def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2)."""
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+    return torch.tensor([min(1 - f(t + 1) / f(t), max_beta) for t in range(T)], dtype=torch.float64)
+
+
+@dataclass
+class ScheduleConfig:
+    num_timesteps: int = 1000
+    beta_schedule: BetaSchedule = BetaSchedule.COSINE
+
+
+class NoiseSchedule:
+    """Precomputed alpha_bar and posterior coefficients for t = 0..T-1 (float64)."""
+
+    def __init__(self, betas: torch.Tensor):
+        self.betas = betas.double()
+        self.T = len(betas)
+        self.alphas = 1 - self.betas
+        self.alpha_bar = torch.cumprod(self.alphas, 0)
+        self.alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
+
+    @classmethod
+    def from_config(cls, cfg: ScheduleConfig) -> "NoiseSchedule":
+        make = {BetaSchedule.LINEAR: linear_betas, BetaSchedule.COSINE: cosine_betas}
+        return cls(make[BetaSchedule(cfg.beta_schedule)](cfg.num_timesteps))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 of Ho et al.: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
+        ab = _gather(self.alpha_bar, t, x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+    def posterior_mean_variance(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        """Eq. 7 of Ho et al.: mean and variance beta_tilde_t of q(x_{t-1} | x_t, x_0)."""
+        ab, ab_prev, beta = (_gather(a, t, x0) for a in (self.alpha_bar, self.alpha_bar_prev, self.betas))
+        mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + ((1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
+        return mean, beta * (1 - ab_prev) / (1 - ab)
+
+    def timesteps(self, steps: int, spacing: Spacing = Spacing.UNIFORM) -> list[int]:
+        """Descending sampling timesteps, a subset of 0..T-1 of length `steps` (respacing)."""
+        T, spacing = self.T, Spacing(spacing)
+        if not 1 <= steps <= T:
+            raise ValueError(f"steps must be between 1 and {T}, got {steps}")
+        if spacing is Spacing.UNIFORM:
+            ts = [round(i * (T - 1) / max(steps - 1, 1)) for i in range(steps)]
+        elif spacing is Spacing.LEADING:
+            ts = [i * (T // steps) for i in range(steps)]
+        else:
+            ts = [round(T - i * T / steps) - 1 for i in range(steps)][::-1]
+        return sorted(set(ts), reverse=True)
+
+
+def _gather(a: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """a[t] reshaped to broadcast against `like` (B, ...)."""
+    out = a.to(like.device)[t.long()].to(like.dtype)
+    return out.view(-1, *([1] * (like.ndim - 1)))

@@ -1,0 +1,84 @@
+"""Atomic writes and safetensors components (weights + JSON config in one folder). Never unpickles."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ConfigError, load_json, save_json
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"missing file '{path}'")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt checkpoint '{path}': {e}") from None
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place; the old one is removed only after the swap."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_component(module: torch.nn.Module, cfg, folder: Path, dtype: torch.dtype | None = None) -> None:
+    """folder/config.json + folder/model.safetensors."""
+    state = module.state_dict()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    atomic_save_tensors(state, folder / WEIGHTS)
+    save_json(cfg, folder / CONFIG)
+
+
+def load_component(module_cls, cfg_cls, folder: Path) -> torch.nn.Module:
+    folder = Path(folder)
+    cfg = load_json(cfg_cls, folder / CONFIG)
+    module = module_cls(cfg)
+    state = load_tensors(folder / WEIGHTS)
+    expected = module.state_dict()
+    try:
+        module.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()})
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)]
+        raise CheckpointError(f"weights in '{folder / WEIGHTS}' do not match its config: {first[0].strip()}") from None
+    return module.eval()
+
+
+__all__ = ["CheckpointError", "ConfigError", "atomic_write_bytes", "atomic_save_tensors", "load_tensors",
+           "replace_dir", "save_component", "load_component"]

@@ -1,0 +1,83 @@
+"""Word tokenizer over a closed vocabulary and a learned text transformer (GLIDE-style text encoder)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+SPECIALS = (PAD, BOS, EOS)
+
+
+class VocabularyError(ValueError):
+    """A word the model's vocabulary does not contain."""
+
+
+def words_of(text: str) -> list[str]:
+    return text.strip().lower().replace(",", " ").replace(".", " ").split()
+
+
+@dataclass
+class TextEncoderConfig:
+    vocab: list[str] = field(default_factory=list)  # words, specials excluded
+    max_length: int = 16
+    width: int = 128
+    layers: int = 3
+    heads: int = 4
+
+
+class Tokenizer:
+    """Whole-word tokenizer: '<bos> w1 ... wn <eos> <pad>...'; the empty caption is the null condition."""
+
+    def __init__(self, vocab: list[str], max_length: int):
+        self.itos = list(SPECIALS) + list(vocab)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.max_length = max_length
+
+    def encode(self, text: str) -> list[int]:
+        ids = [self.stoi[BOS]]
+        for w in words_of(text):
+            if w not in self.stoi:
+                raise VocabularyError(f"unknown word '{w}' (not in the model's vocabulary of {len(self.itos) - 3} words)")
+            ids.append(self.stoi[w])
+        ids.append(self.stoi[EOS])
+        if len(ids) > self.max_length:
+            raise VocabularyError(f"prompt '{text}' has {len(ids) - 2} words; the model takes at most {self.max_length - 2}")
+        return ids
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, L) and attention mask (B, L), True on real tokens."""
+        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
+        mask = torch.zeros(len(texts), self.max_length, dtype=torch.bool)
+        for i, text in enumerate(texts):
+            enc = self.encode(text)
+            ids[i, : len(enc)] = torch.tensor(enc)
+            mask[i, : len(enc)] = True
+        return ids, mask
+
+
+class TextEncoder(nn.Module):
+    """Transformer over word tokens -> per-token context (B, L, D), mask (B, L) and pooled <eos> state (B, D)."""
+
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = Tokenizer(cfg.vocab, cfg.max_length)
+        self.embed = nn.Embedding(len(self.tokenizer.itos), cfg.width)
+        self.pos = nn.Parameter(torch.randn(cfg.max_length, cfg.width) * 0.01)
+        layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.width)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.embed(ids) + self.pos[: ids.shape[1]]  # (B, L, D)
+        h = self.norm(self.blocks(h, src_key_padding_mask=~mask))
+        eos = mask.sum(1) - 1  # index of <eos>
+        pooled = h[torch.arange(len(ids), device=ids.device), eos]  # (B, D)
+        return {"context": h, "context_mask": mask, "pooled": pooled}
+
+    def encode(self, texts: list[str], device=None) -> dict[str, torch.Tensor]:
+        ids, mask = self.tokenizer(texts)
+        return self(ids.to(device), mask.to(device))

@@ -1,0 +1,177 @@
+"""ADM/GLIDE-style UNet: timestep AdaGN, self-attention with cross-attention to text tokens, pooled text in the embedding."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class UNetConfig:
+    resolution: int = 32
+    in_channels: int = 3
+    extra_in_channels: int = 0  # concatenated conditioning images (low_res=, mask=) for later pipelines
+    out_channels: int = 3
+    model_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16, 8)
+    head_channels: int = 32
+    dropout: float = 0.0
+    context_dim: int = 128  # text width; 0 for an unconditional model
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding (Vaswani et al. 2017) of timesteps t (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, ch // 4), ch)
+
+
+def zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """Residual block with adaptive group norm: GN(h) (1 + scale(emb)) + shift(emb)."""
+
+    def __init__(self, ch_in: int, ch_out: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.in_layers = nn.Sequential(norm(ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * ch_out))
+        self.out_norm = norm(ch_out)
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), zero(nn.Conv2d(ch_out, ch_out, 3, padding=1)))
+        self.skip = nn.Identity() if ch_in == ch_out else nn.Conv2d(ch_in, ch_out, 1)
+
+    def forward(self, x, emb, **_):
+        h = self.in_layers(x)
+        scale, shift = self.emb(emb)[..., None, None].chunk(2, dim=1)
+        h = self.out_layers(self.out_norm(h) * (1 + scale) + shift)
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over pixels whose keys/values also include the text tokens (GLIDE's encoder_kv)."""
+
+    def __init__(self, ch: int, head_channels: int, context_dim: int):
+        super().__init__()
+        self.heads = max(1, ch // head_channels)
+        self.norm = norm(ch)
+        self.qkv = nn.Conv1d(ch, 3 * ch, 1)
+        self.context_kv = nn.Linear(context_dim, 2 * ch) if context_dim else None
+        self.proj = zero(nn.Conv1d(ch, ch, 1))
+
+    def forward(self, x, emb, context=None, context_mask=None, **_):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x).view(B, C, H * W)).chunk(3, dim=1)  # (B, C, HW) each
+        mask = None
+        if self.context_kv is not None and context is not None:
+            ck, cv = self.context_kv(context).transpose(1, 2).chunk(2, dim=1)  # (B, C, L)
+            k, v = torch.cat([ck, k], 2), torch.cat([cv, v], 2)
+            keep = torch.ones(B, H * W, dtype=torch.bool, device=x.device)
+            mask = torch.cat([context_mask, keep], 1)[:, None, None, :]  # (B, 1, 1, L + HW)
+        split = lambda a: a.reshape(B, self.heads, C // self.heads, -1).transpose(2, 3)  # (B, h, N, c)
+        h = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+        h = h.transpose(2, 3).reshape(B, C, H * W)
+        return x + self.proj(h).view(B, C, H, W)
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x, emb, **_):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x, emb, **_):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class InputConv(nn.Conv2d):
+    def __init__(self, ch_in: int, ch_out: int):
+        super().__init__(ch_in, ch_out, 3, padding=1)
+
+    def forward(self, x, emb=None, **_):
+        return super().forward(x)
+
+
+class EmbedSequential(nn.Sequential):
+    """Sequential whose layers take (x, emb, **cond): guided-diffusion's TimestepEmbedSequential."""
+
+    def forward(self, x, emb, **cond):
+        for layer in self:
+            x = layer(x, emb, **cond)
+        return x
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t, context, context_mask, pooled, **images): (B, C, H, W) -> (B, C_out, H, W)."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        mc, emb_dim = cfg.model_channels, 4 * cfg.model_channels
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.pooled_proj = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
+        block = lambda a, b: ResBlock(a, b, emb_dim, cfg.dropout)
+        attn = lambda ch: AttentionBlock(ch, cfg.head_channels, cfg.context_dim)
+        self.inputs = nn.ModuleList([EmbedSequential(InputConv(cfg.in_channels + cfg.extra_in_channels, mc))])
+        skips, ch, res = [mc], mc, cfg.resolution
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers = [block(ch, mult * mc)]
+                ch = mult * mc
+                if res in cfg.attention_resolutions:
+                    layers.append(attn(ch))
+                self.inputs.append(EmbedSequential(*layers))
+                skips.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                self.inputs.append(EmbedSequential(Downsample(ch)))
+                skips.append(ch)
+                res //= 2
+        self.middle = EmbedSequential(block(ch, ch), attn(ch), block(ch, ch))
+        self.outputs = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [block(ch + skips.pop(), mult * mc)]
+                ch = mult * mc
+                if res in cfg.attention_resolutions:
+                    layers.append(attn(ch))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ch))
+                    res *= 2
+                self.outputs.append(EmbedSequential(*layers))
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
+
+    def forward(self, x, t, context=None, context_mask=None, pooled=None, **images):
+        emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels))  # (B, 4 mc)
+        if self.pooled_proj is not None and pooled is not None:
+            emb = emb + self.pooled_proj(pooled)
+        if images:  # explicit conditioning images, concatenated in name order
+            x = torch.cat([x] + [images[k] for k in sorted(images)], dim=1)
+        cond = {"context": context, "context_mask": context_mask}
+        hs = []
+        for module in self.inputs:
+            x = module(x, emb, **cond)
+            hs.append(x)
+        x = self.middle(x, emb, **cond)
+        for module in self.outputs:
+            x = module(torch.cat([x, hs.pop()], dim=1), emb, **cond)
+        return self.out(x)

@@ -1,0 +1,105 @@
+"""Text -> image: text encoder, UNet and a sampler, composed; no diffusion logic of its own."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import load_json, save_json
+from ..diffusion.denoiser import Denoiser, Prediction
+from ..diffusion.guidance import ClassifierFreeGuidance
+from ..diffusion.samplers import PerSampleNoise, sample_ddim, sample_ddpm
+from ..diffusion.schedule import NoiseSchedule, ScheduleConfig, Spacing
+from ..io import load_component, replace_dir, save_component
+from ..nets.text import TextEncoder, TextEncoderConfig
+from ..nets.unet import UNet, UNetConfig
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "base32"
+
+
+class Sampler(str, enum.Enum):
+    DDPM = "ddpm"
+    DDIM = "ddim"
+
+
+@dataclass
+class PipelineConfig:
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    prediction: Prediction = Prediction.EPSILON
+
+
+@dataclass
+class SamplingOptions:
+    steps: int = 50
+    guidance_scale: float = 3.0
+    sampler: Sampler = Sampler.DDIM
+    eta: float = 0.0
+    spacing: Spacing = Spacing.UNIFORM
+    negative_prompt: str = ""
+
+
+class Text2ImagePipeline:
+    def __init__(self, text_encoder: TextEncoder, unet: UNet, cfg: PipelineConfig):
+        self.text_encoder, self.unet, self.cfg = text_encoder, unet, cfg
+        self.schedule = NoiseSchedule.from_config(cfg.schedule)
+        self.denoiser = Denoiser(unet, self.schedule, cfg.prediction)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def resolution(self) -> int:
+        return self.unet.cfg.resolution
+
+    def to(self, device) -> "Text2ImagePipeline":
+        self.text_encoder.to(device), self.unet.to(device)
+        return self
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path = DEFAULT_MODEL) -> "Text2ImagePipeline":
+        folder = Path(folder)
+        cfg = load_json(PipelineConfig, folder / "pipeline.json")
+        text = load_component(TextEncoder, TextEncoderConfig, folder / "text_encoder")
+        unet = load_component(UNet, UNetConfig, folder / "unet")
+        return cls(text, unet, cfg)
+
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write all components to a temporary folder, then swap it into place."""
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        save_json(self.cfg, tmp / "pipeline.json")
+        save_component(self.text_encoder, self.text_encoder.cfg, tmp / "text_encoder", dtype)
+        save_component(self.unet, self.unet.cfg, tmp / "unet", dtype)
+        replace_dir(tmp, folder)
+
+    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return self.text_encoder.encode(prompts, self.device)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], seeds: list[int], opts: SamplingOptions = SamplingOptions(),
+                 callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+        """One image per (prompt, seed): (B, 3, H, W) in [-1, 1]. Image i depends only on prompts[i], seeds[i]."""
+        assert len(prompts) == len(seeds)
+        cond = self.encode(prompts)
+        model = ClassifierFreeGuidance(self.denoiser, opts.guidance_scale, cond,
+                                       self.encode([opts.negative_prompt] * len(prompts)))
+        noise = PerSampleNoise(seeds)
+        x_T = noise((len(seeds), 3, self.resolution, self.resolution), self.device)
+        timesteps = self.schedule.timesteps(opts.steps, opts.spacing)
+        if Sampler(opts.sampler) is Sampler.DDPM:
+            return sample_ddpm(model, x_T, self.schedule, timesteps, noise, callback=callback)
+        return sample_ddim(model, x_T, self.schedule, timesteps, opts.eta, noise, callback=callback)
+
+    def generate(self, prompts: list[str], seeds: list[int], opts: SamplingOptions = SamplingOptions(),
+                 batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """Like __call__, in batches; (B, 3, H, W) on the CPU."""
+        from tqdm.auto import tqdm
+
+        out = []
+        for i in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="generating", unit="batch"):
+            out.append(self(prompts[i:i + batch_size], seeds[i:i + batch_size], opts).cpu())
+        return torch.cat(out)

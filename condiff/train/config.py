@@ -1,0 +1,42 @@
+"""The training config: one dataclass per component, composed; saved as JSON beside the run."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from ..data import DataConfig
+from ..nets.text import TextEncoderConfig
+from ..nets.unet import UNetConfig
+from ..pipelines.text2image import PipelineConfig
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"  # autocast; on CPU only where the machine has fast bf16 (see README)
+
+
+@dataclass
+class OptimConfig:
+    steps: int = 10000
+    batch_size: int = 128
+    lr: float = 4e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9995
+    p_uncond: float = 0.1  # condition dropout for classifier-free guidance
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: Precision = Precision.FP32
+    log_every: int = 50
+    sample_every: int = 2000  # 0: never
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2

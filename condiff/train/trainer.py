@@ -1,0 +1,152 @@
+"""Training, split into setup, step, sample and save (nanoGPT style)."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import load_json, save_json
+from ..data import make_dataset
+from ..diffusion.loss import diffusion_loss, sample_timesteps
+from ..nets.text import TextEncoder
+from ..nets.unet import UNet
+from ..pipelines.text2image import SamplingOptions, Text2ImagePipeline
+from .config import Precision, TrainConfig
+from .ema import EMA
+from .state import latest_checkpoint, load_state, save_state
+
+SAMPLE_PROMPTS = [
+    "a red circle", "a small blue square", "a large yellow triangle", "three green circles",
+    "a white square and an orange circle", "a red circle to the left of a blue square",
+    "a cyan triangle above a purple square", "a purple triangle",
+]
+
+
+class TextToImageModel(nn.Module):
+    """The trained components, held together for one optimizer and one EMA."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.text_encoder = TextEncoder(cfg.text)
+        self.unet = UNet(cfg.unet)
+
+    def loss(self, cfg: TrainConfig, schedule, images, captions, generator) -> torch.Tensor:
+        B, device = len(captions), images.device
+        drop = torch.rand(B, generator=generator) < cfg.optim.p_uncond  # condition dropout (CFG)
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        t = sample_timesteps(B, schedule.T, generator, device)
+        eps = torch.randn(images.shape, generator=generator).to(device)
+        cond = self.text_encoder.encode(captions, device)
+        return diffusion_loss(self.unet, schedule, cfg.pipeline.prediction, images, t, eps, **cond)
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    folder: Path
+    data: object
+    model: TextToImageModel
+    ema: EMA
+    opt: torch.optim.Optimizer
+    generator: torch.Generator
+    device: torch.device
+    step: int = 0
+
+    def pipeline(self) -> Text2ImagePipeline:
+        m = self.ema.model
+        return Text2ImagePipeline(m.text_encoder, m.unet, self.cfg.pipeline)
+
+    def autocast(self):
+        if Precision(self.cfg.precision) is Precision.BF16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def setup(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | None = None) -> Run:
+    """Build data, model, EMA and optimizer; with resume, restore the latest checkpoint exactly."""
+    folder = Path(folder)
+    if resume:  # the run's own config wins; only the step budget may be extended
+        steps = cfg.optim.steps
+        cfg = load_json(TrainConfig, folder / "config.json")
+        cfg.optim.steps = max(steps, cfg.optim.steps)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(cfg.seed)
+    data = make_dataset(cfg.data)
+    if not cfg.text.vocab:
+        cfg.text.vocab = list(data.vocab)
+    cfg.unet.resolution, cfg.unet.context_dim = cfg.data.resolution, cfg.text.width
+    model = TextToImageModel(cfg).to(device)
+    ema = EMA(model, cfg.optim.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    run = Run(cfg, folder, data, model, ema, opt, generator, device)
+    if resume:
+        run.step = load_state(latest_checkpoint(folder), model, ema.model, opt, generator)
+    else:
+        save_json(cfg, folder / "config.json")
+    return run
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then constant."""
+    return cfg.optim.lr * min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))
+
+
+def train_step(run: Run) -> float:
+    cfg, schedule = run.cfg, run.pipeline().schedule
+    images, captions = run.data.batch(cfg.seed, run.step, cfg.optim.batch_size, run.device)
+    for group in run.opt.param_groups:
+        group["lr"] = lr_at(cfg, run.step)
+    with run.autocast():
+        loss = run.model.loss(cfg, schedule, images, captions, run.generator)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)
+    run.opt.step()
+    run.step += 1
+    run.ema.update(run.model, run.step)
+    return loss.item()
+
+
+def sample_grid(run: Run, prompts: list[str] = SAMPLE_PROMPTS, steps: int = 25) -> Path:
+    """EMA samples for fixed prompts and seeds, judged by the oracle when they are world captions."""
+    from ..eval.grid import save_grid
+
+    pipe = run.pipeline()
+    images = pipe(prompts, list(range(len(prompts))), SamplingOptions(steps=steps))
+    path = run.folder / "samples" / f"step_{run.step:08d}.png"
+    save_grid(images, prompts, path)
+    return path
+
+
+def save(run: Run) -> None:
+    save_state(run.folder, run.step, run.model, run.ema.model, run.opt, run.generator, run.cfg.keep_checkpoints)
+    run.pipeline().save_pretrained(run.folder / "model")
+
+
+def train(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | None = None) -> Run:
+    from tqdm.auto import tqdm
+
+    run = setup(cfg, folder, resume, device)
+    bar = tqdm(total=cfg.optim.steps, initial=run.step, desc="training", unit="step", dynamic_ncols=True)
+    start, start_step, loss_avg = time.time(), run.step, None
+    while run.step < cfg.optim.steps:
+        loss = train_step(run)
+        loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
+        bar.update(1)
+        if run.step % cfg.log_every == 0 or run.step == cfg.optim.steps:
+            rate = (run.step - start_step) / (time.time() - start)
+            bar.set_postfix(loss=f"{loss_avg:.4f}", img_s=f"{rate * cfg.optim.batch_size:.0f}")
+        if run.step % cfg.checkpoint_every == 0 or run.step == cfg.optim.steps:
+            save(run)
+        if cfg.sample_every and (run.step % cfg.sample_every == 0 or run.step == cfg.optim.steps):
+            bar.write(f"step {run.step}: samples in {sample_grid(run)}")
+    bar.close()
+    return run

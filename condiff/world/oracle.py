@@ -1,0 +1,160 @@
+"""The exact oracle: image -> objects (shape, colour, bounding box) -> verdict against a caption, with a reason."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .grammar import BACKGROUND, COLOURS, Category, PromptSpec, parse_caption
+from .render import relation_vector
+
+_NAMES = tuple(COLOURS)
+_BG = np.array(BACKGROUND, dtype=np.float64)
+_DIRS = np.array([COLOURS[c] for c in _NAMES], dtype=np.float64) - _BG  # (C, 3)
+MAX_RESIDUAL = 70.0  # a pixel farther than this from every colour line is of no world colour
+SMALL_LARGE_SPLIT = 0.31  # bounding-box side (fraction of canvas) between small (0.22) and large (0.40)
+RELATION_THRESHOLD = 0.15
+MIN_AREA = 0.25 * 0.5 * 0.2 ** 2  # a quarter of the smallest triangle's area (fraction of canvas area)
+
+
+@dataclass(frozen=True)
+class DetectedObject:
+    shape: str  # circle | square | triangle | unknown
+    colour: str  # a world colour, or "unknown"
+    cx: float  # bounding-box centre, fraction of the canvas side
+    cy: float
+    w: float  # bounding-box width and height, fractions of the canvas side
+    h: float
+    fill: float  # area / bounding-box area (square 1, circle pi/4, triangle 1/2)
+    asym: float  # (mass-centroid row - box-centre row) / height; 1/6 for an upright triangle
+
+    @property
+    def side(self) -> float:
+        return max(self.w, self.h)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    reason: str
+    objects: tuple[DetectedObject, ...]
+
+
+def _coverage(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: colour label (-1 background, C unknown) and alpha (H, W, C) of  pixel = BG + alpha (C - BG)."""
+    d = img.astype(np.float64) - _BG  # (H, W, 3)
+    alpha = np.clip(d @ _DIRS.T / (_DIRS ** 2).sum(1), 0.0, 1.0)  # (H, W, C)
+    residual = np.linalg.norm(d[..., None, :] - alpha[..., None] * _DIRS, axis=-1)  # (H, W, C)
+    residual = np.where(alpha >= 0.5, residual, np.inf)
+    label = residual.argmin(-1)
+    best = np.take_along_axis(residual, label[..., None], -1)[..., 0]
+    label = np.where(np.isfinite(best), np.where(best <= MAX_RESIDUAL, label, len(_NAMES)), -1)
+    return label, alpha
+
+
+def _classify(fill: float, asym: float) -> str:
+    if asym > 0.08:
+        return "triangle"
+    if fill > 0.89:
+        return "square"
+    return "circle" if fill > 0.6 else "unknown"
+
+
+def _measure(comp: np.ndarray, soft: np.ndarray, colour: str, size: int) -> DetectedObject | None:
+    """Soft-mask measurements of one component: extents from the max-coverage profiles."""
+    area = soft.sum()
+    if area < MIN_AREA * size * size:
+        return None
+    cols, rows = soft.max(0), soft.max(1)
+    w, h = cols.sum(), rows.sum()
+    ys, xs = np.nonzero(comp)
+    x0, y0 = xs.min(), ys.min()
+    # extents: first covered column + partial coverage of the edge column
+    left = x0 + 1 - cols[x0]
+    top = y0 + 1 - rows[y0]
+    cx, cy = (left + w / 2) / size, (top + h / 2) / size
+    yy = np.arange(soft.shape[0])[:, None] + 0.5
+    mid = top + h / 2
+    asym = ((soft * yy).sum() / area - mid) / h  # centroid below the box centre: 1/6 for a triangle
+    fill = area / (w * h)
+    return DetectedObject(_classify(fill, asym) if colour != "unknown" else "unknown", colour,
+                          float(cx), float(cy), float(w / size), float(h / size), float(fill), float(asym))
+
+
+def detect(image: np.ndarray) -> list[DetectedObject]:
+    """Read the objects of an image (H, W, 3) uint8, sorted left to right."""
+    size = image.shape[0]
+    label, alpha = _coverage(image)
+    objects = []
+    for c in range(len(_NAMES) + 1):
+        comps, n = ndimage.label(label == c)
+        for i in range(1, n + 1):
+            comp = comps == i
+            region = comp | (ndimage.binary_dilation(comp) & (label == -1))  # with its anti-aliased fringe
+            soft = np.where(region, alpha[..., c] if c < len(_NAMES) else alpha.max(-1), 0.0)
+            name = _NAMES[c] if c < len(_NAMES) else "unknown"
+            obj = _measure(region, soft, name, size)
+            if obj is not None:
+                objects.append(obj)
+    return sorted(objects, key=lambda o: (o.cx, o.cy))
+
+
+def _describe(o: DetectedObject) -> str:
+    return f"{o.colour} {o.shape}"
+
+
+def _match_objects(spec: PromptSpec, found: list[DetectedObject]) -> str | None:
+    want = Counter((o.colour, o.shape) for o in spec.objects)
+    got = Counter((o.colour, o.shape) for o in found)
+    missing, extra = want - got, got - want
+    if not missing and not extra:
+        return None
+    parts = []
+    for (colour, shape), n in missing.items():
+        near = [f"{c} {s}" for (c, s) in extra if s == shape or c == colour]
+        hint = f" (found {', '.join(near)}: wrong colour or shape)" if near else ""
+        parts.append(f"missing {n} {colour} {shape}{hint}")
+    for (colour, shape), n in extra.items():
+        parts.append(f"extra {n} {colour} {shape}")
+    return "; ".join(parts)
+
+
+def _check_sizes(spec: PromptSpec, found: list[DetectedObject]) -> str | None:
+    for want in spec.objects:
+        if want.size is None:
+            continue
+        for o in found:
+            if (o.colour, o.shape) == (want.colour, want.shape):
+                is_large = o.side >= SMALL_LARGE_SPLIT
+                if is_large != (want.size == "large"):
+                    return f"wrong size: {_describe(o)} has side {o.side:.2f} of the canvas, not {want.size}"
+    return None
+
+
+def _check_relation(spec: PromptSpec, found: list[DetectedObject]) -> str | None:
+    a_spec, b_spec = spec.objects
+    a = next(o for o in found if (o.colour, o.shape) == (a_spec.colour, a_spec.shape))
+    b = next(o for o in found if (o.colour, o.shape) == (b_spec.colour, b_spec.shape) and o is not a)
+    ux, uy = relation_vector(spec.relation)
+    dx, dy = b.cx - a.cx, b.cy - a.cy
+    along, across = dx * ux + dy * uy, dx * uy + dy * ux
+    if along >= RELATION_THRESHOLD and abs(along) > abs(across):
+        return None
+    return (f"wrong relation: {_describe(a)} is not {spec.relation.value} {_describe(b)} "
+            f"(dx={dx:+.2f}, dy={dy:+.2f})")
+
+
+def judge_objects(spec: PromptSpec, found: list[DetectedObject]) -> Verdict:
+    """Judge detected objects against a prompt spec (WORLD.md 'Judging an image')."""
+    reason = _match_objects(spec, found) or _check_sizes(spec, found)
+    if reason is None and spec.category is Category.POSITION:
+        reason = _check_relation(spec, found)
+    return Verdict(reason is None, reason or "ok", tuple(found))
+
+
+def judge(image: np.ndarray, caption: str | PromptSpec) -> Verdict:
+    """Judge an image (H, W, 3) uint8 against a caption."""
+    spec = parse_caption(caption) if isinstance(caption, str) else caption
+    return judge_objects(spec, detect(image))
