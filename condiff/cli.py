@@ -19,7 +19,7 @@ def _train(args) -> None:
         cfg.optim.steps = args.steps
     if args.data is not None:
         cfg.data.source, cfg.data.path = "imagefolder", args.data
-    run = train(cfg, Path(args.out), resume=args.resume, device=args.device)
+    run = train(cfg, Path(args.out), resume=args.resume, device=args.device, workers=args.workers)
     print(f"trained {run.step} steps; model in {run.folder / 'model'}")
 
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="override the number of optimiser steps")
     t.add_argument("--data", help="train on an image folder with metadata.jsonl instead of the config's data")
     t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--workers", type=int, help="data processes (default: half the cores, at most 8); results do not depend on it")
     t.set_defaults(func=_train)
 
     g = sub.add_parser("generate", help="generate images from prompts")

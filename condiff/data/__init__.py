@@ -1,4 +1,8 @@
-"""Training data: every source yields (images (B, 3, H, W) in [-1, 1], captions) for a given step, deterministically."""
+"""Training data: every source yields (images (B, 3, H, W) in [-1, 1], captions) for a given step, deterministically.
+
+A source has raw(seed, step, size) -> cheap picklable description of the batch (made by loader workers),
+materialize(raw, device) -> (images, captions) on the training device, and batch() = both.
+"""
 from __future__ import annotations
 
 import enum

@@ -59,7 +59,12 @@ class ImageFolder:
         self.captions = [r["text"] for r in rows]
         self.vocab = sorted({w for c in self.captions for w in words_of(c)})
 
-    def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
+    def raw(self, seed: int, step: int, size: int) -> list[int]:
         rng = random.Random(f"folder/{seed}/{step}")
-        idx = [rng.randrange(len(self.captions)) for _ in range(size)]
+        return [rng.randrange(len(self.captions)) for _ in range(size)]
+
+    def materialize(self, idx: list[int], device="cpu") -> tuple[torch.Tensor, list[str]]:
         return self.images[idx].to(device), [self.captions[i] for i in idx]
+
+    def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
+        return self.materialize(self.raw(seed, step, size), device)

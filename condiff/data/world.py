@@ -12,12 +12,21 @@ from ..world.render import layout, render
 class WorldStream:
     """batch(seed, step, size) renders fresh captioned scenes; the same (seed, step) gives the same batch."""
 
+
     def __init__(self, resolution: int = 32, exclude_held_out: bool = True):
         self.resolution, self.exclude_held_out = resolution, exclude_held_out
         self.vocab = list(VOCABULARY)
 
-    def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
+    def raw(self, seed: int, step: int, size: int) -> tuple[list, list[str]]:
+        """The cheap, CPU-side part of a batch (layouts, captions); data-loader workers make these."""
         rng = random.Random(f"world/{seed}/{step}")
         specs = [sample_prompt(rng, rng.choice(tuple(Category)), self.exclude_held_out) for _ in range(size)]
-        images = render([layout(s, rng) for s in specs], self.resolution, device=device)
-        return images, [s.caption for s in specs]
+        return [layout(s, rng) for s in specs], [s.caption for s in specs]
+
+    def materialize(self, raw, device="cpu") -> tuple[torch.Tensor, list[str]]:
+        """Render on the training device: images (B, 3, H, W) in [-1, 1] and captions."""
+        layouts, captions = raw
+        return render(layouts, self.resolution, device=device), captions
+
+    def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
+        return self.materialize(self.raw(seed, step, size), device)

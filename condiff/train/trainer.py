@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,9 +100,31 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.optim.lr * min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))
 
 
-def train_step(run: Run) -> float:
+class StepBatches(torch.utils.data.Dataset):
+    """Item k is the batch of optimiser step k; a function of (seed, k) alone, so workers may make it."""
+
+    def __init__(self, data, seed: int, batch_size: int):
+        self.data, self.seed, self.batch_size = data, seed, batch_size
+
+    def __len__(self) -> int:
+        return 2 ** 62
+
+    def __getitem__(self, step: int):
+        return self.data.raw(self.seed, step, self.batch_size)
+
+
+def batches(run: Run, workers: int):
+    """Raw batches for steps run.step .. steps-1, made ahead of time by `workers` processes (0: in this one)."""
+    steps = range(run.step, run.cfg.optim.steps)
+    ds = StepBatches(run.data, run.cfg.seed, run.cfg.optim.batch_size)
+    extra = {"prefetch_factor": 4} if workers else {}
+    return torch.utils.data.DataLoader(ds, batch_size=None, sampler=steps, num_workers=workers, **extra)
+
+
+def train_step(run: Run, batch=None) -> float:
     cfg, schedule = run.cfg, run.pipeline().schedule
-    images, captions = run.data.batch(cfg.seed, run.step, cfg.optim.batch_size, run.device)
+    raw = batch if batch is not None else run.data.raw(cfg.seed, run.step, cfg.optim.batch_size)
+    images, captions = run.data.materialize(raw, run.device)
     for group in run.opt.param_groups:
         group["lr"] = lr_at(cfg, run.step)
     with run.autocast():
@@ -131,14 +154,17 @@ def save(run: Run) -> None:
     run.pipeline().save_pretrained(run.folder / "model")
 
 
-def train(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | None = None) -> Run:
+def train(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | None = None,
+          workers: int | None = None) -> Run:
     from tqdm.auto import tqdm
 
     run = setup(cfg, folder, resume, device)
+    if workers is None:
+        workers = min(8, (os.cpu_count() or 1) // 2)
     bar = tqdm(total=cfg.optim.steps, initial=run.step, desc="training", unit="step", dynamic_ncols=True)
     start, start_step, loss_avg = time.time(), run.step, None
-    while run.step < cfg.optim.steps:
-        loss = train_step(run)
+    for batch in batches(run, workers):
+        loss = train_step(run, batch)
         loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
         bar.update(1)
         if run.step % cfg.log_every == 0 or run.step == cfg.optim.steps:

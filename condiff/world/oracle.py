@@ -17,6 +17,7 @@ MAX_RESIDUAL = 70.0  # a pixel farther than this from every colour line is of no
 SMALL_LARGE_SPLIT = 0.31  # bounding-box side (fraction of canvas) between small (0.22) and large (0.40)
 RELATION_THRESHOLD = 0.15
 MIN_AREA = 0.25 * 0.5 * 0.2 ** 2  # a quarter of the smallest triangle's area (fraction of canvas area)
+MIN_SIDE = 0.1  # half the smallest object's side: thinner components (lines, specks) are noise, not objects
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def _measure(comp: np.ndarray, soft: np.ndarray, colour: str, size: int) -> Dete
         return None
     cols, rows = soft.max(0), soft.max(1)
     w, h = cols.sum(), rows.sum()
+    if min(w, h) < MIN_SIDE * size:
+        return None
     ys, xs = np.nonzero(comp)
     x0, y0 = xs.min(), ys.min()
     # extents: first covered column + partial coverage of the edge column

@@ -91,8 +91,8 @@ def render(layouts: list[list[PlacedObject]], resolution: int, supersample: int 
            device: torch.device | str = "cpu") -> torch.Tensor:
     """Render layouts to images in [-1, 1], shape (B, 3, H, W); edges anti-aliased by supersampling."""
     B, K = len(layouts), max(1, max(len(l) for l in layouts))
-    params = torch.zeros(B, K, 4, dtype=torch.float64)  # shape id, cx, cy, s
-    rgb = torch.zeros(B, K, 3, dtype=torch.float64)
+    params = torch.zeros(B, K, 4, dtype=torch.float32)  # shape id, cx, cy, s
+    rgb = torch.zeros(B, K, 3, dtype=torch.float32)
     valid = torch.zeros(B, K, dtype=torch.bool)
     for i, objs in enumerate(layouts):
         for k, o in enumerate(objs):
@@ -101,12 +101,12 @@ def render(layouts: list[list[PlacedObject]], resolution: int, supersample: int 
             valid[i, k] = True
     params, rgb, valid = params.to(device), rgb.to(device), valid.to(device)
     n = resolution * supersample
-    grid = (torch.arange(n, device=device, dtype=torch.float64) + 0.5) / n
+    grid = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n
     u, v = grid.view(1, 1, 1, n), grid.view(1, 1, n, 1)
     p = params[..., None, None]  # (B, K, 4, 1, 1)
     inside = _inside(p[:, :, 0], u, v, p[:, :, 1], p[:, :, 2], p[:, :, 3]) & valid[..., None, None]
-    coverage = torch.nn.functional.avg_pool2d(inside.double(), supersample)  # (B, K, H, W)
-    bg = torch.tensor(BACKGROUND, dtype=torch.float64, device=device).view(1, 3, 1, 1)
+    coverage = torch.nn.functional.avg_pool2d(inside.float(), supersample)  # (B, K, H, W)
+    bg = torch.tensor(BACKGROUND, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     img = bg + torch.einsum("bkhw,bkc->bchw", coverage, rgb - bg.view(1, 1, 3))
     return (img / 127.5 - 1).float()
 
