@@ -30,21 +30,19 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 
 def _generate(args) -> None:
-    import torch
-
     from .pipelines.text2image import DEFAULT_MODEL, SamplingOptions, Text2ImagePipeline
     from .png import format_parameters, save_png
     from .world.render import to_uint8
 
-    torch.set_grad_enabled(False)
     model = Path(args.model) if args.model else DEFAULT_MODEL
     pipe = Text2ImagePipeline.from_pretrained(model)
     prompts = [p for p in args.prompts for _ in range(args.num_images)]
     seeds = [args.seed + i for i in range(len(prompts))]
     opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler,
                            eta=args.eta, negative_prompt=args.negative_prompt)
-    for p in set(prompts) | {args.negative_prompt}:
-        pipe.text_encoder.tokenizer.encode(p)  # fail on unknown words before any work
+    for p in set(prompts) | {args.negative_prompt}:  # fail on bad input before any work
+        pipe.text_encoder.tokenizer.encode(p)
+    pipe.schedule.timesteps(opts.steps, opts.spacing)
     start = time.time()
     images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True)).numpy()
     for path, px, prompt, seed in zip(_output_paths(Path(args.out), len(prompts)), images, prompts, seeds):
@@ -54,6 +52,16 @@ def _generate(args) -> None:
         save_png(px, path, format_parameters(prompt, opts.negative_prompt, params))
         print(path)
     print(f"{len(images)} image(s) in {time.time() - start:.1f} s", file=sys.stderr)
+
+
+def _export(args) -> None:
+    import torch
+
+    from .pipelines.text2image import Text2ImagePipeline
+
+    pipe = Text2ImagePipeline.from_pretrained(args.model)
+    pipe.save_pretrained(args.out, dtype=torch.float16 if args.fp16 else None)
+    print(f"exported {args.model} -> {args.out}")
 
 
 def _eval_bench(args) -> None:
@@ -90,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="model folder (default: the shipped base32 model)")
     g.add_argument("--out", default="out.png", help="PNG path; with several images, OUT-000.png, OUT-001.png, ...")
     g.set_defaults(func=_generate)
+
+    x = sub.add_parser("export", help="copy a model folder, optionally with fp16 weights (as shipped)")
+    x.add_argument("model", help="model folder, e.g. runs/base32/model")
+    x.add_argument("out", help="destination folder")
+    x.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
+    x.set_defaults(func=_export)
 
     e = sub.add_parser("eval", help="evaluate a model")
     esub = e.add_subparsers(dest="eval_command", required=True)

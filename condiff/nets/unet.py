@@ -161,7 +161,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def forward(self, x, t, context=None, context_mask=None, pooled=None, **images):
-        emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels))  # (B, 4 mc)
+        emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))  # (B, 4 mc)
         if self.pooled_proj is not None and pooled is not None:
             emb = emb + self.pooled_proj(pooled)
         if images:  # explicit conditioning images, concatenated in name order

@@ -118,7 +118,8 @@ def batches(run: Run, workers: int):
     steps = range(run.step, run.cfg.optim.steps)
     ds = StepBatches(run.data, run.cfg.seed, run.cfg.optim.batch_size)
     extra = {"prefetch_factor": 4} if workers else {}
-    return torch.utils.data.DataLoader(ds, batch_size=None, sampler=steps, num_workers=workers, **extra)
+    own = torch.Generator().manual_seed(0)  # worker seeding must not consume the global RNG
+    return torch.utils.data.DataLoader(ds, batch_size=None, sampler=steps, num_workers=workers, generator=own, **extra)
 
 
 def train_step(run: Run, batch=None) -> float:

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from condiff.nets.text import TextEncoder, TextEncoderConfig, Tokenizer, VocabularyError
+from condiff.nets.unet import UNet, UNetConfig
+from condiff.world.grammar import VOCABULARY
+
+SMALL = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), head_channels=16,
+             context_dim=32)
+
+
+def _text():
+    torch.manual_seed(0)
+    return TextEncoder(TextEncoderConfig(vocab=list(VOCABULARY), width=32, layers=1, heads=2)).eval()
+
+
+def test_tokenizer():
+    tok = Tokenizer(list(VOCABULARY), 16)
+    ids, mask = tok(["a red circle", ""])
+    assert mask.sum(1).tolist() == [5, 2]  # <bos> a red circle <eos>; the null caption is <bos> <eos>
+    assert tok.itos[ids[0, 2]] == "red"
+    with pytest.raises(VocabularyError, match="unknown word 'dog'"):
+        tok.encode("a red dog")
+    with pytest.raises(VocabularyError, match="at most 14"):
+        tok.encode(" ".join(["red"] * 15))
+
+
+def test_text_encoder_ignores_padding_and_pools_eos():
+    enc = _text()
+    ids, mask = enc.tokenizer(["a red circle"])
+    out = enc(ids, mask)
+    ids2 = ids.clone()
+    ids2[~mask] = 5  # change the padding tokens
+    out2 = enc(ids2, mask)
+    assert torch.allclose(out["pooled"], out2["pooled"], atol=1e-5)
+    assert torch.allclose(out["pooled"], out["context"][0, 4])
+    assert not torch.allclose(enc.encode(["a red circle"])["pooled"], enc.encode(["a blue circle"])["pooled"])
+
+
+@pytest.mark.parametrize("resolution", [16, 32])
+def test_unet_shapes_and_conditioning(resolution):
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(resolution=resolution, **SMALL)).eval()
+    for p in unet.parameters():  # zero-initialised output layers would hide the conditioning
+        torch.nn.init.normal_(p, std=0.05)
+    text = _text()
+    x, t = torch.randn(2, 3, resolution, resolution), torch.tensor([10, 900])
+    c1, c2 = text.encode(["a red circle", "a red circle"]), text.encode(["a red circle", "two blue squares"])
+    out1, out2 = unet(x, t, **c1), unet(x, t, **c2)
+    assert out1.shape == x.shape
+    untouched = (out1[0] - out2[0]).abs().max().item()  # sample 0 does not see sample 1's caption
+    changed = (out1[1] - out2[1]).abs().max().item()  # sample 1's caption changed: so does its output
+    assert untouched < 1e-6 and changed > 1e-4, (untouched, changed)
+
+
+def test_unet_is_batch_invariant():
+    torch.manual_seed(0)
+    unet, text = UNet(UNetConfig(resolution=16, **SMALL)).eval(), _text()
+    for p in unet.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([1, 500, 999])
+    prompts = ["a red circle", "three blue squares", "a cyan circle above a red square"]
+    full = unet(x, t, **text.encode(prompts))
+    for i in range(3):
+        one = unet(x[i:i + 1], t[i:i + 1], **text.encode(prompts[i:i + 1]))
+        assert torch.allclose(full[i:i + 1], one, atol=1e-5)
+
+
+def test_extra_input_channels_are_keyword_conditioning():
+    unet = UNet(UNetConfig(resolution=16, extra_in_channels=3, **SMALL))
+    out = unet(torch.randn(1, 3, 16, 16), torch.tensor([5]), low_res=torch.randn(1, 3, 16, 16))
+    assert out.shape == (1, 3, 16, 16)

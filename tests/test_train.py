@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from condiff.cli import main
+from condiff.config import ConfigError, from_dict, load_json, to_dict
+from condiff.data.imagefolder import DataError, ImageFolder
+from condiff.io import CheckpointError, load_tensors
+from condiff.pipelines.text2image import Text2ImagePipeline
+from condiff.train.config import TrainConfig
+from condiff.train.trainer import train
+
+
+def test_config_round_trip_and_errors(tiny_config_path):
+    cfg = load_json(TrainConfig, tiny_config_path)
+    assert from_dict(TrainConfig, to_dict(cfg)) == cfg
+    assert cfg.unet.channel_mult == (1, 2)
+    with pytest.raises(ConfigError, match="unknown key 'lrr'"):
+        from_dict(TrainConfig, {"optim": {"lrr": 1}})
+    with pytest.raises(ConfigError, match="'quadratic' is not one of"):
+        from_dict(TrainConfig, {"pipeline": {"schedule": {"beta_schedule": "quadratic"}}})
+    with pytest.raises(ConfigError, match="expected int"):
+        from_dict(TrainConfig, {"seed": "zero"})
+
+
+def test_training_writes_checkpoints_and_a_loadable_model(tiny_model):
+    run = tiny_model.parent
+    assert (run / "checkpoints" / "latest").read_text() == "step_00000002"
+    pipe = Text2ImagePipeline.from_pretrained(tiny_model)
+    state = load_file(str(tiny_model / "unet" / "model.safetensors"))
+    assert all(torch.equal(state[k], v) for k, v in pipe.unet.state_dict().items())
+    assert not list(run.rglob("*.tmp")) and not list(run.rglob(".*"))  # no half-written files left
+
+
+def _weights(folder):
+    return load_file(str(folder / "checkpoints" / (folder / "checkpoints" / "latest").read_text() / "state.safetensors"))
+
+
+def test_resume_is_exact(tiny_config_path, tmp_path):
+    straight = load_json(TrainConfig, tiny_config_path)
+    straight.optim.steps = 4
+    train(straight, tmp_path / "a", device="cpu", workers=0)
+    half = load_json(TrainConfig, tiny_config_path)
+    half.optim.steps = 2
+    train(half, tmp_path / "b", device="cpu", workers=0)
+    rest = load_json(TrainConfig, tiny_config_path)
+    rest.optim.steps = 4
+    train(rest, tmp_path / "b", resume=True, device="cpu", workers=1)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_corrupt_or_missing_checkpoint_gives_one_line_error(tiny_model, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00\x01 not safetensors")
+    with pytest.raises(CheckpointError, match="corrupt checkpoint"):
+        load_tensors(bad)
+    with pytest.raises(CheckpointError, match="missing file"):
+        load_tensors(tmp_path / "none.safetensors")
+    import shutil
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model, copy)
+    (copy / "unet" / "model.safetensors").write_bytes(b"garbage")
+    assert main(["generate", "a red circle", "--model", str(copy), "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
+
+
+def _make_folder(path, n=6):
+    path.mkdir()
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        colour = ["crimson", "teal"][i % 2]
+        arr = np.zeros((40, 48, 3), np.uint8)
+        arr[..., 0 if colour == "crimson" else 2] = 200 + rng.integers(0, 40)
+        Image.fromarray(arr).save(path / f"img{i}.png")
+        rows.append({"file_name": f"img{i}.png", "text": f"A {colour} picture, photo number {i}."})
+    (path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_train_on_an_image_folder(tiny_config_path, tmp_path, capsys):
+    folder = _make_folder(tmp_path / "data")
+    ds = ImageFolder(str(folder), 16)
+    assert ds.images.shape == (6, 3, 16, 16) and -1 <= ds.images.min() and ds.images.max() <= 1
+    assert "crimson" in ds.vocab and "photo" in ds.vocab
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(tiny_config_path), "--out", str(out), "--data", str(folder),
+                 "--device", "cpu", "--workers", "0"]) == 0
+    pipe = Text2ImagePipeline.from_pretrained(out / "model")
+    assert "teal" in pipe.text_encoder.tokenizer.stoi
+    img = main(["generate", "a teal picture", "--model", str(out / "model"), "--steps", "2",
+                "--out", str(tmp_path / "teal.png")])
+    assert img == 0 and (tmp_path / "teal.png").is_file()
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="missing folder"):
+        ImageFolder(str(tmp_path / "nope"), 16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="missing file .*metadata.jsonl"):
+        ImageFolder(str(tmp_path / "empty"), 16)
+    (tmp_path / "empty" / "metadata.jsonl").write_text('{"file_name": "a.png"}\n')
+    with pytest.raises(DataError, match="expected a JSON object with 'file_name' and 'text'"):
+        ImageFolder(str(tmp_path / "empty"), 16)
