@@ -30,7 +30,7 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 
 def _generate(args) -> None:
-    from .pipelines.text2image import DEFAULT_MODEL, SamplingOptions, Text2ImagePipeline
+    from .pipelines.text2image import DEFAULT_MODEL, Sampler, SamplingOptions, Text2ImagePipeline
     from .png import format_parameters, save_png
     from .world.render import to_uint8
 
@@ -46,7 +46,7 @@ def _generate(args) -> None:
     start = time.time()
     images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True)).numpy()
     for path, px, prompt, seed in zip(_output_paths(Path(args.out), len(prompts)), images, prompts, seeds):
-        params = {"Steps": opts.steps, "Sampler": opts.sampler.upper() if isinstance(opts.sampler, str) else opts.sampler.value.upper(),
+        params = {"Steps": opts.steps, "Sampler": Sampler(opts.sampler).value.upper(),
                   "CFG scale": opts.guidance_scale, "Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}",
                   "Model": model.name, "Eta": opts.eta}
         save_png(px, path, format_parameters(prompt, opts.negative_prompt, params))

@@ -108,3 +108,14 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "empty" / "metadata.jsonl").write_text('{"file_name": "a.png"}\n')
     with pytest.raises(DataError, match="expected a JSON object with 'file_name' and 'text'"):
         ImageFolder(str(tmp_path / "empty"), 16)
+
+
+def test_sample_grids_for_world_and_folder_models(tiny_config_path, tmp_path):
+    from condiff.train.trainer import sample_grid, setup
+
+    run = setup(load_json(TrainConfig, tiny_config_path), tmp_path / "w", device="cpu")
+    assert Image.open(sample_grid(run, steps=2)).size[0] > 0
+    cfg = load_json(TrainConfig, tiny_config_path)
+    cfg.data.source, cfg.data.path = "imagefolder", str(_make_folder(tmp_path / "data"))
+    run = setup(cfg, tmp_path / "f", device="cpu")
+    assert Image.open(sample_grid(run, steps=2)).size[0] > 0

@@ -73,7 +73,8 @@ def run_bench(args) -> dict:
               "seconds": round(time.time() - start, 1), "device": device, "table": table,
               "samples": [{k: r[k] for k in ("suite", "prompt", "seed", "correct", "reason")} for r in records]}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    shown = [r for suite in SUITES for r in [x for x in records if x["suite"] == suite][: 2 * args.n_per_prompt * 4: args.n_per_prompt][:8]]
+    # records run suite by suite, prompt by prompt: show the first image of the first 8 prompts of each suite
+    shown = [r for suite in SUITES for r in [x for x in records if x["suite"] == suite][::args.n_per_prompt][:8]]
     save_grid(torch.stack([r["image"] for r in shown]), [r["prompt"] for r in shown], out / "grid.png",
               [r["verdict"] for r in shown])
     print(format_table(table))

@@ -13,6 +13,7 @@ from torch import nn
 from ..config import load_json, save_json
 from ..data import make_dataset
 from ..diffusion.loss import diffusion_loss, sample_timesteps
+from ..diffusion.schedule import NoiseSchedule
 from ..nets.text import TextEncoder
 from ..nets.unet import UNet
 from ..pipelines.text2image import SamplingOptions, Text2ImagePipeline
@@ -55,6 +56,7 @@ class Run:
     opt: torch.optim.Optimizer
     generator: torch.Generator
     device: torch.device
+    schedule: NoiseSchedule
     step: int = 0
 
     def pipeline(self) -> Text2ImagePipeline:
@@ -87,7 +89,7 @@ def setup(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | No
     ema = EMA(model, cfg.optim.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
-    run = Run(cfg, folder, data, model, ema, opt, generator, device)
+    run = Run(cfg, folder, data, model, ema, opt, generator, device, NoiseSchedule.from_config(cfg.pipeline.schedule))
     if resume:
         run.step = load_state(latest_checkpoint(folder), model, ema.model, opt, generator)
     else:
@@ -123,13 +125,13 @@ def batches(run: Run, workers: int):
 
 
 def train_step(run: Run, batch=None) -> float:
-    cfg, schedule = run.cfg, run.pipeline().schedule
+    cfg = run.cfg
     raw = batch if batch is not None else run.data.raw(cfg.seed, run.step, cfg.optim.batch_size)
     images, captions = run.data.materialize(raw, run.device)
     for group in run.opt.param_groups:
         group["lr"] = lr_at(cfg, run.step)
     with run.autocast():
-        loss = run.model.loss(cfg, schedule, images, captions, run.generator)
+        loss = run.model.loss(cfg, run.schedule, images, captions, run.generator)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)
@@ -140,13 +142,24 @@ def train_step(run: Run, batch=None) -> float:
 
 
 def sample_grid(run: Run, prompts: list[str] = SAMPLE_PROMPTS, steps: int = 25) -> Path:
-    """EMA samples for fixed prompts and seeds, judged by the oracle when they are world captions."""
+    """EMA samples for fixed prompts and seeds; framed by the oracle's verdict when the prompts are world captions."""
     from ..eval.grid import save_grid
+    from ..world.grammar import PromptError
+    from ..world.oracle import judge
+    from ..world.render import to_uint8
 
     pipe = run.pipeline()
-    images = pipe(prompts, list(range(len(prompts))), SamplingOptions(steps=steps))
+    try:
+        pipe.text_encoder.tokenizer(prompts)
+    except ValueError:  # a model of other data: sample its own first captions instead
+        prompts = run.data.batch(run.cfg.seed, 0, len(prompts))[1]
+    images = pipe(prompts, list(range(len(prompts))), SamplingOptions(steps=steps)).cpu()
+    try:
+        verdicts = [judge(px, p) for px, p in zip(to_uint8(images).numpy(), prompts)]
+    except PromptError:
+        verdicts = None
     path = run.folder / "samples" / f"step_{run.step:08d}.png"
-    save_grid(images, prompts, path)
+    save_grid(images, prompts, path, verdicts)
     return path
 
 

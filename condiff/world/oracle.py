@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from .grammar import BACKGROUND, COLOURS, Category, PromptSpec, parse_caption
-from .render import relation_vector
+from .render import along_across
 
 _NAMES = tuple(COLOURS)
 _BG = np.array(BACKGROUND, dtype=np.float64)
@@ -140,9 +140,8 @@ def _check_relation(spec: PromptSpec, found: list[DetectedObject]) -> str | None
     a_spec, b_spec = spec.objects
     a = next(o for o in found if (o.colour, o.shape) == (a_spec.colour, a_spec.shape))
     b = next(o for o in found if (o.colour, o.shape) == (b_spec.colour, b_spec.shape) and o is not a)
-    ux, uy = relation_vector(spec.relation)
     dx, dy = b.cx - a.cx, b.cy - a.cy
-    along, across = dx * ux + dy * uy, dx * uy + dy * ux
+    along, across = along_across(spec.relation, dx, dy)
     if along >= RELATION_THRESHOLD and abs(along) > abs(across):
         return None
     return (f"wrong relation: {_describe(a)} is not {spec.relation.value} {_describe(b)} "

@@ -42,20 +42,14 @@ def _apart(a: PlacedObject, b: PlacedObject) -> bool:
     return abs(a.cx - b.cx) >= reach or abs(a.cy - b.cy) >= reach
 
 
-def relation_vector(relation: Relation) -> tuple[int, int]:
-    """Direction from A's centre to B's centre when 'A RELATION B' holds (image rows grow downwards)."""
-    return {
-        Relation.LEFT_OF: (1, 0),
-        Relation.RIGHT_OF: (-1, 0),
-        Relation.ABOVE: (0, 1),
-        Relation.BELOW: (0, -1),
-    }[relation]
+def along_across(relation: Relation, dx: float, dy: float) -> tuple[float, float]:
+    """B's centre minus A's, split along the direction 'A RELATION B' asks for and across it (rows grow down)."""
+    ux, uy = {Relation.LEFT_OF: (1, 0), Relation.RIGHT_OF: (-1, 0), Relation.ABOVE: (0, 1), Relation.BELOW: (0, -1)}[relation]
+    return dx * ux + dy * uy, dx * uy + dy * ux
 
 
 def _relation_ok(a: PlacedObject, b: PlacedObject, relation: Relation) -> bool:
-    ux, uy = relation_vector(relation)
-    along = (b.cx - a.cx) * ux + (b.cy - a.cy) * uy
-    across = (b.cx - a.cx) * uy + (b.cy - a.cy) * ux
+    along, across = along_across(relation, b.cx - a.cx, b.cy - a.cy)
     return along >= RELATION_MIN and abs(across) <= RELATION_DXDY * along
 
 
