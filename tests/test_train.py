@@ -119,3 +119,11 @@ def test_sample_grids_for_world_and_folder_models(tiny_config_path, tmp_path):
     cfg.data.source, cfg.data.path = "imagefolder", str(_make_folder(tmp_path / "data"))
     run = setup(cfg, tmp_path / "f", device="cpu")
     assert Image.open(sample_grid(run, steps=2)).size[0] > 0
+
+
+def test_a_fresh_run_never_overwrites_an_existing_one(tiny_model, tiny_config_path, capsys):
+    run_dir = tiny_model.parent
+    before = (run_dir / "checkpoints" / "latest").read_text()
+    assert main(["train", "--config", str(tiny_config_path), "--out", str(run_dir), "--device", "cpu"]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert (run_dir / "checkpoints" / "latest").read_text() == before

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import load_json, save_json
+from ..config import ConfigError, load_json, save_json
 from ..data import make_dataset
 from ..diffusion.loss import diffusion_loss, sample_timesteps
 from ..diffusion.schedule import NoiseSchedule
@@ -72,6 +72,8 @@ class Run:
 def setup(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | None = None) -> Run:
     """Build data, model, EMA and optimizer; with resume, restore the latest checkpoint exactly."""
     folder = Path(folder)
+    if not resume and (folder / "checkpoints" / "latest").exists():
+        raise ConfigError(f"'{folder}' already holds a training run: pass --resume, or choose another --out")
     if resume:  # the run's own config wins; only the step budget may be extended
         steps = cfg.optim.steps
         cfg = load_json(TrainConfig, folder / "config.json")
