@@ -30,7 +30,8 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 
 def _generate(args) -> None:
-    from .pipelines.text2image import DEFAULT_MODEL, Sampler, SamplingOptions, Text2ImagePipeline
+    from .pipelines.text2image import (DEFAULT_MODEL, SAMPLER_INFO, Sampler, SamplingOptions, SigmaSchedule,
+                                       Text2ImagePipeline)
     from .png import format_parameters, save_png
     from .world.render import to_uint8
 
@@ -38,15 +39,15 @@ def _generate(args) -> None:
     pipe = Text2ImagePipeline.from_pretrained(model)
     prompts = [p for p in args.prompts for _ in range(args.num_images)]
     seeds = [args.seed + i for i in range(len(prompts))]
-    opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler,
-                           eta=args.eta, negative_prompt=args.negative_prompt)
+    opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=Sampler(args.sampler),
+                           eta=args.eta, schedule=SigmaSchedule(args.schedule), negative_prompt=args.negative_prompt)
     for p in set(prompts) | {args.negative_prompt}:  # fail on bad input before any work
         pipe.text_encoder.tokenizer.encode(p)
-    pipe.schedule.timesteps(opts.steps, opts.spacing)
+    pipe.schedule.timesteps(opts.steps)
     start = time.time()
     images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True)).numpy()
     for path, px, prompt, seed in zip(_output_paths(Path(args.out), len(prompts)), images, prompts, seeds):
-        params = {"Steps": opts.steps, "Sampler": Sampler(opts.sampler).value.upper(),
+        params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
                   "CFG scale": opts.guidance_scale, "Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}",
                   "Model": model.name, "Eta": opts.eta}
         save_png(px, path, format_parameters(prompt, opts.negative_prompt, params))
@@ -64,10 +65,23 @@ def _export(args) -> None:
     print(f"exported {args.model} -> {args.out}")
 
 
+def _samplers(args) -> None:
+    from .pipelines.text2image import SAMPLER_INFO, SigmaSchedule
+
+    print(f"{'--sampler':14s} {'A1111 name':14s} description")
+    for sampler, (a1111, description) in SAMPLER_INFO.items():
+        print(f"{sampler.value:14s} {a1111:14s} {description}")
+    print("--schedule: " + ", ".join(s.value for s in SigmaSchedule) + " (karras: sigma samplers only)")
+
+
 def _eval_bench(args) -> None:
     from .eval.bench import run_bench
 
     run_bench(args)
+
+
+SAMPLER_NAMES = ["ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde"]
+SCHEDULE_NAMES = ["uniform", "leading", "trailing", "karras"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
     g.add_argument("--steps", type=int, default=50)
     g.add_argument("--guidance-scale", type=float, default=3.0)
-    g.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    g.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="see 'condiff samplers'")
+    g.add_argument("--schedule", choices=SCHEDULE_NAMES, default="uniform", help="step placement")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
     g.add_argument("--batch-size", type=int, default=32)
@@ -105,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
     x.set_defaults(func=_export)
 
+    sub.add_parser("samplers", help="list the samplers and step schedules").set_defaults(func=_samplers)
+
     e = sub.add_parser("eval", help="evaluate a model")
     esub = e.add_subparsers(dest="eval_command", required=True)
     b = esub.add_parser("bench", help="shapes-bench: accuracy per category, judged by the oracle")
@@ -113,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts-per-category", type=int, default=25)
     b.add_argument("--steps", type=int, default=50)
     b.add_argument("--guidance-scale", type=float, default=3.0)
-    b.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    b.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
+    b.add_argument("--schedule", choices=SCHEDULE_NAMES, default="uniform")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--batch-size", type=int, default=128)
     b.add_argument("--device", help="cpu or cuda")

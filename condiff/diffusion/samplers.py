@@ -21,8 +21,8 @@ class PerSampleNoise:
     def __call__(self, shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
         """Noise of shape (B, ...) with B = number of seeds."""
         assert shape[0] == len(self.generators), "one seed per image"
-        z = torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in self.generators])
-        return z.to(device=device, dtype=dtype)
+        z = torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype) for g in self.generators])
+        return z.to(device=device)
 
 
 def _predict(model: Model, schedule: NoiseSchedule, x, t: int, clip_x0: bool):

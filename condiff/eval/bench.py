@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..pipelines.text2image import DEFAULT_MODEL, SamplingOptions, Text2ImagePipeline
+from ..pipelines.text2image import DEFAULT_MODEL, Sampler, SamplingOptions, SigmaSchedule, Text2ImagePipeline
 from ..world.bench import SUITES, suite_prompts
 from ..world.oracle import judge
 from ..world.render import to_uint8
@@ -62,13 +62,14 @@ def run_bench(args) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = Path(args.model) if args.model else DEFAULT_MODEL
     pipe = Text2ImagePipeline.from_pretrained(model).to(device)
-    opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler)
+    opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=Sampler(args.sampler),
+                           schedule=SigmaSchedule(args.schedule))
     start = time.time()
     records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt, args.seed, args.batch_size)
     table = summarize(records)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"model": str(model), "sampler": opts.sampler, "steps": opts.steps, "guidance_scale": opts.guidance_scale,
+    report = {"model": str(model), "sampler": opts.sampler.value, "schedule": opts.schedule.value, "steps": opts.steps, "guidance_scale": opts.guidance_scale,
               "prompts_per_category": args.prompts_per_category, "n_per_prompt": args.n_per_prompt,
               "seconds": round(time.time() - start, 1), "device": device, "table": table,
               "samples": [{k: r[k] for k in ("suite", "prompt", "seed", "correct", "reason")} for r in records]}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,6 +14,8 @@ from ..diffusion.denoiser import Denoiser, Prediction
 from ..diffusion.guidance import ClassifierFreeGuidance
 from ..diffusion.samplers import PerSampleNoise, sample_ddim, sample_ddpm
 from ..diffusion.schedule import NoiseSchedule, ScheduleConfig, Spacing
+from ..diffusion.sigma_samplers import (SigmaDenoiser, karras_sigmas, sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_euler,
+                                        sample_euler_ancestral, sample_heun, sigmas_at)
 from ..io import load_component, replace_dir, save_component
 from ..nets.text import TextEncoder, TextEncoderConfig
 from ..nets.unet import UNet, UNetConfig
@@ -21,8 +24,39 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "base32"
 
 
 class Sampler(str, enum.Enum):
+    """Sampler names as in diffusers / A1111 (description: their name there)."""
+
     DDPM = "ddpm"
     DDIM = "ddim"
+    EULER = "euler"
+    EULER_A = "euler_a"
+    HEUN = "heun"
+    DPMPP_2M = "dpmpp_2m"
+    DPMPP_2M_SDE = "dpmpp_2m_sde"
+
+
+SAMPLER_INFO = {
+    Sampler.DDPM: ("DDPM", "ancestral, posterior variance beta_tilde (Ho et al. 2020)"),
+    Sampler.DDIM: ("DDIM", "deterministic at eta = 0 (Song et al. 2021)"),
+    Sampler.EULER: ("Euler", "probability-flow ODE, 1st order (Karras et al. 2022)"),
+    Sampler.EULER_A: ("Euler a", "Euler with ancestral noise"),
+    Sampler.HEUN: ("Heun", "2nd order ODE, 2 model calls per step (Karras et al. Alg. 1)"),
+    Sampler.DPMPP_2M: ("DPM++ 2M", "DPM-Solver++ multistep, 2nd order (Lu et al. 2022)"),
+    Sampler.DPMPP_2M_SDE: ("DPM++ 2M SDE", "DPM-Solver++ 2M, stochastic (midpoint)"),
+}
+SIGMA_SAMPLERS = {
+    Sampler.EULER: sample_euler, Sampler.EULER_A: sample_euler_ancestral, Sampler.HEUN: sample_heun,
+    Sampler.DPMPP_2M: sample_dpmpp_2m, Sampler.DPMPP_2M_SDE: sample_dpmpp_2m_sde,
+}
+
+
+class SigmaSchedule(str, enum.Enum):
+    """How sampling steps are placed: a timestep respacing (schedule.Spacing) or Karras et al.'s sigmas."""
+
+    UNIFORM = "uniform"
+    LEADING = "leading"
+    TRAILING = "trailing"
+    KARRAS = "karras"
 
 
 @dataclass
@@ -37,8 +71,35 @@ class SamplingOptions:
     guidance_scale: float = 3.0
     sampler: Sampler = Sampler.DDIM
     eta: float = 0.0
-    spacing: Spacing = Spacing.UNIFORM
+    schedule: SigmaSchedule = SigmaSchedule.UNIFORM
     negative_prompt: str = ""
+
+
+SIGMA_MAX = 80.0  # EDM's sigma_max: the cosine schedule's last sigma (~2e4) wrecks 2nd-order steps (see README)
+
+
+def sampling_sigmas(schedule: NoiseSchedule, opts: "SamplingOptions") -> torch.Tensor:
+    """Descending sigmas ending in 0 for the sigma samplers, the largest capped at SIGMA_MAX."""
+    if SigmaSchedule(opts.schedule) is SigmaSchedule.KARRAS:
+        spaced = sigmas_at(schedule, schedule.timesteps(opts.steps, Spacing.UNIFORM))
+        return karras_sigmas(spaced[-2].item(), min(spaced[0].item(), SIGMA_MAX), opts.steps)
+    return sigmas_at(schedule, schedule.timesteps(opts.steps, Spacing(opts.schedule.value))).clamp(max=SIGMA_MAX)
+
+
+def run_sampler(model, schedule: NoiseSchedule, z: torch.Tensor, noise: PerSampleNoise, opts: "SamplingOptions",
+                callback=None) -> torch.Tensor:
+    """Dispatch on the sampler name; z ~ N(0, I) is the initial noise, scaled as each sampler's space needs."""
+    sampler = Sampler(opts.sampler)
+    if sampler in SIGMA_SAMPLERS:
+        sigmas = sampling_sigmas(schedule, opts)
+        x = z * math.sqrt(sigmas[0].item() ** 2 + 1)  # x_T = x0 + sigma_max eps has variance sigma_max^2 + 1
+        return SIGMA_SAMPLERS[sampler](SigmaDenoiser(model, schedule, clip_x0=True), x, sigmas, noise, callback)
+    if SigmaSchedule(opts.schedule) is SigmaSchedule.KARRAS:
+        raise ValueError(f"the karras schedule needs a sigma sampler ({', '.join(s.value for s in SIGMA_SAMPLERS)})")
+    timesteps = schedule.timesteps(opts.steps, Spacing(opts.schedule.value))
+    if sampler is Sampler.DDPM:
+        return sample_ddpm(model, z, schedule, timesteps, noise, callback=callback)
+    return sample_ddim(model, z, schedule, timesteps, opts.eta, noise, callback=callback)
 
 
 class Text2ImagePipeline:
@@ -88,11 +149,8 @@ class Text2ImagePipeline:
         model = ClassifierFreeGuidance(self.denoiser, opts.guidance_scale, cond,
                                        self.encode([opts.negative_prompt] * len(prompts)))
         noise = PerSampleNoise(seeds)
-        x_T = noise((len(seeds), 3, self.resolution, self.resolution), self.device)
-        timesteps = self.schedule.timesteps(opts.steps, opts.spacing)
-        if Sampler(opts.sampler) is Sampler.DDPM:
-            return sample_ddpm(model, x_T, self.schedule, timesteps, noise, callback=callback)
-        return sample_ddim(model, x_T, self.schedule, timesteps, opts.eta, noise, callback=callback)
+        z = noise((len(seeds), 3, self.resolution, self.resolution), self.device)
+        return run_sampler(model, self.schedule, z, noise, opts, callback)
 
     def generate(self, prompts: list[str], seeds: list[int], opts: SamplingOptions = SamplingOptions(),
                  batch_size: int = 64, progress: bool = False) -> torch.Tensor:

@@ -1,0 +1,157 @@
+"""Samplers in the sigma parameterisation of Karras et al. 2022 (x = x0 + sigma eps), over a discrete eps model.
+
+Each sampler is sample_X(denoise, x, sigmas, noise=None, callback=None) -> x0, with denoise(x, sigma) -> x0_hat
+and sigmas descending to 0 (k-diffusion's contract). SigmaDenoiser adapts the one eps-model contract to it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from .schedule import NoiseSchedule
+
+SigmaModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def schedule_sigmas(schedule: NoiseSchedule) -> torch.Tensor:
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), t = 0..T-1."""
+    return ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()
+
+
+def sigmas_at(schedule: NoiseSchedule, timesteps: Sequence[float]) -> torch.Tensor:
+    """Sigmas at (possibly fractional) timesteps, linearly interpolated as diffusers does, then a final 0."""
+    table = schedule_sigmas(schedule)
+    t = torch.as_tensor(list(timesteps), dtype=torch.float64)
+    lo = t.floor().long().clamp(0, len(table) - 1)
+    hi = (lo + 1).clamp(max=len(table) - 1)
+    w = t - lo
+    return torch.cat([(1 - w) * table[lo] + w * table[hi], torch.zeros(1, dtype=torch.float64)])
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. eq. 5: sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, then 0."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return torch.cat([(hi + ramp * (lo - hi)) ** rho, torch.zeros(1, dtype=torch.float64)])
+
+
+class SigmaDenoiser:
+    """D(x, sigma) = x - sigma eps(x / sqrt(sigma^2 + 1), t(sigma)); k-diffusion's DiscreteEpsDDPMDenoiser.
+
+    clip_x0 clamps D to [-1, 1] (static clipping, as the DDIM/DDPM samplers do by default): with the cosine
+    schedule sigma_max is about 2e4, and an unclipped first step multiplies the model's error by that much.
+    """
+
+    def __init__(self, eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: NoiseSchedule,
+                 clip_x0: bool = False):
+        self.eps_model, self.clip_x0 = eps_model, clip_x0
+        self.log_sigmas = schedule_sigmas(schedule).log()
+
+    def t_of(self, sigma: float) -> float:
+        """Timestep of a sigma by interpolation in log sigma (exact on the schedule's own sigmas)."""
+        log_s = math.log(sigma)
+        idx = int(torch.searchsorted(self.log_sigmas, torch.tensor(log_s, dtype=torch.float64)).clamp(1, len(self.log_sigmas) - 1))
+        lo, hi = self.log_sigmas[idx - 1].item(), self.log_sigmas[idx].item()
+        w = min(max((log_s - lo) / (hi - lo), 0.0), 1.0)
+        return idx - 1 + w
+
+    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        t = torch.full((x.shape[0],), self.t_of(sigma), dtype=torch.float64, device=x.device)
+        eps = self.eps_model(x / math.sqrt(sigma ** 2 + 1), t)
+        x0 = x - sigma * eps
+        return x0.clamp(-1, 1) if self.clip_x0 else x0
+
+
+def _d(x, denoised, sigma):
+    """Karras eq. 4 ODE derivative dx/dsigma = (x - D(x, sigma)) / sigma."""
+    return (x - denoised) / sigma
+
+
+def sample_euler(denoise: SigmaModel, x, sigmas, noise=None, callback=None):
+    """Euler's method on the probability-flow ODE (Karras Alg. 1 without the Heun correction)."""
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
+        denoised = denoise(x, s)
+        x = x + _d(x, denoised, s) * (s_next - s)
+        if callback is not None:
+            callback({"i": i, "sigma": s, "x": x, "x0_hat": denoised})
+    return x
+
+
+def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
+    """sigma_down, sigma_up with sigma_down^2 + sigma_up^2 = sigma_to^2 (k-diffusion get_ancestral_step)."""
+    up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
+    return (sigma_to ** 2 - up ** 2) ** 0.5, up
+
+
+def sample_euler_ancestral(denoise: SigmaModel, x, sigmas, noise=None, callback=None):
+    """Euler step down to sigma_down, then fresh noise of std sigma_up."""
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
+        denoised = denoise(x, s)
+        down, up = ancestral_step(s, s_next)
+        x = x + _d(x, denoised, s) * (down - s) + noise(x.shape, x.device, x.dtype) * up
+        if callback is not None:
+            callback({"i": i, "sigma": s, "x": x, "x0_hat": denoised})
+    return x
+
+
+def sample_heun(denoise: SigmaModel, x, sigmas, noise=None, callback=None):
+    """Karras Alg. 1 (deterministic Heun, 2nd order); the last step to sigma = 0 is an Euler step."""
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
+        denoised = denoise(x, s)
+        d = _d(x, denoised, s)
+        x_euler = x + d * (s_next - s)
+        if s_next == 0:
+            x = x_euler
+        else:
+            d_next = _d(x_euler, denoise(x_euler, s_next), s_next)
+            x = x + (d + d_next) / 2 * (s_next - s)
+        if callback is not None:
+            callback({"i": i, "sigma": s, "x": x, "x0_hat": denoised})
+    return x
+
+
+def sample_dpmpp_2m(denoise: SigmaModel, x, sigmas, noise=None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) with lambda = -log sigma; first order at the ends."""
+    old = None
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
+        denoised = denoise(x, s)
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s) - math.log(s_next)
+            d = denoised
+            if old is not None:
+                r = (math.log(sigmas[i - 1].item()) - math.log(s)) / h
+                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
+            x = (s_next / s) * x - math.expm1(-h) * d
+        old = denoised
+        if callback is not None:
+            callback({"i": i, "sigma": s, "x": x, "x0_hat": denoised})
+    return x
+
+
+def sample_dpmpp_2m_sde(denoise: SigmaModel, x, sigmas, noise=None, callback=None):
+    """DPM-Solver++(2M) SDE, eta = 1, midpoint form (diffusers 'sde-dpmsolver++', k-diffusion sample_dpmpp_2m_sde)."""
+    old, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
+        denoised = denoise(x, s)
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s) - math.log(s_next)
+            x = (s_next / s) * math.exp(-h) * x - math.expm1(-2 * h) * denoised
+            if old is not None:  # second-order correction, r = h_last / h
+                x = x - 0.5 * math.expm1(-2 * h) * (h / h_last) * (denoised - old)
+            x = x + noise(x.shape, x.device, x.dtype) * s_next * (-math.expm1(-2 * h)) ** 0.5
+            h_last = h
+        old = denoised
+        if callback is not None:
+            callback({"i": i, "sigma": s, "x": x, "x0_hat": denoised})
+    return x
