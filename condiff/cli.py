@@ -40,7 +40,8 @@ def _generate(args) -> None:
     prompts = [p for p in args.prompts for _ in range(args.num_images)]
     seeds = [args.seed + i for i in range(len(prompts))]
     opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=Sampler(args.sampler),
-                           eta=args.eta, schedule=SigmaSchedule(args.schedule), negative_prompt=args.negative_prompt)
+                           eta=args.eta, schedule=SigmaSchedule(args.schedule), threshold=args.threshold,
+                           percentile=args.threshold_percentile, negative_prompt=args.negative_prompt)
     for p in set(prompts) | {args.negative_prompt}:  # fail on bad input before any work
         pipe.text_encoder.tokenizer.encode(p)
     pipe.schedule.timesteps(opts.steps)
@@ -48,6 +49,7 @@ def _generate(args) -> None:
     images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True)).numpy()
     for path, px, prompt, seed in zip(_output_paths(Path(args.out), len(prompts)), images, prompts, seeds):
         params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
+                  "Threshold": opts.threshold if opts.threshold != "dynamic" else f"dynamic {opts.percentile}",
                   "CFG scale": opts.guidance_scale, "Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}",
                   "Model": model.name, "Eta": opts.eta}
         save_png(px, path, format_parameters(prompt, opts.negative_prompt, params))
@@ -107,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-scale", type=float, default=3.0)
     g.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="see 'condiff samplers'")
     g.add_argument("--schedule", choices=SCHEDULE_NAMES, default="uniform", help="step placement")
+    g.add_argument("--threshold", choices=["none", "static", "dynamic"], default="static",
+                   help="x0_hat clipping: static [-1, 1] or Imagen's dynamic thresholding")
+    g.add_argument("--threshold-percentile", type=float, default=0.995, help="p of dynamic thresholding")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
     g.add_argument("--batch-size", type=int, default=32)

@@ -70,7 +70,7 @@ def test_ddim_matches_diffusers(spacing):
     assert ts == sch.timesteps.tolist()
     x = x_init()
     theirs = run_diffusers(sch, x, eta=0.0)
-    assert_close(trajectory(sample_ddim, eps_model, x, ours, ts, clip_x0=False), theirs)
+    assert_close(trajectory(sample_ddim, eps_model, x, ours, ts, x0_fn=None), theirs)
 
 
 def test_ddpm_matches_diffusers():
@@ -81,7 +81,7 @@ def test_ddpm_matches_diffusers():
     x = x_init()
     theirs = run_diffusers(sch, x, generator=torch.Generator().manual_seed(5))
     # diffusers draws its variance noise for every step but the last from one generator, as PerSampleNoise does
-    assert_close(trajectory(sample_ddpm, eps_model, x, ours, ts, PerSampleNoise([5]), clip_x0=False), theirs)
+    assert_close(trajectory(sample_ddpm, eps_model, x, ours, ts, PerSampleNoise([5]), x0_fn=None), theirs)
 
 
 def spaced_or_karras(sch, ours, karras):

@@ -51,8 +51,8 @@ def test_ddim_deterministic_and_invertible_for_t_independent_model():
     model = lambda x, t: e.expand_as(x)
     x_T = PerSampleNoise([5])((1, 3, 4, 4), dtype=torch.float64)
     ts = SCHED.timesteps(50)
-    x0 = sample_ddim(model, x_T, SCHED, ts, clip_x0=False)
-    assert torch.equal(x0, sample_ddim(model, x_T, SCHED, ts, clip_x0=False))
+    x0 = sample_ddim(model, x_T, SCHED, ts, x0_fn=None)
+    assert torch.equal(x0, sample_ddim(model, x_T, SCHED, ts, x0_fn=None))
     assert torch.allclose(ddim_invert(model, x0, SCHED, ts), x_T, atol=1e-9)
 
 
@@ -73,7 +73,7 @@ def test_ddim_inversion_round_trip_on_tiny_unet_converges_with_steps():
     for steps in (10, 50, 250):
         ts = den.schedule.timesteps(steps)
         x_T = ddim_invert(model, x0, den.schedule, ts)
-        rec = sample_ddim(model, x_T, den.schedule, ts, clip_x0=False)
+        rec = sample_ddim(model, x_T, den.schedule, ts, x0_fn=None)
         errors.append((rec - x0).abs().max().item())
     # DDIM inversion is first order in the step size: 5x the steps gives about 5x smaller error
     assert errors[0] > 3 * errors[1] > 9 * errors[2], errors

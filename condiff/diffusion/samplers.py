@@ -7,6 +7,7 @@ import torch
 
 from .denoiser import eps_from_x0, x0_from_eps
 from .schedule import NoiseSchedule
+from .thresholding import X0Fn, static_threshold
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict], None]
@@ -25,24 +26,24 @@ class PerSampleNoise:
         return z.to(device=device)
 
 
-def _predict(model: Model, schedule: NoiseSchedule, x, t: int, clip_x0: bool):
-    """eps_hat and x0_hat at timestep t; with clip_x0, x0_hat in [-1, 1] and eps_hat made consistent."""
+def _predict(model: Model, schedule: NoiseSchedule, x, t: int, x0_fn: X0Fn | None):
+    """eps_hat and x0_hat at timestep t; x0_fn (e.g. thresholding) acts on x0_hat and eps_hat is made consistent."""
     tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     eps = model(x, tt)
     x0 = x0_from_eps(schedule, x, tt, eps)
-    if clip_x0:
-        x0 = x0.clamp(-1, 1)
+    if x0_fn is not None:
+        x0 = x0_fn(x0)
         eps = eps_from_x0(schedule, x, tt, x0)
     return eps, x0
 
 
 def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
-                eta: float = 0.0, noise: PerSampleNoise | None = None, clip_x0: bool = True,
+                eta: float = 0.0, noise: PerSampleNoise | None = None, x0_fn: X0Fn | None = static_threshold,
                 callback: Callback | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) over descending timesteps; eta=1 is DDPM's posterior variance."""
     ab = schedule.alpha_bar
     for i, t in enumerate(timesteps):
-        eps, x0 = _predict(model, schedule, x, t, clip_x0)
+        eps, x0 = _predict(model, schedule, x, t, x0_fn)
         ab_t = ab[t].item()
         ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
         sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
@@ -55,11 +56,11 @@ def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
 
 
 def sample_ddpm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
-                noise: PerSampleNoise, clip_x0: bool = True, callback: Callback | None = None) -> torch.Tensor:
+                noise: PerSampleNoise, x0_fn: X0Fn | None = static_threshold, callback: Callback | None = None) -> torch.Tensor:
     """Ancestral sampling (Ho et al. Alg. 2) with the respaced posterior q(x_s | x_t, x0_hat), variance beta_tilde."""
     ab = schedule.alpha_bar
     for i, t in enumerate(timesteps):
-        eps, x0 = _predict(model, schedule, x, t, clip_x0)
+        eps, x0 = _predict(model, schedule, x, t, x0_fn)
         ab_t = ab[t].item()
         ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
         beta = 1 - ab_t / ab_prev  # respaced beta_t
@@ -80,7 +81,7 @@ def ddim_invert(model: Model, x0: torch.Tensor, schedule: NoiseSchedule, timeste
     for i, t in enumerate(ascending):
         ab_prev = ab[ascending[i - 1]].item() if i > 0 else 1.0
         t_eval = ascending[i - 1] if i > 0 else t  # eps is evaluated at the current point (x_prev, t_prev)
-        eps, _ = _predict(model, schedule, x, t_eval, clip_x0=False)
+        eps, _ = _predict(model, schedule, x, t_eval, None)
         x0_hat = (x - (1 - ab_prev) ** 0.5 * eps) / ab_prev ** 0.5
         x = ab[t].item() ** 0.5 * x0_hat + (1 - ab[t].item()) ** 0.5 * eps
     return x

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from .schedule import NoiseSchedule
+from .thresholding import X0Fn
 
 SigmaModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -40,13 +41,13 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
 class SigmaDenoiser:
     """D(x, sigma) = x - sigma eps(x / sqrt(sigma^2 + 1), t(sigma)); k-diffusion's DiscreteEpsDDPMDenoiser.
 
-    clip_x0 clamps D to [-1, 1] (static clipping, as the DDIM/DDPM samplers do by default): with the cosine
-    schedule sigma_max is about 2e4, and an unclipped first step multiplies the model's error by that much.
+    x0_fn (e.g. static clipping, which the DDIM/DDPM samplers use by default) acts on D: at large sigma an
+    unclipped x0_hat carries the model's error times sigma.
     """
 
     def __init__(self, eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], schedule: NoiseSchedule,
-                 clip_x0: bool = False):
-        self.eps_model, self.clip_x0 = eps_model, clip_x0
+                 x0_fn: X0Fn | None = None):
+        self.eps_model, self.x0_fn = eps_model, x0_fn
         self.log_sigmas = schedule_sigmas(schedule).log()
 
     def t_of(self, sigma: float) -> float:
@@ -61,7 +62,7 @@ class SigmaDenoiser:
         t = torch.full((x.shape[0],), self.t_of(sigma), dtype=torch.float64, device=x.device)
         eps = self.eps_model(x / math.sqrt(sigma ** 2 + 1), t)
         x0 = x - sigma * eps
-        return x0.clamp(-1, 1) if self.clip_x0 else x0
+        return self.x0_fn(x0) if self.x0_fn is not None else x0
 
 
 def _d(x, denoised, sigma):

@@ -14,6 +14,7 @@ from ..diffusion.denoiser import Denoiser, Prediction
 from ..diffusion.guidance import ClassifierFreeGuidance
 from ..diffusion.samplers import PerSampleNoise, sample_ddim, sample_ddpm
 from ..diffusion.schedule import NoiseSchedule, ScheduleConfig, Spacing
+from ..diffusion.thresholding import Threshold, x0_fn_for
 from ..diffusion.sigma_samplers import (SigmaDenoiser, karras_sigmas, sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_euler,
                                         sample_euler_ancestral, sample_heun, sigmas_at)
 from ..io import load_component, replace_dir, save_component
@@ -72,6 +73,8 @@ class SamplingOptions:
     sampler: Sampler = Sampler.DDIM
     eta: float = 0.0
     schedule: SigmaSchedule = SigmaSchedule.UNIFORM
+    threshold: Threshold = Threshold.STATIC
+    percentile: float = 0.995  # dynamic thresholding's p
     negative_prompt: str = ""
 
 
@@ -89,17 +92,17 @@ def sampling_sigmas(schedule: NoiseSchedule, opts: "SamplingOptions") -> torch.T
 def run_sampler(model, schedule: NoiseSchedule, z: torch.Tensor, noise: PerSampleNoise, opts: "SamplingOptions",
                 callback=None) -> torch.Tensor:
     """Dispatch on the sampler name; z ~ N(0, I) is the initial noise, scaled as each sampler's space needs."""
-    sampler = Sampler(opts.sampler)
+    sampler, x0_fn = Sampler(opts.sampler), x0_fn_for(opts.threshold, opts.percentile)
     if sampler in SIGMA_SAMPLERS:
         sigmas = sampling_sigmas(schedule, opts)
         x = z * math.sqrt(sigmas[0].item() ** 2 + 1)  # x_T = x0 + sigma_max eps has variance sigma_max^2 + 1
-        return SIGMA_SAMPLERS[sampler](SigmaDenoiser(model, schedule, clip_x0=True), x, sigmas, noise, callback)
+        return SIGMA_SAMPLERS[sampler](SigmaDenoiser(model, schedule, x0_fn), x, sigmas, noise, callback)
     if SigmaSchedule(opts.schedule) is SigmaSchedule.KARRAS:
         raise ValueError(f"the karras schedule needs a sigma sampler ({', '.join(s.value for s in SIGMA_SAMPLERS)})")
     timesteps = schedule.timesteps(opts.steps, Spacing(opts.schedule.value))
     if sampler is Sampler.DDPM:
-        return sample_ddpm(model, z, schedule, timesteps, noise, callback=callback)
-    return sample_ddim(model, z, schedule, timesteps, opts.eta, noise, callback=callback)
+        return sample_ddpm(model, z, schedule, timesteps, noise, x0_fn, callback=callback)
+    return sample_ddim(model, z, schedule, timesteps, opts.eta, noise, x0_fn, callback=callback)
 
 
 class Text2ImagePipeline:
