@@ -41,7 +41,8 @@ def _generate(args) -> None:
     seeds = [args.seed + i for i in range(len(prompts))]
     opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=Sampler(args.sampler),
                            eta=args.eta, schedule=SigmaSchedule(args.schedule), threshold=args.threshold,
-                           percentile=args.threshold_percentile, negative_prompt=args.negative_prompt)
+                           percentile=args.threshold_percentile, ddpm_variance=args.ddpm_variance,
+                           negative_prompt=args.negative_prompt)
     for p in set(prompts) | {args.negative_prompt}:  # fail on bad input before any work
         pipe.text_encoder.tokenizer.encode(p)
     pipe.schedule.timesteps(opts.steps)
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", choices=["none", "static", "dynamic"], default="static",
                    help="x0_hat clipping: static [-1, 1] or Imagen's dynamic thresholding")
     g.add_argument("--threshold-percentile", type=float, default=0.995, help="p of dynamic thresholding")
+    g.add_argument("--ddpm-variance", choices=["small", "large"], default="small",
+                   help="ddpm sampler: posterior beta_tilde (small) or beta (large)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
     g.add_argument("--batch-size", type=int, default=32)

@@ -85,3 +85,15 @@ def test_export_fp16_round_trip(tiny_model, tmp_path):
     assert all((half[k].float() - full[k]).abs().max() <= full[k].abs().max() * 1e-3 + 1e-7 for k in full)
     pipe = Text2ImagePipeline.from_pretrained(tmp_path / "half")  # loads back as float32
     assert next(pipe.unet.parameters()).dtype == torch.float32
+
+
+def test_generate_with_every_option(tiny_model, tmp_path):
+    out = tmp_path / "o.png"
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "3", "--sampler", "ddpm",
+                 "--ddpm-variance", "large", "--threshold", "dynamic", "--threshold-percentile", "0.9",
+                 "--out", str(out)]) == 0
+    p = read_parameters(out)
+    assert p["Sampler"] == "DDPM" and p["Threshold"] == "dynamic 0.9"
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "3", "--sampler", "heun",
+                 "--schedule", "karras", "--out", str(out)]) == 0
+    assert read_parameters(out)["Schedule type"] == "karras"

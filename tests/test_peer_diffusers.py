@@ -11,7 +11,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from condiff.diffusion.samplers import PerSampleNoise, sample_ddim, sample_ddpm  # noqa: E402
+from condiff.diffusion.samplers import PerSampleNoise, Variance, sample_ddim, sample_ddpm  # noqa: E402
 from condiff.diffusion.schedule import NoiseSchedule, Spacing  # noqa: E402
 from condiff.diffusion.sigma_samplers import (SigmaDenoiser, karras_sigmas, sample_dpmpp_2m,  # noqa: E402
                                               sample_dpmpp_2m_sde, sample_euler, sample_euler_ancestral, sample_heun,
@@ -73,15 +73,17 @@ def test_ddim_matches_diffusers(spacing):
     assert_close(trajectory(sample_ddim, eps_model, x, ours, ts, x0_fn=None), theirs)
 
 
-def test_ddpm_matches_diffusers():
-    sch, ours = make(diffusers.DDPMScheduler, clip_sample=False, variance_type="fixed_small")
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ddpm_matches_diffusers(variance):
+    sch, ours = make(diffusers.DDPMScheduler, clip_sample=False, variance_type=f"fixed_{variance}")
     sch.set_timesteps(STEPS)
     ts = ours.timesteps(STEPS, Spacing.LEADING)
     assert ts == sch.timesteps.tolist()
     x = x_init()
     theirs = run_diffusers(sch, x, generator=torch.Generator().manual_seed(5))
     # diffusers draws its variance noise for every step but the last from one generator, as PerSampleNoise does
-    assert_close(trajectory(sample_ddpm, eps_model, x, ours, ts, PerSampleNoise([5]), x0_fn=None), theirs)
+    assert_close(trajectory(sample_ddpm, eps_model, x, ours, ts, PerSampleNoise([5]), x0_fn=None,
+                            variance=Variance(variance)), theirs)
 
 
 def spaced_or_karras(sch, ours, karras):

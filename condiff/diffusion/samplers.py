@@ -1,6 +1,7 @@
 """Samplers as pure functions over the denoiser contract eps_hat = model(x_t, t)."""
 from __future__ import annotations
 
+import enum
 from typing import Callable, Sequence
 
 import torch
@@ -55,9 +56,15 @@ def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
     return x
 
 
+class Variance(str, enum.Enum):
+    SMALL = "small"  # beta_tilde_t, the posterior variance (Ho et al. sigma_t^2 = beta_tilde_t)
+    LARGE = "large"  # beta_t (Ho et al. sigma_t^2 = beta_t)
+
+
 def sample_ddpm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
-                noise: PerSampleNoise, x0_fn: X0Fn | None = static_threshold, callback: Callback | None = None) -> torch.Tensor:
-    """Ancestral sampling (Ho et al. Alg. 2) with the respaced posterior q(x_s | x_t, x0_hat), variance beta_tilde."""
+                noise: PerSampleNoise, x0_fn: X0Fn | None = static_threshold, callback: Callback | None = None,
+                variance: Variance = Variance.SMALL) -> torch.Tensor:
+    """Ancestral sampling (Ho et al. Alg. 2): mean of the respaced posterior q(x_s | x_t, x0_hat), fixed variance."""
     ab = schedule.alpha_bar
     for i, t in enumerate(timesteps):
         eps, x0 = _predict(model, schedule, x, t, x0_fn)
@@ -67,7 +74,8 @@ def sample_ddpm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
         mean = (ab_prev ** 0.5 * beta / (1 - ab_t)) * x0 + ((1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab_t)) * x
         x = mean
         if i + 1 < len(timesteps):
-            x = x + (beta * (1 - ab_prev) / (1 - ab_t)) ** 0.5 * noise(x.shape, x.device, x.dtype)
+            var = beta if Variance(variance) is Variance.LARGE else beta * (1 - ab_prev) / (1 - ab_t)
+            x = x + var ** 0.5 * noise(x.shape, x.device, x.dtype)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0_hat": x0})
     return x

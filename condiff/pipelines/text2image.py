@@ -12,7 +12,7 @@ import torch
 from ..config import load_json, save_json
 from ..diffusion.denoiser import Denoiser, Prediction
 from ..diffusion.guidance import ClassifierFreeGuidance
-from ..diffusion.samplers import PerSampleNoise, sample_ddim, sample_ddpm
+from ..diffusion.samplers import PerSampleNoise, Variance, sample_ddim, sample_ddpm
 from ..diffusion.schedule import NoiseSchedule, ScheduleConfig, Spacing
 from ..diffusion.thresholding import Threshold, x0_fn_for
 from ..diffusion.sigma_samplers import (SigmaDenoiser, karras_sigmas, sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_euler,
@@ -75,6 +75,7 @@ class SamplingOptions:
     schedule: SigmaSchedule = SigmaSchedule.UNIFORM
     threshold: Threshold = Threshold.STATIC
     percentile: float = 0.995  # dynamic thresholding's p
+    ddpm_variance: Variance = Variance.SMALL
     negative_prompt: str = ""
 
 
@@ -101,7 +102,7 @@ def run_sampler(model, schedule: NoiseSchedule, z: torch.Tensor, noise: PerSampl
         raise ValueError(f"the karras schedule needs a sigma sampler ({', '.join(s.value for s in SIGMA_SAMPLERS)})")
     timesteps = schedule.timesteps(opts.steps, Spacing(opts.schedule.value))
     if sampler is Sampler.DDPM:
-        return sample_ddpm(model, z, schedule, timesteps, noise, x0_fn, callback=callback)
+        return sample_ddpm(model, z, schedule, timesteps, noise, x0_fn, callback, opts.ddpm_variance)
     return sample_ddim(model, z, schedule, timesteps, opts.eta, noise, x0_fn, callback=callback)
 
 
