@@ -30,8 +30,8 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 
 def _generate(args) -> None:
-    from .pipelines.text2image import (DEFAULT_MODEL, SAMPLER_INFO, Sampler, SamplingOptions, SigmaSchedule,
-                                       Text2ImagePipeline)
+    from .diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions, SigmaSchedule
+    from .pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
     from .png import format_parameters, save_png
     from .world.render import to_uint8
 
@@ -69,7 +69,7 @@ def _export(args) -> None:
 
 
 def _samplers(args) -> None:
-    from .pipelines.text2image import SAMPLER_INFO, SigmaSchedule
+    from .diffusion.sampling import SAMPLER_INFO, SigmaSchedule
 
     print(f"{'--sampler':14s} {'A1111 name':14s} description")
     for sampler, (a1111, description) in SAMPLER_INFO.items():

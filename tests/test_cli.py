@@ -7,7 +7,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from condiff.cli import main
-from condiff.pipelines.text2image import DEFAULT_MODEL, SamplingOptions, Text2ImagePipeline
+from condiff.diffusion.sampling import SamplingOptions
+from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
 from condiff.png import format_parameters, parse_parameters, read_parameters
 from condiff.world.oracle import judge
 from condiff.world.render import to_uint8

@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from condiff.world.grammar import Category, ObjectSpec, PromptSpec, Relation, parse_caption, sample_prompt
+from condiff.world.grammar import Category, sample_prompt
 from condiff.world.oracle import detect, judge, judge_objects
 from condiff.world.render import PlacedObject, layout, render, to_uint8
 

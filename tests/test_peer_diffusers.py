@@ -122,7 +122,7 @@ def test_euler_ancestral_matches_diffusers():
 def test_heun_matches_diffusers():
     sch, ours, sigmas = _sigma_sampler_case(diffusers.HeunDiscreteScheduler, "linspace")
     x = x_init(sch.init_noise_sigma)
-    theirs, first_order = [], []
+    theirs = []
     for t in sch.timesteps:
         eps = eps_model(sch.scale_model_input(x, t), t)
         x = sch.step(eps, t, x).prev_sample

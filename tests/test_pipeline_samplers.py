@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from condiff.cli import SAMPLER_NAMES, SCHEDULE_NAMES, main
-from condiff.pipelines.text2image import (DEFAULT_MODEL, Sampler, SamplingOptions, SigmaSchedule, Text2ImagePipeline,
-                                          sampling_sigmas)
+from condiff.diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule, sampling_sigmas
+from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
 from condiff.world.oracle import judge
 from condiff.world.render import to_uint8
 

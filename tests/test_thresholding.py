@@ -5,7 +5,8 @@ import torch
 from condiff.diffusion.samplers import PerSampleNoise, sample_ddim
 from condiff.diffusion.schedule import NoiseSchedule, cosine_betas
 from condiff.diffusion.thresholding import Threshold, dynamic_threshold, static_threshold, x0_fn_for
-from condiff.pipelines.text2image import SamplingOptions, Text2ImagePipeline
+from condiff.diffusion.sampling import SamplingOptions
+from condiff.pipelines.text2image import Text2ImagePipeline
 
 
 def test_static_threshold_clips_to_data_range():

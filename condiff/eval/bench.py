@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..pipelines.text2image import DEFAULT_MODEL, Sampler, SamplingOptions, SigmaSchedule, Text2ImagePipeline
+from ..diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule
+from ..pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
 from ..world.bench import SUITES, suite_prompts
 from ..world.oracle import judge
 from ..world.render import to_uint8

@@ -16,7 +16,8 @@ from ..diffusion.loss import diffusion_loss, sample_timesteps
 from ..diffusion.schedule import NoiseSchedule
 from ..nets.text import TextEncoder
 from ..nets.unet import UNet
-from ..pipelines.text2image import SamplingOptions, Text2ImagePipeline
+from ..diffusion.sampling import SamplingOptions
+from ..pipelines.text2image import Text2ImagePipeline
 from .config import Precision, TrainConfig
 from .ema import EMA
 from .state import latest_checkpoint, load_state, save_state
