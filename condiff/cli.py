@@ -46,6 +46,8 @@ def _generate(args) -> None:
     for p in set(prompts) | {args.negative_prompt}:  # fail on bad input before any work
         pipe.text_encoder.tokenizer.encode(p)
     pipe.schedule.timesteps(opts.steps)
+    if opts.ddpm_variance == "learned" and not pipe.cfg.learn_sigma:
+        raise ValueError("learned variance needs a model trained with learn_sigma")
     start = time.time()
     images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True)).numpy()
     for path, px, prompt, seed in zip(_output_paths(Path(args.out), len(prompts)), images, prompts, seeds):
@@ -113,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", choices=["none", "static", "dynamic"], default="static",
                    help="x0_hat clipping: static [-1, 1] or Imagen's dynamic thresholding")
     g.add_argument("--threshold-percentile", type=float, default=0.995, help="p of dynamic thresholding")
-    g.add_argument("--ddpm-variance", choices=["small", "large"], default="small",
-                   help="ddpm sampler: posterior beta_tilde (small) or beta (large)")
+    g.add_argument("--ddpm-variance", choices=["small", "large", "learned"], default="small",
+                   help="ddpm sampler: posterior beta_tilde (small), beta (large), or the model's (learned)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
     g.add_argument("--batch-size", type=int, default=32)

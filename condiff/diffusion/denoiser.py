@@ -38,15 +38,30 @@ def v_target(schedule: NoiseSchedule, x0, t, eps):
     return ab.sqrt() * eps - (1 - ab).sqrt() * x0
 
 
-class Denoiser(nn.Module):
-    """Wraps a network net(x_t, t, **cond) so samplers always see an epsilon prediction."""
+def split_learned_range(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 2C, ...) network output -> prediction (B, C, ...) and v = (raw + 1) / 2 (improved DDPM eq. 15)."""
+    pred, raw = out.chunk(2, dim=1)
+    return pred, (raw + 1) / 2
 
-    def __init__(self, net: nn.Module, schedule: NoiseSchedule, prediction: Prediction = Prediction.EPSILON):
+
+class Denoiser(nn.Module):
+    """Wraps a network net(x_t, t, **cond) so samplers always see an epsilon prediction.
+
+    With learn_sigma the network also outputs v of the learned-range variance; return_variance=True gives (eps, v).
+    """
+
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, prediction: Prediction = Prediction.EPSILON,
+                 learn_sigma: bool = False):
         super().__init__()
         self.net, self.schedule, self.prediction = net, schedule, Prediction(prediction)
+        self.learn_sigma = learn_sigma
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, return_variance: bool = False, **cond):
         out = self.net(x_t, t, **cond)
-        if self.prediction is Prediction.V:
-            return eps_from_v(self.schedule, x_t, t, out)
-        return out
+        v = None
+        if self.learn_sigma:
+            out, v = split_learned_range(out)
+        elif return_variance:
+            raise ValueError("learned variance needs a model trained with learn_sigma")
+        eps = eps_from_v(self.schedule, x_t, t, out) if self.prediction is Prediction.V else out
+        return (eps, v) if return_variance else eps

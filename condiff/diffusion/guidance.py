@@ -19,12 +19,17 @@ class ClassifierFreeGuidance:
     def __init__(self, denoiser, scale: float, cond: dict, uncond: dict):
         self.denoiser, self.scale, self.cond, self.uncond = denoiser, scale, cond, uncond
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, return_variance: bool = False):
+        """Guided eps; with return_variance, also the conditional branch's learned-variance v (guided-diffusion)."""
+        extra = {"return_variance": True} if return_variance else {}  # plain eps models need not know the flag
         if self.scale == 1.0:
-            return self.denoiser(x, t, **self.cond)
+            return self.denoiser(x, t, **extra, **self.cond)
         both = {k: _cat(self.cond[k], self.uncond[k]) for k in self.cond}
-        eps_c, eps_u = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
-        return eps_u + self.scale * (eps_c - eps_u)
+        out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), **extra, **both)
+        eps, v = out if return_variance else (out, None)
+        eps_c, eps_u = eps.chunk(2)
+        guided = eps_u + self.scale * (eps_c - eps_u)
+        return (guided, v.chunk(2)[0]) if return_variance else guided
 
 
 class Conditioned:
@@ -33,5 +38,6 @@ class Conditioned:
     def __init__(self, denoiser, cond: dict):
         self.denoiser, self.cond = denoiser, cond
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(x, t, **self.cond)
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, return_variance: bool = False):
+        extra = {"return_variance": True} if return_variance else {}
+        return self.denoiser(x, t, **extra, **self.cond)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .denoiser import Prediction, v_target
-from .schedule import NoiseSchedule
+import math
+
+from .denoiser import Prediction, eps_from_v, split_learned_range, v_target, x0_from_eps
+from .schedule import NoiseSchedule, _gather
 
 
 def sample_timesteps(batch: int, T: int, generator: torch.Generator, device) -> torch.Tensor:
@@ -19,3 +21,46 @@ def diffusion_loss(net, schedule: NoiseSchedule, prediction: Prediction, x0: tor
     x_t = schedule.q_sample(x0, t, eps)
     target = eps if Prediction(prediction) is Prediction.EPSILON else v_target(schedule, x0, t, eps)
     return F.mse_loss(net(x_t, t, **cond).float(), target.float())
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale) -> torch.Tensor:
+    """log P(x) of x in [-1, 1] quantised to 256 bins of width 2/255 under N(mean, e^(2 log_scale)) (Ho et al. 3.3)."""
+    cdf = lambda z: 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    inv_std = torch.exp(-log_scale)
+    cdf_plus, cdf_min = cdf(inv_std * (x - mean + 1 / 255)), cdf(inv_std * (x - mean - 1 / 255))
+    log = lambda p: torch.log(p.clamp(min=1e-12))
+    return torch.where(x < -0.999, log(cdf_plus), torch.where(x > 0.999, log(1 - cdf_min), log(cdf_plus - cdf_min)))
+
+
+def model_log_variance(schedule: NoiseSchedule, t, v, like) -> torch.Tensor:
+    """Improved DDPM eq. 15: log Sigma = v log beta_t + (1 - v) log beta_tilde_t."""
+    log_beta = _gather(schedule.betas.log(), t, like)
+    return v * log_beta + (1 - v) * _gather(schedule.posterior_log_variance_clipped, t, like)
+
+
+def vlb_terms(schedule: NoiseSchedule, x0, x_t, t, eps_hat, v) -> torch.Tensor:
+    """L_t per sample in bits/dim: KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0, -log p(x0|x1) at t = 0."""
+    true_mean, _ = schedule.posterior_mean_variance(x0, x_t, t)
+    true_logvar = _gather(schedule.posterior_log_variance_clipped, t, x0)
+    model_mean, _ = schedule.posterior_mean_variance(x0_from_eps(schedule, x_t, t, eps_hat), x_t, t)
+    logvar = model_log_variance(schedule, t, v, x0)
+    kl = normal_kl(true_mean, true_logvar, model_mean, logvar).flatten(1).mean(1) / math.log(2)
+    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * logvar).flatten(1).mean(1) / math.log(2)
+    return torch.where(t == 0, nll, kl)
+
+
+def hybrid_loss(net, schedule: NoiseSchedule, prediction: Prediction, x0: torch.Tensor, t: torch.Tensor,
+                eps: torch.Tensor, **cond) -> torch.Tensor:
+    """Improved DDPM L_hybrid = L_simple + lambda L_vlb, lambda = 0.001; the mean gets no gradient from L_vlb."""
+    x_t = schedule.q_sample(x0, t, eps)
+    pred, v = split_learned_range(net(x_t, t, **cond).float())
+    prediction = Prediction(prediction)
+    target = eps if prediction is Prediction.EPSILON else v_target(schedule, x0, t, eps)
+    eps_hat = pred.detach() if prediction is Prediction.EPSILON else eps_from_v(schedule, x_t, t, pred.detach())
+    vb = vlb_terms(schedule, x0.float(), x_t.float(), t, eps_hat, v).mean()
+    return F.mse_loss(pred, target.float()) + vb * schedule.T / 1000  # = 0.001 * T * E_t[L_t]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -27,15 +28,15 @@ class PerSampleNoise:
         return z.to(device=device)
 
 
-def _predict(model: Model, schedule: NoiseSchedule, x, t: int, x0_fn: X0Fn | None):
-    """eps_hat and x0_hat at timestep t; x0_fn (e.g. thresholding) acts on x0_hat and eps_hat is made consistent."""
+def _predict(model: Model, schedule: NoiseSchedule, x, t: int, x0_fn: X0Fn | None, learned_variance: bool = False):
+    """eps_hat, x0_hat (and v of a learned variance) at t; x0_fn acts on x0_hat and eps_hat is made consistent."""
     tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-    eps = model(x, tt)
+    eps, v = model(x, tt, return_variance=True) if learned_variance else (model(x, tt), None)
     x0 = x0_from_eps(schedule, x, tt, eps)
     if x0_fn is not None:
         x0 = x0_fn(x0)
         eps = eps_from_x0(schedule, x, tt, x0)
-    return eps, x0
+    return eps, x0, v
 
 
 def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
@@ -44,7 +45,7 @@ def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
     """DDIM (Song et al. 2021, eq. 12) over descending timesteps; eta=1 is DDPM's posterior variance."""
     ab = schedule.alpha_bar
     for i, t in enumerate(timesteps):
-        eps, x0 = _predict(model, schedule, x, t, x0_fn)
+        eps, x0, _ = _predict(model, schedule, x, t, x0_fn)
         ab_t = ab[t].item()
         ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
         sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
@@ -59,23 +60,28 @@ def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
 class Variance(str, enum.Enum):
     SMALL = "small"  # beta_tilde_t, the posterior variance (Ho et al. sigma_t^2 = beta_tilde_t)
     LARGE = "large"  # beta_t (Ho et al. sigma_t^2 = beta_t)
+    LEARNED = "learned"  # exp(v log beta_t + (1 - v) log beta_tilde_t), v from the model (improved DDPM)
 
 
 def sample_ddpm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
                 noise: PerSampleNoise, x0_fn: X0Fn | None = static_threshold, callback: Callback | None = None,
                 variance: Variance = Variance.SMALL) -> torch.Tensor:
-    """Ancestral sampling (Ho et al. Alg. 2): mean of the respaced posterior q(x_s | x_t, x0_hat), fixed variance."""
-    ab = schedule.alpha_bar
+    """Ancestral sampling (Ho et al. Alg. 2): mean of the respaced posterior q(x_s | x_t, x0_hat); fixed or learned variance."""
+    ab, variance = schedule.alpha_bar, Variance(variance)
     for i, t in enumerate(timesteps):
-        eps, x0 = _predict(model, schedule, x, t, x0_fn)
+        eps, x0, v = _predict(model, schedule, x, t, x0_fn, variance is Variance.LEARNED)
         ab_t = ab[t].item()
         ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
         beta = 1 - ab_t / ab_prev  # respaced beta_t
         mean = (ab_prev ** 0.5 * beta / (1 - ab_t)) * x0 + ((1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab_t)) * x
         x = mean
         if i + 1 < len(timesteps):
-            var = beta if Variance(variance) is Variance.LARGE else beta * (1 - ab_prev) / (1 - ab_t)
-            x = x + var ** 0.5 * noise(x.shape, x.device, x.dtype)
+            beta_tilde = beta * (1 - ab_prev) / (1 - ab_t)
+            if variance is Variance.LEARNED:  # improved DDPM eq. 15 with the respaced beta and beta_tilde
+                std = torch.exp(0.5 * (v * math.log(beta) + (1 - v) * math.log(beta_tilde)))
+            else:
+                std = (beta if variance is Variance.LARGE else beta_tilde) ** 0.5
+            x = x + std * noise(x.shape, x.device, x.dtype)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0_hat": x0})
     return x
@@ -89,7 +95,7 @@ def ddim_invert(model: Model, x0: torch.Tensor, schedule: NoiseSchedule, timeste
     for i, t in enumerate(ascending):
         ab_prev = ab[ascending[i - 1]].item() if i > 0 else 1.0
         t_eval = ascending[i - 1] if i > 0 else t  # eps is evaluated at the current point (x_prev, t_prev)
-        eps, _ = _predict(model, schedule, x, t_eval, None)
+        eps, _, _ = _predict(model, schedule, x, t_eval, None)
         x0_hat = (x - (1 - ab_prev) ** 0.5 * eps) / ab_prev ** 0.5
         x = ab[t].item() ** 0.5 * x0_hat + (1 - ab[t].item()) ** 0.5 * eps
     return x

@@ -24,13 +24,14 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "base32"
 class PipelineConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     prediction: Prediction = Prediction.EPSILON
+    learn_sigma: bool = False  # the UNet also outputs the learned-range variance (improved DDPM)
 
 
 class Text2ImagePipeline:
     def __init__(self, text_encoder: TextEncoder, unet: UNet, cfg: PipelineConfig):
         self.text_encoder, self.unet, self.cfg = text_encoder, unet, cfg
         self.schedule = NoiseSchedule.from_config(cfg.schedule)
-        self.denoiser = Denoiser(unet, self.schedule, cfg.prediction)
+        self.denoiser = Denoiser(unet, self.schedule, cfg.prediction, cfg.learn_sigma)
 
     @property
     def device(self) -> torch.device:

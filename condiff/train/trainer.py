@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import ConfigError, load_json, save_json
 from ..data import make_dataset
-from ..diffusion.loss import diffusion_loss, sample_timesteps
+from ..diffusion.loss import diffusion_loss, hybrid_loss, sample_timesteps
 from ..diffusion.schedule import NoiseSchedule
 from ..nets.text import TextEncoder
 from ..nets.unet import UNet
@@ -44,7 +44,8 @@ class TextToImageModel(nn.Module):
         t = sample_timesteps(B, schedule.T, generator, device)
         eps = torch.randn(images.shape, generator=generator).to(device)
         cond = self.text_encoder.encode(captions, device)
-        return diffusion_loss(self.unet, schedule, cfg.pipeline.prediction, images, t, eps, **cond)
+        loss_fn = hybrid_loss if cfg.pipeline.learn_sigma else diffusion_loss
+        return loss_fn(self.unet, schedule, cfg.pipeline.prediction, images, t, eps, **cond)
 
 
 @dataclass
@@ -88,6 +89,7 @@ def setup(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | No
     if not cfg.text.vocab:
         cfg.text.vocab = list(data.vocab)
     cfg.unet.resolution, cfg.unet.context_dim = cfg.data.resolution, cfg.text.width
+    cfg.unet.out_channels = cfg.unet.in_channels * (2 if cfg.pipeline.learn_sigma else 1)
     model = TextToImageModel(cfg).to(device)
     ema = EMA(model, cfg.optim.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+
+from condiff.cli import main
+from condiff.diffusion.loss import (discretized_gaussian_log_likelihood, hybrid_loss, normal_kl, vlb_terms)
+from condiff.diffusion.samplers import PerSampleNoise, Variance, sample_ddpm
+from condiff.diffusion.schedule import NoiseSchedule, cosine_betas
+from condiff.pipelines.text2image import Text2ImagePipeline
+
+SCHED = NoiseSchedule(cosine_betas(1000))
+
+
+def test_normal_kl_matches_torch_distributions():
+    m1, lv1, m2, lv2 = torch.tensor(0.3), torch.tensor(-1.0), torch.tensor(-0.2), torch.tensor(0.5)
+    p = torch.distributions.Normal(m1, (0.5 * lv1).exp())
+    q = torch.distributions.Normal(m2, (0.5 * lv2).exp())
+    assert normal_kl(m1, lv1, m2, lv2).item() == pytest.approx(torch.distributions.kl_divergence(p, q).item())
+
+
+def test_discretized_likelihood_is_a_distribution_over_256_bins():
+    bins = torch.linspace(-1, 1, 256, dtype=torch.float64)
+    for mean, log_scale in ((0.1, -2.0), (-0.9, -4.0), (0.0, 1.0)):
+        p = discretized_gaussian_log_likelihood(bins, torch.tensor(mean, dtype=torch.float64),
+                                                torch.tensor(log_scale, dtype=torch.float64)).exp()
+        assert p.sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_vlb_is_zero_for_the_exact_posterior():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 3, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.tensor([1, 10, 500, 999])
+    x_t = SCHED.q_sample(x0, t, eps)
+    v = torch.zeros_like(x0)  # log Sigma = log beta_tilde (clipped), the true posterior's
+    assert torch.allclose(vlb_terms(SCHED, x0, x_t, t, eps, v), torch.zeros(4, dtype=torch.float64), atol=1e-9)
+    assert (vlb_terms(SCHED, x0, x_t, t, eps, torch.ones_like(x0)) > 0).all()  # beta != beta_tilde costs bits
+
+
+def test_hybrid_loss_gives_the_mean_no_gradient_from_the_vlb():
+    x0 = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([5, 700])
+    out = torch.randn(2, 6, 4, 4, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    hybrid_loss(lambda x, t: out, SCHED, "epsilon", x0, t, eps).backward()
+    grad_mean = out.grad[:, :3].clone()
+    expected = 2 * (out[:, :3] - eps) / eps.numel()  # gradient of the MSE alone
+    assert torch.allclose(grad_mean, expected.detach(), atol=1e-6)
+    assert out.grad[:, 3:].abs().sum() > 0  # the variance learns from L_vlb
+
+
+@pytest.mark.parametrize("v,fixed", [(0.0, Variance.SMALL), (1.0, Variance.LARGE)])
+def test_learned_variance_interpolates_small_and_large(v, fixed):
+    def model(x, t, return_variance=False):
+        eps = 0.5 * torch.tanh(x)
+        return (eps, torch.full_like(x, v)) if return_variance else eps
+
+    x_T = PerSampleNoise([0])((1, 3, 4, 4), dtype=torch.float64)
+    ts = SCHED.timesteps(10)
+    a = sample_ddpm(model, x_T, SCHED, ts, PerSampleNoise([4]), variance=Variance.LEARNED)
+    b = sample_ddpm(model, x_T, SCHED, ts, PerSampleNoise([4]), variance=fixed)
+    assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_train_and_sample_a_learned_variance_model(tiny_config_path, tmp_path, tiny_model, capsys):
+    cfg = json.loads(tiny_config_path.read_text())
+    cfg["pipeline"]["learn_sigma"] = True
+    path = tmp_path / "learned.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "--workers", "0"]) == 0
+    pipe = Text2ImagePipeline.from_pretrained(tmp_path / "run" / "model")
+    assert pipe.unet.cfg.out_channels == 6 and pipe.cfg.learn_sigma
+    out = tmp_path / "l.png"
+    for sampler in (["--sampler", "ddpm", "--ddpm-variance", "learned"], ["--sampler", "dpmpp_2m"]):
+        assert main(["generate", "a red circle", "--model", str(tmp_path / "run" / "model"), "--steps", "3",
+                     "--out", str(out), *sampler]) == 0
+    capsys.readouterr()
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "3", "--sampler", "ddpm",
+                 "--ddpm-variance", "learned", "--out", str(out)]) == 2
+    assert "learned variance needs a model trained with learn_sigma" in capsys.readouterr().err
