@@ -1,0 +1,104 @@
+"""Quality per step: shapes-bench accuracy and FD (against rendered ground truth) for each sampler over NFE.
+
+    python benchmarks/steps.py --nfe 10 20 50 100 250 --out-dir docs/steps            # the full sweep (GPU advised)
+    python benchmarks/steps.py --samplers ddim dpmpp_2m --nfe 10 20 --prompts-per-category 5 --n-per-prompt 2
+
+NFE counts model evaluations per image (a guided evaluation counts once): Heun takes (NFE + 1) / 2 steps.
+FD uses 8x8 area-averaged pixels (condiff.eval.fd.pixel_features) until a learned feature extractor exists.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from condiff.diffusion.sampling import SIGMA_SAMPLERS, Sampler, SamplingOptions, SigmaSchedule
+from condiff.eval.bench import bench_samples, summarize
+from condiff.eval.fd import fd
+from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+from condiff.world.grammar import parse_caption
+from condiff.world.render import layout, render
+
+
+def steps_for(sampler: Sampler, nfe: int) -> int:
+    return (nfe + 1) // 2 if sampler is Sampler.HEUN else nfe
+
+
+def ground_truth(prompts: list[str], resolution: int, seed: int = 0) -> torch.Tensor:
+    rng = random.Random(seed)
+    return render([layout(parse_caption(p), rng) for p in prompts], resolution)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        mine = [r for r in rows if r["sampler"] == sampler]
+        ax1.plot([r["nfe"] for r in mine], [r["overall"] for r in mine], marker="o", label=sampler)
+        ax2.plot([r["nfe"] for r in mine], [r["fd"] for r in mine], marker="o", label=sampler)
+    for ax, label in ((ax1, "shapes-bench overall accuracy"), (ax2, "FD to ground truth (8x8 pixels)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax1.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=str(DEFAULT_MODEL))
+    parser.add_argument("--samplers", nargs="+", default=[s.value for s in Sampler])
+    parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100, 250])
+    parser.add_argument("--schedule", default="karras", choices=[s.value for s in SigmaSchedule],
+                        help="for the sigma samplers; DDPM and DDIM always use uniform respacing with karras")
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--prompts-per-category", type=int, default=25)
+    parser.add_argument("--n-per-prompt", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out-dir", default="steps")
+    args = parser.parse_args()
+    pipe = Text2ImagePipeline.from_pretrained(args.model).to(args.device)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    print("| sampler | NFE | steps | single | counting | two objects | position | held-out | overall | FD | s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in args.samplers:
+        sampler = Sampler(name)
+        schedule = SigmaSchedule(args.schedule)
+        if schedule is SigmaSchedule.KARRAS and sampler not in SIGMA_SAMPLERS:
+            schedule = SigmaSchedule.UNIFORM  # karras places sigmas; DDPM and DDIM keep timestep respacing
+        for nfe in args.nfe:
+            opts = SamplingOptions(steps=steps_for(sampler, nfe), guidance_scale=args.guidance_scale, sampler=sampler,
+                                   schedule=schedule)
+            start = time.time()
+            records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt,
+                                    batch_size=args.batch_size, progress=False)
+            table = summarize(records)
+            images = torch.stack([r["image"] for r in records])
+            reference = ground_truth([r["prompt"] for r in records], pipe.resolution)
+            row = {"sampler": name, "schedule": schedule.value, "nfe": nfe, "steps": opts.steps,
+                   **{k: v["accuracy"] for k, v in table.items()}, "fd": fd(images, reference),
+                   "seconds": round(time.time() - start, 1)}
+            rows.append(row)
+            print(f"| {name} | {nfe} | {opts.steps} | {row['single']:.3f} | {row['counting']:.3f} | "
+                  f"{row['two_objects']:.3f} | {row['position']:.3f} | {row['held_out']:.3f} | "
+                  f"{row['overall']:.3f} | {row['fd']:.2f} | {row['seconds']} |", flush=True)
+    (out / "steps.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
+    plot(rows, out / "steps.png")
+    print(f"wrote {out / 'steps.json'} and {out / 'steps.png'}")
+
+
+if __name__ == "__main__":
+    main()
