@@ -64,7 +64,7 @@ class NoiseSchedule:
         """Eq. 7 of Ho et al.: mean and variance beta_tilde_t of q(x_{t-1} | x_t, x_0)."""
         ab, ab_prev, beta = (_gather(a, t, x0) for a in (self.alpha_bar, self.alpha_bar_prev, self.betas))
         mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + ((1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
-        return mean, beta * (1 - ab_prev) / (1 - ab)
+        return mean, _gather(self.posterior_variance, t, x0)
 
     def timesteps(self, steps: int, spacing: Spacing = Spacing.UNIFORM) -> list[int]:
         """Descending sampling timesteps, a subset of 0..T-1 of length `steps` (respacing)."""
