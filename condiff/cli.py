@@ -30,7 +30,9 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 
 def _generate(args) -> None:
+    from .diffusion.samplers import Variance
     from .diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions, SigmaSchedule
+    from .diffusion.thresholding import Threshold
     from .pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
     from .png import format_parameters, save_png
     from .world.render import to_uint8
@@ -40,19 +42,19 @@ def _generate(args) -> None:
     prompts = [p for p in args.prompts for _ in range(args.num_images)]
     seeds = [args.seed + i for i in range(len(prompts))]
     opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=Sampler(args.sampler),
-                           eta=args.eta, schedule=SigmaSchedule(args.schedule), threshold=args.threshold,
-                           percentile=args.threshold_percentile, ddpm_variance=args.ddpm_variance,
+                           eta=args.eta, schedule=SigmaSchedule(args.schedule), threshold=Threshold(args.threshold),
+                           percentile=args.threshold_percentile, ddpm_variance=Variance(args.ddpm_variance),
                            negative_prompt=args.negative_prompt)
     for p in set(prompts) | {args.negative_prompt}:  # fail on bad input before any work
         pipe.text_encoder.tokenizer.encode(p)
     pipe.schedule.timesteps(opts.steps)
-    if opts.ddpm_variance == "learned" and not pipe.cfg.learn_sigma:
+    if opts.ddpm_variance is Variance.LEARNED and not pipe.cfg.learn_sigma:
         raise ValueError("learned variance needs a model trained with learn_sigma")
     start = time.time()
     images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True)).numpy()
     for path, px, prompt, seed in zip(_output_paths(Path(args.out), len(prompts)), images, prompts, seeds):
         params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
-                  "Threshold": opts.threshold if opts.threshold != "dynamic" else f"dynamic {opts.percentile}",
+                  "Threshold": opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else ""),
                   "CFG scale": opts.guidance_scale, "Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}",
                   "Model": model.name, "Eta": opts.eta}
         save_png(px, path, format_parameters(prompt, opts.negative_prompt, params))
@@ -85,8 +87,11 @@ def _eval_bench(args) -> None:
     run_bench(args)
 
 
+# The enums' values, spelled out so that building the parser does not import torch (tested to match).
 SAMPLER_NAMES = ["ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde"]
 SCHEDULE_NAMES = ["uniform", "leading", "trailing", "karras"]
+THRESHOLD_NAMES = ["none", "static", "dynamic"]
+VARIANCE_NAMES = ["small", "large", "learned"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,10 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-scale", type=float, default=3.0)
     g.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="see 'condiff samplers'")
     g.add_argument("--schedule", choices=SCHEDULE_NAMES, default="uniform", help="step placement")
-    g.add_argument("--threshold", choices=["none", "static", "dynamic"], default="static",
+    g.add_argument("--threshold", choices=THRESHOLD_NAMES, default="static",
                    help="x0_hat clipping: static [-1, 1] or Imagen's dynamic thresholding")
     g.add_argument("--threshold-percentile", type=float, default=0.995, help="p of dynamic thresholding")
-    g.add_argument("--ddpm-variance", choices=["small", "large", "learned"], default="small",
+    g.add_argument("--ddpm-variance", choices=VARIANCE_NAMES, default="small",
                    help="ddpm sampler: posterior beta_tilde (small), beta (large), or the model's (learned)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")

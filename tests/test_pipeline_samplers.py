@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from condiff.cli import SAMPLER_NAMES, SCHEDULE_NAMES, main
+from condiff.cli import SAMPLER_NAMES, SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, main
+from condiff.diffusion.samplers import Variance
+from condiff.diffusion.thresholding import Threshold
 from condiff.diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule, sampling_sigmas
 from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
 from condiff.world.oracle import judge
@@ -11,6 +13,8 @@ from condiff.world.render import to_uint8
 def test_cli_names_are_the_enums():
     assert SAMPLER_NAMES == [s.value for s in Sampler]
     assert SCHEDULE_NAMES == [s.value for s in SigmaSchedule]
+    assert THRESHOLD_NAMES == [t.value for t in Threshold]
+    assert VARIANCE_NAMES == [v.value for v in Variance]
 
 
 @pytest.mark.parametrize("sampler", list(Sampler))
