@@ -12,7 +12,6 @@ from ..world.render import layout, render
 class WorldStream:
     """batch(seed, step, size) renders fresh captioned scenes; the same (seed, step) gives the same batch."""
 
-
     def __init__(self, resolution: int = 32, exclude_held_out: bool = True):
         self.resolution, self.exclude_held_out = resolution, exclude_held_out
         self.vocab = list(VOCABULARY)

@@ -1,10 +1,10 @@
 """Training loss, kept apart from the noise-level sampling and the sampling schedule (EDM style)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-
-import math
 
 from .denoiser import Prediction, eps_from_v, split_learned_range, v_target, x0_from_eps
 from .schedule import NoiseSchedule, _gather

@@ -13,10 +13,10 @@ from torch import nn
 from ..config import ConfigError, load_json, save_json
 from ..data import make_dataset
 from ..diffusion.loss import diffusion_loss, hybrid_loss, sample_timesteps
+from ..diffusion.sampling import SamplingOptions
 from ..diffusion.schedule import NoiseSchedule
 from ..nets.text import TextEncoder
 from ..nets.unet import UNet
-from ..diffusion.sampling import SamplingOptions
 from ..pipelines.text2image import Text2ImagePipeline
 from .config import Precision, TrainConfig
 from .ema import EMA

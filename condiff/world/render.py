@@ -102,7 +102,7 @@ def render(layouts: list[list[PlacedObject]], resolution: int, supersample: int 
     coverage = torch.nn.functional.avg_pool2d(inside.float(), supersample)  # (B, K, H, W)
     bg = torch.tensor(BACKGROUND, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     img = bg + torch.einsum("bkhw,bkc->bchw", coverage, rgb - bg.view(1, 1, 3))
-    return (img / 127.5 - 1).float()
+    return img / 127.5 - 1
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
