@@ -8,17 +8,23 @@ from pathlib import Path
 
 
 def _train(args) -> None:
-    from .config import load_json
+    from .config import load_json, read_json
+    from .train.auxiliary import AuxTrainConfig, train_aux
     from .train.config import TrainConfig
     from .train.trainer import train
 
-    cfg = load_json(TrainConfig, args.config)
+    aux = "model" in read_json(args.config)  # clip / classifier configs name their model; text2image is the default
+    cfg = load_json(AuxTrainConfig if aux else TrainConfig, args.config)
     if args.seed is not None:
         cfg.seed = args.seed
     if args.steps is not None:
         cfg.optim.steps = args.steps
     if args.data is not None:
         cfg.data.source, cfg.data.path = "imagefolder", args.data
+    if aux:
+        train_aux(cfg, Path(args.out), resume=args.resume, device=args.device)
+        print(f"trained {cfg.model.value}; model in {Path(args.out) / 'model'}")
+        return
     run = train(cfg, Path(args.out), resume=args.resume, device=args.device, workers=args.workers)
     print(f"trained {run.step} steps; model in {run.folder / 'model'}")
 
@@ -44,19 +50,34 @@ def _generate(args) -> None:
     opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=Sampler(args.sampler),
                            eta=args.eta, schedule=SigmaSchedule(args.schedule), threshold=Threshold(args.threshold),
                            percentile=args.threshold_percentile, ddpm_variance=Variance(args.ddpm_variance),
-                           negative_prompt=args.negative_prompt)
+                           negative_prompt=args.negative_prompt, guidance_rescale=args.guidance_rescale)
     for p in set(prompts) | {args.negative_prompt}:  # fail on bad input before any work
         pipe.text_encoder.tokenizer.encode(p)
     pipe.schedule.timesteps(opts.steps)
     if opts.ddpm_variance is Variance.LEARNED and not pipe.cfg.learn_sigma:
         raise ValueError("learned variance needs a model trained with learn_sigma")
+    guide, guide_params = None, {}
+    if args.guide:
+        from .pipelines.guidance import GuidanceForm, GuidanceMethod, GuidanceOptions, make_guide
+
+        gopts = GuidanceOptions(GuidanceMethod(args.guide), args.guide_scale, GuidanceForm(args.guide_form), args.guide_model)
+        guide = make_guide(gopts)
+        guide_params = {"Guidance": gopts.method.value, "Guidance scale": gopts.scale, "Guidance form": gopts.form.value}
+        if gopts.method is GuidanceMethod.CLASSIFIER:
+            from .world.grammar import parse_caption
+
+            for p in set(prompts):
+                parse_caption(p)
     start = time.time()
-    images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True)).numpy()
+    images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True,
+                                    guide=guide)).numpy()
     for path, px, prompt, seed in zip(_output_paths(Path(args.out), len(prompts)), images, prompts, seeds):
         params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
                   "Threshold": opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else ""),
                   "CFG scale": opts.guidance_scale, "Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}",
-                  "Model": model.name, "Eta": opts.eta}
+                  "Model": model.name, "Eta": opts.eta, **guide_params}
+        if opts.guidance_rescale:
+            params["Guidance rescale"] = opts.guidance_rescale
         save_png(px, path, format_parameters(prompt, opts.negative_prompt, params))
         print(path)
     print(f"{len(images)} image(s) in {time.time() - start:.1f} s", file=sys.stderr)
@@ -81,6 +102,32 @@ def _samplers(args) -> None:
     print("--schedule: " + ", ".join(s.value for s in SigmaSchedule) + " (karras: sigma samplers only)")
 
 
+def _eval_sweep(args) -> None:
+    from .eval.sweep import run_sweep
+
+    run_sweep(args)
+
+
+def _eval_clip(args) -> None:
+    import json
+
+    from .diffusion.schedule import NoiseSchedule, ScheduleConfig
+    from .eval.retrieval import retrieval_table
+    from .nets.clip import load_clip
+    from .pipelines.guidance import DEFAULT_JUDGES
+
+    clip = load_clip(args.model or DEFAULT_JUDGES["clip"])
+    timesteps = [int(t) for t in args.timesteps.split(",")] if clip.noise_aware else [0]
+    table = retrieval_table(clip, args.n, clip.cfg.image.resolution, timesteps, NoiseSchedule.from_config(ScheduleConfig()))
+    print("| category | t | top-1 among captions | vs distractors | captions |")
+    print("| --- | --- | --- | --- | --- |")
+    for cat, rows in table.items():
+        for t, r in rows.items():
+            print(f"| {cat} | {t} | {r['top1']:.3f} | {r['vs_distractors']:.3f} | {r['pool']} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
+
+
 def _eval_bench(args) -> None:
     from .eval.bench import run_bench
 
@@ -92,6 +139,9 @@ SAMPLER_NAMES = ["ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_
 SCHEDULE_NAMES = ["uniform", "leading", "trailing", "karras"]
 THRESHOLD_NAMES = ["none", "static", "dynamic"]
 VARIANCE_NAMES = ["small", "large", "learned"]
+GUIDANCE_METHOD_NAMES = ["classifier", "clip", "clip_x0", "contrastive"]
+GUIDANCE_FORM_NAMES = ["score", "mean"]
+GUIDE_NAMES = ["cfg", "cfg_rescale", *GUIDANCE_METHOD_NAMES, "clip_xT"]  # eval sweep's methods
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ddpm-variance", choices=VARIANCE_NAMES, default="small",
                    help="ddpm sampler: posterior beta_tilde (small), beta (large), or the model's (learned)")
     g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    g.add_argument("--guidance-rescale", type=float, default=0.0, help="phi of CFG rescale (Lin et al.; 0: off)")
+    g.add_argument("--guide", choices=GUIDANCE_METHOD_NAMES,
+                   help="gradient guidance by a judge model, on top of CFG (use --guidance-scale 1 for it alone)")
+    g.add_argument("--guide-scale", type=float, default=3.0, help="s of --guide")
+    g.add_argument("--guide-form", choices=GUIDANCE_FORM_NAMES, default="score",
+                   help="score: eps - sqrt(1-abar) s grad (any sampler); mean: mu + Sigma s grad (ddpm)")
+    g.add_argument("--guide-model", help="judge folder (default: the shipped classifier32 / clip32 / noisy_clip32)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--model", help="model folder (default: the shipped base32 model)")
@@ -152,6 +209,28 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", help="cpu or cuda")
     b.add_argument("--out-dir", default="bench", help="writes report.json and grid.png here")
     b.set_defaults(func=_eval_bench)
+
+    w = esub.add_parser("sweep", help="every guidance method over scales: FD, KID, precision, recall, CLIP score, accuracy")
+    w.add_argument("--model", help="model folder (default: the shipped base32 model)")
+    w.add_argument("--methods", help=f"comma-separated subset of: {', '.join(GUIDE_NAMES)} (default: all)")
+    w.add_argument("--metric-clip", help="CLIP folder for features and CLIP score (default: the shipped clip32)")
+    w.add_argument("--n-per-prompt", type=int, default=4)
+    w.add_argument("--prompts-per-category", type=int, default=10)
+    w.add_argument("--steps", type=int, default=25)
+    w.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
+    w.add_argument("--schedule", choices=SCHEDULE_NAMES, default="uniform")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--batch-size", type=int, default=100)
+    w.add_argument("--device", help="cpu or cuda")
+    w.add_argument("--out-dir", default="sweep", help="writes sweep.json and sweep.png here")
+    w.set_defaults(func=_eval_sweep)
+
+    c = esub.add_parser("clip", help="zero-shot retrieval accuracy of a condiff CLIP on world scenes")
+    c.add_argument("--model", help="CLIP folder (default: the shipped clip32)")
+    c.add_argument("--n", type=int, default=200, help="scenes per category")
+    c.add_argument("--timesteps", default="0,250,500,750", help="noise levels for a noise-aware CLIP")
+    c.add_argument("--out", help="also write the table as JSON here")
+    c.set_defaults(func=_eval_clip)
     return parser
 
 

@@ -68,12 +68,15 @@ def save_json(cfg, path: Path) -> None:
     atomic_write_bytes(Path(path), (json.dumps(to_dict(cfg), indent=2) + "\n").encode())
 
 
-def load_json(cls, path: Path):
+def read_json(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"missing file '{path}'")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"corrupt JSON in '{path}': {e}") from None
-    return from_dict(cls, data, path.name)
+
+
+def load_json(cls, path: Path):
+    return from_dict(cls, read_json(path), Path(path).name)

@@ -13,6 +13,7 @@ from .thresholding import X0Fn, static_threshold
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict], None]
+CondFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class PerSampleNoise:
@@ -65,10 +66,14 @@ class Variance(str, enum.Enum):
 
 def sample_ddpm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
                 noise: PerSampleNoise, x0_fn: X0Fn | None = static_threshold, callback: Callback | None = None,
-                variance: Variance = Variance.SMALL) -> torch.Tensor:
-    """Ancestral sampling (Ho et al. Alg. 2): mean of the respaced posterior q(x_s | x_t, x0_hat); fixed or learned variance."""
+                variance: Variance = Variance.SMALL, cond_fn: CondFn | None = None) -> torch.Tensor:
+    """Ancestral sampling (Ho et al. Alg. 2): mean of the respaced posterior q(x_s | x_t, x0_hat); fixed or learned variance.
+
+    cond_fn(x_t, t) = s grad log p(y | x_t) shifts the mean by Sigma cond_fn (Dhariwal & Nichol Alg. 1, condition_mean).
+    """
     ab, variance = schedule.alpha_bar, Variance(variance)
     for i, t in enumerate(timesteps):
+        x_t = x
         eps, x0, v = _predict(model, schedule, x, t, x0_fn, variance is Variance.LEARNED)
         ab_t = ab[t].item()
         ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
@@ -81,6 +86,8 @@ def sample_ddpm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
                 std = torch.exp(0.5 * (v * math.log(beta) + (1 - v) * math.log(beta_tilde)))
             else:
                 std = (beta if variance is Variance.LARGE else beta_tilde) ** 0.5
+            if cond_fn is not None:
+                x = x + std ** 2 * cond_fn(x_t, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
             x = x + std * noise(x.shape, x.device, x.dtype)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0_hat": x0})

@@ -61,6 +61,7 @@ class SamplingOptions:
     percentile: float = 0.995  # dynamic thresholding's p
     ddpm_variance: Variance = Variance.SMALL
     negative_prompt: str = ""
+    guidance_rescale: float = 0.0  # phi of Lin et al. (0: plain CFG)
 
 
 SIGMA_MAX = 80.0  # EDM's sigma_max: the cosine schedule's last sigma (~2e4) wrecks 2nd-order steps (see README)
@@ -75,9 +76,14 @@ def sampling_sigmas(schedule: NoiseSchedule, opts: "SamplingOptions") -> torch.T
 
 
 def run_sampler(model, schedule: NoiseSchedule, z: torch.Tensor, noise: PerSampleNoise, opts: "SamplingOptions",
-                callback=None) -> torch.Tensor:
-    """Dispatch on the sampler name; z ~ N(0, I) is the initial noise, scaled as each sampler's space needs."""
+                callback=None, cond_fn=None) -> torch.Tensor:
+    """Dispatch on the sampler name; z ~ N(0, I) is the initial noise, scaled as each sampler's space needs.
+
+    cond_fn (DDPM only) shifts each posterior mean by Sigma cond_fn(x_t, t): guided-diffusion's condition_mean.
+    """
     sampler, x0_fn = Sampler(opts.sampler), x0_fn_for(opts.threshold, opts.percentile)
+    if cond_fn is not None and sampler is not Sampler.DDPM:
+        raise ValueError("the mean form of gradient guidance needs the ddpm sampler; use the score form otherwise")
     if sampler in SIGMA_SAMPLERS:
         sigmas = sampling_sigmas(schedule, opts)
         x = z * math.sqrt(sigmas[0].item() ** 2 + 1)  # x_T = x0 + sigma_max eps has variance sigma_max^2 + 1
@@ -86,5 +92,5 @@ def run_sampler(model, schedule: NoiseSchedule, z: torch.Tensor, noise: PerSampl
         raise ValueError(f"the karras schedule needs a sigma sampler ({', '.join(s.value for s in SIGMA_SAMPLERS)})")
     timesteps = schedule.timesteps(opts.steps, Spacing(opts.schedule.value))
     if sampler is Sampler.DDPM:
-        return sample_ddpm(model, z, schedule, timesteps, noise, x0_fn, callback, opts.ddpm_variance)
+        return sample_ddpm(model, z, schedule, timesteps, noise, x0_fn, callback, opts.ddpm_variance, cond_fn)
     return sample_ddim(model, z, schedule, timesteps, opts.eta, noise, x0_fn, callback=callback)

@@ -66,6 +66,18 @@ class NoiseSchedule:
         mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + ((1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)) * x_t
         return mean, _gather(self.posterior_variance, t, x0)
 
+    def alpha_bar_at(self, t: torch.Tensor) -> torch.Tensor:
+        """alpha_bar at (possibly fractional) t: 1 / (1 + sigma(t)^2), log sigma interpolated linearly.
+
+        Exact at integer t; at fractional t it is the noise level the sigma samplers show the model.
+        """
+        log_sigma = 0.5 * ((1 - self.alpha_bar) / self.alpha_bar).log()
+        t = t.double().cpu().clamp(0, self.T - 1)
+        lo = t.floor().long().clamp(max=self.T - 2)
+        w = t - lo
+        sigma = ((1 - w) * log_sigma[lo] + w * log_sigma[lo + 1]).exp()
+        return 1 / (1 + sigma ** 2)
+
     def timesteps(self, steps: int, spacing: Spacing = Spacing.UNIFORM) -> list[int]:
         """Descending sampling timesteps, a subset of 0..T-1 of length `steps` (respacing)."""
         T, spacing = self.T, Spacing(spacing)

@@ -17,6 +17,7 @@ from ..io import load_component, replace_dir, save_component
 from ..nets.text import TextEncoder, TextEncoderConfig
 from ..nets.unet import UNet, UNetConfig
 
+Guide = Callable[..., tuple]
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "base32"
 
 
@@ -66,24 +67,33 @@ class Text2ImagePipeline:
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         return self.text_encoder.encode(prompts, self.device)
 
+    def guided_model(self, prompts: list[str], opts: SamplingOptions):
+        """The eps model the sampler sees: classifier-free guidance (scale 1: the plain conditional model)."""
+        with torch.no_grad():
+            cond, uncond = self.encode(prompts), self.encode([opts.negative_prompt] * len(prompts))
+        return ClassifierFreeGuidance(self.denoiser, opts.guidance_scale, cond, uncond, opts.guidance_rescale)
+
     @torch.no_grad()
     def __call__(self, prompts: list[str], seeds: list[int], opts: SamplingOptions = SamplingOptions(),
-                 callback: Callable[[dict], None] | None = None) -> torch.Tensor:
-        """One image per (prompt, seed): (B, 3, H, W) in [-1, 1]. Image i depends only on prompts[i], seeds[i]."""
+                 callback: Callable[[dict], None] | None = None, guide: Guide | None = None) -> torch.Tensor:
+        """One image per (prompt, seed): (B, 3, H, W) in [-1, 1]. Image i depends only on prompts[i], seeds[i].
+
+        guide(model, schedule, prompts) -> (model, cond_fn) wraps the model further (classifier or CLIP guidance).
+        """
         assert len(prompts) == len(seeds)
-        cond = self.encode(prompts)
-        model = ClassifierFreeGuidance(self.denoiser, opts.guidance_scale, cond,
-                                       self.encode([opts.negative_prompt] * len(prompts)))
+        model, cond_fn = self.guided_model(prompts, opts), None
+        if guide is not None:
+            model, cond_fn = guide(model, self.schedule, prompts)
         noise = PerSampleNoise(seeds)
         z = noise((len(seeds), 3, self.resolution, self.resolution), self.device)
-        return run_sampler(model, self.schedule, z, noise, opts, callback)
+        return run_sampler(model, self.schedule, z, noise, opts, callback, cond_fn)
 
     def generate(self, prompts: list[str], seeds: list[int], opts: SamplingOptions = SamplingOptions(),
-                 batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+                 batch_size: int = 64, progress: bool = False, guide: Guide | None = None) -> torch.Tensor:
         """Like __call__, in batches; (B, 3, H, W) on the CPU."""
         from tqdm.auto import tqdm
 
         out = []
         for i in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="generating", unit="batch"):
-            out.append(self(prompts[i:i + batch_size], seeds[i:i + batch_size], opts).cpu())
+            out.append(self(prompts[i:i + batch_size], seeds[i:i + batch_size], opts, guide=guide).cpu())
         return torch.cat(out)

@@ -1,0 +1,176 @@
+"""condiff eval sweep: every guidance method over a range of scales, judged by FD, KID, precision, recall,
+CLIP score (condiff CLIP features) and shapes-bench accuracy (the oracle); JSON report and trade-off plots."""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..diffusion.noise_optimization import optimize_initial_noise
+from ..diffusion.samplers import PerSampleNoise
+from ..diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule, run_sampler
+from ..nets.classifier import load_classifier
+from ..nets.clip import load_clip
+from ..pipelines.guidance import DEFAULT_JUDGES, GuidanceMethod, GuidanceOptions, make_guide
+from ..pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+from ..world.bench import SUITES, suite_prompts
+from ..world.grammar import parse_caption
+from ..world.oracle import judge
+from ..world.render import layout, render, to_uint8
+from .bench import MAIN
+from .fd import feature_stats, frechet_distance
+from .metrics import clip_image_features, clip_scores, kid, precision_recall
+
+CFG = "cfg"
+XT = "clip_xT"  # CLIP-optimised initial noise; its 'scale' is the number of ascent iterations
+DEFAULT_SCALES = {
+    CFG: [1.0, 1.5, 2.0, 3.0, 5.0, 8.0],
+    "cfg_rescale": [3.0, 5.0, 8.0],  # CFG with guidance rescale phi = 0.7
+    GuidanceMethod.CLASSIFIER.value: [1.0, 3.0, 10.0, 30.0],
+    GuidanceMethod.CLIP.value: [0.3, 1.0, 3.0, 10.0],
+    GuidanceMethod.CLIP_X0.value: [0.3, 1.0, 3.0, 10.0],
+    GuidanceMethod.CONTRASTIVE.value: [1.0, 3.0, 10.0, 30.0],
+    XT: [5.0, 15.0],
+}
+
+
+@dataclass
+class Workload:
+    suites: list[str]
+    prompts: list[str]
+    seeds: list[int]
+
+
+def workload(prompts_per_category: int, n_per_prompt: int, seed: int = 0) -> Workload:
+    jobs = [(s, p) for s in SUITES for p in suite_prompts(s, prompts_per_category) for _ in range(n_per_prompt)]
+    return Workload([s for s, _ in jobs], [p for _, p in jobs], [seed + i for i in range(len(jobs))])
+
+
+def reference_images(prompts: list[str], resolution: int, copies: int = 4, seed: int = 0) -> torch.Tensor:
+    """Ground-truth renders of the same prompts (`copies` layouts each): the 'real' set of FD/KID/precision/recall."""
+    rng = random.Random(f"sweep-reference/{seed}")
+    layouts = [layout(parse_caption(p), rng) for p in prompts for _ in range(copies)]
+    return render(layouts, resolution)
+
+
+def sample(pipe: Text2ImagePipeline, work: Workload, method: str, scale: float, opts: SamplingOptions,
+           judges: dict, batch_size: int) -> torch.Tensor:
+    """Images of one (method, scale) point; gradient methods guide the plain conditional model (CFG scale 1)."""
+    out = []
+    for i in range(0, len(work.prompts), batch_size):
+        prompts, seeds = work.prompts[i:i + batch_size], work.seeds[i:i + batch_size]
+        if method in (CFG, "cfg_rescale"):
+            o = SamplingOptions(**{**opts.__dict__, "guidance_scale": scale,
+                                   "guidance_rescale": 0.7 if method == "cfg_rescale" else 0.0})
+            out.append(pipe(prompts, seeds, o).cpu())
+        elif method == XT:
+            out.append(clip_xT_images(pipe, prompts, seeds, opts, judges["clip"], int(scale)).cpu())
+        else:
+            m = GuidanceMethod(method)
+            key = {GuidanceMethod.CLASSIFIER: "classifier", GuidanceMethod.CLIP_X0: "clip"}.get(m, "noisy_clip")
+            guide = make_guide(GuidanceOptions(m, scale), judges[key])
+            o = SamplingOptions(**{**opts.__dict__, "guidance_scale": 1.0})
+            out.append(pipe(prompts, seeds, o, guide=guide).cpu())
+    return torch.cat(out)
+
+
+def clip_xT_images(pipe: Text2ImagePipeline, prompts, seeds, opts: SamplingOptions, clip, iters: int,
+                   chain_steps: int = 10) -> torch.Tensor:
+    """Optimise x_T for CLIP similarity through a `chain_steps` DDIM chain, then sample from it with opts (DDIM)."""
+    from ..pipelines.guidance import clip_log_prob
+
+    noise = PerSampleNoise(seeds)
+    z = noise((len(seeds), 3, pipe.resolution, pipe.resolution), pipe.device)
+    o = SamplingOptions(**{**opts.__dict__, "guidance_scale": 1.0})
+    model = pipe.guided_model(prompts, o)
+    pipe.unet.requires_grad_(False)
+    clip.requires_grad_(False)
+    objective = clip_log_prob(clip, prompts)
+    z, _ = optimize_initial_noise(model, pipe.schedule, z, lambda x0: objective(x0, None),
+                                  pipe.schedule.timesteps(chain_steps), iters=iters)
+    with torch.no_grad():
+        return run_sampler(model, pipe.schedule, z, noise, o)
+
+
+def point_metrics(images: torch.Tensor, work: Workload, real_features: np.ndarray, clip) -> dict:
+    verdicts = [judge(px, p).correct for px, p in zip(to_uint8(images).numpy(), work.prompts)]
+    acc = {s: float(np.mean([v for v, su in zip(verdicts, work.suites) if su == s])) for s in SUITES}
+    acc["overall"] = float(np.mean([acc[s] for s in MAIN]))
+    feats = clip_image_features(clip, images)
+    precision, recall = precision_recall(real_features, feats)
+    kid_mean, kid_std = kid(real_features, feats, subsets=50, subset_size=min(1000, len(feats)))
+    return {"accuracy": acc, "fd": frechet_distance(*feature_stats(real_features), *feature_stats(feats)),
+            "kid": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall,
+            "clip_score": float(clip_scores(clip, images, work.prompts).mean())}
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    for method, points in report["methods"].items():
+        scales = [p["scale"] for p in points]
+        axes[0].plot([p["clip_score"] for p in points], [p["fd"] for p in points], "o-", label=method)
+        axes[1].plot(scales, [p["accuracy"]["overall"] for p in points], "o-", label=method)
+        axes[2].plot(scales, [p["recall"] for p in points], "o-", label=method)
+        axes[3].plot(scales, [p["precision"] for p in points], "o-", label=method)
+    base = report["methods"].get(CFG, [{}])[0]
+    if "accuracy" in base:
+        axes[1].axhline(base["accuracy"]["overall"], color="grey", ls=":", label="unguided (cfg 1)")
+    titles = [("CLIP score", "FD (condiff CLIP features)"), ("scale", "shapes-bench accuracy (overall)"),
+              ("scale", "recall"), ("scale", "precision")]
+    for ax, (xl, yl) in zip(axes, titles):
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3)
+    for ax in axes[1:]:
+        ax.set_xscale("log")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"guidance sweep: {report['sampler']} {report['steps']} steps, {report['images_per_point']} images per point")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_sweep(args) -> dict:
+    try:
+        import matplotlib  # noqa: F401  (fail before the work, not after it)
+    except ImportError:
+        raise ValueError("eval sweep draws its plots with matplotlib: pip install 'condiff[bench]'") from None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = Text2ImagePipeline.from_pretrained(Path(args.model) if args.model else DEFAULT_MODEL).to(device)
+    judges = {k: (load_clip(v) if "clip" in k else load_classifier(v)).to(device) for k, v in DEFAULT_JUDGES.items()}
+    metric_clip = load_clip(args.metric_clip or DEFAULT_JUDGES["clip"]).to(device)
+    opts = SamplingOptions(steps=args.steps, sampler=Sampler(args.sampler), schedule=SigmaSchedule(args.schedule))
+    work = workload(args.prompts_per_category, args.n_per_prompt, args.seed)
+    real = clip_image_features(metric_clip, reference_images(work.prompts[::args.n_per_prompt], pipe.resolution,
+                                                             copies=args.n_per_prompt * 2))
+    methods = args.methods.split(",") if args.methods else list(DEFAULT_SCALES)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"sampler": opts.sampler.value, "steps": opts.steps, "images_per_point": len(work.prompts),
+              "reference_images": len(real), "features": "condiff CLIP image tower (clip32)", "methods": {}}
+    from tqdm.auto import tqdm
+
+    points = [(m, s) for m in methods for s in DEFAULT_SCALES[m]]
+    for method, scale in tqdm(points, desc="sweep", unit="point"):
+        start = time.time()
+        images = sample(pipe, work, method, scale, opts, judges, args.batch_size)
+        row = {"scale": scale, **point_metrics(images, work, real, metric_clip), "seconds": round(time.time() - start, 1)}
+        report["methods"].setdefault(method, []).append(row)
+        tqdm.write(f"{method:12s} {scale:6g}  acc {row['accuracy']['overall']:.3f}  FD {row['fd']:.3f}  "
+                   f"KID {row['kid']:.4f}  P {row['precision']:.2f}  R {row['recall']:.2f}  "
+                   f"CLIP {row['clip_score']:.1f}  ({row['seconds']} s)")
+        (out / "sweep.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, out / "sweep.png")
+    print(f"report: {out / 'sweep.json'}  plots: {out / 'sweep.png'}")
+    return report

@@ -1,0 +1,75 @@
+"""condiff CLIP (Radford et al. 2021): an image tower and a text tower trained contrastively on captioned images.
+
+With a noise-aware image tower it is GLIDE's noised CLIP: f(x_t, t) is trained against the caption of x_0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoder import ImageEncoder, ImageEncoderConfig
+from .text import TextEncoder, TextEncoderConfig
+
+
+@dataclass
+class CLIPConfig:
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    embed_dim: int = 128
+    init_temperature: float = 0.07
+
+
+class CLIP(nn.Module):
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.cfg = cfg
+        cfg.image.out_dim = cfg.embed_dim
+        self.image_encoder = ImageEncoder(cfg.image)
+        self.text_encoder = TextEncoder(cfg.text)
+        self.text_proj = nn.Linear(cfg.text.width, cfg.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
+
+    @property
+    def noise_aware(self) -> bool:
+        return self.cfg.image.noise_aware
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def encode_image(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit-norm image embeddings (B, D); x in [-1, 1] (x_t with its t for a noise-aware tower)."""
+        return F.normalize(self.image_encoder(x, t), dim=-1)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Unit-norm text embeddings (B, D) from the pooled <eos> state."""
+        return F.normalize(self.text_proj(self.text_encoder.encode(texts, self.device)["pooled"]), dim=-1)
+
+    def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """exp(tau) <f(x), g(y)>: (B_images, B_texts)."""
+        return self.logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T
+
+
+def contrastive_loss(logits: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """Symmetric InfoNCE; identical captions in a batch are all positives (uniform soft targets), not negatives."""
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    key = torch.tensor([ids[c] for c in captions], device=logits.device)
+    same = (key[:, None] == key[None, :]).float()
+    targets = same / same.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def clip_score(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """CLIPScore (Hessel et al. 2021) with w = 100: 100 max(cos(f(x), g(y)), 0), per pair."""
+    return 100 * (image_emb * text_emb).sum(-1).clamp(min=0)
+
+
+def load_clip(folder) -> CLIP:
+    """A trained condiff CLIP from folder/{config.json, model.safetensors}."""
+    from ..io import load_component
+
+    return load_component(CLIP, CLIPConfig, folder)

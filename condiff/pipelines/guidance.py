@@ -1,0 +1,116 @@
+"""Guidance by a judge model: classifier, CLIP on x_t, CLIP on x0_hat, contrastive CLIP; built as pipeline guides.
+
+A guide is guide(model, schedule, prompts) -> (model, cond_fn): it wraps the (CFG) eps model in
+GradientGuidance with a log-probability made from the judge and the prompts. It never touches the UNet.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..diffusion.guidance import GradientGuidance
+from ..world.distractors import distractor_captions
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_JUDGES = {"clip": WEIGHTS / "clip32", "noisy_clip": WEIGHTS / "noisy_clip32",
+                  "classifier": WEIGHTS / "classifier32"}
+
+
+class GuidanceMethod(str, enum.Enum):
+    CLASSIFIER = "classifier"  # noise-aware classifier, log p(labels | x_t) (Dhariwal & Nichol 2021)
+    CLIP = "clip"  # noised CLIP on x_t: logit of (x_t, prompt) (GLIDE)
+    CLIP_X0 = "clip_x0"  # clean CLIP on the model's x0_hat, gradient through the model
+    CONTRASTIVE = "contrastive"  # log softmax of the prompt against its distractor captions (noised CLIP on x_t)
+
+
+class GuidanceForm(str, enum.Enum):
+    SCORE = "score"  # eps - sqrt(1 - alpha_bar) s grad: any sampler
+    MEAN = "mean"  # mu + Sigma s grad: DDPM only (guided-diffusion's condition_mean)
+
+
+METHOD_INFO = {
+    GuidanceMethod.CLASSIFIER: "noise-aware classifier on x_t: pair presence + object count (no relations)",
+    GuidanceMethod.CLIP: "noise-aware CLIP on x_t (GLIDE)",
+    GuidanceMethod.CLIP_X0: "clean CLIP on the predicted x0 (gradient through the UNet; 2-3x slower)",
+    GuidanceMethod.CONTRASTIVE: "noise-aware CLIP, softmax of the prompt against distractor captions",
+}
+
+
+@dataclass
+class GuidanceOptions:
+    method: GuidanceMethod
+    scale: float
+    form: GuidanceForm = GuidanceForm.SCORE
+    judge: str | None = None  # folder of the classifier / CLIP; default: the shipped one for the method
+
+
+def classifier_log_prob(classifier, prompts: list[str]):
+    """(x, t) -> log p(y | x_t) of each prompt's labels."""
+    from ..nets.classifier import batch_labels
+
+    present, count = batch_labels(prompts, next(classifier.parameters()).device)
+    return lambda x, t: classifier.log_prob(x, t, present, count)
+
+
+def _image_embedding(clip, x, t):
+    if clip.noise_aware and t is None:  # a noise-aware tower judges a clean x0_hat at t = 0
+        t = torch.zeros(len(x), device=x.device)
+    return clip.encode_image(x, t)
+
+
+def clip_log_prob(clip, prompts: list[str]):
+    """(x, t) -> exp(tau) cos(f(x_t, t), g(prompt)): the CLIP logit, an unnormalised log-likelihood."""
+    with torch.no_grad():
+        text = clip.encode_text(prompts)
+    scale = clip.logit_scale.exp().detach()
+    return lambda x, t: scale * (_image_embedding(clip, x, t) * text).sum(-1)
+
+
+def contrastive_log_prob(clip, prompts: list[str]):
+    """(x, t) -> log softmax_j exp(tau) cos(f(x_t), g(c_j)) at the target, over [prompt] + its distractors."""
+    captions = [[p] + distractor_captions(p) for p in prompts]
+    with torch.no_grad():
+        texts = [clip.encode_text(c) for c in captions]
+    scale = clip.logit_scale.exp().detach()
+
+    def log_prob(x, t):
+        img = _image_embedding(clip, x, t)
+        return torch.stack([(scale * img[i] @ texts[i].T).log_softmax(0)[0] for i in range(len(prompts))])
+
+    return log_prob
+
+
+def load_judge(opts: GuidanceOptions):
+    from ..nets.classifier import load_classifier
+    from ..nets.clip import load_clip
+
+    method = GuidanceMethod(opts.method)
+    if method is GuidanceMethod.CLASSIFIER:
+        return load_classifier(opts.judge or DEFAULT_JUDGES["classifier"])
+    default = DEFAULT_JUDGES["clip" if method is GuidanceMethod.CLIP_X0 else "noisy_clip"]
+    clip = load_clip(opts.judge or default)
+    if method in (GuidanceMethod.CLIP, GuidanceMethod.CONTRASTIVE) and not clip.noise_aware:
+        raise ValueError(f"'{method.value}' guidance judges x_t and needs a noise-aware CLIP; "
+                         f"use clip_x0 for a clean one")
+    return clip
+
+
+def make_guide(opts: GuidanceOptions, judge=None):
+    """guide(model, schedule, prompts) -> (wrapped model, cond_fn or None)."""
+    method, form = GuidanceMethod(opts.method), GuidanceForm(opts.form)
+    judge = judge if judge is not None else load_judge(opts)
+    judge.requires_grad_(False)
+    build = {GuidanceMethod.CLASSIFIER: classifier_log_prob, GuidanceMethod.CLIP: clip_log_prob,
+             GuidanceMethod.CLIP_X0: clip_log_prob, GuidanceMethod.CONTRASTIVE: contrastive_log_prob}[method]
+
+    def guide(model, schedule, prompts):
+        guided = GradientGuidance(model, schedule, build(judge, prompts), opts.scale,
+                                  through_x0=method is GuidanceMethod.CLIP_X0)
+        if form is GuidanceForm.MEAN:
+            return model, guided.grad
+        return guided, None
+
+    return guide

@@ -1,0 +1,160 @@
+"""condiff CLIP and the noise-aware classifier: training (exact resume), loading, retrieval, guides in the pipeline,
+and CLIP-optimised x_T with gradient checkpointing."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from condiff.cli import main
+from condiff.config import load_json
+from condiff.diffusion.noise_optimization import (Checkpointed, ddim_chain, optimize_initial_noise, project_to_sphere,
+                                                  saved_activation_bytes)
+from condiff.diffusion.sampling import Sampler, SamplingOptions
+from condiff.eval.retrieval import retrieval_accuracy, scenes
+from condiff.nets.classifier import PAIRS, batch_labels, load_classifier
+from condiff.nets.clip import load_clip
+from condiff.pipelines.guidance import GuidanceMethod, GuidanceOptions, make_guide
+from condiff.pipelines.text2image import Text2ImagePipeline
+from condiff.train.auxiliary import AuxTrainConfig, train_aux
+from condiff.world.grammar import Category
+
+IMAGE = {"patch_size": 2, "model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+         "attention_resolutions": [4], "head_channels": 8}
+TINY_AUX = {
+    "clip": {"model": "clip", "clip": {"image": IMAGE, "text": {"width": 32, "layers": 1, "heads": 2}, "embed_dim": 16}},
+    "noisy_clip": {"model": "clip", "clip": {"image": {**IMAGE, "noise_aware": True},
+                                             "text": {"width": 32, "layers": 1, "heads": 2}, "embed_dim": 16}},
+    "classifier": {"model": "classifier", "classifier": {"image": {**IMAGE, "noise_aware": True}}},
+}
+COMMON = {"data": {"resolution": 16}, "schedule": {"num_timesteps": 100},
+          "optim": {"steps": 3, "batch_size": 6, "warmup_steps": 1}, "checkpoint_every": 1}
+
+
+def _config(tmp_path, kind, **over):
+    path = tmp_path / f"{kind}.json"
+    path.write_text(json.dumps({**TINY_AUX[kind], **COMMON, **over}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def judges(tmp_path_factory):
+    """Tiny CLIP, noised CLIP and classifier trained 3 steps each through the CLI; {kind: model folder}."""
+    tmp = tmp_path_factory.mktemp("judges")
+    out = {}
+    for kind in TINY_AUX:
+        assert main(["train", "--config", str(_config(tmp, kind)), "--out", str(tmp / kind)]) == 0
+        out[kind] = tmp / kind / "model"
+    return out
+
+
+def test_judges_train_save_and_load(judges):
+    clip, noisy, clf = load_clip(judges["clip"]), load_clip(judges["noisy_clip"]), load_classifier(judges["classifier"])
+    assert not clip.noise_aware and noisy.noise_aware
+    state = load_file(str(judges["clip"] / "model.safetensors"))
+    assert all(torch.equal(state[k], v) for k, v in clip.state_dict().items())
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert clip.encode_image(x).norm(dim=1).allclose(torch.ones(2))
+    with pytest.raises(ValueError, match="needs the timestep"):
+        noisy.encode_image(x)
+    assert clf(x, torch.tensor([3, 50])).shape == (2, len(PAIRS) + 4)
+
+
+@pytest.mark.parametrize("kind", ["noisy_clip", "classifier"])
+def test_judge_resume_is_exact(tmp_path, kind):
+    cfg = load_json(AuxTrainConfig, _config(tmp_path, kind))
+    straight = train_aux(cfg, tmp_path / "a")
+    cfg2 = load_json(AuxTrainConfig, _config(tmp_path, kind))
+    cfg2.optim.steps = 2
+    train_aux(cfg2, tmp_path / "b")
+    resumed = train_aux(load_json(AuxTrainConfig, _config(tmp_path, kind)), tmp_path / "b", resume=True)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_classifier_labels_from_captions():
+    present, count = batch_labels(["three blue squares", "a red circle to the left of a small blue square"])
+    assert present[0].sum() == 1 and present[0, PAIRS.index("blue square")] == 1 and count[0] == 2
+    assert present[1, PAIRS.index("red circle")] == 1 and present[1, PAIRS.index("blue square")] == 1
+    assert present[1].sum() == 2 and count[1] == 1
+
+
+def test_retrieval_accuracy_counts_correctly(judges):
+    clip = load_clip(judges["clip"])
+    images, captions = scenes(Category.POSITION, 12, 16)
+    r = retrieval_accuracy(clip, images, captions)
+    assert 0 <= r["top1"] <= 1 and 0 <= r["vs_distractors"] <= 1 and r["pool"] == len(set(captions))
+
+
+def test_every_guide_runs_in_the_pipeline_and_guidance_changes_the_image(tiny_model, judges):
+    pipe = Text2ImagePipeline.from_pretrained(tiny_model)
+    prompts, seeds = ["a red circle to the left of a blue square", "three green triangles"], [0, 1]
+    opts = SamplingOptions(steps=4, guidance_scale=1.0)
+    plain = pipe(prompts, seeds, opts)
+    judge_of = {GuidanceMethod.CLASSIFIER: "classifier", GuidanceMethod.CLIP_X0: "clip"}
+    for method in GuidanceMethod:
+        judge = load_clip(judges[judge_of.get(method, "noisy_clip")]) if method is not GuidanceMethod.CLASSIFIER \
+            else load_classifier(judges["classifier"])
+        guide = make_guide(GuidanceOptions(method, 50.0), judge)
+        guided = pipe(prompts, seeds, opts, guide=guide)
+        assert guided.shape == plain.shape and not torch.allclose(guided, plain), method
+        alone = pipe(prompts[:1], seeds[:1], opts, guide=guide)  # batch-independent, up to float summation order
+        torch.testing.assert_close(alone, guided[:1], atol=1e-4, rtol=0)
+    mean_form = make_guide(GuidanceOptions(GuidanceMethod.CLASSIFIER, 50.0, "mean"), load_classifier(judges["classifier"]))
+    ddpm = SamplingOptions(steps=4, guidance_scale=1.0, sampler=Sampler.DDPM)
+    assert not torch.allclose(pipe(prompts, seeds, ddpm, guide=mean_form), pipe(prompts, seeds, ddpm))
+    with pytest.raises(ValueError, match="needs the ddpm sampler"):
+        pipe(prompts, seeds, opts, guide=mean_form)
+
+
+def test_clip_guidance_needs_a_noise_aware_clip(judges):
+    with pytest.raises(ValueError, match="noise-aware CLIP"):
+        make_guide(GuidanceOptions(GuidanceMethod.CLIP, 1.0, judge=str(judges["clip"])))
+
+
+def test_generate_cli_with_a_guide_writes_its_parameters(tiny_model, judges, tmp_path, capsys):
+    from condiff.png import read_parameters
+
+    out = tmp_path / "g.png"
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "3", "--guide", "classifier",
+                 "--guide-model", str(judges["classifier"]), "--guide-scale", "2", "--guidance-rescale", "0.5",
+                 "--out", str(out)]) == 0
+    params = read_parameters(out)
+    assert params["Guidance"] == "classifier" and params["Guidance scale"] == "2.0" and params["Guidance rescale"] == "0.5"
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "--guide", "clip",
+                 "--guide-model", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "missing file" in capsys.readouterr().err
+
+
+def test_checkpointing_gives_the_same_gradient_with_less_saved_memory(tiny_model):
+    pipe = Text2ImagePipeline.from_pretrained(tiny_model)
+    pipe.unet.requires_grad_(False)
+    model = pipe.guided_model(["a red circle"], SamplingOptions(guidance_scale=1.0))
+    ts = pipe.schedule.timesteps(4)
+    z0 = torch.randn(1, 3, 16, 16)
+
+    def grad(m):
+        z = z0.clone().requires_grad_(True)
+        ddim_chain(m, z, pipe.schedule, ts).square().sum().backward()
+        return z.grad
+
+    torch.testing.assert_close(grad(Checkpointed(model)), grad(model))
+    full = saved_activation_bytes(lambda: ddim_chain(model, z0.clone().requires_grad_(True), pipe.schedule, ts))
+    ckpt = saved_activation_bytes(lambda: ddim_chain(Checkpointed(model), z0.clone().requires_grad_(True), pipe.schedule, ts))
+    assert ckpt < full / 3
+
+
+def test_noise_optimisation_never_lowers_the_objective(tiny_model):
+    pipe = Text2ImagePipeline.from_pretrained(tiny_model)
+    pipe.unet.requires_grad_(False)
+    model = pipe.guided_model(["a red circle"] * 2, SamplingOptions(guidance_scale=1.0))
+    ts = pipe.schedule.timesteps(3)
+    objective = lambda x0: -(x0 - torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)).square().flatten(1).mean(1)
+    z = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    best, history = optimize_initial_noise(model, pipe.schedule, z, objective, ts, iters=4, lr=0.2)
+    assert len(history) == 5
+    with torch.no_grad():
+        final = objective(ddim_chain(model, best, pipe.schedule, ts))
+    assert (final >= torch.tensor(history[0]) - 1e-6).all() and (final > torch.tensor(history[0])).any()
+    torch.testing.assert_close(best.flatten(1).norm(dim=1), torch.full((2,), (3 * 16 * 16) ** 0.5))
+    torch.testing.assert_close(project_to_sphere(best), best)

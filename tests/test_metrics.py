@@ -1,0 +1,70 @@
+"""KID, precision/recall and CLIP score: closed forms, and peers (torchmetrics, prdc) on the same features."""
+import numpy as np
+import pytest
+import torch
+
+from condiff.eval.metrics import kid, mmd2_unbiased, polynomial_kernel, precision_recall
+from condiff.nets.clip import clip_score, contrastive_loss
+
+
+def test_mmd_closed_form_on_two_points():
+    x, y = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 1.0], [0.0, 0.0]])
+    k = lambda a, b: (a @ b / 2 + 1) ** 3
+    expected = (2 * k(x[0], x[1])) / 2 + (2 * k(y[0], y[1])) / 2 - 2 * np.mean([k(a, b) for a in x for b in y])
+    assert mmd2_unbiased(x, y) == pytest.approx(expected)
+    assert polynomial_kernel(x, y)[0, 0] == pytest.approx(k(x[0], y[0]))
+
+
+def test_kid_matches_torchmetrics_poly_mmd():
+    from torchmetrics.image.kid import poly_mmd
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(300, 16)), rng.normal(0.3, 1.2, size=(300, 16))
+    ours = mmd2_unbiased(real, fake)
+    peer = poly_mmd(torch.from_numpy(real), torch.from_numpy(fake)).item()
+    assert ours == pytest.approx(peer, rel=1e-9)
+    mean, std = kid(real, fake, subsets=5, subset_size=300)
+    assert mean == pytest.approx(ours) and std == pytest.approx(0, abs=1e-12)  # full-size subsets are the whole sets
+
+
+def test_kid_is_near_zero_for_one_distribution_and_grows_with_shift():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(500, 8)), rng.normal(size=(500, 8))
+    same, _ = kid(a, b, subsets=20, subset_size=200)
+    shifted, _ = kid(a, b + 1.0, subsets=20, subset_size=200)
+    assert abs(same) < 0.01 < shifted
+
+
+def test_precision_recall_matches_prdc():
+    from prdc import compute_prdc
+
+    rng = np.random.default_rng(2)
+    real, fake = rng.normal(size=(200, 5)), rng.normal(0.5, 0.7, size=(150, 5))
+    p, r = precision_recall(real, fake, k=3)
+    peer = compute_prdc(real, fake, nearest_k=3)
+    assert p == pytest.approx(peer["precision"]) and r == pytest.approx(peer["recall"])
+
+
+def test_precision_recall_closed_cases():
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(100, 4))
+    assert precision_recall(real, real.copy()) == (1.0, 1.0)
+    far = real + 100.0
+    assert precision_recall(real, far) == (0.0, 0.0)
+    # a fake set collapsed onto a small part of the real data: precise, but low recall (mode dropping)
+    plane = rng.normal(size=(400, 2))
+    part = plane[np.argsort((plane ** 2).sum(1))[:20]]  # the 20 points nearest the mode
+    p, r = precision_recall(plane, part + 1e-3)
+    assert p == 1.0 and r < 0.15
+
+
+def test_clip_score_and_contrastive_loss_closed_forms():
+    img = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    txt = torch.tensor([[0.6, 0.8], [-1.0, 0.0]])
+    torch.testing.assert_close(clip_score(img, txt), torch.tensor([60.0, 0.0]))  # 100 max(cos, 0)
+    # identical captions are positives, not negatives: telling duplicates apart is punished, not rewarded
+    captions = ["a", "a", "b", "b"]
+    same = torch.tensor([[1.0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]])
+    assert contrastive_loss(50 * same, captions).item() == pytest.approx(np.log(2))  # uniform over 2 positives
+    assert contrastive_loss(50 * torch.eye(4), captions).item() > 10
+    assert contrastive_loss(50 * torch.eye(4), ["a", "b", "c", "d"]).item() == pytest.approx(0, abs=1e-6)
