@@ -102,6 +102,16 @@ def _samplers(args) -> None:
     print("--schedule: " + ", ".join(s.value for s in SigmaSchedule) + " (karras: sigma samplers only)")
 
 
+def _serve(args) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError("condiff serve needs the web UI extra: pip install 'condiff[ui]'")
+    from .ui.app import serve
+
+    serve(args.host, args.port, args.model, args.device or "cpu")
+
+
 def _eval_sweep(args) -> None:
     from .eval.sweep import run_sweep
 
@@ -193,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=_export)
 
     sub.add_parser("samplers", help="list the samplers and step schedules").set_defaults(func=_samplers)
+
+    v = sub.add_parser("serve", help="web UI and JSON API (offline; binds 127.0.0.1 unless --host says otherwise)")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind, e.g. 0.0.0.0 to serve the network")
+    v.add_argument("--port", type=int, default=7860)
+    v.add_argument("--model", help="model folder (default: the shipped base32 model)")
+    v.add_argument("--device", help="cpu or cuda")
+    v.set_defaults(func=_serve)
 
     e = sub.add_parser("eval", help="evaluate a model")
     esub = e.add_subparsers(dest="eval_command", required=True)

@@ -68,3 +68,13 @@ def test_clip_score_and_contrastive_loss_closed_forms():
     assert contrastive_loss(50 * same, captions).item() == pytest.approx(np.log(2))  # uniform over 2 positives
     assert contrastive_loss(50 * torch.eye(4), captions).item() > 10
     assert contrastive_loss(50 * torch.eye(4), ["a", "b", "c", "d"]).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_hard_negative_columns_are_negatives_of_the_image_to_text_direction_only():
+    captions = ["a", "b"]
+    good = torch.tensor([[20.0, 0, 0], [0, 20, 0]])  # each image on its caption; the hard negative (column 2) low
+    bad = torch.tensor([[0.0, 0, 20], [0, 20, 0]])  # image 0 prefers the hard negative
+    assert contrastive_loss(good, captions).item() == pytest.approx(0, abs=1e-6)
+    # text -> image ignores column 2: only image 0's row costs, log(1 + 1 + e^20) - 0 halved
+    assert contrastive_loss(bad, captions).item() == pytest.approx(0.5 * (20 + np.log(1 + 2 * np.exp(-20))) / 2
+                                                                 + 0.5 * np.log(2) / 2, rel=1e-4)

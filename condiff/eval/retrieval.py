@@ -38,8 +38,8 @@ def retrieval_accuracy(clip, images: torch.Tensor, captions: list[str], t: torch
 
 
 def retrieval_table(clip, n: int = 200, resolution: int = 32, timesteps=(0,), schedule=None, denoise=None) -> dict:
-    """{category: {t: retrieval_accuracy}}; x_t = q_sample(x_0, t) when t > 0. denoise(x_t, t) -> x0_hat, if given,
-    is applied before a clean tower sees the image."""
+    """{category: {t: retrieval_accuracy}}; x_t = q_sample(x_0, t) when t > 0. denoise(x_t, t, captions) -> x0_hat,
+    if given, is applied before the tower sees the image."""
     out = {}
     for cat in Category:
         images, captions = scenes(cat, n, resolution)
@@ -51,6 +51,6 @@ def retrieval_table(clip, n: int = 200, resolution: int = 32, timesteps=(0,), sc
                 eps = torch.randn(images.shape, generator=torch.Generator().manual_seed(t_int))
                 x = schedule.q_sample(images, t, eps)
                 if denoise is not None:
-                    x = denoise(x, t)
+                    x = denoise(x, t, captions)
             out[cat.value][t_int] = retrieval_accuracy(clip, x, captions, t if clip.noise_aware else None)
     return out

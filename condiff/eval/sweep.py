@@ -142,10 +142,10 @@ def plot(report: dict, path: Path) -> None:
 
 
 def run_sweep(args) -> dict:
-    try:
-        import matplotlib  # noqa: F401  (fail before the work, not after it)
-    except ImportError:
-        raise ValueError("eval sweep draws its plots with matplotlib: pip install 'condiff[bench]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # fail before the work, not after it
+        raise ValueError("eval sweep draws its plots with matplotlib: pip install 'condiff[bench]'")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = Text2ImagePipeline.from_pretrained(Path(args.model) if args.model else DEFAULT_MODEL).to(device)
     judges = {k: (load_clip(v) if "clip" in k else load_classifier(v)).to(device) for k, v in DEFAULT_JUDGES.items()}

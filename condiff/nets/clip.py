@@ -55,12 +55,18 @@ class CLIP(nn.Module):
 
 
 def contrastive_loss(logits: torch.Tensor, captions: list[str]) -> torch.Tensor:
-    """Symmetric InfoNCE; identical captions in a batch are all positives (uniform soft targets), not negatives."""
+    """Symmetric InfoNCE; identical captions in a batch are all positives (uniform soft targets), not negatives.
+
+    logits may have extra text columns after the B captions: hard negatives (NegCLIP, Yuksekgonul et al. 2023),
+    which only the image -> text direction sees, with target 0.
+    """
+    B = len(captions)
     ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
     key = torch.tensor([ids[c] for c in captions], device=logits.device)
     same = (key[:, None] == key[None, :]).float()
     targets = same / same.sum(1, keepdim=True)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+    image_to_text = F.cross_entropy(logits, F.pad(targets, (0, logits.shape[1] - B)))
+    return 0.5 * (image_to_text + F.cross_entropy(logits[:, :B].T, targets))
 
 
 def clip_score(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:

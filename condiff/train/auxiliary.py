@@ -20,6 +20,8 @@ from ..diffusion.schedule import NoiseSchedule, ScheduleConfig
 from ..io import replace_dir, save_component
 from ..nets.classifier import ClassifierConfig, NoisyClassifier, batch_labels
 from ..nets.clip import CLIP, CLIPConfig, contrastive_loss
+from ..world.distractors import distractor_captions
+from ..world.grammar import PromptError
 from .ema import EMA
 from .state import latest_checkpoint, load_state, save_state
 
@@ -49,6 +51,7 @@ class AuxTrainConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # noise levels seen by a noise-aware tower
     optim: AuxOptimConfig = field(default_factory=AuxOptimConfig)
+    hard_negatives: bool = True  # CLIP: add one distractor caption per image as an extra negative (NegCLIP)
     log_every: int = 50
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -76,9 +79,27 @@ def aux_loss(cfg: AuxTrainConfig, model: nn.Module, schedule: NoiseSchedule, ima
         eps = torch.randn(images.shape, generator=generator).to(images.device)
         images = schedule.q_sample(images, t, eps)
     if AuxModel(cfg.model) is AuxModel.CLIP:
-        return contrastive_loss(model.logits(model.encode_image(images, t), model.encode_text(captions)), captions)
+        texts = captions + (hard_negatives(captions, generator) if cfg.hard_negatives else [])
+        return contrastive_loss(model.logits(model.encode_image(images, t), model.encode_text(texts)), captions)
     present, count = batch_labels(captions, images.device)
     return -model.log_prob(images, t, present, count).mean()
+
+
+def hard_negatives(captions: list[str], generator: torch.Generator) -> list[str]:
+    """One distractor per world caption (flipped relation, swapped binding, other count...); none for other text.
+
+    Without them the in-batch negatives almost never differ from a caption by its relation alone, and CLIP learns
+    a bag of words (Yuksekgonul et al. 2023): on position scenes it picks the flipped caption as often as the true one.
+    """
+    out = []
+    for c in captions:
+        try:
+            ds = distractor_captions(c)
+        except PromptError:
+            continue
+        if ds:
+            out.append(ds[int(torch.randint(len(ds), (1,), generator=generator))])
+    return out
 
 
 def model_config(cfg: AuxTrainConfig):

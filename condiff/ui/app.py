@@ -1,0 +1,158 @@
+"""The Gradio page: text to image with live previews, a gallery of PNGs that carry their parameters, PNG-info restore.
+
+Image to image and inpainting are shown but disabled until their pipelines exist.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no analytics, no share links
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..diffusion.sampling import SAMPLER_INFO  # noqa: E402
+from ..png import read_parameters  # noqa: E402
+from .service import MAX_IMAGES, GenerationService, RequestError, Txt2ImgRequest  # noqa: E402
+
+SAMPLER_LABELS = [label for label, _ in SAMPLER_INFO.values()]
+PREVIEW_SIDE = 128
+CSS = "#gallery img, .preview img { image-rendering: pixelated; }"
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def _upscale(px: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
+    k = max(1, side // px.shape[0])
+    return px.repeat(k, 0).repeat(k, 1)
+
+
+def _previews(x0_hat) -> list[np.ndarray]:
+    from ..world.render import to_uint8
+
+    return [_upscale(px) for px in to_uint8(x0_hat.detach().cpu().clamp(-1, 1)).numpy()]
+
+
+def make_handlers(service: GenerationService, out_dir: Path):
+    def generate(prompt, negative_prompt, seed, steps, guidance_scale, sampler, num_images, progress=gr.Progress()):
+        try:
+            req = service.resolve(Txt2ImgRequest(prompt, negative_prompt or "", int(seed), int(steps),
+                                                 float(guidance_scale), sampler, int(num_images)))
+        except (RequestError, ValueError, TypeError) as e:
+            raise gr.Error(str(e)) from None
+        state: dict = {"step": 0, "x0": None, "new": False}
+        result: dict = {}
+
+        def callback(d):
+            state.update(step=d["i"] + 1, x0=d["x0_hat"], new=True)
+
+        def work():
+            try:
+                result["images"] = service.txt2img(req, callback)
+            except Exception as e:  # reported on the page below
+                result["error"] = e
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        progress(0, desc="queued")
+        while thread.is_alive():
+            thread.join(0.2)
+            if state["new"]:
+                state["new"] = False
+                progress((state["step"], req.steps), desc="sampling", unit="steps")
+                yield _previews(state["x0"]), str(req.seed), ""
+        if "error" in result:
+            raise gr.Error(f"generation failed: {result['error']}")
+        folder = Path(tempfile.mkdtemp(dir=out_dir))
+        paths = []
+        for im in result["images"]:
+            path = folder / f"condiff-{im.seed}.png"
+            path.write_bytes(im.png)
+            paths.append(str(path))
+        yield paths, str(req.seed), result["images"][0].parameters
+
+    def restore(file):
+        """Read a PNG's 'parameters' chunk back into the controls."""
+        if file is None:
+            return [gr.update()] * 6 + [""]
+        path = file if isinstance(file, str) else file.name
+        p = read_parameters(path)
+        if "Steps" not in p:
+            return [gr.update()] * 6 + ["this PNG carries no generation parameters"]
+        sampler = p.get("Sampler", "DDIM")
+        return (p["prompt"], p["negative_prompt"], int(p.get("Seed", -1)), int(p["Steps"]),
+                float(p.get("CFG scale", 3.0)), sampler if sampler in SAMPLER_LABELS else gr.update(),
+                f"restored the parameters of {Path(path).name}")
+
+    return generate, restore
+
+
+def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
+    generate, restore = make_handlers(service, out_dir)
+    with gr.Blocks(title="condiff", analytics_enabled=False) as page:
+        gr.Markdown(f"## condiff &nbsp; <small>model: `{service.model_path.name}`, "
+                    f"{service.pipe.resolution}×{service.pipe.resolution}</small>")
+        with gr.Tab("Text to image"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt",
+                                        placeholder="a red circle to the left of a blue square")
+                    negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
+                    with gr.Row():
+                        seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="seed")
+                        sampler = gr.Dropdown(SAMPLER_LABELS, value="DDIM", label="Sampler", elem_id="sampler")
+                    steps = gr.Slider(1, 250, 25, step=1, label="Steps", elem_id="steps")
+                    scale = gr.Slider(0, 15, 3, step=0.5, label="Guidance scale", elem_id="guidance-scale")
+                    count = gr.Slider(1, MAX_IMAGES, 4, step=1, label="Number of images", elem_id="num-images")
+                    button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    png_in = gr.File(label="Drop a PNG here to restore its parameters", file_types=[".png"],
+                                     elem_id="png-info")
+                    restored = gr.Markdown(elem_id="restored")
+                with gr.Column(scale=3):
+                    gallery = gr.Gallery(label="Images", elem_id="gallery", columns=4, height=420, format="png",
+                                         object_fit="contain", buttons=["download"])
+                    used_seed = gr.Textbox(label="Seed used (image i: seed + i)", interactive=False, elem_id="used-seed")
+                    params = gr.Textbox(label="Parameters of the first image", interactive=False, lines=3,
+                                        elem_id="parameters")
+            inputs = [prompt, negative, seed, steps, scale, sampler, count]
+            button.click(generate, inputs, [gallery, used_seed, params], api_name="txt2img")
+            prompt.submit(generate, inputs, [gallery, used_seed, params], api_name=False)
+            png_in.upload(restore, png_in, [prompt, negative, seed, steps, scale, sampler, restored], api_name=False)
+        with gr.Tab("Image to image"):
+            gr.Markdown("Not available yet: condiff has no image-to-image pipeline. The controls below are disabled.")
+            gr.Image(label="Init image", interactive=False)
+            gr.Slider(0, 1, 0.6, label="Strength", interactive=False)
+            gr.Button("Generate", interactive=False)
+        with gr.Tab("Inpainting"):
+            gr.Markdown("Not available yet: condiff has no inpainting pipeline. The controls below are disabled.")
+            gr.ImageEditor(label="Image and brush mask", interactive=False)
+            gr.Button("Generate", interactive=False)
+    return page
+
+
+def create_app(model: str | None = None, device: str = "cpu", out_dir: str | None = None):
+    """FastAPI app: the JSON API under /api and the page at /."""
+    from .api import create_api
+
+    service = GenerationService(model, device)
+    out = Path(out_dir or tempfile.mkdtemp(prefix="condiff-serve-"))
+    out.mkdir(parents=True, exist_ok=True)
+    app = create_api(service)
+    page = build_page(service, out)
+    page.queue(default_concurrency_limit=1)
+    return gr.mount_gradio_app(app, page, path="/", allowed_paths=[str(out)], ssr_mode=False, theme=THEME, css=CSS,
+                               footer_links=["api"])
+
+
+def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, device: str = "cpu") -> None:
+    import uvicorn
+
+    app = create_app(model, device)
+    print(f"condiff serve: http://{host}:{port}  (API: POST /api/txt2img, docs /api/docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+__all__ = ["build_page", "create_app", "serve"]

@@ -1,0 +1,110 @@
+"""The generation service behind the page and the API: validate a request, queue it, generate, return PNGs.
+
+One lock serialises generation (CPU and GPU work best one batch at a time); concurrent requests wait their turn.
+"""
+from __future__ import annotations
+
+import io
+import random
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions
+from ..png import format_parameters
+
+MAX_IMAGES, MAX_STEPS, MAX_SCALE, MAX_SEED = 16, 1000, 50.0, 2 ** 32 - 1
+SAMPLER_BY_LABEL = {label: s for s, (label, _) in SAMPLER_INFO.items()}
+
+
+class RequestError(ValueError):
+    """A request the service refuses; the message names the field and the problem."""
+
+
+@dataclass
+class Txt2ImgRequest:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = -1  # -1: a random seed, reported back
+    steps: int = 25
+    guidance_scale: float = 3.0
+    sampler: str = "ddim"  # a name of `condiff samplers` or its A1111 label ("DPM++ 2M")
+    num_images: int = 1
+
+
+@dataclass
+class GeneratedImage:
+    png: bytes
+    parameters: str
+    seed: int
+    pixels: np.ndarray = field(repr=False)
+
+
+def sampler_of(name: str) -> Sampler:
+    if name in SAMPLER_BY_LABEL:
+        return SAMPLER_BY_LABEL[name]
+    try:
+        return Sampler(name)
+    except ValueError:
+        raise RequestError(f"sampler: unknown sampler '{name}' (known: {', '.join(s.value for s in Sampler)})") from None
+
+
+class GenerationService:
+    def __init__(self, model: str | Path | None = None, device: str = "cpu"):
+        from ..pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+
+        self.model_path = Path(model) if model else DEFAULT_MODEL
+        self.pipe = Text2ImagePipeline.from_pretrained(self.model_path).to(device)
+        self.lock = threading.Lock()
+
+    def validate(self, req: Txt2ImgRequest) -> tuple[SamplingOptions, int]:
+        """SamplingOptions and the seed to use; RequestError naming the first bad field."""
+        if not isinstance(req.prompt, str) or not req.prompt.strip():
+            raise RequestError("prompt: must be a non-empty string")
+        for name, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt)):
+            try:
+                self.pipe.text_encoder.tokenizer.encode(text)
+            except ValueError as e:
+                raise RequestError(f"{name}: {e}") from None
+        if not 1 <= int(req.steps) <= MAX_STEPS:
+            raise RequestError(f"steps: must be between 1 and {MAX_STEPS}, got {req.steps}")
+        if not 0 <= float(req.guidance_scale) <= MAX_SCALE:
+            raise RequestError(f"guidance_scale: must be between 0 and {MAX_SCALE}, got {req.guidance_scale}")
+        if not 1 <= int(req.num_images) <= MAX_IMAGES:
+            raise RequestError(f"num_images: must be between 1 and {MAX_IMAGES}, got {req.num_images}")
+        if not -1 <= int(req.seed) <= MAX_SEED:
+            raise RequestError(f"seed: must be -1 (random) or between 0 and {MAX_SEED}, got {req.seed}")
+        opts = SamplingOptions(steps=int(req.steps), guidance_scale=float(req.guidance_scale),
+                               sampler=sampler_of(req.sampler), negative_prompt=req.negative_prompt)
+        seed = random.randint(0, MAX_SEED - MAX_IMAGES) if int(req.seed) == -1 else int(req.seed)
+        return opts, seed
+
+    def resolve(self, req: Txt2ImgRequest) -> Txt2ImgRequest:
+        """The request validated, with seed -1 replaced by the random seed that will be used."""
+        _, seed = self.validate(req)
+        return replace(req, seed=seed)
+
+    def txt2img(self, req: Txt2ImgRequest, callback: Callable[[dict], None] | None = None) -> list[GeneratedImage]:
+        """Image i uses seed + i, as `condiff generate` does; callback sees each step's x0_hat."""
+        from PIL import Image, PngImagePlugin
+
+        from ..world.render import to_uint8
+
+        opts, seed = self.validate(req)
+        seeds = [seed + i for i in range(int(req.num_images))]
+        with self.lock:
+            images = self.pipe([req.prompt] * len(seeds), seeds, opts, callback=callback).cpu()
+        out = []
+        for px, s in zip(to_uint8(images).numpy(), seeds):
+            params = format_parameters(req.prompt, req.negative_prompt, {
+                "Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "CFG scale": opts.guidance_scale,
+                "Seed": s, "Size": f"{px.shape[1]}x{px.shape[0]}", "Model": self.model_path.name})
+            info = PngImagePlugin.PngInfo()
+            info.add_text("parameters", params)
+            buf = io.BytesIO()
+            Image.fromarray(px).save(buf, format="PNG", pnginfo=info)
+            out.append(GeneratedImage(buf.getvalue(), params, s, px))
+        return out

@@ -1,0 +1,139 @@
+"""condiff serve: the JSON API (validation, queueing under concurrent load) and the page, driven in headless Chromium."""
+import base64
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("gradio")
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import uvicorn  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from condiff.png import parse_parameters  # noqa: E402
+from condiff.ui.app import create_app  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    """The real app on a free loopback port, in a thread; yields its base URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(str(tiny_model), out_dir=str(tmp_path_factory.mktemp("served")))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/api/samplers", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    yield url
+    srv.should_exit = True
+    thread.join(5)
+
+
+def test_api_generates_pngs_that_carry_their_parameters(server):
+    r = httpx.post(server + "/api/txt2img", json={"prompt": "a red circle", "steps": 3, "seed": 7, "num_images": 2},
+                   timeout=60)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["seeds"] == [7, 8]
+    for b64, params, seed in zip(body["images"], body["parameters"], body["seeds"]):
+        img = Image.open(io.BytesIO(base64.b64decode(b64)))
+        assert img.size == (16, 16) and img.format == "PNG"
+        p = parse_parameters(img.info["parameters"])
+        assert p["prompt"] == "a red circle" and p["Seed"] == str(seed) and p["Steps"] == "3"
+    # same seed, same image, alone or in a batch
+    alone = httpx.post(server + "/api/txt2img", json={"prompt": "a red circle", "steps": 3, "seed": 8}, timeout=60).json()
+    a = np.asarray(Image.open(io.BytesIO(base64.b64decode(alone["images"][0]))), dtype=int)
+    b = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["images"][1]))), dtype=int)
+    assert np.abs(a - b).max() <= 1
+
+
+@pytest.mark.parametrize("payload, status, message", [
+    ({"prompt": "a pink circle"}, 400, "prompt: unknown word 'pink'"),
+    ({"prompt": "a red circle", "steps": 0}, 400, "steps: must be between 1 and 1000"),
+    ({"prompt": "a red circle", "sampler": "plms"}, 400, "sampler: unknown sampler 'plms'"),
+    ({"prompt": "a red circle", "num_images": 99}, 400, "num_images: must be between 1 and 16"),
+    ({"prompt": "a red circle", "guidance_scale": -1}, 400, "guidance_scale: must be between 0 and 50"),
+    ({"prompt": ""}, 400, "prompt: must be a non-empty string"),
+    ({"prompt": "a red circle", "steps": "many"}, 422, "steps: Input should be a valid integer"),
+    ({"steps": 3}, 422, "prompt: Field required"),
+    ({"prompt": "a red circle", "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+])
+def test_api_rejects_bad_values_with_a_clear_4xx(server, payload, status, message):
+    r = httpx.post(server + "/api/txt2img", json=payload, timeout=30)
+    assert r.status_code == status and r.json()["detail"].startswith(message), r.text
+
+
+def test_api_queues_20_concurrent_requests_and_answers_all(server):
+    def one(i):
+        start = time.perf_counter()
+        r = httpx.post(server + "/api/txt2img", json={"prompt": "three blue squares", "steps": 2, "seed": i}, timeout=120)
+        return r.status_code, time.perf_counter() - start
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(20)))
+    assert [code for code, _ in results] == [200] * 20
+
+
+def test_disabled_tabs_and_sampler_list(server):
+    assert [s["label"] for s in httpx.get(server + "/api/samplers").json()][:2] == ["DDPM", "DDIM"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CONDIFF_REQUIRE_BROWSER"):
+            pytest.fail("CONDIFF_REQUIRE_BROWSER is set but no chromium is installed")
+        pytest.skip("no chromium on this machine (CI installs it: see .ci/run)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield b
+        b.close()
+
+
+def test_page_generates_an_image_and_restores_its_parameters(server, browser, tmp_path):
+    page = browser.new_page()
+    page.goto(server + "/", wait_until="networkidle")
+    page.locator("#prompt textarea").fill("a green triangle above a white circle")
+    page.locator("#seed input").fill("42")
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("4")
+    steps.press("Enter")
+    page.locator("#num-images input[type=number]").fill("2")
+    page.locator("#num-images input[type=number]").press("Enter")
+    page.locator("#generate").click()
+    page.wait_for_function("document.querySelector('#parameters textarea').value.length > 0", timeout=60000)
+    assert page.locator("#used-seed textarea, #used-seed input").first.input_value() == "42"
+    src = page.locator("#gallery img").first.get_attribute("src")
+    png = page.request.get(src if src.startswith("http") else server + "/" + src.lstrip("/")).body()
+    params = parse_parameters(Image.open(io.BytesIO(png)).info["parameters"])
+    assert params["prompt"] == "a green triangle above a white circle"
+    assert params["Seed"] == "42" and params["Steps"] == "4"
+    # drop that PNG back on the page: its parameters come back into the controls
+    page.locator("#prompt textarea").fill("a red circle")
+    page.locator("#seed input").fill("-1")
+    path = tmp_path / "dropped.png"
+    path.write_bytes(png)
+    page.locator("#png-info input[type=file]").set_input_files(str(path))
+    page.wait_for_function("document.querySelector('#prompt textarea').value.startsWith('a green')", timeout=30000)
+    assert page.locator("#seed input").input_value() == "42"
+    assert page.locator("#steps input[type=number]").input_value() == "4"
+    page.close()
