@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--model", help="model folder (default: the shipped base32 model)")
     w.add_argument("--methods", help=f"comma-separated subset of: {', '.join(GUIDE_NAMES)} (default: all)")
     w.add_argument("--metric-clip", help="CLIP folder for features and CLIP score (default: the shipped clip32)")
+    w.add_argument("--inception", help="FID Inception weights (safetensors, pytorch-fid keys) for FD/KID/P/R features")
     w.add_argument("--n-per-prompt", type=int, default=4)
     w.add_argument("--prompts-per-category", type=int, default=10)
     w.add_argument("--steps", type=int, default=25)

@@ -158,3 +158,14 @@ def test_noise_optimisation_never_lowers_the_objective(tiny_model):
     assert (final >= torch.tensor(history[0]) - 1e-6).all() and (final > torch.tensor(history[0])).any()
     torch.testing.assert_close(best.flatten(1).norm(dim=1), torch.full((2,), (3 * 16 * 16) ** 0.5))
     torch.testing.assert_close(project_to_sphere(best), best)
+
+
+def test_clip_trains_on_a_captioned_image_folder(tmp_path):
+    from tests.test_train import _make_folder
+
+    folder = _make_folder(tmp_path / "data")
+    out = tmp_path / "clip"
+    assert main(["train", "--config", str(_config(tmp_path, "clip")), "--out", str(out), "--data", str(folder)]) == 0
+    clip = load_clip(out / "model")
+    assert "teal" in clip.text_encoder.tokenizer.stoi  # the folder's own captions made the vocabulary
+    assert clip.encode_text(["a teal picture"]).shape == (1, 16)

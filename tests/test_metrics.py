@@ -78,3 +78,35 @@ def test_hard_negative_columns_are_negatives_of_the_image_to_text_direction_only
     # text -> image ignores column 2: only image 0's row costs, log(1 + 1 + e^20) - 0 halved
     assert contrastive_loss(bad, captions).item() == pytest.approx(0.5 * (20 + np.log(1 + 2 * np.exp(-20))) / 2
                                                                  + 0.5 * np.log(2) / 2, rel=1e-4)
+
+
+def test_fid_inception_loads_a_local_safetensors_file_and_rejects_wrong_ones(tmp_path):
+    from safetensors.torch import save_file
+
+    from condiff.eval.inception import FIDInception, inception_features, load_inception
+    from condiff.io import CheckpointError
+
+    torch.manual_seed(0)
+    net = FIDInception().eval()
+    for m in net.modules():  # non-trivial batch-norm statistics, as in real weights
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    # pytorch-fid's file also holds the 1008-way fc layer, which FID does not use
+    save_file({**state, "fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}, tmp_path / "inc.safetensors")
+    loaded = load_inception(tmp_path / "inc.safetensors")
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    feats = inception_features(loaded, images)
+    assert feats.shape == (3, 2048) and (feats >= 0).all()  # pool3 follows a ReLU
+    with torch.no_grad():
+        np.testing.assert_allclose(feats, net(images).double().numpy(), rtol=1e-5, atol=1e-6)
+    save_file({k: v for k, v in state.items() if not k.startswith("Mixed_7c")}, tmp_path / "cut.safetensors")
+    with pytest.raises(CheckpointError, match="missing 'Mixed_7c"):
+        load_inception(tmp_path / "cut.safetensors")
+    save_file({**state, "Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 5, 5)}, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match="expected \\(32, 3, 3, 3\\)"):
+        load_inception(tmp_path / "bad.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_inception(tmp_path / "junk.safetensors")

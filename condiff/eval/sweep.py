@@ -97,11 +97,11 @@ def clip_xT_images(pipe: Text2ImagePipeline, prompts, seeds, opts: SamplingOptio
         return run_sampler(model, pipe.schedule, z, noise, o)
 
 
-def point_metrics(images: torch.Tensor, work: Workload, real_features: np.ndarray, clip) -> dict:
+def point_metrics(images: torch.Tensor, work: Workload, real_features: np.ndarray, clip, features) -> dict:
     verdicts = [judge(px, p).correct for px, p in zip(to_uint8(images).numpy(), work.prompts)]
     acc = {s: float(np.mean([v for v, su in zip(verdicts, work.suites) if su == s])) for s in SUITES}
     acc["overall"] = float(np.mean([acc[s] for s in MAIN]))
-    feats = clip_image_features(clip, images)
+    feats = features(images)
     precision, recall = precision_recall(real_features, feats)
     kid_mean, kid_std = kid(real_features, feats, subsets=50, subset_size=min(1000, len(feats)))
     return {"accuracy": acc, "fd": frechet_distance(*feature_stats(real_features), *feature_stats(feats)),
@@ -119,13 +119,15 @@ def plot(report: dict, path: Path) -> None:
     for method, points in report["methods"].items():
         scales = [p["scale"] for p in points]
         axes[0].plot([p["clip_score"] for p in points], [p["fd"] for p in points], "o-", label=method)
+        for p in points:
+            axes[0].annotate(f"{p['scale']:g}", (p["clip_score"], p["fd"]), fontsize=7)
         axes[1].plot(scales, [p["accuracy"]["overall"] for p in points], "o-", label=method)
         axes[2].plot(scales, [p["recall"] for p in points], "o-", label=method)
         axes[3].plot(scales, [p["precision"] for p in points], "o-", label=method)
     base = report["methods"].get(CFG, [{}])[0]
     if "accuracy" in base:
         axes[1].axhline(base["accuracy"]["overall"], color="grey", ls=":", label="unguided (cfg 1)")
-    titles = [("CLIP score", "FD (condiff CLIP features)"), ("scale", "shapes-bench accuracy (overall)"),
+    titles = [("CLIP score", f"FD ({report['features']})"), ("scale", "shapes-bench accuracy (overall)"),
               ("scale", "recall"), ("scale", "precision")]
     for ax, (xl, yl) in zip(axes, titles):
         ax.set_xlabel(xl)
@@ -152,20 +154,26 @@ def run_sweep(args) -> dict:
     metric_clip = load_clip(args.metric_clip or DEFAULT_JUDGES["clip"]).to(device)
     opts = SamplingOptions(steps=args.steps, sampler=Sampler(args.sampler), schedule=SigmaSchedule(args.schedule))
     work = workload(args.prompts_per_category, args.n_per_prompt, args.seed)
-    real = clip_image_features(metric_clip, reference_images(work.prompts[::args.n_per_prompt], pipe.resolution,
-                                                             copies=args.n_per_prompt * 2))
+    if args.inception:
+        from .inception import inception_features, load_inception
+
+        inception = load_inception(args.inception).to(device)
+        features, feature_name = (lambda x: inception_features(inception, x)), "Inception pool3 (pytorch-fid)"
+    else:
+        features, feature_name = (lambda x: clip_image_features(metric_clip, x)), "condiff CLIP image tower (clip32)"
+    real = features(reference_images(work.prompts[::args.n_per_prompt], pipe.resolution, copies=args.n_per_prompt * 2))
     methods = args.methods.split(",") if args.methods else list(DEFAULT_SCALES)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"sampler": opts.sampler.value, "steps": opts.steps, "images_per_point": len(work.prompts),
-              "reference_images": len(real), "features": "condiff CLIP image tower (clip32)", "methods": {}}
+              "reference_images": len(real), "features": feature_name, "methods": {}}
     from tqdm.auto import tqdm
 
     points = [(m, s) for m in methods for s in DEFAULT_SCALES[m]]
     for method, scale in tqdm(points, desc="sweep", unit="point"):
         start = time.time()
         images = sample(pipe, work, method, scale, opts, judges, args.batch_size)
-        row = {"scale": scale, **point_metrics(images, work, real, metric_clip), "seconds": round(time.time() - start, 1)}
+        row = {"scale": scale, **point_metrics(images, work, real, metric_clip, features), "seconds": round(time.time() - start, 1)}
         report["methods"].setdefault(method, []).append(row)
         tqdm.write(f"{method:12s} {scale:6g}  acc {row['accuracy']['overall']:.3f}  FD {row['fd']:.3f}  "
                    f"KID {row['kid']:.4f}  P {row['precision']:.2f}  R {row['recall']:.2f}  "
