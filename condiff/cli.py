@@ -100,6 +100,11 @@ def _samplers(args) -> None:
     for sampler, (a1111, description) in SAMPLER_INFO.items():
         print(f"{sampler.value:14s} {a1111:14s} {description}")
     print("--schedule: " + ", ".join(s.value for s in SigmaSchedule) + " (karras: sigma samplers only)")
+    from .pipelines.guidance import METHOD_INFO
+
+    print(f"\n{'--guide':14s} description")
+    for method, description in METHOD_INFO.items():
+        print(f"{method.value:14s} {description}")
 
 
 def _serve(args) -> None:

@@ -169,3 +169,13 @@ def test_clip_trains_on_a_captioned_image_folder(tmp_path):
     clip = load_clip(out / "model")
     assert "teal" in clip.text_encoder.tokenizer.stoi  # the folder's own captions made the vocabulary
     assert clip.encode_text(["a teal picture"]).shape == (1, 16)
+
+
+def test_cli_guidance_choices_match_the_enums():
+    from condiff.cli import GUIDANCE_FORM_NAMES, GUIDANCE_METHOD_NAMES, GUIDE_NAMES
+    from condiff.eval.sweep import DEFAULT_SCALES
+    from condiff.pipelines.guidance import GuidanceForm
+
+    assert GUIDANCE_METHOD_NAMES == [m.value for m in GuidanceMethod]
+    assert GUIDANCE_FORM_NAMES == [f.value for f in GuidanceForm]
+    assert GUIDE_NAMES == list(DEFAULT_SCALES)
