@@ -88,8 +88,21 @@ def _export(args) -> None:
 
     from .pipelines.text2image import Text2ImagePipeline
 
-    pipe = Text2ImagePipeline.from_pretrained(args.model)
-    pipe.save_pretrained(args.out, dtype=torch.float16 if args.fp16 else None)
+    dtype = torch.float16 if args.fp16 else None
+    if (Path(args.model) / "pipeline.json").is_file():
+        Text2ImagePipeline.from_pretrained(args.model).save_pretrained(args.out, dtype=dtype)
+    else:  # a judge (CLIP or classifier): one component folder
+        from .io import replace_dir, save_component
+        from .nets.classifier import load_classifier
+        from .nets.clip import load_clip
+        from .config import read_json
+
+        is_clip = "text" in read_json(Path(args.model) / "config.json")
+        model = (load_clip if is_clip else load_classifier)(args.model)
+        out = Path(args.out)
+        tmp = out.with_name(out.name + ".tmp")
+        save_component(model, model.cfg, tmp, dtype)
+        replace_dir(tmp, out)
     print(f"exported {args.model} -> {args.out}")
 
 

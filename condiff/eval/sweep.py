@@ -29,13 +29,13 @@ from .metrics import clip_image_features, clip_scores, kid, precision_recall
 CFG = "cfg"
 XT = "clip_xT"  # CLIP-optimised initial noise; its 'scale' is the number of ascent iterations
 DEFAULT_SCALES = {
-    CFG: [1.0, 1.5, 2.0, 3.0, 5.0, 8.0],
-    "cfg_rescale": [3.0, 5.0, 8.0],  # CFG with guidance rescale phi = 0.7
-    GuidanceMethod.CLASSIFIER.value: [1.0, 3.0, 10.0, 30.0],
-    GuidanceMethod.CLIP.value: [0.3, 1.0, 3.0, 10.0],
-    GuidanceMethod.CLIP_X0.value: [0.3, 1.0, 3.0, 10.0],
-    GuidanceMethod.CONTRASTIVE.value: [1.0, 3.0, 10.0, 30.0],
-    XT: [5.0, 15.0],
+    CFG: [1.0, 2.0, 3.0, 5.0, 8.0],
+    "cfg_rescale": [5.0, 8.0],  # CFG with guidance rescale phi = 0.7
+    GuidanceMethod.CLASSIFIER.value: [1.0, 3.0, 10.0],
+    GuidanceMethod.CLIP.value: [1.0, 3.0, 10.0],
+    GuidanceMethod.CLIP_X0.value: [0.3, 1.0, 3.0],
+    GuidanceMethod.CONTRASTIVE.value: [1.0, 3.0, 10.0],
+    XT: [5.0],
 }
 
 

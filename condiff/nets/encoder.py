@@ -20,13 +20,15 @@ class ImageEncoderConfig:
     attention_resolutions: tuple[int, ...] = (8,)
     head_channels: int = 32
     out_dim: int = 128
+    pool: str = "flatten"  # "flatten": a linear map of the whole last feature map; "attention": CLIP's attention pool
     noise_aware: bool = False  # GLIDE's noised CLIP / ADM's classifier: f(x_t, t) instead of f(x)
 
 
 class AttentionPool2d(nn.Module):
     """CLIP's attention pool: the mean token, with learned positions, attends over all positions.
 
-    Positions make the pooled vector depend on where things are (left of / above), which a mean pool would lose.
+    Its output is linear in (feature + position) apart from the attention weights, so it binds colour to place only
+    weakly: with it, condiff CLIP read "A left of B" no better than "B left of A" (hence the flatten pool default).
     """
 
     def __init__(self, side: int, ch: int, heads: int, out_dim: int):
@@ -79,7 +81,12 @@ class ImageEncoder(nn.Module):
                 res //= 2
         self.blocks = EmbedSequential(*blocks)
         self.out = nn.Sequential(norm(ch), nn.SiLU())
-        self.pool = AttentionPool2d(res, ch, max(1, ch // cfg.head_channels), cfg.out_dim)
+        if cfg.pool == "attention":
+            self.pool = AttentionPool2d(res, ch, max(1, ch // cfg.head_channels), cfg.out_dim)
+        elif cfg.pool == "flatten":  # every (position, feature) pair has its own weight: "red on the left" is linear
+            self.pool = nn.Sequential(nn.Flatten(), nn.Linear(res * res * ch, cfg.out_dim))
+        else:
+            raise ValueError(f"image encoder pool must be 'flatten' or 'attention', got '{cfg.pool}'")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         if self.cfg.noise_aware:
