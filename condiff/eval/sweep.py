@@ -160,7 +160,10 @@ def run_sweep(args) -> dict:
         inception = load_inception(args.inception).to(device)
         features, feature_name = (lambda x: inception_features(inception, x)), "Inception pool3 (pytorch-fid)"
     else:
-        features, feature_name = (lambda x: clip_image_features(metric_clip, x)), "condiff CLIP image tower (clip32)"
+        # unit-norm embeddings scaled by sqrt(D): coordinates of unit scale, as KID's kernel (x.y / d + 1)^3 expects
+        scale = metric_clip.cfg.embed_dim ** 0.5
+        features = lambda x: clip_image_features(metric_clip, x) * scale  # noqa: E731
+        feature_name = "condiff CLIP image tower (clip32), x sqrt(D)"
     real = features(reference_images(work.prompts[::args.n_per_prompt], pipe.resolution, copies=args.n_per_prompt * 2))
     methods = args.methods.split(",") if args.methods else list(DEFAULT_SCALES)
     out = Path(args.out_dir)
