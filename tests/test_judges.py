@@ -116,7 +116,7 @@ def test_generate_cli_with_a_guide_writes_its_parameters(tiny_model, judges, tmp
     from condiff.png import read_parameters
 
     out = tmp_path / "g.png"
-    assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "3", "--guide", "classifier",
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "2", "--guide", "classifier",
                  "--guide-model", str(judges["classifier"]), "--guide-scale", "2", "--guidance-rescale", "0.5",
                  "--out", str(out)]) == 0
     params = read_parameters(out)
@@ -179,3 +179,20 @@ def test_cli_guidance_choices_match_the_enums():
     assert GUIDANCE_METHOD_NAMES == [m.value for m in GuidanceMethod]
     assert GUIDANCE_FORM_NAMES == [f.value for f in GuidanceForm]
     assert GUIDE_NAMES == list(DEFAULT_SCALES)
+
+
+def test_eval_sweep_end_to_end(tmp_path):
+    """condiff eval sweep on a tiny workload: a point per (method, scale), the real-vs-real floor row, the plot."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "sweep"
+    assert main(["eval", "sweep", "--methods", "cfg_rescale,clip_xT", "--prompts-per-category", "1", "--n-per-prompt", "2",
+                 "--steps", "2", "--out-dir", str(out)]) == 0
+    report = json.loads((out / "sweep.json").read_text())
+    assert [p["scale"] for p in report["methods"]["cfg_rescale"]] == [5.0, 8.0]
+    assert [p["scale"] for p in report["methods"]["clip_xT"]] == [3.0, 6.0]
+    assert report["images_per_point"] == 10 and report["reference_images"] == 20
+    floor = report["rendered"]
+    assert floor["accuracy"]["overall"] == 1.0  # the oracle on ground-truth renders
+    for p in report["methods"]["cfg_rescale"] + [floor]:
+        assert 0.0 <= p["precision"] <= 1.0 and 0.0 <= p["recall"] <= 1.0 and p["fd"] >= 0.0
+    assert (out / "sweep.png").stat().st_size > 10_000
