@@ -68,9 +68,16 @@ def _generate(args) -> None:
 
             for p in set(prompts):
                 parse_caption(p)
+    init = None
+    if args.clip_xt_iters:
+        from .pipelines.guidance import NoiseOptimization, make_initializer
+
+        init = make_initializer(NoiseOptimization(args.clip_xt_iters, args.clip_xt_chain, judge=args.clip_xt_model))
+        pipe.schedule.timesteps(args.clip_xt_chain)
+        guide_params.update({"CLIP x_T iterations": args.clip_xt_iters, "CLIP x_T chain": args.clip_xt_chain})
     start = time.time()
     images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True,
-                                    guide=guide)).numpy()
+                                    guide=guide, init=init)).numpy()
     for path, px, prompt, seed in zip(_output_paths(Path(args.out), len(prompts)), images, prompts, seeds):
         params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
                   "Threshold": opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else ""),
@@ -208,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guide-form", choices=GUIDANCE_FORM_NAMES, default="score",
                    help="score: eps - sqrt(1-abar) s grad (any sampler); mean: mu + Sigma s grad (ddpm)")
     g.add_argument("--guide-model", help="judge folder (default: the shipped classifier32 / clip32 / noisy_clip32)")
+    g.add_argument("--clip-xt-iters", type=int, default=0,
+                   help="CLIP-optimised x_T: Adam steps on the initial noise through a DDIM chain (0: off)")
+    g.add_argument("--clip-xt-chain", type=int, default=10, help="DDIM steps of that differentiable chain")
+    g.add_argument("--clip-xt-model", help="clean CLIP folder for --clip-xt-iters (default: the shipped clip32)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--model", help="model folder (default: the shipped base32 model)")

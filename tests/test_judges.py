@@ -196,3 +196,28 @@ def test_eval_sweep_end_to_end(tmp_path):
     for p in report["methods"]["cfg_rescale"] + [floor]:
         assert 0.0 <= p["precision"] <= 1.0 and 0.0 <= p["recall"] <= 1.0 and p["fd"] >= 0.0
     assert (out / "sweep.png").stat().st_size > 10_000
+
+
+def test_clip_optimised_xT_in_the_pipeline_is_per_image(tiny_model, judges, tmp_path):
+    """--clip-xt-iters: x_T changes, and image i still depends only on (prompt i, seed i), not on its batch."""
+    from condiff.pipelines.guidance import NoiseOptimization, make_initializer
+    from condiff.png import read_parameters
+
+    pipe = Text2ImagePipeline.from_pretrained(tiny_model)
+    optimise, calls = make_initializer(NoiseOptimization(iters=2, chain_steps=2), load_clip(judges["clip"])), []
+
+    def init(model, schedule, z, prompts):
+        calls.append(len(prompts))
+        return optimise(model, schedule, z, prompts)
+
+    opts = SamplingOptions(steps=2, guidance_scale=2.0)
+    both = pipe(["a red circle", "two blue squares"], [5, 6], opts, init=init)
+    alone = pipe(["two blue squares"], [6], opts, init=init)
+    torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=0)
+    assert calls == [2, 1]  # (the untrained tiny model saturates, so whether x_T moved is tested above, not here)
+    out = tmp_path / "xt.png"
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "2", "--clip-xt-iters", "1",
+                 "--clip-xt-chain", "2", "--clip-xt-model", str(judges["clip"]), "--out", str(out)]) == 0
+    assert read_parameters(out)["CLIP x_T iterations"] == "1"
+    with pytest.raises(ValueError, match="iters >= 1"):
+        make_initializer(NoiseOptimization(iters=0), load_clip(judges["clip"]))

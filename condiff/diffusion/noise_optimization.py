@@ -54,8 +54,9 @@ def optimize_initial_noise(model, schedule: NoiseSchedule, z: torch.Tensor, obje
     opt = torch.optim.Adam([z], lr=lr)
     best, best_val, history = z.detach().clone(), None, []
     for it in range(iters + 1):
-        with torch.enable_grad():
+        with torch.set_grad_enabled(it < iters):  # the last evaluation needs no graph
             value = objective(ddim_chain(chain_model, z, schedule, timesteps))
+            total = value.sum()
         history.append(value.detach().cpu().tolist())
         better = value.detach() > best_val if best_val is not None else torch.ones_like(value, dtype=torch.bool)
         best = torch.where(better.view(-1, *([1] * (z.ndim - 1))), z.detach(), best)
@@ -64,8 +65,8 @@ def optimize_initial_noise(model, schedule: NoiseSchedule, z: torch.Tensor, obje
             callback({"iter": it, "objective": value.detach()})
         if it == iters:
             break
-        opt.zero_grad(set_to_none=True)
-        (-value.sum()).backward()
+        (grad,) = torch.autograd.grad(total, z)  # only x_T's gradient: nothing accumulates in the model
+        z.grad = -grad
         opt.step()
         with torch.no_grad():
             z.copy_(project_to_sphere(z))

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..diffusion.noise_optimization import optimize_initial_noise
-from ..diffusion.samplers import PerSampleNoise
-from ..diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule, run_sampler
+from ..diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule
 from ..nets.classifier import load_classifier
 from ..nets.clip import load_clip
-from ..pipelines.guidance import DEFAULT_JUDGES, GuidanceMethod, GuidanceOptions, make_guide
+from ..pipelines.guidance import (DEFAULT_JUDGES, GuidanceMethod, GuidanceOptions, NoiseOptimization, make_guide,
+                                  make_initializer)
 from ..pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
 from ..world.bench import SUITES, suite_prompts
 from ..world.grammar import parse_caption
@@ -82,20 +81,9 @@ def sample(pipe: Text2ImagePipeline, work: Workload, method: str, scale: float, 
 def clip_xT_images(pipe: Text2ImagePipeline, prompts, seeds, opts: SamplingOptions, clip, iters: int,
                    chain_steps: int = 10) -> torch.Tensor:
     """Optimise x_T for CLIP similarity through a DDIM chain of min(chain_steps, opts.steps) steps, then sample from
-    it with opts."""
-    from ..pipelines.guidance import clip_log_prob
-
-    noise = PerSampleNoise(seeds)
-    z = noise((len(seeds), 3, pipe.resolution, pipe.resolution), pipe.device)
-    o = SamplingOptions(**{**opts.__dict__, "guidance_scale": 1.0})
-    model = pipe.guided_model(prompts, o)
-    pipe.unet.requires_grad_(False)
-    clip.requires_grad_(False)
-    objective = clip_log_prob(clip, prompts)
-    z, _ = optimize_initial_noise(model, pipe.schedule, z, lambda x0: objective(x0, None),
-                                  pipe.schedule.timesteps(min(chain_steps, opts.steps)), iters=iters)
-    with torch.no_grad():
-        return run_sampler(model, pipe.schedule, z, noise, o)
+    it with opts (the plain conditional model, CFG scale 1)."""
+    init = make_initializer(NoiseOptimization(iters, min(chain_steps, opts.steps)), clip)
+    return pipe(prompts, seeds, SamplingOptions(**{**opts.__dict__, "guidance_scale": 1.0}), init=init)
 
 
 def point_metrics(images: torch.Tensor, work: Workload, real_features: np.ndarray, clip, features) -> dict:

@@ -114,3 +114,31 @@ def make_guide(opts: GuidanceOptions, judge=None):
         return guided, None
 
     return guide
+
+
+@dataclass
+class NoiseOptimization:
+    """CLIP-optimised x_T (seed 003, approach 2): `iters` Adam steps on x_T through a `chain_steps` DDIM chain."""
+    iters: int
+    chain_steps: int = 10
+    lr: float = 0.1
+    judge: Path | str | None = None  # a clean CLIP (default: the shipped clip32)
+
+
+def make_initializer(opts: NoiseOptimization, clip=None):
+    """init(model, schedule, z, prompts) -> x_T raised in clean-CLIP logit of its chain's x_0 (per image, never lower)."""
+    from ..diffusion.noise_optimization import optimize_initial_noise
+    from ..nets.clip import load_clip
+
+    if opts.iters < 1 or opts.chain_steps < 1:
+        raise ValueError(f"CLIP-optimised x_T needs iters >= 1 and chain steps >= 1, got {opts.iters}, {opts.chain_steps}")
+    clip = clip if clip is not None else load_clip(opts.judge or DEFAULT_JUDGES["clip"])
+    clip.requires_grad_(False)
+
+    def init(model, schedule, z, prompts):
+        objective = clip_log_prob(clip, prompts)
+        z, _ = optimize_initial_noise(model, schedule, z, lambda x0: objective(x0, None),
+                                      schedule.timesteps(opts.chain_steps), iters=opts.iters, lr=opts.lr)
+        return z
+
+    return init

@@ -75,25 +75,31 @@ class Text2ImagePipeline:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], seeds: list[int], opts: SamplingOptions = SamplingOptions(),
-                 callback: Callable[[dict], None] | None = None, guide: Guide | None = None) -> torch.Tensor:
+                 callback: Callable[[dict], None] | None = None, guide: Guide | None = None,
+                 init: Callable | None = None) -> torch.Tensor:
         """One image per (prompt, seed): (B, 3, H, W) in [-1, 1]. Image i depends only on prompts[i], seeds[i].
 
         guide(model, schedule, prompts) -> (model, cond_fn) wraps the model further (classifier or CLIP guidance).
+        init(model, schedule, x_T, prompts) -> x_T replaces the initial noise (CLIP-optimised x_T), given the
+        unguided-by-judges (CFG) model.
         """
         assert len(prompts) == len(seeds)
         model, cond_fn = self.guided_model(prompts, opts), None
-        if guide is not None:
-            model, cond_fn = guide(model, self.schedule, prompts)
         noise = PerSampleNoise(seeds)
         z = noise((len(seeds), 3, self.resolution, self.resolution), self.device)
+        if init is not None:
+            z = init(model, self.schedule, z, prompts)
+        if guide is not None:
+            model, cond_fn = guide(model, self.schedule, prompts)
         return run_sampler(model, self.schedule, z, noise, opts, callback, cond_fn)
 
     def generate(self, prompts: list[str], seeds: list[int], opts: SamplingOptions = SamplingOptions(),
-                 batch_size: int = 64, progress: bool = False, guide: Guide | None = None) -> torch.Tensor:
+                 batch_size: int = 64, progress: bool = False, guide: Guide | None = None,
+                 init: Callable | None = None) -> torch.Tensor:
         """Like __call__, in batches; (B, 3, H, W) on the CPU."""
         from tqdm.auto import tqdm
 
         out = []
         for i in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="generating", unit="batch"):
-            out.append(self(prompts[i:i + batch_size], seeds[i:i + batch_size], opts, guide=guide).cpu())
+            out.append(self(prompts[i:i + batch_size], seeds[i:i + batch_size], opts, guide=guide, init=init).cpu())
         return torch.cat(out)
