@@ -125,6 +125,7 @@ def _samplers(args) -> None:
     print(f"\n{'--guide':14s} description")
     for method, description in METHOD_INFO.items():
         print(f"{method.value:14s} {description}")
+    print("--clip-xt-iters N: CLIP-optimised initial noise (Adam on x_T through a DDIM chain; combines with the above)")
 
 
 def _serve(args) -> None:

@@ -98,6 +98,27 @@ def point_metrics(images: torch.Tensor, work: Workload, real_features: np.ndarra
             "clip_score": float(clip_scores(clip, images, work.prompts).mean())}
 
 
+def markdown_table(report: dict) -> str:
+    """The sweep as a Markdown table, one row per (method, scale), the real-vs-real floor first."""
+    cats = [s for s in SUITES if s != "held_out"]
+    head = ["method", "scale", "overall", *cats, "held-out", "FD", "KID (± std)", "precision", "recall", "CLIP score"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+    def row(name, scale, p):
+        a = p["accuracy"]
+        cells = [name, scale, f"**{a['overall']:.3f}**", *(f"{a[c]:.2f}" for c in cats), f"{a['held_out']:.2f}",
+                 f"{p['fd']:.2f}", f"{p['kid']:.3f} ± {p['kid_std']:.3f}", f"{p['precision']:.2f}",
+                 f"{p['recall']:.2f}", f"{p['clip_score']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    if "rendered" in report:
+        row("rendered (real vs real)", "", report["rendered"])
+    for method, points in report["methods"].items():
+        for p in points:
+            row(method, f"{p['scale']:g}", p)
+    return "\n".join(lines)
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -187,5 +208,6 @@ def run_sweep(args) -> dict:
                    f"CLIP {row['clip_score']:.1f}  ({row['seconds']} s)")
         (out / "sweep.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(report, out / "sweep.png")
+    print(markdown_table(report))
     print(f"report: {out / 'sweep.json'}  plots: {out / 'sweep.png'}")
     return report
