@@ -2,9 +2,13 @@
 
     python benchmarks/steps.py --nfe 10 20 50 100 250 --out-dir docs/steps            # the full sweep (GPU advised)
     python benchmarks/steps.py --samplers ddim dpmpp_2m --nfe 10 20 --prompts-per-category 5 --n-per-prompt 2
+    python benchmarks/steps.py --samplers dpmpp_2m euler_a --nfe 10 --reference ddpm:250   # issue 3's bar
 
 NFE counts model evaluations per image (a guided evaluation counts once): Heun takes (NFE + 1) / 2 steps.
-FD uses 8x8 area-averaged pixels (condiff.eval.fd.pixel_features) until a learned feature extractor exists.
+FD uses condiff CLIP image features (clip32, unit norm x sqrt(D), as condiff eval sweep) against renders of the
+same prompts; --features pixels uses 8x8 area-averaged pixels instead. With --reference SAMPLER:NFE that run is made
+too (the baseline, in the same command), and every row gets its overall-accuracy gap to it with the paired
+standard error over the same prompts and seeds.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ import torch
 
 from condiff.diffusion.sampling import SIGMA_SAMPLERS, Sampler, SamplingOptions, SigmaSchedule
 from condiff.eval.bench import bench_samples, summarize
-from condiff.eval.fd import fd
+from condiff.eval.bench import MAIN
+from condiff.eval.fd import fd, pixel_features
 from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
 from condiff.world.grammar import parse_caption
 from condiff.world.render import layout, render
@@ -44,7 +49,7 @@ def plot(rows: list[dict], path: Path) -> None:
         mine = [r for r in rows if r["sampler"] == sampler]
         ax1.plot([r["nfe"] for r in mine], [r["overall"] for r in mine], marker="o", label=sampler)
         ax2.plot([r["nfe"] for r in mine], [r["fd"] for r in mine], marker="o", label=sampler)
-    for ax, label in ((ax1, "shapes-bench overall accuracy"), (ax2, "FD to ground truth (8x8 pixels)")):
+    for ax, label in ((ax1, "shapes-bench overall accuracy"), (ax2, "FD to ground truth")):
         ax.set_xscale("log")
         ax.set_xlabel("NFE")
         ax.set_ylabel(label)
@@ -66,35 +71,57 @@ def main() -> None:
     parser.add_argument("--n-per-prompt", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--features", choices=["clip", "pixels"], default="clip", help="FD features")
+    parser.add_argument("--reference", help="SAMPLER:NFE baseline for paired accuracy gaps, e.g. ddpm:250")
     parser.add_argument("--out-dir", default="steps")
     args = parser.parse_args()
     pipe = Text2ImagePipeline.from_pretrained(args.model).to(args.device)
+    if args.features == "clip":
+        from condiff.eval.metrics import clip_image_features
+        from condiff.nets.clip import load_clip
+        from condiff.pipelines.guidance import DEFAULT_JUDGES
+
+        clip = load_clip(DEFAULT_JUDGES["clip"]).to(args.device)
+        features = lambda x: clip_image_features(clip, x) * clip.cfg.embed_dim ** 0.5  # noqa: E731
+    else:
+        features = pixel_features
+    runs = [(name, nfe) for name in args.samplers for nfe in args.nfe]
+    if args.reference:
+        ref_name, ref_nfe = args.reference.split(":")
+        runs = [(ref_name, int(ref_nfe))] + [r for r in runs if r != (ref_name, int(ref_nfe))]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    print("| sampler | NFE | steps | single | counting | two objects | position | held-out | overall | FD | s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name in args.samplers:
+    print("| sampler | NFE | steps | single | counting | two objects | position | held-out | overall | gap (± s.e.) | FD | s |")
+    print("| --- " * 12 + "|")
+    reference = None
+    for name, nfe in runs:
         sampler = Sampler(name)
         schedule = SigmaSchedule(args.schedule)
         if schedule is SigmaSchedule.KARRAS and sampler not in SIGMA_SAMPLERS:
             schedule = SigmaSchedule.UNIFORM  # karras places sigmas; DDPM and DDIM keep timestep respacing
-        for nfe in args.nfe:
-            opts = SamplingOptions(steps=steps_for(sampler, nfe), guidance_scale=args.guidance_scale, sampler=sampler,
-                                   schedule=schedule)
-            start = time.time()
-            records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt,
-                                    batch_size=args.batch_size, progress=False)
-            table = summarize(records)
-            images = torch.stack([r["image"] for r in records])
-            reference = ground_truth([r["prompt"] for r in records], pipe.resolution)
-            row = {"sampler": name, "schedule": schedule.value, "nfe": nfe, "steps": opts.steps,
-                   **{k: v["accuracy"] for k, v in table.items()}, "fd": fd(images, reference),
-                   "seconds": round(time.time() - start, 1)}
-            rows.append(row)
-            print(f"| {name} | {nfe} | {opts.steps} | {row['single']:.3f} | {row['counting']:.3f} | "
-                  f"{row['two_objects']:.3f} | {row['position']:.3f} | {row['held_out']:.3f} | "
-                  f"{row['overall']:.3f} | {row['fd']:.2f} | {row['seconds']} |", flush=True)
+        opts = SamplingOptions(steps=steps_for(sampler, nfe), guidance_scale=args.guidance_scale, sampler=sampler,
+                               schedule=schedule)
+        start = time.time()
+        records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt,
+                                batch_size=args.batch_size, progress=False)
+        table = summarize(records)
+        images = torch.stack([r["image"] for r in records])
+        truth = ground_truth([r["prompt"] for r in records], pipe.resolution)
+        correct = torch.tensor([float(r["correct"]) for r in records if r["suite"] in MAIN])
+        row = {"sampler": name, "schedule": schedule.value, "nfe": nfe, "steps": opts.steps,
+               **{k: v["accuracy"] for k, v in table.items()}, "fd": fd(images, truth, features),
+               "seconds": round(time.time() - start, 1)}
+        if reference is None and args.reference:
+            reference, row["reference"] = correct, True
+        elif reference is not None:  # overall = mean over the main suites' images (equal counts): paired difference
+            diff = correct - reference
+            row["gap"], row["gap_se"] = diff.mean().item(), (diff.std() / len(diff) ** 0.5).item()
+        rows.append(row)
+        gap = f"{row['gap']:+.3f} ± {row['gap_se']:.3f}" if "gap" in row else ("reference" if row.get("reference") else "")
+        print(f"| {name} | {nfe} | {opts.steps} | {row['single']:.3f} | {row['counting']:.3f} | "
+              f"{row['two_objects']:.3f} | {row['position']:.3f} | {row['held_out']:.3f} | "
+              f"{row['overall']:.3f} | {gap} | {row['fd']:.2f} | {row['seconds']} |", flush=True)
     (out / "steps.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
     plot(rows, out / "steps.png")
     print(f"wrote {out / 'steps.json'} and {out / 'steps.png'}")

@@ -183,7 +183,6 @@ def test_cli_guidance_choices_match_the_enums():
 
 def test_eval_sweep_end_to_end(tmp_path):
     """condiff eval sweep on a tiny workload: a point per (method, scale), the real-vs-real floor row, the plot."""
-    pytest.importorskip("matplotlib")
     out = tmp_path / "sweep"
     assert main(["eval", "sweep", "--methods", "cfg_rescale,clip_xT", "--prompts-per-category", "1", "--n-per-prompt", "2",
                  "--steps", "2", "--out-dir", str(out)]) == 0
