@@ -74,10 +74,31 @@ def test_api_generates_pngs_that_carry_their_parameters(server):
     ({"prompt": "a red circle", "steps": "many"}, 422, "steps: Input should be a valid integer"),
     ({"steps": 3}, 422, "prompt: Field required"),
     ({"prompt": "a red circle", "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+    ({"prompt": "a red circle", "guide": "magic"}, 400, "guide: unknown guide 'magic'"),
+    ({"prompt": "a red circle", "guide": "clip", "guide_scale": -2}, 400, "guide_scale: must be between 0 and 100"),
+    ({"prompt": "circle red a", "guide": "classifier"}, 400, "prompt: the classifier guide needs a world caption"),
+    ({"prompt": "a red circle", "guidance_rescale": 2}, 400, "guidance_rescale: must be between 0 and 1"),
 ])
 def test_api_rejects_bad_values_with_a_clear_4xx(server, payload, status, message):
     r = httpx.post(server + "/api/txt2img", json=payload, timeout=30)
     assert r.status_code == status and r.json()["detail"].startswith(message), r.text
+
+
+def test_service_guides_with_the_shipped_judges():
+    """The page's and API's guide field: the shipped base32 with the shipped classifier, loaded once and reused."""
+    from condiff.ui.service import GenerationService, Txt2ImgRequest
+
+    service = GenerationService()
+    plain, = service.txt2img(Txt2ImgRequest("two red triangles", seed=3, steps=3))
+    guided, = service.txt2img(Txt2ImgRequest("two red triangles", seed=3, steps=3, guide="classifier", guide_scale=30,
+                                             guidance_rescale=0.5))
+    p = parse_parameters(guided.parameters)
+    assert p["Guidance"] == "classifier" and p["Guidance scale"] == "30.0" and p["Guidance rescale"] == "0.5"
+    assert "Guidance" not in parse_parameters(plain.parameters)
+    assert np.abs(guided.pixels.astype(int) - plain.pixels.astype(int)).max() > 0
+    judge = service._judges
+    service.txt2img(Txt2ImgRequest("two red triangles", seed=4, steps=2, guide="classifier"))
+    assert list(judge) == ["classifier"] and service._judges is judge
 
 
 def test_api_queues_20_concurrent_requests_and_answers_all(server):

@@ -21,6 +21,9 @@ class Txt2ImgBody(BaseModel):
     guidance_scale: float = 3.0
     sampler: str = "ddim"
     num_images: int = 1
+    guide: str = "none"
+    guide_scale: float = 3.0
+    guidance_rescale: float = 0.0
 
 
 def create_api(service: GenerationService) -> FastAPI:

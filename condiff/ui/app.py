@@ -20,6 +20,7 @@ from ..png import read_parameters  # noqa: E402
 from .service import MAX_IMAGES, GenerationService, RequestError, Txt2ImgRequest  # noqa: E402
 
 SAMPLER_LABELS = [label for label, _ in SAMPLER_INFO.values()]
+GUIDES = ["none", "classifier", "clip", "clip_x0", "contrastive"]  # condiff.pipelines.guidance.GuidanceMethod
 PREVIEW_SIDE = 128
 CSS = "#gallery img, .preview img { image-rendering: pixelated; }"
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -37,10 +38,12 @@ def _previews(x0_hat) -> list[np.ndarray]:
 
 
 def make_handlers(service: GenerationService, out_dir: Path):
-    def generate(prompt, negative_prompt, seed, steps, guidance_scale, sampler, num_images, progress=gr.Progress()):
+    def generate(prompt, negative_prompt, seed, steps, guidance_scale, sampler, num_images, guide="none",
+                 guide_scale=3.0, progress=gr.Progress()):
         try:
             req = service.resolve(Txt2ImgRequest(prompt, negative_prompt or "", int(seed), int(steps),
-                                                 float(guidance_scale), sampler, int(num_images)))
+                                                 float(guidance_scale), sampler, int(num_images), guide or "none",
+                                                 float(guide_scale)))
         except (RequestError, ValueError, TypeError) as e:
             raise gr.Error(str(e)) from None
         state: dict = {"step": 0, "x0": None, "new": False}
@@ -77,14 +80,16 @@ def make_handlers(service: GenerationService, out_dir: Path):
     def restore(file):
         """Read a PNG's 'parameters' chunk back into the controls."""
         if file is None:
-            return [gr.update()] * 6 + [""]
+            return [gr.update()] * 8 + [""]
         path = file if isinstance(file, str) else file.name
         p = read_parameters(path)
         if "Steps" not in p:
-            return [gr.update()] * 6 + ["this PNG carries no generation parameters"]
+            return [gr.update()] * 8 + ["this PNG carries no generation parameters"]
         sampler = p.get("Sampler", "DDIM")
+        guide = p.get("Guidance", "none")
         return (p["prompt"], p["negative_prompt"], int(p.get("Seed", -1)), int(p["Steps"]),
                 float(p.get("CFG scale", 3.0)), sampler if sampler in SAMPLER_LABELS else gr.update(),
+                guide if guide in GUIDES else gr.update(), float(p.get("Guidance scale", 3.0)),
                 f"restored the parameters of {Path(path).name}")
 
     return generate, restore
@@ -107,6 +112,9 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                     steps = gr.Slider(1, 250, 25, step=1, label="Steps", elem_id="steps")
                     scale = gr.Slider(0, 15, 3, step=0.5, label="Guidance scale", elem_id="guidance-scale")
                     count = gr.Slider(1, MAX_IMAGES, 4, step=1, label="Number of images", elem_id="num-images")
+                    with gr.Accordion("Judge guidance (classifier / CLIP)", open=False):
+                        guide = gr.Dropdown(GUIDES, value="none", label="Guide", elem_id="guide")
+                        guide_scale = gr.Slider(0, 20, 3, step=0.5, label="Guide scale", elem_id="guide-scale")
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
                     png_in = gr.File(label="Drop a PNG here to restore its parameters", file_types=[".png"],
                                      elem_id="png-info")
@@ -117,10 +125,11 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                     used_seed = gr.Textbox(label="Seed used (image i: seed + i)", interactive=False, elem_id="used-seed")
                     params = gr.Textbox(label="Parameters of the first image", interactive=False, lines=3,
                                         elem_id="parameters")
-            inputs = [prompt, negative, seed, steps, scale, sampler, count]
+            inputs = [prompt, negative, seed, steps, scale, sampler, count, guide, guide_scale]
             button.click(generate, inputs, [gallery, used_seed, params], api_name="txt2img")
             prompt.submit(generate, inputs, [gallery, used_seed, params], api_name=False)
-            png_in.upload(restore, png_in, [prompt, negative, seed, steps, scale, sampler, restored], api_name=False)
+            png_in.upload(restore, png_in, [prompt, negative, seed, steps, scale, sampler, guide, guide_scale, restored],
+                          api_name=False)
         with gr.Tab("Image to image"):
             gr.Markdown("Not available yet: condiff has no image-to-image pipeline. The controls below are disabled.")
             gr.Image(label="Init image", interactive=False)

@@ -16,7 +16,7 @@ import numpy as np
 from ..diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions
 from ..png import format_parameters
 
-MAX_IMAGES, MAX_STEPS, MAX_SCALE, MAX_SEED = 16, 1000, 50.0, 2 ** 32 - 1
+MAX_IMAGES, MAX_STEPS, MAX_SCALE, MAX_SEED, MAX_GUIDE_SCALE = 16, 1000, 50.0, 2 ** 32 - 1, 100.0
 SAMPLER_BY_LABEL = {label: s for s, (label, _) in SAMPLER_INFO.items()}
 
 
@@ -33,6 +33,9 @@ class Txt2ImgRequest:
     guidance_scale: float = 3.0
     sampler: str = "ddim"  # a name of `condiff samplers` or its A1111 label ("DPM++ 2M")
     num_images: int = 1
+    guide: str = "none"  # gradient guidance by a shipped judge: none, classifier, clip, clip_x0, contrastive
+    guide_scale: float = 3.0
+    guidance_rescale: float = 0.0  # phi of CFG rescale
 
 
 @dataclass
@@ -59,6 +62,18 @@ class GenerationService:
         self.model_path = Path(model) if model else DEFAULT_MODEL
         self.pipe = Text2ImagePipeline.from_pretrained(self.model_path).to(device)
         self.lock = threading.Lock()
+        self._judges: dict = {}  # guidance method -> judge model, loaded on first use
+
+    def guide_for(self, req: Txt2ImgRequest):
+        """The pipeline guide of req.guide (None for 'none'); each judge is loaded once."""
+        from ..pipelines.guidance import GuidanceMethod, GuidanceOptions, load_judge, make_guide
+
+        if req.guide == "none":
+            return None
+        method = GuidanceMethod(req.guide)
+        if method not in self._judges:
+            self._judges[method] = load_judge(GuidanceOptions(method, float(req.guide_scale))).to(self.pipe.device)
+        return make_guide(GuidanceOptions(method, float(req.guide_scale)), self._judges[method])
 
     def validate(self, req: Txt2ImgRequest) -> tuple[SamplingOptions, int]:
         """SamplingOptions and the seed to use; RequestError naming the first bad field."""
@@ -77,8 +92,25 @@ class GenerationService:
             raise RequestError(f"num_images: must be between 1 and {MAX_IMAGES}, got {req.num_images}")
         if not -1 <= int(req.seed) <= MAX_SEED:
             raise RequestError(f"seed: must be -1 (random) or between 0 and {MAX_SEED}, got {req.seed}")
+        from ..pipelines.guidance import GuidanceMethod
+
+        guides = ["none", *(m.value for m in GuidanceMethod)]
+        if req.guide not in guides:
+            raise RequestError(f"guide: unknown guide '{req.guide}' (known: {', '.join(guides)})")
+        if req.guide == GuidanceMethod.CLASSIFIER.value:  # its labels come from parsing the caption
+            from ..world.grammar import parse_caption
+
+            try:
+                parse_caption(req.prompt)
+            except ValueError as e:
+                raise RequestError(f"prompt: the classifier guide needs a world caption: {e}") from None
+        if not 0 <= float(req.guide_scale) <= MAX_GUIDE_SCALE:
+            raise RequestError(f"guide_scale: must be between 0 and {MAX_GUIDE_SCALE}, got {req.guide_scale}")
+        if not 0 <= float(req.guidance_rescale) <= 1:
+            raise RequestError(f"guidance_rescale: must be between 0 and 1, got {req.guidance_rescale}")
         opts = SamplingOptions(steps=int(req.steps), guidance_scale=float(req.guidance_scale),
-                               sampler=sampler_of(req.sampler), negative_prompt=req.negative_prompt)
+                               sampler=sampler_of(req.sampler), negative_prompt=req.negative_prompt,
+                               guidance_rescale=float(req.guidance_rescale))
         seed = random.randint(0, MAX_SEED - MAX_IMAGES) if int(req.seed) == -1 else int(req.seed)
         return opts, seed
 
@@ -96,12 +128,15 @@ class GenerationService:
         opts, seed = self.validate(req)
         seeds = [seed + i for i in range(int(req.num_images))]
         with self.lock:
-            images = self.pipe([req.prompt] * len(seeds), seeds, opts, callback=callback).cpu()
+            guide = self.guide_for(req)
+            images = self.pipe([req.prompt] * len(seeds), seeds, opts, callback=callback, guide=guide).cpu()
         out = []
         for px, s in zip(to_uint8(images).numpy(), seeds):
             params = format_parameters(req.prompt, req.negative_prompt, {
                 "Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "CFG scale": opts.guidance_scale,
-                "Seed": s, "Size": f"{px.shape[1]}x{px.shape[0]}", "Model": self.model_path.name})
+                "Seed": s, "Size": f"{px.shape[1]}x{px.shape[0]}", "Model": self.model_path.name,
+                **({"Guidance rescale": opts.guidance_rescale} if opts.guidance_rescale else {}),
+                **({"Guidance": req.guide, "Guidance scale": float(req.guide_scale)} if guide is not None else {})})
             info = PngImagePlugin.PngInfo()
             info.add_text("parameters", params)
             buf = io.BytesIO()
