@@ -77,12 +77,12 @@ def main() -> None:
     args = parser.parse_args()
     pipe = Text2ImagePipeline.from_pretrained(args.model).to(args.device)
     if args.features == "clip":
-        from condiff.eval.metrics import clip_image_features
+        from condiff.eval.metrics import clip_metric_features
         from condiff.nets.clip import load_clip
         from condiff.pipelines.guidance import DEFAULT_JUDGES
 
         clip = load_clip(DEFAULT_JUDGES["clip"]).to(args.device)
-        features = lambda x: clip_image_features(clip, x) * clip.cfg.embed_dim ** 0.5  # noqa: E731
+        features = lambda x: clip_metric_features(clip, x)  # noqa: E731
     else:
         features = pixel_features
     runs = [(name, nfe) for name in args.samplers for nfe in args.nfe]

@@ -58,16 +58,12 @@ def _generate(args) -> None:
         raise ValueError("learned variance needs a model trained with learn_sigma")
     guide, guide_params = None, {}
     if args.guide:
-        from .pipelines.guidance import GuidanceForm, GuidanceMethod, GuidanceOptions, make_guide
+        from .pipelines.guidance import GuidanceForm, GuidanceMethod, GuidanceOptions, check_prompts, make_guide
 
         gopts = GuidanceOptions(GuidanceMethod(args.guide), args.guide_scale, GuidanceForm(args.guide_form), args.guide_model)
         guide = make_guide(gopts)
         guide_params = {"Guidance": gopts.method.value, "Guidance scale": gopts.scale, "Guidance form": gopts.form.value}
-        if gopts.method is GuidanceMethod.CLASSIFIER:
-            from .world.grammar import parse_caption
-
-            for p in set(prompts):
-                parse_caption(p)
+        check_prompts(gopts.method, prompts)
     init = None
     if args.clip_xt_iters:
         from .pipelines.guidance import NoiseOptimization, make_initializer

@@ -66,6 +66,12 @@ def clip_image_features(clip, images: torch.Tensor, batch_size: int = 256) -> np
     return torch.cat(out).numpy().astype(np.float64)
 
 
+def clip_metric_features(clip, images: torch.Tensor) -> np.ndarray:
+    """FD/KID/precision-recall features: unit-norm CLIP embeddings x sqrt(D), coordinates of unit scale, as KID's
+    kernel (x.y / d + 1)^3 expects."""
+    return clip_image_features(clip, images) * clip.cfg.embed_dim ** 0.5
+
+
 @torch.no_grad()
 def clip_scores(clip, images: torch.Tensor, prompts: list[str], batch_size: int = 256) -> np.ndarray:
     """CLIPScore (Hessel et al.) of each (image, prompt) pair with condiff CLIP: 100 max(cos, 0)."""

@@ -23,7 +23,7 @@ from ..world.oracle import judge
 from ..world.render import layout, render, to_uint8
 from .bench import MAIN
 from .fd import feature_stats, frechet_distance
-from .metrics import clip_image_features, clip_scores, kid, precision_recall
+from .metrics import clip_metric_features, clip_scores, kid, precision_recall
 
 CFG = "cfg"
 XT = "clip_xT"  # CLIP-optimised initial noise; its 'scale' is the number of ascent iterations
@@ -176,11 +176,8 @@ def run_sweep(args) -> dict:
         inception = load_inception(args.inception).to(device)
         features, feature_name = (lambda x: inception_features(inception, x)), "Inception pool3 (pytorch-fid)"
     else:
-        # unit-norm embeddings scaled by sqrt(D): coordinates of unit scale, as KID's kernel (x.y / d + 1)^3 expects
-        unit = metric_clip.cfg.embed_dim ** 0.5
-
         def features(x):
-            return clip_image_features(metric_clip, x) * unit
+            return clip_metric_features(metric_clip, x)
         feature_name = "condiff CLIP image tower (clip32), x sqrt(D)"
     real = features(reference_images(work.prompts[::args.n_per_prompt], pipe.resolution, copies=args.n_per_prompt * 2))
     methods = args.methods.split(",") if args.methods else list(DEFAULT_SCALES)

@@ -98,6 +98,15 @@ def load_judge(opts: GuidanceOptions):
     return clip
 
 
+def check_prompts(method: GuidanceMethod | str, prompts: list[str]) -> None:
+    """ValueError, before any work, for a prompt the judge cannot read: the classifier's labels come from parsing it."""
+    if GuidanceMethod(method) is GuidanceMethod.CLASSIFIER:
+        from ..world.grammar import parse_caption
+
+        for p in set(prompts):
+            parse_caption(p)
+
+
 def make_guide(opts: GuidanceOptions, judge=None):
     """guide(model, schedule, prompts) -> (wrapped model, cond_fn or None)."""
     method, form = GuidanceMethod(opts.method), GuidanceForm(opts.form)

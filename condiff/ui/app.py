@@ -17,10 +17,9 @@ import numpy as np  # noqa: E402
 
 from ..diffusion.sampling import SAMPLER_INFO  # noqa: E402
 from ..png import read_parameters  # noqa: E402
-from .service import MAX_IMAGES, GenerationService, RequestError, Txt2ImgRequest  # noqa: E402
+from .service import GUIDES, MAX_IMAGES, GenerationService, RequestError, Txt2ImgRequest  # noqa: E402
 
 SAMPLER_LABELS = [label for label, _ in SAMPLER_INFO.values()]
-GUIDES = ["none", "classifier", "clip", "clip_x0", "contrastive"]  # condiff.pipelines.guidance.GuidanceMethod
 PREVIEW_SIDE = 128
 CSS = "#gallery img, .preview img { image-rendering: pixelated; }"
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])

@@ -14,10 +14,12 @@ from typing import Callable
 import numpy as np
 
 from ..diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions
+from ..pipelines.guidance import GuidanceMethod
 from ..png import format_parameters
 
 MAX_IMAGES, MAX_STEPS, MAX_SCALE, MAX_SEED, MAX_GUIDE_SCALE = 16, 1000, 50.0, 2 ** 32 - 1, 100.0
 SAMPLER_BY_LABEL = {label: s for s, (label, _) in SAMPLER_INFO.items()}
+GUIDES = ["none", *(m.value for m in GuidanceMethod)]  # the request's `guide`: none or a judge guidance method
 
 
 class RequestError(ValueError):
@@ -66,14 +68,14 @@ class GenerationService:
 
     def guide_for(self, req: Txt2ImgRequest):
         """The pipeline guide of req.guide (None for 'none'); each judge is loaded once."""
-        from ..pipelines.guidance import GuidanceMethod, GuidanceOptions, load_judge, make_guide
+        from ..pipelines.guidance import GuidanceOptions, load_judge, make_guide
 
         if req.guide == "none":
             return None
-        method = GuidanceMethod(req.guide)
-        if method not in self._judges:
-            self._judges[method] = load_judge(GuidanceOptions(method, float(req.guide_scale))).to(self.pipe.device)
-        return make_guide(GuidanceOptions(method, float(req.guide_scale)), self._judges[method])
+        opts = GuidanceOptions(GuidanceMethod(req.guide), float(req.guide_scale))
+        if opts.method not in self._judges:
+            self._judges[opts.method] = load_judge(opts).to(self.pipe.device)
+        return make_guide(opts, self._judges[opts.method])
 
     def validate(self, req: Txt2ImgRequest) -> tuple[SamplingOptions, int]:
         """SamplingOptions and the seed to use; RequestError naming the first bad field."""
@@ -92,18 +94,15 @@ class GenerationService:
             raise RequestError(f"num_images: must be between 1 and {MAX_IMAGES}, got {req.num_images}")
         if not -1 <= int(req.seed) <= MAX_SEED:
             raise RequestError(f"seed: must be -1 (random) or between 0 and {MAX_SEED}, got {req.seed}")
-        from ..pipelines.guidance import GuidanceMethod
+        from ..pipelines.guidance import check_prompts
 
-        guides = ["none", *(m.value for m in GuidanceMethod)]
-        if req.guide not in guides:
-            raise RequestError(f"guide: unknown guide '{req.guide}' (known: {', '.join(guides)})")
-        if req.guide == GuidanceMethod.CLASSIFIER.value:  # its labels come from parsing the caption
-            from ..world.grammar import parse_caption
-
+        if req.guide not in GUIDES:
+            raise RequestError(f"guide: unknown guide '{req.guide}' (known: {', '.join(GUIDES)})")
+        if req.guide != "none":
             try:
-                parse_caption(req.prompt)
+                check_prompts(req.guide, [req.prompt])
             except ValueError as e:
-                raise RequestError(f"prompt: the classifier guide needs a world caption: {e}") from None
+                raise RequestError(f"prompt: the {req.guide} guide needs a world caption: {e}") from None
         if not 0 <= float(req.guide_scale) <= MAX_GUIDE_SCALE:
             raise RequestError(f"guide_scale: must be between 0 and {MAX_GUIDE_SCALE}, got {req.guide_scale}")
         if not 0 <= float(req.guidance_rescale) <= 1:
