@@ -80,3 +80,23 @@ def test_train_and_sample_a_learned_variance_model(tiny_config_path, tmp_path, t
     assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "3", "--sampler", "ddpm",
                  "--ddpm-variance", "learned", "--out", str(out)]) == 2
     assert "learned variance needs a model trained with learn_sigma" in capsys.readouterr().err
+
+
+def test_weighted_loss_is_the_per_sample_weighted_mean():
+    """Min-SNR-gamma: uniform weights reproduce L_simple; per-sample weights scale each sample's mean squared error."""
+    from condiff.diffusion.loss import diffusion_loss, min_snr_weight
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)
+    out = torch.randn(4, 3, 4, 4, generator=g)
+    t = torch.tensor([0, 100, 600, 999])
+    net = lambda x, t: out
+    plain = diffusion_loss(net, SCHED, "epsilon", x0, t, eps)
+    assert diffusion_loss(net, SCHED, "epsilon", x0, t, eps, weight=torch.ones(4)).item() == pytest.approx(plain.item())
+    w = min_snr_weight(SCHED, t, "epsilon", 5.0)
+    per_sample = (out - eps).pow(2).flatten(1).mean(1)
+    expected = (w * per_sample).mean()
+    assert diffusion_loss(net, SCHED, "epsilon", x0, t, eps, weight=w).item() == pytest.approx(expected.item(), rel=1e-6)
+    ab = SCHED.alpha_bar[t]
+    snr = ab / (1 - ab)
+    assert torch.allclose(w.double(), torch.where(snr > 5, 5 / snr, torch.ones_like(snr)), rtol=1e-6)
+    assert w[0] < 1e-3 and w[-1] == 1  # t = 0 (SNR ~ 1e5) nearly ignored; noisy steps keep weight 1

@@ -163,3 +163,18 @@ def test_dpmpp_2m_matches_diffusers(algorithm, karras):
     ours_ve = trajectory(sampler, denoiser, x_vp / alpha(sigmas[0].item()), sigmas, noise)
     ours_vp = [x * alpha(s.item()) for x, s in zip(ours_ve, sigmas[1:])]
     assert_close(ours_vp, theirs)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_weights_match_diffusers_training_recipe(prediction):
+    """diffusers' train_text_to_image.py: w = min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (v), SNR = compute_snr."""
+    from diffusers.training_utils import compute_snr
+
+    from condiff.diffusion.loss import min_snr_weight
+    sch, ours = make(diffusers.DDPMScheduler)
+    t = torch.tensor([0, 1, 10, 100, 300, 500, 700, 900, 999])
+    snr = compute_snr(sch, t).double()
+    peer = torch.stack([snr, 5.0 * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+    peer = peer / snr if prediction == "epsilon" else peer / (snr + 1)
+    mine = min_snr_weight(ours, t, "epsilon" if prediction == "epsilon" else "v", 5.0).double()
+    torch.testing.assert_close(mine, peer, rtol=1e-5, atol=1e-7)

@@ -25,6 +25,28 @@ def test_config_round_trip_and_errors(tiny_config_path):
         from_dict(TrainConfig, {"pipeline": {"schedule": {"beta_schedule": "quadratic"}}})
     with pytest.raises(ConfigError, match="expected int"):
         from_dict(TrainConfig, {"seed": "zero"})
+    with pytest.raises(ConfigError, match="'snr' is not one of"):
+        from_dict(TrainConfig, {"loss": {"weighting": "snr"}})
+
+
+def test_min_snr_training_loss(tiny_config_path, tmp_path):
+    """Min-SNR-gamma in the trainer: gamma above every SNR gives back L_simple exactly; gamma = 5 down-weights."""
+    from condiff.train.trainer import setup
+    cfg = load_json(TrainConfig, tiny_config_path)
+    run = setup(cfg, tmp_path / "a", device="cpu")
+    images, captions = run.data.materialize(run.data.raw(0, 0, 4), run.device)
+
+    def loss(weighting, gamma):
+        run.cfg.loss.weighting, run.cfg.loss.min_snr_gamma = weighting, gamma
+        return run.model.loss(run.cfg, run.schedule, images, captions, torch.Generator().manual_seed(1)).item()
+
+    uniform = loss("uniform", 5.0)
+    assert loss("min_snr", 1e30) == pytest.approx(uniform, rel=1e-6)
+    assert loss("min_snr", 5.0) < uniform
+    cfg.loss.min_snr_gamma = 0.0
+    cfg.loss.weighting = "min_snr"
+    with pytest.raises(ConfigError, match="min_snr_gamma"):
+        setup(cfg, tmp_path / "b", device="cpu")
 
 
 def test_training_writes_checkpoints_and_a_loadable_model(tiny_model):

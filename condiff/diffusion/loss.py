@@ -15,12 +15,32 @@ def sample_timesteps(batch: int, T: int, generator: torch.Generator, device) -> 
     return torch.randint(0, T, (batch,), generator=generator).to(device)
 
 
+def snr(schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
+    """SNR(t) = alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021), float64, shape of t."""
+    alpha_bar = schedule.alpha_bar.to(t.device)[t]
+    return alpha_bar / (1 - alpha_bar)
+
+
+def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, prediction: Prediction, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma (Hang et al. 2023): w_t = min(SNR_t, gamma) / SNR_t for eps, / (SNR_t + 1) for v."""
+    s = snr(schedule, t)
+    denom = s if Prediction(prediction) is Prediction.EPSILON else s + 1
+    return (s.clamp(max=gamma) / denom).float()
+
+
+def _weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """mean_i w_i ||pred_i - target_i||^2 / d; plain MSE when weight is None."""
+    if weight is None:
+        return F.mse_loss(pred, target)
+    return (weight * (pred - target).pow(2).flatten(1).mean(1)).mean()
+
+
 def diffusion_loss(net, schedule: NoiseSchedule, prediction: Prediction, x0: torch.Tensor, t: torch.Tensor,
-                   eps: torch.Tensor, **cond) -> torch.Tensor:
-    """L_simple (Ho et al. eq. 14): || target - net(x_t, t) ||^2, target eps or v."""
+                   eps: torch.Tensor, weight: torch.Tensor | None = None, **cond) -> torch.Tensor:
+    """L_simple (Ho et al. eq. 14): || target - net(x_t, t) ||^2, target eps or v; optionally weighted per sample."""
     x_t = schedule.q_sample(x0, t, eps)
     target = eps if Prediction(prediction) is Prediction.EPSILON else v_target(schedule, x0, t, eps)
-    return F.mse_loss(net(x_t, t, **cond).float(), target.float())
+    return _weighted_mse(net(x_t, t, **cond).float(), target.float(), weight)
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -55,7 +75,7 @@ def vlb_terms(schedule: NoiseSchedule, x0, x_t, t, eps_hat, v) -> torch.Tensor:
 
 
 def hybrid_loss(net, schedule: NoiseSchedule, prediction: Prediction, x0: torch.Tensor, t: torch.Tensor,
-                eps: torch.Tensor, **cond) -> torch.Tensor:
+                eps: torch.Tensor, weight: torch.Tensor | None = None, **cond) -> torch.Tensor:
     """Improved DDPM L_hybrid = L_simple + lambda L_vlb, lambda = 0.001; the mean gets no gradient from L_vlb."""
     x_t = schedule.q_sample(x0, t, eps)
     pred, v = split_learned_range(net(x_t, t, **cond).float())
@@ -63,4 +83,4 @@ def hybrid_loss(net, schedule: NoiseSchedule, prediction: Prediction, x0: torch.
     target = eps if prediction is Prediction.EPSILON else v_target(schedule, x0, t, eps)
     eps_hat = pred.detach() if prediction is Prediction.EPSILON else eps_from_v(schedule, x_t, t, pred.detach())
     vb = vlb_terms(schedule, x0.float(), x_t.float(), t, eps_hat, v).mean()
-    return F.mse_loss(pred, target.float()) + vb * schedule.T / 1000  # = 0.001 * T * E_t[L_t]
+    return _weighted_mse(pred, target.float(), weight) + vb * schedule.T / 1000  # = 0.001 * T * E_t[L_t]

@@ -15,6 +15,17 @@ class Precision(str, enum.Enum):
     BF16 = "bf16"  # autocast; on CPU only where the machine has fast bf16 (see README)
 
 
+class LossWeighting(str, enum.Enum):
+    UNIFORM = "uniform"  # L_simple: every timestep weighted 1
+    MIN_SNR = "min_snr"  # Min-SNR-gamma (Hang et al. 2023): w_t = min(SNR_t, gamma) / SNR_t for epsilon
+
+
+@dataclass
+class LossConfig:
+    weighting: LossWeighting = LossWeighting.UNIFORM
+    min_snr_gamma: float = 5.0
+
+
 @dataclass
 class OptimConfig:
     steps: int = 10000
@@ -35,6 +46,7 @@ class TrainConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     precision: Precision = Precision.FP32
     log_every: int = 50
     sample_every: int = 2000  # 0: never

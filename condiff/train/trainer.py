@@ -12,13 +12,13 @@ from torch import nn
 
 from ..config import ConfigError, load_json, save_json
 from ..data import make_dataset
-from ..diffusion.loss import diffusion_loss, hybrid_loss, sample_timesteps
+from ..diffusion.loss import diffusion_loss, hybrid_loss, min_snr_weight, sample_timesteps
 from ..diffusion.sampling import SamplingOptions
 from ..diffusion.schedule import NoiseSchedule
 from ..nets.text import TextEncoder
 from ..nets.unet import UNet
 from ..pipelines.text2image import Text2ImagePipeline
-from .config import Precision, TrainConfig
+from .config import LossWeighting, Precision, TrainConfig
 from .ema import EMA
 from .state import latest_checkpoint, load_state, save_state
 
@@ -45,7 +45,10 @@ class TextToImageModel(nn.Module):
         eps = torch.randn(images.shape, generator=generator).to(device)
         cond = self.text_encoder.encode(captions, device)
         loss_fn = hybrid_loss if cfg.pipeline.learn_sigma else diffusion_loss
-        return loss_fn(self.unet, schedule, cfg.pipeline.prediction, images, t, eps, **cond)
+        weight = None
+        if LossWeighting(cfg.loss.weighting) is LossWeighting.MIN_SNR:
+            weight = min_snr_weight(schedule, t, cfg.pipeline.prediction, cfg.loss.min_snr_gamma)
+        return loss_fn(self.unet, schedule, cfg.pipeline.prediction, images, t, eps, weight=weight, **cond)
 
 
 @dataclass
@@ -80,6 +83,8 @@ def setup(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | No
         steps = cfg.optim.steps
         cfg = load_json(TrainConfig, folder / "config.json")
         cfg.optim.steps = max(steps, cfg.optim.steps)
+    if cfg.loss.min_snr_gamma <= 0:
+        raise ConfigError(f"loss.min_snr_gamma must be positive, got {cfg.loss.min_snr_gamma}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
