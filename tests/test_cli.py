@@ -98,3 +98,16 @@ def test_generate_with_every_option(tiny_model, tmp_path):
     assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "3", "--sampler", "heun",
                  "--schedule", "karras", "--out", str(out)]) == 0
     assert read_parameters(out)["Schedule type"] == "karras"
+
+
+def test_bench_summary_separates_objects_from_relation():
+    """Position accuracy splits into 'both objects right' and 'relation right given the objects' (oracle order)."""
+    from condiff.eval.bench import summarize
+    reasons = [None, None, "wrong relation: a red circle is not left of a blue square (dx=+0.30, dy=+0.01)",
+               "missing 1 red circle (found red square: wrong colour or shape)"]
+    records = [{"suite": "position", "correct": r is None, "reason": r or "ok"} for r in reasons]
+    records += [{"suite": "single", "correct": True, "reason": "ok"}]
+    table = summarize(records)
+    assert table["position"]["accuracy"] == 0.5 and table["position"]["objects_right"] == 3
+    assert table["position"]["relation_given_objects"] == pytest.approx(2 / 3)
+    assert "relation_given_objects" not in table["single"]

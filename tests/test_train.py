@@ -149,3 +149,26 @@ def test_a_fresh_run_never_overwrites_an_existing_one(tiny_model, tiny_config_pa
     assert main(["train", "--config", str(tiny_config_path), "--out", str(run_dir), "--device", "cpu"]) == 2
     assert "already holds a training run" in capsys.readouterr().err
     assert (run_dir / "checkpoints" / "latest").read_text() == before
+
+
+def test_fine_tuning_starts_from_a_saved_pipeline(tiny_model, tiny_config_path, tmp_path):
+    from condiff.train.trainer import setup
+    pretrained = Text2ImagePipeline.from_pretrained(tiny_model)
+    cfg = load_json(TrainConfig, tiny_config_path)
+    cfg.init.from_model, cfg.init.text_token_scale = str(tiny_model), 0.5
+    run = setup(cfg, tmp_path / "a", device="cpu")
+    for k, v in pretrained.unet.state_dict().items():
+        assert torch.equal(run.model.unet.state_dict()[k], v.float()) and torch.equal(run.ema.model.unet.state_dict()[k], v.float())
+    emb = run.model.text_encoder.embed.weight
+    assert torch.allclose(emb, 0.5 * pretrained.text_encoder.embed.weight.float())
+    assert torch.equal(run.model.text_encoder.pos, pretrained.text_encoder.pos.float())
+    assert (tmp_path / "a" / "config.json").exists() and json.loads((tmp_path / "a" / "config.json").read_text())["init"]["from_model"] == str(tiny_model)
+
+    other = load_json(TrainConfig, tiny_config_path)
+    other.init.from_model, other.unet.model_channels = str(tiny_model), 8
+    with pytest.raises(ConfigError, match="unet of .* differs from the config in model_channels"):
+        setup(other, tmp_path / "b", device="cpu")
+    other = load_json(TrainConfig, tiny_config_path)
+    other.init.from_model = str(tmp_path)
+    with pytest.raises(ConfigError, match="is not a saved pipeline"):
+        setup(other, tmp_path / "c", device="cpu")

@@ -46,6 +46,12 @@ def summarize(records: list[dict]) -> dict:
         reasons = Counter(r["reason"].split(":")[0].split(" (")[0] for r in rows if not r["correct"])
         table[suite] = {"accuracy": acc, "stderr": math.sqrt(acc * (1 - acc) / len(rows)), "n": len(rows),
                         "top_failures": dict(reasons.most_common(3))}
+    if "position" in table:  # the oracle checks the objects first: a wrong relation means both objects were right
+        rows = [r for r in records if r["suite"] == "position"]
+        right = sum(r["correct"] for r in rows)
+        drawn = right + sum(r["reason"].startswith("wrong relation") for r in rows)
+        table["position"]["relation_given_objects"] = right / drawn if drawn else float("nan")
+        table["position"]["objects_right"] = drawn
     main = [table[s]["accuracy"] for s in MAIN if s in table]
     table["overall"] = {"accuracy": sum(main) / len(main), "n": sum(table[s]["n"] for s in MAIN if s in table)}
     return table
@@ -80,5 +86,10 @@ def run_bench(args) -> dict:
     save_grid(torch.stack([r["image"] for r in shown]), [r["prompt"] for r in shown], out / "grid.png",
               [r["verdict"] for r in shown])
     print(format_table(table))
+    pos = table.get("position")
+    if pos and pos["objects_right"]:
+        print(f"position: both objects right in {pos['objects_right']} of {pos['n']} images; relation right in "
+              f"{pos['relation_given_objects']:.3f} of those (a model blind to word order: about 0.5 for left/right "
+              f"and above/below, less if it also confuses the axis)")
     print(f"report: {out / 'report.json'}  grid: {out / 'grid.png'}  ({report['seconds']} s on {device})")
     return report

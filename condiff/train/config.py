@@ -27,6 +27,13 @@ class LossConfig:
 
 
 @dataclass
+class InitConfig:
+    """Fine-tuning: start from a saved pipeline instead of random weights (ignored on --resume)."""
+    from_model: str | None = None  # a pipeline folder: a run's model/ or condiff/weights/NAME
+    text_token_scale: float = 1.0  # multiply the loaded token embeddings; < 1 lets position embeddings count again
+
+
+@dataclass
 class OptimConfig:
     steps: int = 10000
     batch_size: int = 128
@@ -47,6 +54,7 @@ class TrainConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     precision: Precision = Precision.FP32
     log_every: int = 50
     sample_every: int = 2000  # 0: never

@@ -95,7 +95,10 @@ def setup(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | No
         cfg.text.vocab = list(data.vocab)
     cfg.unet.resolution, cfg.unet.context_dim = cfg.data.resolution, cfg.text.width
     cfg.unet.out_channels = cfg.unet.in_channels * (2 if cfg.pipeline.learn_sigma else 1)
-    model = TextToImageModel(cfg).to(device)
+    model = TextToImageModel(cfg)
+    if cfg.init.from_model and not resume:
+        init_from_pretrained(model, cfg)
+    model = model.to(device)
     ema = EMA(model, cfg.optim.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -105,6 +108,22 @@ def setup(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | No
     else:
         save_json(cfg, folder / "config.json")
     return run
+
+
+def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
+    """Load a saved pipeline's text encoder and UNet into the fresh model; their configs must match the run's."""
+    folder = Path(cfg.init.from_model)
+    if not (folder / "pipeline.json").exists():
+        raise ConfigError(f"init.from_model: '{folder}' is not a saved pipeline (no pipeline.json)")
+    pretrained = Text2ImagePipeline.from_pretrained(folder)
+    for name, mine, theirs in (("text_encoder", model.text_encoder, pretrained.text_encoder),
+                               ("unet", model.unet, pretrained.unet)):
+        if mine.cfg != theirs.cfg:
+            diff = [k for k in vars(mine.cfg) if getattr(mine.cfg, k) != getattr(theirs.cfg, k)]
+            raise ConfigError(f"init.from_model: {name} of '{folder}' differs from the config in {', '.join(diff)}")
+        mine.load_state_dict({k: v.float() for k, v in theirs.state_dict().items()})
+    with torch.no_grad():
+        model.text_encoder.embed.weight.mul_(cfg.init.text_token_scale)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
