@@ -31,9 +31,7 @@ WORD_PAIRS = [  # one word differs
 
 
 @torch.no_grad()
-def distances(folder: str, pairs) -> list[float]:
-    pipe = Text2ImagePipeline.from_pretrained(folder)
-    pipe.text_encoder.float()
+def distances(pipe: Text2ImagePipeline, pairs) -> list[float]:
     a = pipe.encode([p[0] for p in pairs])["pooled"].float()
     b = pipe.encode([p[1] for p in pairs])["pooled"].float()
     return (1 - F.cosine_similarity(a, b, dim=-1)).tolist()
@@ -45,7 +43,8 @@ def main() -> None:
     args = parser.parse_args()
     base = None
     for folder in args.models:
-        order, word = distances(folder, ORDER_PAIRS), distances(folder, WORD_PAIRS)
+        pipe = Text2ImagePipeline.from_pretrained(folder)
+        order, word = distances(pipe, ORDER_PAIRS), distances(pipe, WORD_PAIRS)
         mean_order = sum(order) / len(order)
         base = base or max(mean_order, 1e-12)
         mean_word = sum(word) / len(word)

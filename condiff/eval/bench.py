@@ -46,12 +46,11 @@ def summarize(records: list[dict]) -> dict:
         reasons = Counter(r["reason"].split(":")[0].split(" (")[0] for r in rows if not r["correct"])
         table[suite] = {"accuracy": acc, "stderr": math.sqrt(acc * (1 - acc) / len(rows)), "n": len(rows),
                         "top_failures": dict(reasons.most_common(3))}
-    if "position" in table:  # the oracle checks the objects first: a wrong relation means both objects were right
-        rows = [r for r in records if r["suite"] == "position"]
-        right = sum(r["correct"] for r in rows)
-        drawn = right + sum(r["reason"].startswith("wrong relation") for r in rows)
-        table["position"]["relation_given_objects"] = right / drawn if drawn else float("nan")
-        table["position"]["objects_right"] = drawn
+        if suite == "position":  # the oracle checks the objects first: a wrong relation means both objects were right
+            right = sum(r["correct"] for r in rows)
+            drawn = right + sum(r["reason"].startswith("wrong relation") for r in rows)
+            table[suite]["relation_given_objects"] = right / drawn if drawn else float("nan")
+            table[suite]["objects_right"] = drawn
     main = [table[s]["accuracy"] for s in MAIN if s in table]
     table["overall"] = {"accuracy": sum(main) / len(main), "n": sum(table[s]["n"] for s in MAIN if s in table)}
     return table
