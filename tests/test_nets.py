@@ -88,3 +88,19 @@ def test_text_encoder_init_lets_word_order_through():
         with torch.no_grad():
             pooled = F.normalize(enc.encode(captions)["pooled"], dim=-1)
         assert 1 - (pooled[0] @ pooled[1]).item() > 1e-3
+
+
+@pytest.mark.parametrize("ch, groups", [(32, 8), (96, 24), (128, 32), (144, 24), (40, 10), (12, 3), (2, 1)])
+def test_group_norm_divides_any_width(ch, groups):
+    from condiff.nets.unet import norm
+
+    gn = norm(ch)  # up to 32 groups of at least 4 channels, and the count divides ch (144: 32 does not)
+    assert gn.num_groups == groups and ch % gn.num_groups == 0
+
+
+def test_unet_builds_at_a_width_that_is_no_multiple_of_32():
+    cfg = dict(SMALL, model_channels=48, head_channels=48)  # 48 + 96 = 144 channels: 32 groups do not divide it
+    unet = UNet(UNetConfig(resolution=16, **cfg)).eval()
+    text = _text()
+    x = torch.randn(1, 3, 16, 16)
+    assert unet(x, torch.tensor([5]), **text.encode(["a red circle"])).shape == x.shape

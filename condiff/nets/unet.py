@@ -33,7 +33,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, ch // 4), ch)
+    """GroupNorm with up to 32 groups of at least 4 channels; the group count divides ch (any width works)."""
+    groups = min(32, max(1, ch // 4))
+    while ch % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, ch)
 
 
 def zero(module: nn.Module) -> nn.Module:
