@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from condiff.diffusion.sampling import SIGMA_SAMPLERS, Sampler, SamplingOptions, SigmaSchedule
+from condiff.diffusion.sampling import SIGMA_SAMPLERS, SIGMA_SCHEDULES, Sampler, SamplingOptions, SigmaSchedule
 from condiff.eval.bench import bench_samples, summarize
 from condiff.eval.bench import MAIN
 from condiff.eval.fd import fd, pixel_features
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=[s.value for s in Sampler])
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100, 250])
     parser.add_argument("--schedule", default="karras", choices=[s.value for s in SigmaSchedule],
-                        help="for the sigma samplers; DDPM and DDIM always use uniform respacing with karras")
+                        help="for the sigma samplers; DDPM and DDIM always use uniform respacing with karras or exponential")
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--prompts-per-category", type=int, default=25)
     parser.add_argument("--n-per-prompt", type=int, default=4)
@@ -98,8 +98,8 @@ def main() -> None:
     for name, nfe in runs:
         sampler = Sampler(name)
         schedule = SigmaSchedule(args.schedule)
-        if schedule is SigmaSchedule.KARRAS and sampler not in SIGMA_SAMPLERS:
-            schedule = SigmaSchedule.UNIFORM  # karras places sigmas; DDPM and DDIM keep timestep respacing
+        if schedule in SIGMA_SCHEDULES and sampler not in SIGMA_SAMPLERS:
+            schedule = SigmaSchedule.UNIFORM  # karras and exponential place sigmas; DDPM and DDIM keep timestep respacing
         opts = SamplingOptions(steps=steps_for(sampler, nfe), guidance_scale=args.guidance_scale, sampler=sampler,
                                schedule=schedule)
         start = time.time()

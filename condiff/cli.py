@@ -115,7 +115,7 @@ def _samplers(args) -> None:
     print(f"{'--sampler':14s} {'A1111 name':14s} description")
     for sampler, (a1111, description) in SAMPLER_INFO.items():
         print(f"{sampler.value:14s} {a1111:14s} {description}")
-    print("--schedule: " + ", ".join(s.value for s in SigmaSchedule) + " (karras: sigma samplers only)")
+    print("--schedule: " + ", ".join(s.value for s in SigmaSchedule) + " (karras, exponential: sigma samplers only)")
     from .pipelines.guidance import METHOD_INFO
 
     print(f"\n{'--guide':14s} description")
@@ -168,7 +168,7 @@ def _eval_bench(args) -> None:
 
 # The enums' values, spelled out so that building the parser does not import torch (tested to match).
 SAMPLER_NAMES = ["ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde"]
-SCHEDULE_NAMES = ["uniform", "leading", "trailing", "karras"]
+SCHEDULE_NAMES = ["uniform", "leading", "trailing", "karras", "exponential"]
 THRESHOLD_NAMES = ["none", "static", "dynamic"]
 VARIANCE_NAMES = ["small", "large", "learned"]
 GUIDANCE_METHOD_NAMES = ["classifier", "clip", "clip_x0", "contrastive"]

@@ -13,8 +13,8 @@ diffusers = pytest.importorskip("diffusers")
 
 from condiff.diffusion.samplers import PerSampleNoise, Variance, sample_ddim, sample_ddpm  # noqa: E402
 from condiff.diffusion.schedule import NoiseSchedule, Spacing  # noqa: E402
-from condiff.diffusion.sigma_samplers import (SigmaDenoiser, karras_sigmas, sample_dpmpp_2m,  # noqa: E402
-                                              sample_dpmpp_2m_sde, sample_euler, sample_euler_ancestral, sample_heun,
+from condiff.diffusion.sigma_samplers import (SigmaDenoiser, exponential_sigmas, karras_sigmas,  # noqa: E402
+                                              sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_euler, sample_euler_ancestral, sample_heun,
                                               sigmas_at)
 
 SHAPE = (1, 3, 4, 4)
@@ -86,24 +86,32 @@ def test_ddpm_matches_diffusers(variance):
                             variance=Variance(variance)), theirs)
 
 
-def spaced_or_karras(sch, ours, karras):
-    """Sigmas at diffusers' timesteps; with karras, eq. 5 between the smallest and largest of those (diffusers)."""
+PLACEMENTS = {"karras": karras_sigmas, "exponential": exponential_sigmas}
+
+
+def spaced_or_placed(sch, ours, placement):
+    """Sigmas at diffusers' timesteps; with a placement (karras, exponential), placed between the smallest and
+    largest of those, as diffusers' use_karras_sigmas / use_exponential_sigmas do."""
     spaced = sigmas_at(ours, list(dict.fromkeys(sch.timesteps.tolist())))  # Heun lists each timestep twice
-    return karras_sigmas(spaced[-2].item(), spaced[0].item(), STEPS) if karras else spaced
+    return PLACEMENTS[placement](spaced[-2].item(), spaced[0].item(), STEPS) if placement else spaced
 
 
-def _sigma_sampler_case(cls, spacing, karras=False, **kw):
-    sch, ours = make(cls, timestep_spacing=spacing, **({"use_karras_sigmas": True} if karras else {}), **kw)
+def placement_kw(placement):
+    return {f"use_{placement}_sigmas": True} if placement else {}
+
+
+def _sigma_sampler_case(cls, spacing, placement=None, **kw):
+    sch, ours = make(cls, timestep_spacing=spacing, **placement_kw(placement), **kw)
     sch.set_timesteps(STEPS)
-    sigmas = spaced_or_karras(sch, ours, karras)
+    sigmas = spaced_or_placed(sch, ours, placement)
     assert torch.allclose(sch.sigmas.double().unique(), sigmas.unique(), rtol=1e-6)  # float32 on their side
     return sch, ours, sigmas
 
 
-@pytest.mark.parametrize("spacing,karras", [("linspace", False), ("leading", False), ("trailing", False),
-                                            ("leading", True)])
-def test_euler_matches_diffusers(spacing, karras):
-    sch, ours, sigmas = _sigma_sampler_case(diffusers.EulerDiscreteScheduler, spacing, karras)
+@pytest.mark.parametrize("spacing,placement", [("linspace", None), ("leading", None), ("trailing", None),
+                                               ("leading", "karras"), ("leading", "exponential")])
+def test_euler_matches_diffusers(spacing, placement):
+    sch, ours, sigmas = _sigma_sampler_case(diffusers.EulerDiscreteScheduler, spacing, placement)
     sch.sigmas = sigmas.clone()  # diffusers casts its sigmas to float32; use the float64 values
     x = x_init(sch.init_noise_sigma)
     theirs = run_diffusers(sch, x)
@@ -134,12 +142,12 @@ def test_heun_matches_diffusers():
 
 
 @pytest.mark.parametrize("algorithm", ["dpmsolver++", "sde-dpmsolver++"])
-@pytest.mark.parametrize("karras", [False, True])
-def test_dpmpp_2m_matches_diffusers(algorithm, karras):
+@pytest.mark.parametrize("placement", [None, "karras", "exponential"])
+def test_dpmpp_2m_matches_diffusers(algorithm, placement):
     sch, ours = make(diffusers.DPMSolverMultistepScheduler, algorithm_type=algorithm, solver_order=2,
-                     final_sigmas_type="zero", timestep_spacing="linspace", use_karras_sigmas=karras)
+                     final_sigmas_type="zero", timestep_spacing="linspace", **placement_kw(placement))
     sch.set_timesteps(STEPS)
-    sigmas = spaced_or_karras(sch, ours, karras)
+    sigmas = spaced_or_placed(sch, ours, placement)
     assert torch.allclose(sch.sigmas.double(), sigmas, rtol=1e-6)
     sch.sigmas = sigmas.clone()
     x_vp = x_init()
@@ -153,11 +161,11 @@ def test_dpmpp_2m_matches_diffusers(algorithm, karras):
         x = sch.step(eps, t, x, variance_noise=z).prev_sample
         theirs.append(x)
     sampler = sample_dpmpp_2m_sde if algorithm.startswith("sde") else sample_dpmpp_2m
-    # Deliberate difference: with Karras sigmas, diffusers' DPM-Solver shows the model an integer timestep of its own
+    # Deliberate difference: with placed (Karras, exponential) sigmas, diffusers' DPM-Solver shows the model an integer timestep of its own
     # mapping; condiff (like k-diffusion, and like diffusers' Euler) passes the fractional log-sigma interpolation.
     # To compare the solver itself, our model is shown diffusers' timestep for each sigma.
     denoiser = SigmaDenoiser(eps_model, ours)
-    if karras:
+    if placement:
         theirs_t = {denoiser.t_of(s.item()): t for s, t in zip(sigmas, sch.timesteps)}
         denoiser = SigmaDenoiser(lambda x, t: eps_model(x, theirs_t[t[0].item()]), ours)
     ours_ve = trajectory(sampler, denoiser, x_vp / alpha(sigmas[0].item()), sigmas, noise)

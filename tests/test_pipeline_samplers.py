@@ -27,14 +27,18 @@ def test_every_sampler_runs_and_keeps_seeds_independent_of_batch(tiny_model, sam
     assert torch.allclose(both[1:], one, atol=1e-4)
 
 
-def test_karras_sigmas_span_the_spaced_range_and_need_a_sigma_sampler(tiny_model):
+@pytest.mark.parametrize("placement", [SigmaSchedule.KARRAS, SigmaSchedule.EXPONENTIAL])
+def test_placed_sigmas_span_the_spaced_range_and_need_a_sigma_sampler(tiny_model, placement):
     pipe = Text2ImagePipeline.from_pretrained(tiny_model)
-    sig = sampling_sigmas(pipe.schedule, SamplingOptions(steps=5, schedule=SigmaSchedule.KARRAS))
+    sig = sampling_sigmas(pipe.schedule, SamplingOptions(steps=5, schedule=placement))
     plain = sampling_sigmas(pipe.schedule, SamplingOptions(steps=5))
     assert len(sig) == 6 and sig[-1] == 0 and torch.all(sig[:-1] > sig[1:])
     assert sig[0] == pytest.approx(plain[0].item()) and sig[-2] == pytest.approx(plain[-2].item())
-    with pytest.raises(ValueError, match="karras schedule needs a sigma sampler"):
-        pipe(["a red circle"], [0], SamplingOptions(steps=3, sampler=Sampler.DDIM, schedule=SigmaSchedule.KARRAS))
+    if placement is SigmaSchedule.EXPONENTIAL:  # equal ratios: uniform steps in log sigma (logSNR)
+        ratios = sig[1:-1] / sig[:-2]
+        assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-9)
+    with pytest.raises(ValueError, match=f"{placement.value} schedule needs a sigma sampler"):
+        pipe(["a red circle"], [0], SamplingOptions(steps=3, sampler=Sampler.DDIM, schedule=placement))
 
 
 def test_shipped_model_with_dpmpp_2m_at_10_steps():
@@ -48,4 +52,4 @@ def test_shipped_model_with_dpmpp_2m_at_10_steps():
 def test_samplers_command_lists_a1111_names(capsys):
     assert main(["samplers"]) == 0
     out = capsys.readouterr().out
-    assert "dpmpp_2m_sde" in out and "DPM++ 2M SDE" in out and "karras" in out
+    assert "dpmpp_2m_sde" in out and "DPM++ 2M SDE" in out and "karras" in out and "exponential" in out

@@ -9,7 +9,7 @@ import torch
 
 from .samplers import PerSampleNoise, Variance, sample_ddim, sample_ddpm
 from .schedule import NoiseSchedule, Spacing
-from .sigma_samplers import (SigmaDenoiser, karras_sigmas, sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_euler,
+from .sigma_samplers import (SigmaDenoiser, exponential_sigmas, karras_sigmas, sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_euler,
                              sample_euler_ancestral, sample_heun, sigmas_at)
 from .thresholding import Threshold, x0_fn_for
 
@@ -42,12 +42,16 @@ SIGMA_SAMPLERS = {
 
 
 class SigmaSchedule(str, enum.Enum):
-    """How sampling steps are placed: a timestep respacing (schedule.Spacing) or Karras et al.'s sigmas."""
+    """How sampling steps are placed: a timestep respacing (schedule.Spacing), or sigmas for the sigma samplers."""
 
     UNIFORM = "uniform"
     LEADING = "leading"
     TRAILING = "trailing"
-    KARRAS = "karras"
+    KARRAS = "karras"  # Karras et al. eq. 5, rho = 7: dense at small sigma
+    EXPONENTIAL = "exponential"  # uniform in log sigma, i.e. in logSNR (DPM-Solver's "logSNR" step placement)
+
+
+SIGMA_SCHEDULES = {SigmaSchedule.KARRAS: karras_sigmas, SigmaSchedule.EXPONENTIAL: exponential_sigmas}
 
 
 @dataclass
@@ -69,9 +73,9 @@ SIGMA_MAX = 80.0  # EDM's sigma_max: the cosine schedule's last sigma (~2e4) wre
 
 def sampling_sigmas(schedule: NoiseSchedule, opts: "SamplingOptions") -> torch.Tensor:
     """Descending sigmas ending in 0 for the sigma samplers, the largest capped at SIGMA_MAX."""
-    if SigmaSchedule(opts.schedule) is SigmaSchedule.KARRAS:
+    if (placement := SIGMA_SCHEDULES.get(SigmaSchedule(opts.schedule))) is not None:
         spaced = sigmas_at(schedule, schedule.timesteps(opts.steps, Spacing.UNIFORM))
-        return karras_sigmas(spaced[-2].item(), min(spaced[0].item(), SIGMA_MAX), opts.steps)
+        return placement(spaced[-2].item(), min(spaced[0].item(), SIGMA_MAX), opts.steps)
     return sigmas_at(schedule, schedule.timesteps(opts.steps, Spacing(opts.schedule.value))).clamp(max=SIGMA_MAX)
 
 
@@ -88,8 +92,8 @@ def run_sampler(model, schedule: NoiseSchedule, z: torch.Tensor, noise: PerSampl
         sigmas = sampling_sigmas(schedule, opts)
         x = z * math.sqrt(sigmas[0].item() ** 2 + 1)  # x_T = x0 + sigma_max eps has variance sigma_max^2 + 1
         return SIGMA_SAMPLERS[sampler](SigmaDenoiser(model, schedule, x0_fn), x, sigmas, noise, callback)
-    if SigmaSchedule(opts.schedule) is SigmaSchedule.KARRAS:
-        raise ValueError(f"the karras schedule needs a sigma sampler ({', '.join(s.value for s in SIGMA_SAMPLERS)})")
+    if SigmaSchedule(opts.schedule) in SIGMA_SCHEDULES:
+        raise ValueError(f"the {SigmaSchedule(opts.schedule).value} schedule needs a sigma sampler ({', '.join(s.value for s in SIGMA_SAMPLERS)})")
     timesteps = schedule.timesteps(opts.steps, Spacing(opts.schedule.value))
     if sampler is Sampler.DDPM:
         return sample_ddpm(model, z, schedule, timesteps, noise, x0_fn, callback, opts.ddpm_variance, cond_fn)

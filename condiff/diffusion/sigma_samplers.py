@@ -38,6 +38,12 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     return torch.cat([(hi + ramp * (lo - hi)) ** rho, torch.zeros(1, dtype=torch.float64)])
 
 
+def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> torch.Tensor:
+    """k-diffusion's get_sigmas_exponential: log sigma_i = linspace(log sigma_max, log sigma_min), then 0 (uniform logSNR)."""
+    log_sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64)
+    return torch.cat([log_sigmas.exp(), torch.zeros(1, dtype=torch.float64)])
+
+
 class SigmaDenoiser:
     """D(x, sigma) = x - sigma eps(x / sqrt(sigma^2 + 1), t(sigma)); k-diffusion's DiscreteEpsDDPMDenoiser.
 
