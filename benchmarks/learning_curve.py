@@ -1,0 +1,101 @@
+"""Learning curve: shapes-bench accuracy per category of a run's model snapshots, against the images they saw.
+
+Each folder is a saved pipeline whose name ends in step_N (N optimiser steps); the x axis is N times
+--images-per-step. Every snapshot gets the same prompts and seeds, so the rows differ by training alone; each row
+prints its overall gap to the first snapshot with the paired standard error. Writes curve.json and curve.png.
+
+    python benchmarks/learning_curve.py runs/base32_cpu_long_snap/step_* --images-per-step 64 \
+        --prompts-per-category 10 --n-per-prompt 4 --out-dir docs/curve_cpu
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from condiff.diffusion.sampling import Sampler, SamplingOptions
+from condiff.eval.bench import MAIN, bench_samples, summarize
+from condiff.pipelines.text2image import Text2ImagePipeline
+
+CATEGORIES = (*MAIN, "held_out", "overall")
+
+
+def step_of(folder: str) -> int:
+    match = re.search(r"step_0*(\d+)$", str(folder).rstrip("/"))
+    if match is None:
+        raise SystemExit(f"error: '{folder}' is not named step_N")
+    return int(match.group(1))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for cat in CATEGORIES:
+        ax.plot([r["images"] / 1e3 for r in rows], [r[cat] for r in rows], marker="o", label=cat,
+                linewidth=2.5 if cat == "overall" else 1.2)
+    ax.set_xlabel("training images seen (thousands)")
+    ax.set_ylabel("shapes-bench accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("models", nargs="+", help="pipeline folders named step_N")
+    parser.add_argument("--images-per-step", type=int, default=64, help="the run's batch size")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--sampler", default="ddim", choices=[s.value for s in Sampler])
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--prompts-per-category", type=int, default=10)
+    parser.add_argument("--n-per-prompt", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--out-dir", default="curve")
+    args = parser.parse_args()
+    models = sorted(args.models, key=step_of)
+    opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=Sampler(args.sampler))
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, first = [], None
+    print("| step | images | " + " | ".join(CATEGORIES) + " | gap to first (± s.e.) | relation given objects | s |")
+    print("| --- " * (len(CATEGORIES) + 5) + "|")
+    for folder in models:
+        start = time.time()
+        pipe = Text2ImagePipeline.from_pretrained(folder)
+        records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt,
+                                batch_size=args.batch_size, progress=False)
+        table = summarize(records)
+        correct = torch.tensor([float(r["correct"]) for r in records if r["suite"] in MAIN])
+        step = step_of(folder)
+        row = {"model": str(folder), "step": step, "images": step * args.images_per_step,
+               **{c: table[c]["accuracy"] for c in CATEGORIES},
+               "relation_given_objects": table["position"]["relation_given_objects"],  # NaN: no position image drew both
+               "seconds": round(time.time() - start, 1)}
+        if first is None:
+            first, gap = correct, "baseline"
+        else:
+            diff = correct - first
+            row["gap"], row["gap_se"] = diff.mean().item(), (diff.std() / len(diff) ** 0.5).item()
+            gap = f"{row['gap']:+.3f} ± {row['gap_se']:.3f}"
+        rows.append(row)
+        cells = " | ".join(f"{row[c]:.3f}" for c in CATEGORIES)
+        print(f"| {step} | {row['images']} | {cells} | {gap} | {row['relation_given_objects']:.2f} "
+              f"({table['position']['objects_right']}) | {row['seconds']} |", flush=True)
+    clean = [{k: (None if v != v else v) for k, v in r.items()} for r in rows]  # NaN is no JSON: null
+    (out / "curve.json").write_text(json.dumps({"args": vars(args), "rows": clean}, indent=1) + "\n")
+    plot(rows, out / "curve.png")
+    print(f"wrote {out / 'curve.json'} and {out / 'curve.png'}")
+
+
+if __name__ == "__main__":
+    main()
