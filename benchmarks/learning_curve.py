@@ -3,6 +3,8 @@
 Each folder is a saved pipeline whose name ends in step_N (N optimiser steps); the x axis is N times
 --images-per-step. Every snapshot gets the same prompts and seeds, so the rows differ by training alone; each row
 prints its overall gap to the first snapshot with the paired standard error. Writes curve.json and curve.png.
+With --reuse, snapshots already in OUT_DIR/curve.json under the same settings are read back, not sampled again,
+so the curve can grow while the run trains.
 
     python benchmarks/learning_curve.py runs/base32_cpu_long_snap/step_* --images-per-step 64 \
         --prompts-per-category 10 --n-per-prompt 4 --out-dir docs/curve_cpu
@@ -61,26 +63,42 @@ def main() -> None:
     parser.add_argument("--n-per-prompt", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out-dir", default="curve")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back snapshots already in OUT_DIR/curve.json measured with the same settings")
     args = parser.parse_args()
     models = sorted(args.models, key=step_of)
     opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=Sampler(args.sampler))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("models", "out_dir", "reuse")}
+    done = {}
+    if args.reuse and (out / "curve.json").exists():
+        old = json.loads((out / "curve.json").read_text())
+        if {k: old["args"].get(k) for k in settings} == settings:
+            done = {r["step"]: r for r in old["rows"] if "correct" in r}
+        else:
+            print(f"note: {out / 'curve.json'} was measured with other settings; sampling every snapshot")
     rows, first = [], None
     print("| step | images | " + " | ".join(CATEGORIES) + " | gap to first (± s.e.) | relation given objects | s |")
     print("| --- " * (len(CATEGORIES) + 5) + "|")
     for folder in models:
-        start = time.time()
-        pipe = Text2ImagePipeline.from_pretrained(folder)
-        records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt,
-                                batch_size=args.batch_size, progress=False)
-        table = summarize(records)
-        correct = torch.tensor([float(r["correct"]) for r in records if r["suite"] in MAIN])
         step = step_of(folder)
-        row = {"model": str(folder), "step": step, "images": step * args.images_per_step,
-               **{c: table[c]["accuracy"] for c in CATEGORIES},
-               "relation_given_objects": table["position"]["relation_given_objects"],  # NaN: no position image drew both
-               "seconds": round(time.time() - start, 1)}
+        if step in done:
+            row = {k: (float("nan") if v is None else v) for k, v in done[step].items() if k not in ("gap", "gap_se")}
+        else:
+            start = time.time()
+            pipe = Text2ImagePipeline.from_pretrained(folder)
+            records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt,
+                                    batch_size=args.batch_size, progress=False)
+            table = summarize(records)
+            row = {"model": str(folder), "step": step, "images": step * args.images_per_step,
+                   **{c: table[c]["accuracy"] for c in CATEGORIES},
+                   # NaN: no position image drew both objects
+                   "relation_given_objects": table["position"]["relation_given_objects"],
+                   "objects_right": table["position"]["objects_right"],
+                   "seconds": round(time.time() - start, 1),
+                   "correct": [int(r["correct"]) for r in records if r["suite"] in MAIN]}
+        correct = torch.tensor(row["correct"], dtype=torch.float64)
         if first is None:
             first, gap = correct, "baseline"
         else:
@@ -90,9 +108,9 @@ def main() -> None:
         rows.append(row)
         cells = " | ".join(f"{row[c]:.3f}" for c in CATEGORIES)
         print(f"| {step} | {row['images']} | {cells} | {gap} | {row['relation_given_objects']:.2f} "
-              f"({table['position']['objects_right']}) | {row['seconds']} |", flush=True)
+              f"({row['objects_right']}) | {row['seconds']} |", flush=True)
     clean = [{k: (None if v != v else v) for k, v in r.items()} for r in rows]  # NaN is no JSON: null
-    (out / "curve.json").write_text(json.dumps({"args": vars(args), "rows": clean}, indent=1) + "\n")
+    (out / "curve.json").write_text(json.dumps({"args": settings, "rows": clean}, indent=1) + "\n")
     plot(rows, out / "curve.png")
     print(f"wrote {out / 'curve.json'} and {out / 'curve.png'}")
 
