@@ -78,6 +78,27 @@ def test_resume_is_exact(tiny_config_path, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_snapshots_equal_the_model_of_a_run_stopped_there(tiny_config_path, tmp_path):
+    """snapshot_every keeps the EMA pipeline at every N steps; snapshot N is the model a run of N steps ends with."""
+    long = load_json(TrainConfig, tiny_config_path)
+    long.optim.steps, long.snapshot_every = 4, 2
+    train(long, tmp_path / "long", device="cpu", workers=0)
+    short = load_json(TrainConfig, tiny_config_path)
+    short.optim.steps = 2
+    train(short, tmp_path / "short", device="cpu", workers=0)
+    snaps = tmp_path / "long" / "snapshots"
+    assert sorted(p.name for p in snaps.iterdir()) == ["step_00000002", "step_00000004"]
+    assert not (tmp_path / "short" / "snapshots").exists()
+    for snap, model in ((snaps / "step_00000002", tmp_path / "short" / "model"),
+                        (snaps / "step_00000004", tmp_path / "long" / "model")):
+        for part in ("unet", "text_encoder"):
+            a, b = load_file(str(snap / part / "model.safetensors")), load_file(str(model / part / "model.safetensors"))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (snap, part)
+    first = load_file(str(snaps / "step_00000002" / "unet" / "model.safetensors"))
+    last = load_file(str(snaps / "step_00000004" / "unet" / "model.safetensors"))
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+
+
 def test_corrupt_or_missing_checkpoint_gives_one_line_error(tiny_model, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00\x01 not safetensors")

@@ -60,3 +60,4 @@ class TrainConfig:
     sample_every: int = 2000  # 0: never
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
+    snapshot_every: int = 0  # also keep the EMA pipeline as snapshots/step_N every N steps (learning curves); 0: never

@@ -215,6 +215,8 @@ def train(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | No
             bar.set_postfix(loss=f"{loss_avg:.4f}", img_s=f"{rate * cfg.optim.batch_size:.0f}")
         if run.step % cfg.checkpoint_every == 0 or run.step == cfg.optim.steps:
             save(run)
+        if cfg.snapshot_every and run.step % cfg.snapshot_every == 0:
+            run.pipeline().save_pretrained(run.folder / "snapshots" / f"step_{run.step:08d}")
         if cfg.sample_every and (run.step % cfg.sample_every == 0 or run.step == cfg.optim.steps):
             bar.write(f"step {run.step}: samples in {sample_grid(run)}")
     bar.close()
