@@ -7,7 +7,7 @@ With --reuse, snapshots already in OUT_DIR/curve.json under the same settings ar
 so the curve can grow while the run trains.
 
     python benchmarks/learning_curve.py runs/base32_cpu_long_snap/step_* --images-per-step 64 \
-        --prompts-per-category 10 --n-per-prompt 4 --out-dir docs/curve_cpu
+        --prompts-per-category 10 --n-per-prompt 4 --reference condiff/weights/base32 --out-dir docs/curve_cpu
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def step_of(folder: str) -> int:
     return int(match.group(1))
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, reference: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,8 +41,11 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for cat in CATEGORIES:
-        ax.plot([r["images"] / 1e3 for r in rows], [r[cat] for r in rows], marker="o", label=cat,
-                linewidth=2.5 if cat == "overall" else 1.2)
+        line, = ax.plot([r["images"] / 1e3 for r in rows], [r[cat] for r in rows], marker="o", label=cat,
+                        linewidth=2.5 if cat == "overall" else 1.2)
+        if reference is not None and cat in ("position", "overall"):
+            ax.axhline(reference[cat], color=line.get_color(), linestyle="--", linewidth=1,
+                       label=f"{cat}, {Path(reference['model']).name}")
     ax.set_xlabel("training images seen (thousands)")
     ax.set_ylabel("shapes-bench accuracy")
     ax.set_ylim(0, 1.02)
@@ -63,6 +66,8 @@ def main() -> None:
     parser.add_argument("--n-per-prompt", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out-dir", default="curve")
+    parser.add_argument("--reference", help="a saved pipeline benched on the same images; gaps are then to it, "
+                        "and the plot shows its position and overall as dashed lines")
     parser.add_argument("--reuse", action="store_true",
                         help="read back snapshots already in OUT_DIR/curve.json measured with the same settings")
     args = parser.parse_args()
@@ -70,28 +75,34 @@ def main() -> None:
     opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=Sampler(args.sampler))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("models", "out_dir", "reuse")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("models", "out_dir", "reuse", "reference")}
     done = {}
     if args.reuse and (out / "curve.json").exists():
         old = json.loads((out / "curve.json").read_text())
         if {k: old["args"].get(k) for k in settings} == settings:
             done = {r["step"]: r for r in old["rows"] if "correct" in r}
+            if (ref := old.get("reference")) is not None:
+                done[ref["model"]] = ref
         else:
             print(f"note: {out / 'curve.json'} was measured with other settings; sampling every snapshot")
-    rows, first = [], None
-    print("| step | images | " + " | ".join(CATEGORIES) + " | gap to first (± s.e.) | relation given objects | s |")
+    rows, first, reference = [], None, None
+    against = "reference" if args.reference else "first"
+    print("| step | images | " + " | ".join(CATEGORIES) + f" | gap to {against} (± s.e.) | relation given objects | s |")
     print("| --- " * (len(CATEGORIES) + 5) + "|")
-    for folder in models:
-        step = step_of(folder)
-        if step in done:
-            row = {k: (float("nan") if v is None else v) for k, v in done[step].items() if k not in ("gap", "gap_se")}
+    for folder in ([args.reference] if args.reference else []) + models:
+        is_ref = reference is None and folder == args.reference
+        step = 0 if is_ref else step_of(folder)
+        key = str(folder) if is_ref else step
+        if key in done:
+            row = {k: (float("nan") if v is None else v) for k, v in done[key].items() if k not in ("gap", "gap_se")}
         else:
             start = time.time()
             pipe = Text2ImagePipeline.from_pretrained(folder)
             records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt,
                                     batch_size=args.batch_size, progress=False)
             table = summarize(records)
-            row = {"model": str(folder), "step": step, "images": step * args.images_per_step,
+            row = {"model": str(folder), "step": None if is_ref else step,
+                   "images": None if is_ref else step * args.images_per_step,
                    **{c: table[c]["accuracy"] for c in CATEGORIES},
                    # NaN: no position image drew both objects
                    "relation_given_objects": table["position"]["relation_given_objects"],
@@ -105,13 +116,21 @@ def main() -> None:
             diff = correct - first
             row["gap"], row["gap_se"] = diff.mean().item(), (diff.std() / len(diff) ** 0.5).item()
             gap = f"{row['gap']:+.3f} ± {row['gap_se']:.3f}"
-        rows.append(row)
+        if is_ref:
+            reference = row
+        else:
+            rows.append(row)
         cells = " | ".join(f"{row[c]:.3f}" for c in CATEGORIES)
-        print(f"| {step} | {row['images']} | {cells} | {gap} | {row['relation_given_objects']:.2f} "
+        name = Path(folder).name if is_ref else step
+        print(f"| {name} | {'' if is_ref else row['images']} | {cells} | {gap} | {row['relation_given_objects']:.2f} "
               f"({row['objects_right']}) | {row['seconds']} |", flush=True)
-    clean = [{k: (None if v != v else v) for k, v in r.items()} for r in rows]  # NaN is no JSON: null
-    (out / "curve.json").write_text(json.dumps({"args": settings, "rows": clean}, indent=1) + "\n")
-    plot(rows, out / "curve.png")
+
+    def clean(r: dict) -> dict:
+        return {k: (None if v != v else v) for k, v in r.items()}  # NaN is no JSON: null
+
+    report = {"args": settings, "reference": clean(reference) if reference else None, "rows": [clean(r) for r in rows]}
+    (out / "curve.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(rows, out / "curve.png", reference)
     print(f"wrote {out / 'curve.json'} and {out / 'curve.png'}")
 
 
