@@ -39,7 +39,7 @@ def plot(rows: list[dict], path: Path, reference: dict | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for cat in CATEGORIES:
         line, = ax.plot([r["images"] / 1e3 for r in rows], [r[cat] for r in rows], marker="o", label=cat,
                         linewidth=2.5 if cat == "overall" else 1.2)
@@ -50,7 +50,7 @@ def plot(rows: list[dict], path: Path, reference: dict | None = None) -> None:
     ax.set_ylabel("shapes-bench accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
