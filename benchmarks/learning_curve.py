@@ -21,6 +21,7 @@ import torch
 
 from condiff.diffusion.sampling import Sampler, SamplingOptions
 from condiff.eval.bench import MAIN, bench_samples, summarize
+from condiff.io import json_safe
 from condiff.pipelines.text2image import Text2ImagePipeline
 
 CATEGORIES = (*MAIN, "held_out", "overall")
@@ -124,11 +125,7 @@ def main() -> None:
         name = Path(folder).name if is_ref else step
         print(f"| {name} | {'' if is_ref else row['images']} | {cells} | {gap} | {row['relation_given_objects']:.2f} "
               f"({row['objects_right']}) | {row['seconds']} |", flush=True)
-
-    def clean(r: dict) -> dict:
-        return {k: (None if v != v else v) for k, v in r.items()}  # NaN is no JSON: null
-
-    report = {"args": settings, "reference": clean(reference) if reference else None, "rows": [clean(r) for r in rows]}
+    report = json_safe({"args": settings, "reference": reference, "rows": rows})
     (out / "curve.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(rows, out / "curve.png", reference)
     print(f"wrote {out / 'curve.json'} and {out / 'curve.png'}")

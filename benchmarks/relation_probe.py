@@ -19,6 +19,7 @@ import torch
 from condiff.diffusion.sampling import Sampler, SamplingOptions
 from condiff.eval.grid import save_grid
 from condiff.eval.relations import probe_relations
+from condiff.io import json_safe
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.world.grammar import Relation
 
@@ -64,8 +65,8 @@ def main() -> None:
                 i = (p * n_rel + r) * args.n_seeds
                 grid.append(seen["images"][i])
                 labels.append(f"{Path(folder).name}: {seen['captions'][i]}")
-    clean = json.loads(json.dumps(reports).replace("NaN", "null"))
-    (out / "relations.json").write_text(json.dumps({"args": vars(args), "reports": clean}, indent=1) + "\n")
+    report = json_safe({"args": vars(args), "reports": reports})
+    (out / "relations.json").write_text(json.dumps(report, indent=1) + "\n")
     save_grid(torch.stack(grid), labels, out / "relations.png", columns=len(Relation))
     print(f"wrote {out / 'relations.json'} and {out / 'relations.png'}")
 

@@ -19,6 +19,15 @@ class CheckpointError(ValueError):
     pass
 
 
+def json_safe(obj):
+    """obj with every float NaN replaced by None, recursively: JSON has no NaN, but null."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return None if isinstance(obj, float) and obj != obj else obj
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

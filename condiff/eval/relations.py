@@ -15,7 +15,7 @@ import torch
 
 from ..world.bench import suite_prompts
 from ..world.grammar import PromptSpec, Relation, parse_caption
-from ..world.oracle import RELATION_THRESHOLD, detect
+from ..world.oracle import detect, find_pair, relation_holds
 from ..world.render import along_across, to_uint8
 
 OPPOSITE = {Relation.LEFT_OF: Relation.RIGHT_OF, Relation.RIGHT_OF: Relation.LEFT_OF,
@@ -31,20 +31,11 @@ def probe_pairs(n_pairs: int) -> list[PromptSpec]:
     return [parse_caption(c) for c in suite_prompts("position", n_pairs)]
 
 
-def displacement(image_uint8, spec: PromptSpec) -> tuple[float, float] | None:
-    """B's centre minus A's (fractions of the side, rows grow down), or None unless both objects are drawn."""
-    found = detect(image_uint8)
-    a_spec, b_spec = spec.objects
-    a = next((o for o in found if (o.colour, o.shape) == (a_spec.colour, a_spec.shape)), None)
-    b = next((o for o in found if (o.colour, o.shape) == (b_spec.colour, b_spec.shape) and o is not a), None)
-    return None if a is None or b is None else (b.cx - a.cx, b.cy - a.cy)
-
-
 def probe_relations(generate: Generate, n_pairs: int = 8, n_seeds: int = 8, seed: int = 0) -> dict:
     """Generate every pair under all four relations with shared seeds; score axis, order and sensitivity."""
     relations = tuple(Relation)
-    jobs = [(p, r, seed + s) for p, spec in enumerate(probe_pairs(n_pairs)) for r in relations for s in range(n_seeds)]
     specs = probe_pairs(n_pairs)
+    jobs = [(p, r, seed + s) for p in range(len(specs)) for r in relations for s in range(n_seeds)]
     captions = [dataclasses.replace(specs[p], relation=r).caption for p, r, _ in jobs]
     images = generate(captions, [s for _, _, s in jobs]).float().cpu()
     index = {job: i for i, job in enumerate(jobs)}
@@ -55,16 +46,17 @@ def probe_relations(generate: Generate, n_pairs: int = 8, n_seeds: int = 8, seed
         other.append((img - images[index[(p, OTHER_AXIS[r], s)]]).abs().mean().item() / 2)
         stats = per_rel[r]
         stats["n"] += 1
-        d = displacement(px, dataclasses.replace(specs[p], relation=r))
-        if d is None:
+        pair = find_pair(specs[p], detect(px))
+        if pair is None:
             continue
-        along, across = along_across(r, *d)
+        a, b = pair
+        along, across = along_across(r, b.cx - a.cx, b.cy - a.cy)
         stats["both"] += 1
         stats["along"] += along
         if abs(along) > abs(across):
             stats["axis"] += 1
             stats["order"] += along > 0
-        stats["right"] += along >= RELATION_THRESHOLD and abs(along) > abs(across)  # the oracle's rule
+        stats["right"] += relation_holds(along, across)  # the oracle's rule
 
     def rate(num: float, den: float) -> float:
         return num / den if den else float("nan")

@@ -136,13 +136,23 @@ def _check_sizes(spec: PromptSpec, found: list[DetectedObject]) -> str | None:
     return None
 
 
-def _check_relation(spec: PromptSpec, found: list[DetectedObject]) -> str | None:
+def find_pair(spec: PromptSpec, found: list[DetectedObject]) -> tuple[DetectedObject, DetectedObject] | None:
+    """The detected objects A and B of a two-object prompt (the first of each kind), or None unless both are there."""
     a_spec, b_spec = spec.objects
-    a = next(o for o in found if (o.colour, o.shape) == (a_spec.colour, a_spec.shape))
-    b = next(o for o in found if (o.colour, o.shape) == (b_spec.colour, b_spec.shape) and o is not a)
+    a = next((o for o in found if (o.colour, o.shape) == (a_spec.colour, a_spec.shape)), None)
+    b = next((o for o in found if (o.colour, o.shape) == (b_spec.colour, b_spec.shape) and o is not a), None)
+    return None if a is None or b is None else (a, b)
+
+
+def relation_holds(along: float, across: float) -> bool:
+    """WORLD.md: B - A points mainly along the relation's direction, by at least 15% of the canvas side."""
+    return along >= RELATION_THRESHOLD and abs(along) > abs(across)
+
+
+def _check_relation(spec: PromptSpec, found: list[DetectedObject]) -> str | None:
+    a, b = find_pair(spec, found)  # _match_objects has passed: both are there
     dx, dy = b.cx - a.cx, b.cy - a.cy
-    along, across = along_across(spec.relation, dx, dy)
-    if along >= RELATION_THRESHOLD and abs(along) > abs(across):
+    if relation_holds(*along_across(spec.relation, dx, dy)):
         return None
     return (f"wrong relation: {_describe(a)} is not {spec.relation.value} {_describe(b)} "
             f"(dx={dx:+.2f}, dy={dy:+.2f})")
