@@ -111,3 +111,10 @@ def test_bench_summary_separates_objects_from_relation():
     assert table["position"]["accuracy"] == 0.5 and table["position"]["objects_right"] == 3
     assert table["position"]["relation_given_objects"] == pytest.approx(2 / 3)
     assert "relation_given_objects" not in table["single"]
+    # no position image with both objects right: the share is undefined, and the report says null, not bare NaN
+    import json
+
+    from condiff.io import json_safe
+    table = summarize([{"suite": "position", "correct": False, "reason": reasons[3]}])
+    assert table["position"]["objects_right"] == 0
+    assert json.loads(json.dumps(json_safe(table), allow_nan=False))["position"]["relation_given_objects"] is None

@@ -104,3 +104,37 @@ def test_unet_builds_at_a_width_that_is_no_multiple_of_32():
     text = _text()
     x = torch.randn(1, 3, 16, 16)
     assert unet(x, torch.tensor([5]), **text.encode(["a red circle"])).shape == x.shape
+
+
+def test_causal_layers_carry_word_order_without_positions():
+    """With positions zeroed, a bidirectional encoder is a bag of words: the two captions below hold the same words,
+    so "blue" gets the same context in both. Causal layers (token k attends to tokens <= k) tell them apart, and token k's
+    context in a fully causal encoder depends on tokens <= k alone. Fresh causal layers are the identity (zero residual branches)."""
+    captions = ["a red circle to the left of a blue square", "a blue square to the left of a red circle"]
+    bag = _text()
+    causal = TextEncoder(TextEncoderConfig(vocab=list(VOCABULARY), width=32, layers=1, heads=2, causal_layers=1)).eval()
+    causal.load_state_dict(bag.state_dict(), strict=False)
+    with torch.no_grad():
+        assert torch.allclose(causal.encode(captions)["context"], bag.encode(captions)["context"], atol=1e-6)
+        for enc in (bag, causal):
+            enc.pos.zero_()
+        for p in causal.causal.parameters():
+            p.normal_(0, 0.2)
+        blue = [9, 2]  # "blue" in each caption (<bos> is token 0)
+        for enc, same in ((bag, True), (causal, False)):
+            out = enc.encode(captions)
+            assert torch.allclose(out["context"][0, blue[0]], out["context"][1, blue[1]], atol=1e-5) == same
+        # one causal layer still pools a set at <eos>; a second one sees order there too
+        two = TextEncoder(TextEncoderConfig(vocab=list(VOCABULARY), width=32, layers=1, heads=2, causal_layers=2)).eval()
+        two.pos.zero_()
+        for p in two.causal.parameters():
+            p.normal_(0, 0.2)
+        pooled_causal, pooled_two = causal.encode(captions)["pooled"], two.encode(captions)["pooled"]
+        assert torch.allclose(pooled_causal[0], pooled_causal[1], atol=1e-5)
+        assert (pooled_two[0] - pooled_two[1]).abs().max() > 1e-2
+        # a fully causal encoder (CLIP's): token k's context is a function of tokens <= k alone
+        clip_like = TextEncoder(TextEncoderConfig(vocab=list(VOCABULARY), width=32, layers=0, heads=2, causal_layers=2)).eval()
+        for p in clip_like.causal.parameters():
+            p.normal_(0, 0.2)
+        ctx = clip_like.encode(["a red circle to the left of a blue square", "a red circle to the left of a blue triangle"])["context"]
+        assert torch.allclose(ctx[0, :10], ctx[1, :10], atol=1e-5) and not torch.allclose(ctx[0, 10], ctx[1, 10], atol=1e-3)

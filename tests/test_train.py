@@ -185,6 +185,19 @@ def test_fine_tuning_starts_from_a_saved_pipeline(tiny_model, tiny_config_path, 
     assert torch.equal(run.model.text_encoder.pos, pretrained.text_encoder.pos.float())
     assert (tmp_path / "a" / "config.json").exists() and json.loads((tmp_path / "a" / "config.json").read_text())["init"]["from_model"] == str(tiny_model)
 
+    # adding causal text layers to a trained encoder: they load as the identity, so the text output is unchanged
+    grown = load_json(TrainConfig, tiny_config_path)
+    grown.init.from_model, grown.text.causal_layers = str(tiny_model), 1
+    run = setup(grown, tmp_path / "grown", device="cpu")
+    captions = ["a red circle to the left of a blue square", "two green triangles", ""]
+    with torch.no_grad():
+        mine, theirs = run.model.text_encoder.encode(captions), pretrained.text_encoder.float().encode(captions)
+    assert torch.allclose(mine["context"], theirs["context"], atol=1e-5) and torch.allclose(mine["pooled"], theirs["pooled"], atol=1e-5)
+    assert len(run.model.text_encoder.causal) == 1
+    other = load_json(TrainConfig, tiny_config_path)
+    other.init.from_model, other.text.layers = str(tiny_model), 5
+    with pytest.raises(ConfigError, match="text_encoder of .* differs from the config in layers"):
+        setup(other, tmp_path / "d", device="cpu")
     other = load_json(TrainConfig, tiny_config_path)
     other.init.from_model, other.unet.model_channels = str(tiny_model), 8
     with pytest.raises(ConfigError, match="unet of .* differs from the config in model_channels"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule
+from ..io import json_safe
 from ..pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
 from ..world.bench import SUITES, suite_prompts
 from ..world.oracle import judge
@@ -79,7 +80,7 @@ def run_bench(args) -> dict:
               "prompts_per_category": args.prompts_per_category, "n_per_prompt": args.n_per_prompt,
               "seconds": round(time.time() - start, 1), "device": device, "table": table,
               "samples": [{k: r[k] for k in ("suite", "prompt", "seed", "correct", "reason")} for r in records]}
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "report.json").write_text(json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n")  # NaN -> null
     # records run suite by suite, prompt by prompt: show the first image of the first 8 prompts of each suite
     shown = [r for suite in SUITES for r in [x for x in records if x["suite"] == suite][::args.n_per_prompt][:8]]
     save_grid(torch.stack([r["image"] for r in shown]), [r["prompt"] for r in shown], out / "grid.png",

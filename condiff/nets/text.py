@@ -25,6 +25,7 @@ class TextEncoderConfig:
     width: int = 128
     layers: int = 3
     heads: int = 4
+    causal_layers: int = 0  # CLIP-style causal layers after the bidirectional ones: word order without positions
 
 
 class Tokenizer:
@@ -73,11 +74,26 @@ class TextEncoder(nn.Module):
         layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        # Under a causal mask token k sees only tokens <= k, so "blue" after "left of" differs from "blue" before it
+        # whatever the position embeddings are. Their residual branches start at zero (adaLN-zero, ControlNet), so
+        # adding them to a trained encoder leaves its output unchanged until training moves them.
+        self.causal = nn.ModuleList(nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0,
+                                                               activation="gelu", batch_first=True, norm_first=True)
+                                    for _ in range(cfg.causal_layers))
+        for block in self.causal:
+            nn.init.zeros_(block.self_attn.out_proj.weight), nn.init.zeros_(block.self_attn.out_proj.bias)
+            nn.init.zeros_(block.linear2.weight), nn.init.zeros_(block.linear2.bias)
         self.norm = nn.LayerNorm(cfg.width)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.embed(ids) + self.pos[: ids.shape[1]]  # (B, L, D)
-        h = self.norm(self.blocks(h, src_key_padding_mask=~mask))
+        if self.cfg.layers:
+            h = self.blocks(h, src_key_padding_mask=~mask)
+        if len(self.causal):
+            future = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=ids.device).triu(1)
+            for block in self.causal:  # padding comes after <eos>, so the causal mask already hides it from real tokens
+                h = block(h, src_mask=future)
+        h = self.norm(h)
         eos = mask.sum(1) - 1  # index of <eos>
         pooled = h[torch.arange(len(ids), device=ids.device), eos]  # (B, D)
         return {"context": h, "context_mask": mask, "pooled": pooled}

@@ -118,10 +118,15 @@ def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
     pretrained = Text2ImagePipeline.from_pretrained(folder)
     for name, mine, theirs in (("text_encoder", model.text_encoder, pretrained.text_encoder),
                                ("unet", model.unet, pretrained.unet)):
-        if mine.cfg != theirs.cfg:
-            diff = [k for k in vars(mine.cfg) if getattr(mine.cfg, k) != getattr(theirs.cfg, k)]
+        diff = [k for k in vars(mine.cfg) if getattr(mine.cfg, k) != getattr(theirs.cfg, k)]
+        if diff == ["causal_layers"] and mine.cfg.causal_layers > theirs.cfg.causal_layers:
+            diff = []  # new causal layers start as the identity (zero residual branches): the output is unchanged
+        if diff:
             raise ConfigError(f"init.from_model: {name} of '{folder}' differs from the config in {', '.join(diff)}")
-        mine.load_state_dict({k: v.float() for k, v in theirs.state_dict().items()})
+        missing, unexpected = mine.load_state_dict({k: v.float() for k, v in theirs.state_dict().items()}, strict=False)
+        new = {f"causal.{i}." for i in range(getattr(theirs.cfg, "causal_layers", 0), getattr(mine.cfg, "causal_layers", 0))}
+        if unexpected or any(not any(k.startswith(n) for n in new) for k in missing):
+            raise ConfigError(f"init.from_model: {name} of '{folder}' does not fit: missing {missing}, unexpected {unexpected}")
     with torch.no_grad():
         model.text_encoder.embed.weight.mul_(cfg.init.text_token_scale)
 
