@@ -111,7 +111,7 @@ def main() -> None:
         correct = torch.tensor([float(r["correct"]) for r in records if r["suite"] in MAIN])
         row = {"sampler": name, "schedule": schedule.value, "nfe": nfe, "steps": opts.steps,
                **{k: v["accuracy"] for k, v in table.items()}, "fd": fd(images, truth, features),
-               "seconds": round(time.time() - start, 1)}
+               "seconds": round(time.time() - start, 1), "correct": [int(c) for c in correct.tolist()]}  # later pairing
         if reference is None and args.reference:
             reference, row["reference"] = correct, True
         elif reference is not None:  # overall = mean over the main suites' images (equal counts): paired difference
