@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--features", choices=["clip", "pixels"], default="clip", help="FD features")
     parser.add_argument("--reference", help="SAMPLER:NFE baseline for paired accuracy gaps, e.g. ddpm:250")
     parser.add_argument("--out-dir", default="steps")
+    parser.add_argument("--plot-with", nargs="+", default=[], metavar="STEPS_JSON",
+                        help="also plot these earlier runs' rows (same prompts and seeds), e.g. lower NFE")
     args = parser.parse_args()
     pipe = Text2ImagePipeline.from_pretrained(args.model).to(args.device)
     if args.features == "clip":
@@ -123,7 +125,8 @@ def main() -> None:
               f"{row['two_objects']:.3f} | {row['position']:.3f} | {row['held_out']:.3f} | "
               f"{row['overall']:.3f} | {gap} | {row['fd']:.2f} | {row['seconds']} |", flush=True)
     (out / "steps.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
-    plot(rows, out / "steps.png")
+    earlier = [r for f in args.plot_with for r in json.loads(Path(f).read_text())["rows"]]
+    plot(sorted(earlier + rows, key=lambda r: (r["sampler"], r["nfe"])), out / "steps.png")
     print(f"wrote {out / 'steps.json'} and {out / 'steps.png'}")
 
 
