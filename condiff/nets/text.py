@@ -75,14 +75,15 @@ class TextEncoder(nn.Module):
                                            activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         # Under a causal mask token k sees only tokens <= k, so "blue" after "left of" differs from "blue" before it
-        # whatever the position embeddings are. Their residual branches start at zero (adaLN-zero, ControlNet), so
-        # adding them to a trained encoder leaves its output unchanged until training moves them.
+        # whatever the position embeddings are. Each layer's residual branches start at zero (adaLN-zero, ControlNet),
+        # so adding causal layers to a trained encoder leaves its output unchanged until training moves them.
         self.causal = nn.ModuleList(nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0,
                                                                activation="gelu", batch_first=True, norm_first=True)
                                     for _ in range(cfg.causal_layers))
         for block in self.causal:
-            nn.init.zeros_(block.self_attn.out_proj.weight), nn.init.zeros_(block.self_attn.out_proj.bias)
-            nn.init.zeros_(block.linear2.weight), nn.init.zeros_(block.linear2.bias)
+            for branch_out in (block.self_attn.out_proj, block.linear2):
+                nn.init.zeros_(branch_out.weight)
+                nn.init.zeros_(branch_out.bias)
         self.norm = nn.LayerNorm(cfg.width)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
