@@ -13,12 +13,12 @@ import time
 
 import torch
 
-from condiff.config import load_json
-from condiff.train.config import Precision, TrainConfig
+from condiff.train.config import Precision
+from condiff.train.tasks import load_train_config
 from condiff.train.trainer import setup, train_step
 
 
-def images_per_second(cfg: TrainConfig, steps: int, device: str) -> float:
+def images_per_second(cfg, steps: int, device: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         run = setup(cfg, tmp, device=device)
         train_step(run)  # warm-up
@@ -40,7 +40,7 @@ def main() -> None:
     results = {}
     for path in args.config:
         for precision in (Precision.FP32, Precision.BF16):
-            cfg = load_json(TrainConfig, path)
+            cfg = load_train_config(path)
             cfg.optim.batch_size, cfg.precision = args.batch_size, precision
             results[path, precision] = images_per_second(cfg, args.steps, args.device)
     base = results[args.config[0], Precision.FP32]
@@ -49,7 +49,7 @@ def main() -> None:
     for (path, precision), ips in results.items():
         print(f"{path:28s} {precision.value:5s} {ips:8.1f} img/s  ratio {ips / base:.2f}")
     for path in args.config:
-        cfg = load_json(TrainConfig, path)
+        cfg = load_train_config(path)
         ips = results[path, Precision(cfg.precision)]
         minutes = cfg.optim.steps * cfg.optim.batch_size / ips / 60
         print(f"{path}: {cfg.optim.steps} steps x {cfg.optim.batch_size} images at its {Precision(cfg.precision).value}"

@@ -8,25 +8,18 @@ from pathlib import Path
 
 
 def _train(args) -> None:
-    from .config import load_json, read_json
-    from .train.auxiliary import AuxTrainConfig, train_aux
-    from .train.config import TrainConfig
+    from .train.tasks import load_train_config
     from .train.trainer import train
 
-    aux = "model" in read_json(args.config)  # clip / classifier configs name their model; text2image is the default
-    cfg = load_json(AuxTrainConfig if aux else TrainConfig, args.config)
+    cfg = load_train_config(args.config)  # its "model" names the kind: text2image (default), clip, classifier, autoencoder
     if args.seed is not None:
         cfg.seed = args.seed
     if args.steps is not None:
         cfg.optim.steps = args.steps
     if args.data is not None:
         cfg.data.source, cfg.data.path = "imagefolder", args.data
-    if aux:
-        train_aux(cfg, Path(args.out), resume=args.resume, device=args.device)
-        print(f"trained {cfg.model.value}; model in {Path(args.out) / 'model'}")
-        return
     run = train(cfg, Path(args.out), resume=args.resume, device=args.device, workers=args.workers)
-    print(f"trained {run.step} steps; model in {run.folder / 'model'}")
+    print(f"trained {run.task.name} for {run.step} steps; model in {run.folder / 'model'}")
 
 
 def _output_paths(out: Path, n: int) -> list[Path]:
@@ -36,45 +29,39 @@ def _output_paths(out: Path, n: int) -> list[Path]:
 
 
 def _generate(args) -> None:
-    from .diffusion.samplers import Variance
-    from .diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions, SigmaSchedule
+    from .diffusion.sampling import SAMPLER_INFO, SamplingOptions
     from .diffusion.thresholding import Threshold
     from .pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
-    from .png import format_parameters, save_png
+    from .png import check_writable, format_parameters, save_png
     from .world.render import to_uint8
 
+    opts = SamplingOptions.from_args(args)  # bad option values fail here, before any model is loaded
     model = Path(args.model) if args.model else DEFAULT_MODEL
-    pipe = Text2ImagePipeline.from_pretrained(model)
     prompts = [p for p in args.prompts for _ in range(args.num_images)]
+    paths = _output_paths(Path(args.out), len(prompts))
+    check_writable(paths)
+    pipe = Text2ImagePipeline.from_pretrained(model)
+    pipe.check(prompts, opts)
     seeds = [args.seed + i for i in range(len(prompts))]
-    opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=Sampler(args.sampler),
-                           eta=args.eta, schedule=SigmaSchedule(args.schedule), threshold=Threshold(args.threshold),
-                           percentile=args.threshold_percentile, ddpm_variance=Variance(args.ddpm_variance),
-                           negative_prompt=args.negative_prompt, guidance_rescale=args.guidance_rescale)
-    for p in set(prompts) | {args.negative_prompt}:  # fail on bad input before any work
-        pipe.text_encoder.tokenizer.encode(p)
-    pipe.schedule.timesteps(opts.steps)
-    if opts.ddpm_variance is Variance.LEARNED and not pipe.cfg.learn_sigma:
-        raise ValueError("learned variance needs a model trained with learn_sigma")
     guide, guide_params = None, {}
     if args.guide:
         from .pipelines.guidance import GuidanceForm, GuidanceMethod, GuidanceOptions, check_prompts, make_guide
 
         gopts = GuidanceOptions(GuidanceMethod(args.guide), args.guide_scale, GuidanceForm(args.guide_form), args.guide_model)
+        check_prompts(gopts.method, prompts)
         guide = make_guide(gopts)
         guide_params = {"Guidance": gopts.method.value, "Guidance scale": gopts.scale, "Guidance form": gopts.form.value}
-        check_prompts(gopts.method, prompts)
     init = None
     if args.clip_xt_iters:
         from .pipelines.guidance import NoiseOptimization, make_initializer
 
-        init = make_initializer(NoiseOptimization(args.clip_xt_iters, args.clip_xt_chain, judge=args.clip_xt_model))
         pipe.schedule.timesteps(args.clip_xt_chain)
+        init = make_initializer(NoiseOptimization(args.clip_xt_iters, args.clip_xt_chain, judge=args.clip_xt_model))
         guide_params.update({"CLIP x_T iterations": args.clip_xt_iters, "CLIP x_T chain": args.clip_xt_chain})
     start = time.time()
     images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True,
                                     guide=guide, init=init)).numpy()
-    for path, px, prompt, seed in zip(_output_paths(Path(args.out), len(prompts)), images, prompts, seeds):
+    for path, px, prompt, seed in zip(paths, images, prompts, seeds):
         params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
                   "Threshold": opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else ""),
                   "CFG scale": opts.guidance_scale, "Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}",
@@ -89,23 +76,17 @@ def _generate(args) -> None:
 def _export(args) -> None:
     import torch
 
-    from .pipelines.text2image import Text2ImagePipeline
+    from . import components
+    from .config import read_json
+    from .pipelines.base import SPEC, load_pipeline
 
     dtype = torch.float16 if args.fp16 else None
-    if (Path(args.model) / "pipeline.json").is_file():
-        Text2ImagePipeline.from_pretrained(args.model).save_pretrained(args.out, dtype=dtype)
-    else:  # a judge (CLIP or classifier): one component folder
-        from .io import replace_dir, save_component
-        from .nets.classifier import load_classifier
-        from .nets.clip import load_clip
-        from .config import read_json
-
-        is_clip = "text" in read_json(Path(args.model) / "config.json")
-        model = (load_clip if is_clip else load_classifier)(args.model)
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        save_component(model, model.cfg, tmp, dtype)
-        replace_dir(tmp, out)
+    if (Path(args.model) / SPEC).is_file():
+        load_pipeline(args.model).save_pretrained(args.out, dtype=dtype)
+    else:  # one component folder: a judge (CLIP or classifier) or an autoencoder
+        cfg = read_json(Path(args.model) / "config.json")
+        kind = "clip" if "text" in cfg else "autoencoder" if "latent_channels" in cfg else "classifier"
+        components.save(components.load(kind, args.model), args.out, dtype)
     print(f"exported {args.model} -> {args.out}")
 
 
@@ -176,6 +157,32 @@ GUIDANCE_FORM_NAMES = ["score", "mean"]
 GUIDE_NAMES = ["cfg", "cfg_rescale", *GUIDANCE_METHOD_NAMES, "clip_xT"]  # eval sweep's methods
 
 
+def add_sampling_arguments(p: argparse.ArgumentParser, steps: int, guidance: bool = True, full: bool = False) -> None:
+    """The sampler options shared by generate, eval bench and eval sweep (read back by SamplingOptions.from_args)."""
+    p.add_argument("--steps", type=int, default=steps)
+    if guidance:
+        p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="see 'condiff samplers'")
+    p.add_argument("--schedule", choices=SCHEDULE_NAMES, default="uniform", help="step placement")
+    if not full:
+        return
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--threshold", choices=THRESHOLD_NAMES, default="static",
+                   help="x0_hat clipping: static [-1, 1] or Imagen's dynamic thresholding")
+    p.add_argument("--threshold-percentile", type=float, default=0.995, help="p of dynamic thresholding")
+    p.add_argument("--ddpm-variance", choices=VARIANCE_NAMES, default="small",
+                   help="ddpm sampler: posterior beta_tilde (small), beta (large), or the model's (learned)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--guidance-rescale", type=float, default=0.0, help="phi of CFG rescale (Lin et al.; 0: off)")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, batch_size: int, seed_help: str = "seed of the first image") -> None:
+    p.add_argument("--model", help="model folder (default: the shipped base32 model)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--device", help="cpu or cuda")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="condiff", description="Text-to-image diffusion on the shapes world and your own images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,19 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate images from prompts")
     g.add_argument("prompts", nargs="+", metavar="PROMPT")
-    g.add_argument("--negative-prompt", default="")
-    g.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
-    g.add_argument("--steps", type=int, default=50)
-    g.add_argument("--guidance-scale", type=float, default=3.0)
-    g.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="see 'condiff samplers'")
-    g.add_argument("--schedule", choices=SCHEDULE_NAMES, default="uniform", help="step placement")
-    g.add_argument("--threshold", choices=THRESHOLD_NAMES, default="static",
-                   help="x0_hat clipping: static [-1, 1] or Imagen's dynamic thresholding")
-    g.add_argument("--threshold-percentile", type=float, default=0.995, help="p of dynamic thresholding")
-    g.add_argument("--ddpm-variance", choices=VARIANCE_NAMES, default="small",
-                   help="ddpm sampler: posterior beta_tilde (small), beta (large), or the model's (learned)")
-    g.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
-    g.add_argument("--guidance-rescale", type=float, default=0.0, help="phi of CFG rescale (Lin et al.; 0: off)")
+    add_sampling_arguments(g, steps=50, full=True)
     g.add_argument("--guide", choices=GUIDANCE_METHOD_NAMES,
                    help="gradient guidance by a judge model, on top of CFG (use --guidance-scale 1 for it alone)")
     g.add_argument("--guide-scale", type=float, default=3.0, help="s of --guide")
@@ -217,8 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-xt-chain", type=int, default=10, help="DDIM steps of that differentiable chain")
     g.add_argument("--clip-xt-model", help="clean CLIP folder for --clip-xt-iters (default: the shipped clip32)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--model", help="model folder (default: the shipped base32 model)")
+    add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i")
     g.add_argument("--out", default="out.png", help="PNG path; with several images, OUT-000.png, OUT-001.png, ...")
     g.set_defaults(func=_generate)
 
@@ -240,32 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a model")
     esub = e.add_subparsers(dest="eval_command", required=True)
     b = esub.add_parser("bench", help="shapes-bench: accuracy per category, judged by the oracle")
-    b.add_argument("--model", help="model folder (default: the shipped base32 model)")
     b.add_argument("--n-per-prompt", type=int, default=4)
     b.add_argument("--prompts-per-category", type=int, default=25)
-    b.add_argument("--steps", type=int, default=50)
-    b.add_argument("--guidance-scale", type=float, default=3.0)
-    b.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
-    b.add_argument("--schedule", choices=SCHEDULE_NAMES, default="uniform")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--batch-size", type=int, default=128)
-    b.add_argument("--device", help="cpu or cuda")
+    add_sampling_arguments(b, steps=50)
+    add_run_arguments(b, batch_size=128)
     b.add_argument("--out-dir", default="bench", help="writes report.json and grid.png here")
     b.set_defaults(func=_eval_bench)
 
     w = esub.add_parser("sweep", help="every guidance method over scales: FD, KID, precision, recall, CLIP score, accuracy")
-    w.add_argument("--model", help="model folder (default: the shipped base32 model)")
     w.add_argument("--methods", help=f"comma-separated subset of: {', '.join(GUIDE_NAMES)} (default: all)")
     w.add_argument("--metric-clip", help="CLIP folder for features and CLIP score (default: the shipped clip32)")
     w.add_argument("--inception", help="FID Inception weights (safetensors, pytorch-fid keys) for FD/KID/P/R features")
     w.add_argument("--n-per-prompt", type=int, default=4)
     w.add_argument("--prompts-per-category", type=int, default=10)
-    w.add_argument("--steps", type=int, default=25)
-    w.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim")
-    w.add_argument("--schedule", choices=SCHEDULE_NAMES, default="uniform")
-    w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--batch-size", type=int, default=100)
-    w.add_argument("--device", help="cpu or cuda")
+    add_sampling_arguments(w, steps=25, guidance=False)
+    add_run_arguments(w, batch_size=100)
     w.add_argument("--out-dir", default="sweep", help="writes sweep.json and sweep.png here")
     w.set_defaults(func=_eval_sweep)
 

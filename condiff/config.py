@@ -8,6 +8,8 @@ import types
 import typing
 from pathlib import Path
 
+from .fs import atomic_write_bytes
+
 
 class ConfigError(ValueError):
     pass
@@ -51,20 +53,34 @@ def _coerce(tp, value, where: str):
     return value
 
 
-def from_dict(cls, data: dict, where: str = "config"):
+def from_dict(cls, data: dict, where: str = "config", base=None):
+    """cls from a JSON object; keys it leaves out keep base's values (default: cls's own defaults).
+
+    A nested dataclass field starts from its field's default (a default_factory may set other defaults than its
+    class, e.g. a judge's optimiser), so a config names only what differs.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected an object, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(names))})")
-    return cls(**{k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()})
+        raise ConfigError(f"{where}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(fields))})")
+    values = {}
+    for k, v in data.items():
+        tp, f = hints[k], fields[k]
+        if dataclasses.is_dataclass(tp) and f.default_factory is not dataclasses.MISSING:
+            nested_base = getattr(base, k) if base is not None else f.default_factory()
+            values[k] = from_dict(tp, v, f"{where}.{k}", nested_base)
+        else:
+            values[k] = _coerce(tp, v, f"{where}.{k}")
+    try:
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def save_json(cfg, path: Path) -> None:
-    from .io import atomic_write_bytes
-
     atomic_write_bytes(Path(path), (json.dumps(to_dict(cfg), indent=2) + "\n").encode())
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, load_json, save_json
+from .fs import atomic_write_bytes, replace_dir
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -26,16 +26,6 @@ def json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return None if isinstance(obj, float) and obj != obj else obj
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -54,16 +44,6 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"corrupt checkpoint '{path}': {e}") from None
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written folder into place; the old one is removed only after the swap."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_component(module: torch.nn.Module, cfg, folder: Path, dtype: torch.dtype | None = None) -> None:

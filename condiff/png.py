@@ -1,6 +1,7 @@
 """PNG files that carry their generation parameters (A1111 'parameters' text chunk)."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -27,6 +28,21 @@ def parse_parameters(text: str) -> dict:
     for key, value in re.findall(r"\s*([\w ]+): ([^,]+)(?:,|$)", lines[-1]):
         out[key.strip()] = value.strip()
     return out
+
+
+def check_writable(paths: list[Path]) -> None:
+    """ValueError, before any work, for an output path that cannot be written (a file where a folder must be, ...)."""
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"--out: '{path}' is a folder; give a file name such as '{path / 'out.png'}'")
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ValueError(f"--out: cannot write '{path}': '{parent}' is a file, not a folder")
+        if not os.access(parent, os.W_OK):
+            raise ValueError(f"--out: cannot write '{path}': no permission to write in '{parent}'")
 
 
 def save_png(pixels: np.ndarray, path: Path, parameters: str) -> None:

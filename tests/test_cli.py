@@ -49,8 +49,8 @@ def test_same_seed_same_image_whatever_the_batch(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["generate", "a red unicorn"], "unknown word 'unicorn'"),
-    (["generate", "a red circle", "--model", "/nonexistent/model"], "missing file"),
-    (["generate", "a red circle", "--steps", "0"], "steps must be between 1 and 1000"),
+    (["generate", "a red circle", "--model", "/nonexistent/model"], "missing model folder"),
+    (["generate", "a red circle", "--steps", "0"], "steps: must be an integer between 1 and 1000"),
     (["train", "--config", "/nonexistent.json", "--out", "/tmp/x"], "missing file '/nonexistent.json'"),
 ])
 def test_bad_input_gives_one_line_error_and_nonzero_exit(argv, message, capsys, tmp_path):

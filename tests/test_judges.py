@@ -16,7 +16,8 @@ from condiff.nets.classifier import PAIRS, batch_labels, load_classifier
 from condiff.nets.clip import load_clip
 from condiff.pipelines.guidance import GuidanceMethod, GuidanceOptions, make_guide
 from condiff.pipelines.text2image import Text2ImagePipeline
-from condiff.train.auxiliary import AuxTrainConfig, train_aux
+from condiff.train.tasks.judges import AuxTrainConfig
+from condiff.train.trainer import train
 from condiff.world.grammar import Category
 
 IMAGE = {"patch_size": 2, "model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
@@ -63,11 +64,11 @@ def test_judges_train_save_and_load(judges):
 @pytest.mark.parametrize("kind", ["noisy_clip", "classifier"])
 def test_judge_resume_is_exact(tmp_path, kind):
     cfg = load_json(AuxTrainConfig, _config(tmp_path, kind))
-    straight = train_aux(cfg, tmp_path / "a")
+    straight = train(cfg, tmp_path / "a").ema.model
     cfg2 = load_json(AuxTrainConfig, _config(tmp_path, kind))
     cfg2.optim.steps = 2
-    train_aux(cfg2, tmp_path / "b")
-    resumed = train_aux(load_json(AuxTrainConfig, _config(tmp_path, kind)), tmp_path / "b", resume=True)
+    train(cfg2, tmp_path / "b")
+    resumed = train(load_json(AuxTrainConfig, _config(tmp_path, kind)), tmp_path / "b", resume=True).ema.model
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
 

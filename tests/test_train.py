@@ -38,7 +38,8 @@ def test_min_snr_training_loss(tiny_config_path, tmp_path):
 
     def loss(weighting, gamma):
         run.cfg.loss.weighting, run.cfg.loss.min_snr_gamma = weighting, gamma
-        return run.model.loss(run.cfg, run.schedule, images, captions, torch.Generator().manual_seed(1)).item()
+        run.generator.manual_seed(1)
+        return run.task.loss(run, images, captions).item()
 
     uniform = loss("uniform", 5.0)
     assert loss("min_snr", 1e30) == pytest.approx(uniform, rel=1e-6)
@@ -154,14 +155,14 @@ def test_image_folder_errors(tmp_path):
 
 
 def test_sample_grids_for_world_and_folder_models(tiny_config_path, tmp_path):
-    from condiff.train.trainer import sample_grid, setup
+    from condiff.train.trainer import setup
 
     run = setup(load_json(TrainConfig, tiny_config_path), tmp_path / "w", device="cpu")
-    assert Image.open(sample_grid(run, steps=2)).size[0] > 0
+    assert Image.open(run.task.sample(run, steps=2)).size[0] > 0
     cfg = load_json(TrainConfig, tiny_config_path)
     cfg.data.source, cfg.data.path = "imagefolder", str(_make_folder(tmp_path / "data"))
     run = setup(cfg, tmp_path / "f", device="cpu")
-    assert Image.open(sample_grid(run, steps=2)).size[0] > 0
+    assert Image.open(run.task.sample(run, steps=2)).size[0] > 0
 
 
 def test_a_fresh_run_never_overwrites_an_existing_one(tiny_model, tiny_config_path, capsys):

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .denoiser import Prediction, eps_from_v, split_learned_range, v_target, x0_from_eps
+from .denoiser import Prediction, eps_from_prediction, split_learned_range, target, x0_from_eps
 from .schedule import NoiseSchedule, _gather
 
 
@@ -24,7 +24,10 @@ def snr(schedule: NoiseSchedule, t: torch.Tensor) -> torch.Tensor:
 def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, prediction: Prediction, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma (Hang et al. 2023): w_t = min(SNR_t, gamma) / SNR_t for eps, / (SNR_t + 1) for v."""
     s = snr(schedule, t)
-    denom = s if Prediction(prediction) is Prediction.EPSILON else s + 1
+    prediction = Prediction(prediction)
+    if prediction is Prediction.X0:  # x0-MSE = SNR eps-MSE, so min(SNR, gamma) / SNR in eps terms is min(SNR, gamma) here
+        return s.clamp(max=gamma).float()
+    denom = s if prediction is Prediction.EPSILON else s + 1
     return (s.clamp(max=gamma) / denom).float()
 
 
@@ -37,10 +40,9 @@ def _weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
 
 def diffusion_loss(net, schedule: NoiseSchedule, prediction: Prediction, x0: torch.Tensor, t: torch.Tensor,
                    eps: torch.Tensor, weight: torch.Tensor | None = None, **cond) -> torch.Tensor:
-    """L_simple (Ho et al. eq. 14): || target - net(x_t, t) ||^2, target eps or v; optionally weighted per sample."""
+    """L_simple (Ho et al. eq. 14): || target - net(x_t, t) ||^2, target eps, v or x0; optionally weighted per sample."""
     x_t = schedule.q_sample(x0, t, eps)
-    target = eps if Prediction(prediction) is Prediction.EPSILON else v_target(schedule, x0, t, eps)
-    return _weighted_mse(net(x_t, t, **cond).float(), target.float(), weight)
+    return _weighted_mse(net(x_t, t, **cond).float(), target(schedule, prediction, x0, t, eps).float(), weight)
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -79,8 +81,6 @@ def hybrid_loss(net, schedule: NoiseSchedule, prediction: Prediction, x0: torch.
     """Improved DDPM L_hybrid = L_simple + lambda L_vlb, lambda = 0.001; the mean gets no gradient from L_vlb."""
     x_t = schedule.q_sample(x0, t, eps)
     pred, v = split_learned_range(net(x_t, t, **cond).float())
-    prediction = Prediction(prediction)
-    target = eps if prediction is Prediction.EPSILON else v_target(schedule, x0, t, eps)
-    eps_hat = pred.detach() if prediction is Prediction.EPSILON else eps_from_v(schedule, x_t, t, pred.detach())
+    eps_hat = eps_from_prediction(schedule, prediction, x_t, t, pred.detach())
     vb = vlb_terms(schedule, x0.float(), x_t.float(), t, eps_hat, v).mean()
-    return _weighted_mse(pred, target.float(), weight) + vb * schedule.T / 1000  # = 0.001 * T * E_t[L_t]
+    return _weighted_mse(pred, target(schedule, prediction, x0, t, eps).float(), weight) + vb * schedule.T / 1000  # = 0.001 * T * E_t[L_t]

@@ -16,6 +16,12 @@ Callback = Callable[[dict], None]
 CondFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def step_hook(callback: Callback | None, info: dict) -> torch.Tensor:
+    """Call the per-step callback with info (which holds the new x); a tensor it returns replaces x (RePaint's hook)."""
+    out = callback(info) if callback is not None else None
+    return info["x"] if out is None else out
+
+
 class PerSampleNoise:
     """Gaussian noise drawn from one generator per image, so an image depends on its seed alone."""
 
@@ -53,8 +59,7 @@ def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
         x = ab_prev ** 0.5 * x0 + (1 - ab_prev - sigma ** 2) ** 0.5 * eps
         if sigma > 0:
             x = x + sigma * noise(x.shape, x.device, x.dtype)
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0_hat": x0})
+        x = step_hook(callback, {"i": i, "t": t, "x": x, "x0_hat": x0})
     return x
 
 
@@ -89,8 +94,7 @@ def sample_ddpm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
             if cond_fn is not None:
                 x = x + std ** 2 * cond_fn(x_t, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
             x = x + std * noise(x.shape, x.device, x.dtype)
-        if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0_hat": x0})
+        x = step_hook(callback, {"i": i, "t": t, "x": x, "x0_hat": x0})
     return x
 
 

@@ -1,9 +1,21 @@
-"""Sampling by name: the sampler registry, step placement and dispatch over the eps-model contract."""
+"""Sampling by name: the options dataclass (validated where it is built), step placement, and one entry point.
+
+`sample(model, schedule, x, noise, opts, ...)` runs any sampler over the eps-model contract eps_hat = model(x_t, t)
+with the hooks every pipeline needs, so none writes its own loop:
+  - start=k: begin at step k of the plan from a given x (img2img / SDEdit, cascades, DiffusionCLIP);
+  - replace(x, alpha_bar) -> x: after each step, overwrite (part of) x, which is then at noise level alpha_bar
+    (RePaint-style inpainting); both sampler families see x in the same variance-preserving space here;
+  - callback(info): progress and previews;
+  - cond_fn: the mean form of gradient guidance (DDPM only).
+Keyword conditioning (context=, low_res=, mask=, boxes=, ...) is bound into the model by its wrapper
+(guidance.Conditioned / ClassifierFreeGuidance) and passes through to the network untouched.
+"""
 from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 
@@ -52,10 +64,31 @@ class SigmaSchedule(str, enum.Enum):
 
 
 SIGMA_SCHEDULES = {SigmaSchedule.KARRAS: karras_sigmas, SigmaSchedule.EXPONENTIAL: exponential_sigmas}
+MAX_STEPS = 1000
+
+
+def _finite(name: str, value, lo: float, hi: float) -> float:
+    """value as a float in [lo, hi], else a ValueError naming the option (NaN and infinity are refused)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise ValueError(f"{name}: must be a finite number between {lo:g} and {hi:g}, got {value!r}")
+    return v
+
+
+def _member(enum_cls, name: str, value):
+    try:
+        return enum_cls(value)
+    except ValueError:
+        raise ValueError(f"{name}: unknown value {value!r} (known: {', '.join(e.value for e in enum_cls)})") from None
 
 
 @dataclass
 class SamplingOptions:
+    """Every sampling setting, checked when built: the CLI, web UI, API and benchmarks all construct this."""
+
     steps: int = 50
     guidance_scale: float = 3.0
     sampler: Sampler = Sampler.DDIM
@@ -67,11 +100,38 @@ class SamplingOptions:
     negative_prompt: str = ""
     guidance_rescale: float = 0.0  # phi of Lin et al. (0: plain CFG)
 
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps: must be an integer between 1 and {MAX_STEPS}, got {self.steps!r}")
+        self.guidance_scale = _finite("guidance_scale", self.guidance_scale, 0.0, 100.0)
+        self.eta = _finite("eta", self.eta, 0.0, 1.0)
+        self.percentile = _finite("threshold_percentile", self.percentile, 0.5, 1.0)
+        self.guidance_rescale = _finite("guidance_rescale", self.guidance_rescale, 0.0, 1.0)
+        self.sampler = _member(Sampler, "sampler", self.sampler)
+        self.schedule = _member(SigmaSchedule, "schedule", self.schedule)
+        self.threshold = _member(Threshold, "threshold", self.threshold)
+        self.ddpm_variance = _member(Variance, "ddpm_variance", self.ddpm_variance)
+        if not isinstance(self.negative_prompt, str):
+            raise ValueError(f"negative_prompt: expected a string, got {self.negative_prompt!r}")
+        if self.schedule in SIGMA_SCHEDULES and self.sampler not in SIGMA_SAMPLERS:
+            raise ValueError(f"the {self.schedule.value} schedule needs a sigma sampler "
+                             f"({', '.join(s.value for s in SIGMA_SAMPLERS)})")
+
+    @classmethod
+    def from_args(cls, args, **overrides) -> "SamplingOptions":
+        """From an argparse namespace with the CLI's option names (missing ones keep their defaults)."""
+        names = {f.name: f.name for f in fields(cls)} | {"percentile": "threshold_percentile"}
+        kw = {field: getattr(args, arg) for field, arg in names.items() if getattr(args, arg, None) is not None}
+        return cls(**(kw | overrides))
+
+    def replace(self, **changes) -> "SamplingOptions":
+        return SamplingOptions(**({f.name: getattr(self, f.name) for f in fields(self)} | changes))
+
 
 SIGMA_MAX = 80.0  # EDM's sigma_max: the cosine schedule's last sigma (~2e4) wrecks 2nd-order steps (see README)
 
 
-def sampling_sigmas(schedule: NoiseSchedule, opts: "SamplingOptions") -> torch.Tensor:
+def sampling_sigmas(schedule: NoiseSchedule, opts: SamplingOptions) -> torch.Tensor:
     """Descending sigmas ending in 0 for the sigma samplers, the largest capped at SIGMA_MAX."""
     if (placement := SIGMA_SCHEDULES.get(SigmaSchedule(opts.schedule))) is not None:
         spaced = sigmas_at(schedule, schedule.timesteps(opts.steps, Spacing.UNIFORM))
@@ -79,22 +139,72 @@ def sampling_sigmas(schedule: NoiseSchedule, opts: "SamplingOptions") -> torch.T
     return sigmas_at(schedule, schedule.timesteps(opts.steps, Spacing(opts.schedule.value))).clamp(max=SIGMA_MAX)
 
 
-def run_sampler(model, schedule: NoiseSchedule, z: torch.Tensor, noise: PerSampleNoise, opts: "SamplingOptions",
-                callback=None, cond_fn=None) -> torch.Tensor:
-    """Dispatch on the sampler name; z ~ N(0, I) is the initial noise, scaled as each sampler's space needs.
+def sampling_timesteps(schedule: NoiseSchedule, opts: SamplingOptions) -> list[int]:
+    """Descending timesteps of the DDPM/DDIM family."""
+    return schedule.timesteps(opts.steps, Spacing(opts.schedule.value))
 
+
+def plan_alpha_bars(schedule: NoiseSchedule, opts: SamplingOptions) -> list[float]:
+    """alpha_bar of x before each step of the plan, then 1.0 (clean): the noise levels the hooks see."""
+    if Sampler(opts.sampler) in SIGMA_SAMPLERS:
+        return [1 / (1 + s ** 2) for s in sampling_sigmas(schedule, opts).tolist()]
+    return [schedule.alpha_bar[t].item() for t in sampling_timesteps(schedule, opts)] + [1.0]
+
+
+def start_step(opts: SamplingOptions, strength: float) -> int:
+    """SDEdit / img2img: strength 1 starts at the first step (pure noise), 0 at the end (the input unchanged)."""
+    strength = _finite("strength", strength, 0.0, 1.0)
+    return opts.steps - round(strength * opts.steps)
+
+
+def noise_to(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """q(x_t | x_0) at a given alpha_bar: sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps."""
+    return math.sqrt(alpha_bar) * x0 + math.sqrt(1 - alpha_bar) * eps
+
+
+Replace = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def _hooks(callback, replace: Replace | None, levels: list[float], start: int, scale_of):
+    """One per-step callback for the raw samplers: reports, then lets `replace` rewrite x in VP space."""
+    if replace is None:
+        return callback
+
+    def hook(info: dict):
+        if callback is not None:
+            callback(info)
+        i = start + info["i"] + 1  # x is now at the level after this step
+        s = scale_of(i)
+        return replace(info["x"] / s, levels[i]) * s
+
+    return hook
+
+
+def sample(model, schedule: NoiseSchedule, x: torch.Tensor, noise: PerSampleNoise, opts: SamplingOptions,
+           callback=None, cond_fn=None, start: int = 0, replace: Replace | None = None) -> torch.Tensor:
+    """Run the named sampler from x, a sample at step `start` of the plan in VP space (x = z ~ N(0, I) at start 0).
+
+    x_T = z at start 0 as every sampler's space needs (the sigma family multiplies by sqrt(sigma^2 + 1)).
     cond_fn (DDPM only) shifts each posterior mean by Sigma cond_fn(x_t, t): guided-diffusion's condition_mean.
     """
     sampler, x0_fn = Sampler(opts.sampler), x0_fn_for(opts.threshold, opts.percentile)
     if cond_fn is not None and sampler is not Sampler.DDPM:
         raise ValueError("the mean form of gradient guidance needs the ddpm sampler; use the score form otherwise")
+    if not 0 <= start <= opts.steps:
+        raise ValueError(f"start: must be between 0 and {opts.steps} steps, got {start}")
+    if start == opts.steps:
+        return x
+    levels = plan_alpha_bars(schedule, opts)
     if sampler in SIGMA_SAMPLERS:
         sigmas = sampling_sigmas(schedule, opts)
-        x = z * math.sqrt(sigmas[0].item() ** 2 + 1)  # x_T = x0 + sigma_max eps has variance sigma_max^2 + 1
-        return SIGMA_SAMPLERS[sampler](SigmaDenoiser(model, schedule, x0_fn), x, sigmas, noise, callback)
-    if SigmaSchedule(opts.schedule) in SIGMA_SCHEDULES:
-        raise ValueError(f"the {SigmaSchedule(opts.schedule).value} schedule needs a sigma sampler ({', '.join(s.value for s in SIGMA_SAMPLERS)})")
-    timesteps = schedule.timesteps(opts.steps, Spacing(opts.schedule.value))
+        scale_of = lambda i: math.sqrt(sigmas[i].item() ** 2 + 1)  # x_sigma = x_vp sqrt(sigma^2 + 1)
+        hook = _hooks(callback, replace, levels, start, scale_of)
+        return SIGMA_SAMPLERS[sampler](SigmaDenoiser(model, schedule, x0_fn), x * scale_of(start), sigmas[start:], noise, hook)
+    timesteps = sampling_timesteps(schedule, opts)[start:]
+    hook = _hooks(callback, replace, levels, start, lambda i: 1.0)
     if sampler is Sampler.DDPM:
-        return sample_ddpm(model, z, schedule, timesteps, noise, x0_fn, callback, opts.ddpm_variance, cond_fn)
-    return sample_ddim(model, z, schedule, timesteps, opts.eta, noise, x0_fn, callback=callback)
+        return sample_ddpm(model, x, schedule, timesteps, noise, x0_fn, hook, opts.ddpm_variance, cond_fn)
+    return sample_ddim(model, x, schedule, timesteps, opts.eta, noise, x0_fn, callback=hook)
+
+
+run_sampler = sample  # the name of the first releases

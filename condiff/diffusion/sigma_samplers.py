@@ -1,7 +1,7 @@
 """Samplers in the sigma parameterisation of Karras et al. 2022 (x = x0 + sigma eps), over a discrete eps model.
 
 Each sampler is sample_X(denoise, x, sigmas, noise=None, callback=None) -> x0, with denoise(x, sigma) -> x0_hat
-and sigmas descending to 0 (k-diffusion's contract). SigmaDenoiser adapts the one eps-model contract to it.
+and sigmas descending to 0 (k-diffusion's contract); a tensor the callback returns replaces x (samplers.step_hook). SigmaDenoiser adapts the one eps-model contract to it.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .samplers import step_hook
 from .schedule import NoiseSchedule
 from .thresholding import X0Fn
 
@@ -76,15 +77,24 @@ def _d(x, denoised, sigma):
     return (x - denoised) / sigma
 
 
-def sample_euler(denoise: SigmaModel, x, sigmas, noise=None, callback=None):
-    """Euler's method on the probability-flow ODE (Karras Alg. 1 without the Heun correction)."""
+def sigma_loop(denoise: SigmaModel, x, sigmas, callback, step) -> torch.Tensor:
+    """The loop every sigma sampler shares: D(x, sigma_i), then `step` to sigma_{i+1}; at sigma = 0, x is D itself.
+
+    step(x, denoised, s, s_next, memory) -> x; memory holds the previous step's D ("old") and sigma ("s_prev").
+    """
+    memory: dict = {}
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i].item(), sigmas[i + 1].item()
         denoised = denoise(x, s)
-        x = x + _d(x, denoised, s) * (s_next - s)
-        if callback is not None:
-            callback({"i": i, "sigma": s, "x": x, "x0_hat": denoised})
+        x = denoised if s_next == 0 else step(x, denoised, s, s_next, memory)
+        memory.update(old=denoised, s_prev=s)
+        x = step_hook(callback, {"i": i, "sigma": s, "x": x, "x0_hat": denoised})
     return x
+
+
+def sample_euler(denoise: SigmaModel, x, sigmas, noise=None, callback=None):
+    """Euler's method on the probability-flow ODE (Karras Alg. 1 without the Heun correction)."""
+    return sigma_loop(denoise, x, sigmas, callback, lambda x, d0, s, s_next, m: x + _d(x, d0, s) * (s_next - s))
 
 
 def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
@@ -95,70 +105,41 @@ def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tupl
 
 def sample_euler_ancestral(denoise: SigmaModel, x, sigmas, noise=None, callback=None):
     """Euler step down to sigma_down, then fresh noise of std sigma_up."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
-        denoised = denoise(x, s)
+    def step(x, denoised, s, s_next, memory):
         down, up = ancestral_step(s, s_next)
-        x = x + _d(x, denoised, s) * (down - s) + noise(x.shape, x.device, x.dtype) * up
-        if callback is not None:
-            callback({"i": i, "sigma": s, "x": x, "x0_hat": denoised})
-    return x
+        return x + _d(x, denoised, s) * (down - s) + noise(x.shape, x.device, x.dtype) * up
+    return sigma_loop(denoise, x, sigmas, callback, step)
 
 
 def sample_heun(denoise: SigmaModel, x, sigmas, noise=None, callback=None):
     """Karras Alg. 1 (deterministic Heun, 2nd order); the last step to sigma = 0 is an Euler step."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
-        denoised = denoise(x, s)
+    def step(x, denoised, s, s_next, memory):
         d = _d(x, denoised, s)
         x_euler = x + d * (s_next - s)
-        if s_next == 0:
-            x = x_euler
-        else:
-            d_next = _d(x_euler, denoise(x_euler, s_next), s_next)
-            x = x + (d + d_next) / 2 * (s_next - s)
-        if callback is not None:
-            callback({"i": i, "sigma": s, "x": x, "x0_hat": denoised})
-    return x
+        d_next = _d(x_euler, denoise(x_euler, s_next), s_next)
+        return x + (d + d_next) / 2 * (s_next - s)
+    return sigma_loop(denoise, x, sigmas, callback, step)
 
 
 def sample_dpmpp_2m(denoise: SigmaModel, x, sigmas, noise=None, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) with lambda = -log sigma; first order at the ends."""
-    old = None
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
-        denoised = denoise(x, s)
-        if s_next == 0:
-            x = denoised
-        else:
-            h = math.log(s) - math.log(s_next)
-            d = denoised
-            if old is not None:
-                r = (math.log(sigmas[i - 1].item()) - math.log(s)) / h
-                d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
-            x = (s_next / s) * x - math.expm1(-h) * d
-        old = denoised
-        if callback is not None:
-            callback({"i": i, "sigma": s, "x": x, "x0_hat": denoised})
-    return x
+    def step(x, denoised, s, s_next, memory):
+        h = math.log(s) - math.log(s_next)
+        d = denoised
+        if "old" in memory:
+            r = (math.log(memory["s_prev"]) - math.log(s)) / h
+            d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * memory["old"]
+        return (s_next / s) * x - math.expm1(-h) * d
+    return sigma_loop(denoise, x, sigmas, callback, step)
 
 
 def sample_dpmpp_2m_sde(denoise: SigmaModel, x, sigmas, noise=None, callback=None):
     """DPM-Solver++(2M) SDE, eta = 1, midpoint form (diffusers 'sde-dpmsolver++', k-diffusion sample_dpmpp_2m_sde)."""
-    old, h_last = None, None
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i].item(), sigmas[i + 1].item()
-        denoised = denoise(x, s)
-        if s_next == 0:
-            x = denoised
-        else:
-            h = math.log(s) - math.log(s_next)
-            x = (s_next / s) * math.exp(-h) * x - math.expm1(-2 * h) * denoised
-            if old is not None:  # second-order correction, r = h_last / h
-                x = x - 0.5 * math.expm1(-2 * h) * (h / h_last) * (denoised - old)
-            x = x + noise(x.shape, x.device, x.dtype) * s_next * (-math.expm1(-2 * h)) ** 0.5
-            h_last = h
-        old = denoised
-        if callback is not None:
-            callback({"i": i, "sigma": s, "x": x, "x0_hat": denoised})
-    return x
+    def step(x, denoised, s, s_next, memory):
+        h = math.log(s) - math.log(s_next)
+        x = (s_next / s) * math.exp(-h) * x - math.expm1(-2 * h) * denoised
+        if "old" in memory:  # second-order correction, r = h_last / h
+            x = x - 0.5 * math.expm1(-2 * h) * (h / memory["h_last"]) * (denoised - memory["old"])
+        memory["h_last"] = h
+        return x + noise(x.shape, x.device, x.dtype) * s_next * (-math.expm1(-2 * h)) ** 0.5
+    return sigma_loop(denoise, x, sigmas, callback, step)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule
+from ..diffusion.sampling import SamplingOptions
 from ..io import json_safe
 from ..pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
 from ..world.bench import SUITES, suite_prompts
@@ -69,8 +69,7 @@ def run_bench(args) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = Path(args.model) if args.model else DEFAULT_MODEL
     pipe = Text2ImagePipeline.from_pretrained(model).to(device)
-    opts = SamplingOptions(steps=args.steps, guidance_scale=args.guidance_scale, sampler=Sampler(args.sampler),
-                           schedule=SigmaSchedule(args.schedule))
+    opts = SamplingOptions.from_args(args)
     start = time.time()
     records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt, args.seed, args.batch_size)
     table = summarize(records)

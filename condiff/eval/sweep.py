@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule
+from ..diffusion.sampling import SamplingOptions
 from ..nets.classifier import load_classifier
 from ..nets.clip import load_clip
 from ..pipelines.guidance import (DEFAULT_JUDGES, GuidanceMethod, GuidanceOptions, NoiseOptimization, make_guide,
@@ -64,8 +64,7 @@ def sample(pipe: Text2ImagePipeline, work: Workload, method: str, scale: float, 
     for i in range(0, len(work.prompts), batch_size):
         prompts, seeds = work.prompts[i:i + batch_size], work.seeds[i:i + batch_size]
         if method in (CFG, "cfg_rescale"):
-            o = SamplingOptions(**{**opts.__dict__, "guidance_scale": scale,
-                                   "guidance_rescale": 0.7 if method == "cfg_rescale" else 0.0})
+            o = opts.replace(guidance_scale=scale, guidance_rescale=0.7 if method == "cfg_rescale" else 0.0)
             out.append(pipe(prompts, seeds, o).cpu())
         elif method == XT:
             out.append(clip_xT_images(pipe, prompts, seeds, opts, judges["clip"], int(scale)).cpu())
@@ -73,7 +72,7 @@ def sample(pipe: Text2ImagePipeline, work: Workload, method: str, scale: float, 
             m = GuidanceMethod(method)
             key = {GuidanceMethod.CLASSIFIER: "classifier", GuidanceMethod.CLIP_X0: "clip"}.get(m, "noisy_clip")
             guide = make_guide(GuidanceOptions(m, scale), judges[key])
-            o = SamplingOptions(**{**opts.__dict__, "guidance_scale": 1.0})
+            o = opts.replace(guidance_scale=1.0)
             out.append(pipe(prompts, seeds, o, guide=guide).cpu())
     return torch.cat(out)
 
@@ -83,7 +82,7 @@ def clip_xT_images(pipe: Text2ImagePipeline, prompts, seeds, opts: SamplingOptio
     """Optimise x_T for CLIP similarity through a DDIM chain of min(chain_steps, opts.steps) steps, then sample from
     it with opts (the plain conditional model, CFG scale 1)."""
     init = make_initializer(NoiseOptimization(iters, min(chain_steps, opts.steps)), clip)
-    return pipe(prompts, seeds, SamplingOptions(**{**opts.__dict__, "guidance_scale": 1.0}), init=init)
+    return pipe(prompts, seeds, opts.replace(guidance_scale=1.0), init=init)
 
 
 def point_metrics(images: torch.Tensor, work: Workload, real_features: np.ndarray, clip, features) -> dict:
@@ -168,7 +167,7 @@ def run_sweep(args) -> dict:
     pipe = Text2ImagePipeline.from_pretrained(Path(args.model) if args.model else DEFAULT_MODEL).to(device)
     judges = {k: (load_clip(v) if "clip" in k else load_classifier(v)).to(device) for k, v in DEFAULT_JUDGES.items()}
     metric_clip = load_clip(args.metric_clip or DEFAULT_JUDGES["clip"]).to(device)
-    opts = SamplingOptions(steps=args.steps, sampler=Sampler(args.sampler), schedule=SigmaSchedule(args.schedule))
+    opts = SamplingOptions.from_args(args)
     work = workload(args.prompts_per_category, args.n_per_prompt, args.seed)
     if args.inception:
         from .inception import inception_features, load_inception

@@ -71,15 +71,15 @@ class TextEncoder(nn.Module):
         # square" and "a blue circle left of a red square" had text-embedding cosine 1.0000).
         nn.init.normal_(self.embed.weight, std=0.02)
         self.pos = nn.Parameter(torch.randn(cfg.max_length, cfg.width) * 0.01)
-        layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        def layer() -> nn.TransformerEncoderLayer:
+            return nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu",
+                                              batch_first=True, norm_first=True)
+
+        self.blocks = nn.TransformerEncoder(layer(), cfg.layers, enable_nested_tensor=False)
         # Under a causal mask token k sees only tokens <= k, so "blue" after "left of" differs from "blue" before it
         # whatever the position embeddings are. Each layer's residual branches start at zero (adaLN-zero, ControlNet),
         # so adding causal layers to a trained encoder leaves its output unchanged until training moves them.
-        self.causal = nn.ModuleList(nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0,
-                                                               activation="gelu", batch_first=True, norm_first=True)
-                                    for _ in range(cfg.causal_layers))
+        self.causal = nn.ModuleList(layer() for _ in range(cfg.causal_layers))
         for block in self.causal:
             for branch_out in (block.self_attn.out_proj, block.linear2):
                 nn.init.zeros_(branch_out.weight)

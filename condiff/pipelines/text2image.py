@@ -1,99 +1,121 @@
-"""Text -> image: text encoder, UNet and a sampler, composed; no diffusion logic of its own."""
+"""Text -> image: text encoder, UNet and a sampler, composed (and an autoencoder's decoder for latent diffusion).
+
+No diffusion logic of its own: the denoiser contract, guidance wrappers and `diffusion.sampling.sample` do the work.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
-from ..config import load_json, save_json
-from ..diffusion.denoiser import Denoiser, Prediction
+from ..components import ComponentType
+from ..diffusion.denoiser import Denoiser, DiffusionConfig
 from ..diffusion.guidance import ClassifierFreeGuidance
-from ..diffusion.samplers import PerSampleNoise
-from ..diffusion.sampling import SamplingOptions, run_sampler
-from ..diffusion.schedule import NoiseSchedule, ScheduleConfig
-from ..io import load_component, replace_dir, save_component
-from ..nets.text import TextEncoder, TextEncoderConfig
-from ..nets.unet import UNet, UNetConfig
+from ..diffusion.samplers import PerSampleNoise, Variance
+from ..diffusion.sampling import Replace, SamplingOptions, sample
+from .base import ComponentSpec, Pipeline, PipelineSpec, StageSpec, load_pipeline
 
 Guide = Callable[..., tuple]
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "base32"
+PipelineConfig = DiffusionConfig  # the name of the first releases
 
 
-@dataclass
-class PipelineConfig:
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    prediction: Prediction = Prediction.EPSILON
-    learn_sigma: bool = False  # the UNet also outputs the learned-range variance (improved DDPM)
+class Text2ImagePipeline(Pipeline):
+    kind = "text2image"
 
+    def __init__(self, text_encoder: nn.Module, unet: nn.Module, cfg: DiffusionConfig,
+                 autoencoder: nn.Module | None = None, sampling: SamplingOptions | None = None):
+        parts = {"text_encoder": text_encoder, "unet": unet} | ({"autoencoder": autoencoder} if autoencoder else {})
+        spec = PipelineSpec(self.kind, [ComponentSpec(name, ComponentType(name)) for name in parts],
+                            [StageSpec("base", "unet", cfg, sampling or SamplingOptions())])
+        super().__init__(parts, spec)
+        self.text_encoder, self.unet, self.autoencoder, self.cfg = text_encoder, unet, autoencoder, cfg
+        self.denoiser = Denoiser.from_config(unet, cfg)
+        self.schedule = self.denoiser.schedule
 
-class Text2ImagePipeline:
-    def __init__(self, text_encoder: TextEncoder, unet: UNet, cfg: PipelineConfig):
-        self.text_encoder, self.unet, self.cfg = text_encoder, unet, cfg
-        self.schedule = NoiseSchedule.from_config(cfg.schedule)
-        self.denoiser = Denoiser(unet, self.schedule, cfg.prediction, cfg.learn_sigma)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    @property
-    def resolution(self) -> int:
-        return self.unet.cfg.resolution
-
-    def to(self, device) -> "Text2ImagePipeline":
-        self.text_encoder.to(device)
-        self.unet.to(device)
-        return self
+    @classmethod
+    def from_parts(cls, parts: dict[str, nn.Module], spec: PipelineSpec) -> "Text2ImagePipeline":
+        base = spec.stage("base")
+        return cls(parts["text_encoder"], parts[base.unet], base.diffusion, parts.get("autoencoder"), base.sampling)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path = DEFAULT_MODEL) -> "Text2ImagePipeline":
-        folder = Path(folder)
-        cfg = load_json(PipelineConfig, folder / "pipeline.json")
-        text = load_component(TextEncoder, TextEncoderConfig, folder / "text_encoder")
-        unet = load_component(UNet, UNetConfig, folder / "unet")
-        return cls(text, unet, cfg)
+        pipe = load_pipeline(folder)
+        if not isinstance(pipe, cls):
+            raise ValueError(f"'{folder}' holds a {pipe.spec.kind} pipeline, not {cls.kind}")
+        return pipe
 
-    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
-        """Write all components to a temporary folder, then swap it into place."""
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        save_json(self.cfg, tmp / "pipeline.json")
-        save_component(self.text_encoder, self.text_encoder.cfg, tmp / "text_encoder", dtype)
-        save_component(self.unet, self.unet.cfg, tmp / "unet", dtype)
-        replace_dir(tmp, folder)
+    @property
+    def defaults(self) -> SamplingOptions:
+        """The base stage's sampler settings saved with the model."""
+        return self.spec.stage("base").sampling
+
+    @property
+    def resolution(self) -> int:
+        """Side of the images it makes (the latent side times the autoencoder's factor)."""
+        return self.unet.cfg.resolution * (self.autoencoder.cfg.factor if self.autoencoder is not None else 1)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the sampler denoises: pixels, or latents."""
+        side = self.unet.cfg.resolution
+        return (self.unet.cfg.in_channels, side, side)
+
+    def check(self, prompts: list[str], opts: SamplingOptions) -> None:
+        """ValueError, before any work, for a prompt the text encoder cannot read or options the model cannot use."""
+        for p in dict.fromkeys(list(prompts) + [opts.negative_prompt]):
+            self.text_encoder.tokenizer.encode(p)
+        self.schedule.timesteps(opts.steps)
+        if opts.ddpm_variance is Variance.LEARNED and not self.cfg.learn_sigma:
+            raise ValueError("ddpm_variance: learned variance needs a model trained with learn_sigma")
 
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         return self.text_encoder.encode(prompts, self.device)
 
-    def guided_model(self, prompts: list[str], opts: SamplingOptions):
-        """The eps model the sampler sees: classifier-free guidance (scale 1: the plain conditional model)."""
+    def guided_model(self, prompts: list[str], opts: SamplingOptions, **cond):
+        """The eps model the sampler sees: classifier-free guidance (scale 1: the plain conditional model).
+
+        Extra keyword conditioning (low_res=, mask=, ...) goes to both branches unchanged.
+        """
         with torch.no_grad():
-            cond, uncond = self.encode(prompts), self.encode([opts.negative_prompt] * len(prompts))
-        return ClassifierFreeGuidance(self.denoiser, opts.guidance_scale, cond, uncond, opts.guidance_rescale)
+            c, u = self.encode(prompts), self.encode([opts.negative_prompt] * len(prompts))
+        return ClassifierFreeGuidance(self.denoiser, opts.guidance_scale, c | cond, u | cond, opts.guidance_rescale)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """What the sampler made -> image in [-1, 1]-ish: the autoencoder's decoder for latents, else itself."""
+        return self.autoencoder.decode(x) if self.autoencoder is not None else x
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], seeds: list[int], opts: SamplingOptions = SamplingOptions(),
-                 callback: Callable[[dict], None] | None = None, guide: Guide | None = None,
-                 init: Callable | None = None) -> torch.Tensor:
-        """One image per (prompt, seed): (B, 3, H, W) in [-1, 1]. Image i depends only on prompts[i], seeds[i].
+    def denoise(self, prompts: list[str], seeds: list[int], opts: SamplingOptions, callback=None,
+                guide: Guide | None = None, init: Callable | None = None, x: torch.Tensor | None = None,
+                start: int = 0, replace: Replace | None = None, **cond) -> torch.Tensor:
+        """The sampler's output before decoding. x (default: noise from the seeds) is the sample at step `start`.
 
         guide(model, schedule, prompts) -> (model, cond_fn) wraps the model further (classifier or CLIP guidance).
-        init(model, schedule, x_T, prompts) -> x_T replaces the initial noise (CLIP-optimised x_T), given the
-        unguided-by-judges (CFG) model.
+        init(model, schedule, x_T, prompts) -> x_T replaces the initial noise (CLIP-optimised x_T), given the CFG model.
         """
         assert len(prompts) == len(seeds)
-        model, cond_fn = self.guided_model(prompts, opts), None
+        model, cond_fn = self.guided_model(prompts, opts, **cond), None
         noise = PerSampleNoise(seeds)
-        z = noise((len(seeds), 3, self.resolution, self.resolution), self.device)
+        if x is None:
+            x = noise((len(seeds), *self.sample_shape), self.device)
         if init is not None:
-            z = init(model, self.schedule, z, prompts)
+            x = init(model, self.schedule, x, prompts)
         if guide is not None:
             model, cond_fn = guide(model, self.schedule, prompts)
-        return run_sampler(model, self.schedule, z, noise, opts, callback, cond_fn)
+        return sample(model, self.schedule, x, noise, opts, callback, cond_fn, start=start, replace=replace)
 
-    def generate(self, prompts: list[str], seeds: list[int], opts: SamplingOptions = SamplingOptions(),
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], seeds: list[int], opts: SamplingOptions | None = None,
+                 callback: Callable[[dict], None] | None = None, guide: Guide | None = None,
+                 init: Callable | None = None) -> torch.Tensor:
+        """One image per (prompt, seed): (B, 3, H, W) in [-1, 1]. Image i depends only on prompts[i], seeds[i]."""
+        opts = opts or self.defaults
+        return self.decode(self.denoise(prompts, seeds, opts, callback, guide, init))
+
+    def generate(self, prompts: list[str], seeds: list[int], opts: SamplingOptions | None = None,
                  batch_size: int = 64, progress: bool = False, guide: Guide | None = None,
                  init: Callable | None = None) -> torch.Tensor:
         """Like __call__, in batches; (B, 3, H, W) on the CPU."""

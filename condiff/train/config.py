@@ -1,13 +1,17 @@
-"""The training config: one dataclass per component, composed; saved as JSON beside the run."""
+"""Training configs: one dataclass per component, composed; saved as JSON beside the run.
+
+The fields every task shares (seed, data, optim, precision, log/checkpoint cadence) have the same names in every
+task's config, which is all the trainer reads.
+"""
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
 
 from ..data import DataConfig
+from ..diffusion.denoiser import DiffusionConfig
 from ..nets.text import TextEncoderConfig
 from ..nets.unet import UNetConfig
-from ..pipelines.text2image import PipelineConfig
 
 
 class Precision(str, enum.Enum):
@@ -47,11 +51,13 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    """A text-to-image diffusion model (text encoder + UNet): configs/base32.json."""
+    model: str = "text2image"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    pipeline: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     init: InitConfig = field(default_factory=InitConfig)

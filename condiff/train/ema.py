@@ -18,6 +18,11 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        """theta_ema <- d theta_ema + (1 - d) theta, for all parameters in one fused call."""
+        """theta_ema <- d theta_ema + (1 - d) theta, for all parameters in one fused call; buffers are copied.
+
+        Buffers are state the model updates itself (a VQ codebook's EMA statistics), not weights to average.
+        """
         d = self.decay_at(step)
         torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1 - d)
+        for mine, theirs in zip(self.model.buffers(), model.buffers()):
+            mine.copy_(theirs)

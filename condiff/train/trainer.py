@@ -1,108 +1,93 @@
-"""Training, split into setup, step, sample and save (nanoGPT style)."""
+"""The one trainer: setup, step, evaluate and save (nanoGPT style), for every model kind.
+
+A task (train/tasks.py) contributes only what differs between kinds: its config class, the module it trains, its
+loss on a batch, what it exports when it saves, and optionally a sample grid. Everything else is here: data
+batches made ahead by workers, AdamW with warm-up, gradient clipping, EMA, bf16 autocast, tqdm progress, atomic
+checkpoints, exact --resume, and a save on Ctrl-C.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from ..config import ConfigError, load_json, save_json
 from ..data import make_dataset
-from ..diffusion.loss import diffusion_loss, hybrid_loss, min_snr_weight, sample_timesteps
-from ..diffusion.sampling import SamplingOptions
-from ..diffusion.schedule import NoiseSchedule
-from ..nets.text import TextEncoder
-from ..nets.unet import UNet
-from ..pipelines.text2image import Text2ImagePipeline
-from .config import LossWeighting, Precision, TrainConfig
+from .config import Precision
 from .ema import EMA
 from .state import latest_checkpoint, load_state, save_state
 
-SAMPLE_PROMPTS = [
-    "a red circle", "a small blue square", "a large yellow triangle", "three green circles",
-    "a white square and an orange circle", "a red circle to the left of a blue square",
-    "a cyan triangle above a purple square", "a purple triangle",
-]
 
+class Task(Protocol):
+    """What one model kind adds to the trainer."""
 
-class TextToImageModel(nn.Module):
-    """The trained components, held together for one optimizer and one EMA."""
+    name: str
+    config_cls: type
 
-    def __init__(self, cfg: TrainConfig):
-        super().__init__()
-        self.text_encoder = TextEncoder(cfg.text)
-        self.unet = UNet(cfg.unet)
+    def build(self, cfg, data, resume: bool) -> nn.Module: ...  # fills the config's derived fields (vocab, resolution)
 
-    def loss(self, cfg: TrainConfig, schedule, images, captions, generator) -> torch.Tensor:
-        B, device = len(captions), images.device
-        drop = torch.rand(B, generator=generator) < cfg.optim.p_uncond  # condition dropout (CFG)
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        t = sample_timesteps(B, schedule.T, generator, device)
-        eps = torch.randn(images.shape, generator=generator).to(device)
-        cond = self.text_encoder.encode(captions, device)
-        loss_fn = hybrid_loss if cfg.pipeline.learn_sigma else diffusion_loss
-        weight = None
-        if LossWeighting(cfg.loss.weighting) is LossWeighting.MIN_SNR:
-            weight = min_snr_weight(schedule, t, cfg.pipeline.prediction, cfg.loss.min_snr_gamma)
-        return loss_fn(self.unet, schedule, cfg.pipeline.prediction, images, t, eps, weight=weight, **cond)
+    def prepare(self, run: "Run") -> None: ...  # run.state extras, after the model exists
+
+    def loss(self, run: "Run", images: torch.Tensor, captions: list[str]) -> torch.Tensor: ...
+
+    def export(self, run: "Run", folder: Path) -> None: ...  # the EMA model as loadable component(s)
 
 
 @dataclass
 class Run:
-    cfg: TrainConfig
+    task: Task
+    cfg: object
     folder: Path
     data: object
-    model: TextToImageModel
+    model: nn.Module
     ema: EMA
     opt: torch.optim.Optimizer
     generator: torch.Generator
     device: torch.device
-    schedule: NoiseSchedule
     step: int = 0
-
-    def pipeline(self) -> Text2ImagePipeline:
-        m = self.ema.model
-        return Text2ImagePipeline(m.text_encoder, m.unet, self.cfg.pipeline)
+    state: dict = field(default_factory=dict)  # task-owned extras (e.g. the noise schedule)
+    logs: dict = field(default_factory=dict)  # task-reported figures of the last step (e.g. codebook perplexity)
 
     def autocast(self):
-        if Precision(self.cfg.precision) is Precision.BF16:
+        if Precision(getattr(self.cfg, "precision", Precision.FP32)) is Precision.BF16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
 
-def setup(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | None = None) -> Run:
-    """Build data, model, EMA and optimizer; with resume, restore the latest checkpoint exactly."""
-    folder = Path(folder)
-    if not resume and (folder / "checkpoints" / "latest").exists():
-        raise ConfigError(f"'{folder}' already holds a training run: pass --resume, or choose another --out")
-    if resume:  # the run's own config wins; only the step budget may be extended
-        steps = cfg.optim.steps
-        cfg = load_json(TrainConfig, folder / "config.json")
-        cfg.optim.steps = max(steps, cfg.optim.steps)
-    if cfg.loss.min_snr_gamma <= 0:
-        raise ConfigError(f"loss.min_snr_gamma must be positive, got {cfg.loss.min_snr_gamma}")
+def resolve_device(device: str | None) -> torch.device:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    return device
+
+
+def setup(cfg, folder: Path, resume: bool = False, device: str | None = None) -> Run:
+    """Build data, model, EMA and optimizer for cfg's task; with resume, restore the latest checkpoint exactly."""
+    from .tasks import task_of
+
+    task, folder = task_of(cfg), Path(folder)
+    if not resume and (folder / "checkpoints" / "latest").exists():
+        raise ConfigError(f"'{folder}' already holds a training run: pass --resume, or choose another --out")
+    if resume:  # the run's own config wins; only the step budget may be extended
+        steps = cfg.optim.steps
+        cfg = load_json(task.config_cls, folder / "config.json")
+        cfg.optim.steps = max(steps, cfg.optim.steps)
+    device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     data = make_dataset(cfg.data)
-    if not cfg.text.vocab:
-        cfg.text.vocab = list(data.vocab)
-    cfg.unet.resolution, cfg.unet.context_dim = cfg.data.resolution, cfg.text.width
-    cfg.unet.out_channels = cfg.unet.in_channels * (2 if cfg.pipeline.learn_sigma else 1)
-    model = TextToImageModel(cfg)
-    if cfg.init.from_model and not resume:
-        init_from_pretrained(model, cfg)
-    model = model.to(device)
+    model = task.build(cfg, data, resume=resume).to(device)
     ema = EMA(model, cfg.optim.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
-    run = Run(cfg, folder, data, model, ema, opt, generator, device, NoiseSchedule.from_config(cfg.pipeline.schedule))
+    run = Run(task, cfg, folder, data, model, ema, opt, generator, device)
+    task.prepare(run)
     if resume:
         run.step = load_state(latest_checkpoint(folder), model, ema.model, opt, generator)
     else:
@@ -110,28 +95,7 @@ def setup(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | No
     return run
 
 
-def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
-    """Load a saved pipeline's text encoder and UNet into the fresh model; their configs must match the run's."""
-    folder = Path(cfg.init.from_model)
-    if not (folder / "pipeline.json").exists():
-        raise ConfigError(f"init.from_model: '{folder}' is not a saved pipeline (no pipeline.json)")
-    pretrained = Text2ImagePipeline.from_pretrained(folder)
-    for name, mine, theirs in (("text_encoder", model.text_encoder, pretrained.text_encoder),
-                               ("unet", model.unet, pretrained.unet)):
-        diff = [k for k in vars(mine.cfg) if getattr(mine.cfg, k) != getattr(theirs.cfg, k)]
-        if diff == ["causal_layers"] and mine.cfg.causal_layers > theirs.cfg.causal_layers:
-            diff = []  # new causal layers start as the identity (zero residual branches): the output is unchanged
-        if diff:
-            raise ConfigError(f"init.from_model: {name} of '{folder}' differs from the config in {', '.join(diff)}")
-        missing, unexpected = mine.load_state_dict({k: v.float() for k, v in theirs.state_dict().items()}, strict=False)
-        new = {f"causal.{i}." for i in range(getattr(theirs.cfg, "causal_layers", 0), getattr(mine.cfg, "causal_layers", 0))}
-        if unexpected or any(not any(k.startswith(n) for n in new) for k in missing):
-            raise ConfigError(f"init.from_model: {name} of '{folder}' does not fit: missing {missing}, unexpected {unexpected}")
-    with torch.no_grad():
-        model.text_encoder.embed.weight.mul_(cfg.init.text_token_scale)
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
+def lr_at(cfg, step: int) -> float:
     """Linear warm-up, then constant."""
     return cfg.optim.lr * min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))
 
@@ -165,7 +129,7 @@ def train_step(run: Run, batch=None) -> float:
     for group in run.opt.param_groups:
         group["lr"] = lr_at(cfg, run.step)
     with run.autocast():
-        loss = run.model.loss(cfg, run.schedule, images, captions, run.generator)
+        loss = run.task.loss(run, images, captions)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)
@@ -175,54 +139,47 @@ def train_step(run: Run, batch=None) -> float:
     return loss.item()
 
 
-def sample_grid(run: Run, prompts: list[str] = SAMPLE_PROMPTS, steps: int = 25) -> Path:
-    """EMA samples for fixed prompts and seeds; framed by the oracle's verdict when the prompts are world captions."""
-    from ..eval.grid import save_grid
-    from ..world.grammar import PromptError
-    from ..world.oracle import judge
-    from ..world.render import to_uint8
-
-    pipe = run.pipeline()
-    try:
-        pipe.text_encoder.tokenizer(prompts)
-    except ValueError:  # a model of other data: sample its own first captions instead
-        prompts = run.data.batch(run.cfg.seed, 0, len(prompts))[1]
-    images = pipe(prompts, list(range(len(prompts))), SamplingOptions(steps=steps)).cpu()
-    try:
-        verdicts = [judge(px, p) for px, p in zip(to_uint8(images).numpy(), prompts)]
-    except PromptError:
-        verdicts = None
-    path = run.folder / "samples" / f"step_{run.step:08d}.png"
-    save_grid(images, prompts, path, verdicts)
-    return path
-
-
 def save(run: Run) -> None:
+    """An atomic checkpoint (model, EMA, optimizer, RNG) and the exported EMA model in <run>/model."""
     save_state(run.folder, run.step, run.model, run.ema.model, run.opt, run.generator, run.cfg.keep_checkpoints)
-    run.pipeline().save_pretrained(run.folder / "model")
+    run.task.export(run, run.folder / "model")
 
 
-def train(cfg: TrainConfig, folder: Path, resume: bool = False, device: str | None = None,
-          workers: int | None = None) -> Run:
+def train(cfg, folder: Path, resume: bool = False, device: str | None = None, workers: int | None = None) -> Run:
+    """Train cfg's task to cfg.optim.steps; Ctrl-C saves a checkpoint first (resume continues exactly)."""
     from tqdm.auto import tqdm
 
     run = setup(cfg, folder, resume, device)
+    cfg = run.cfg
     if workers is None:
         workers = min(8, (os.cpu_count() or 1) // 2)
-    bar = tqdm(total=cfg.optim.steps, initial=run.step, desc="training", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.optim.steps, initial=run.step, desc=f"training {run.task.name}", unit="step", dynamic_ncols=True)
     start, start_step, loss_avg = time.time(), run.step, None
-    for batch in batches(run, workers):
-        loss = train_step(run, batch)
-        loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
-        bar.update(1)
-        if run.step % cfg.log_every == 0 or run.step == cfg.optim.steps:
-            rate = (run.step - start_step) / (time.time() - start)
-            bar.set_postfix(loss=f"{loss_avg:.4f}", img_s=f"{rate * cfg.optim.batch_size:.0f}")
-        if run.step % cfg.checkpoint_every == 0 or run.step == cfg.optim.steps:
+    try:
+        for batch in batches(run, workers):
+            loss = train_step(run, batch)
+            loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
+            bar.update(1)
+            if run.step % cfg.log_every == 0 or run.step == cfg.optim.steps:
+                rate = (run.step - start_step) / (time.time() - start)
+                bar.set_postfix(loss=f"{loss_avg:.4f}", img_s=f"{rate * cfg.optim.batch_size:.0f}", **run.logs)
+            evaluate(run, bar)
+    except KeyboardInterrupt:
+        if run.step > start_step:
             save(run)
-        if cfg.snapshot_every and run.step % cfg.snapshot_every == 0:
-            run.pipeline().save_pretrained(run.folder / "snapshots" / f"step_{run.step:08d}")
-        if cfg.sample_every and (run.step % cfg.sample_every == 0 or run.step == cfg.optim.steps):
-            bar.write(f"step {run.step}: samples in {sample_grid(run)}")
-    bar.close()
+            bar.write(f"interrupted: saved step {run.step} in {run.folder}; continue with --resume")
+        raise
+    finally:
+        bar.close()
     return run
+
+
+def evaluate(run: Run, bar) -> None:
+    """Periodic work after a step: checkpoint, snapshot for learning curves, sample grid."""
+    cfg, step, last = run.cfg, run.step, run.step == run.cfg.optim.steps
+    if step % cfg.checkpoint_every == 0 or last:
+        save(run)
+    if getattr(cfg, "snapshot_every", 0) and step % cfg.snapshot_every == 0:
+        run.task.export(run, run.folder / "snapshots" / f"step_{step:08d}")
+    if getattr(cfg, "sample_every", 0) and (step % cfg.sample_every == 0 or last) and hasattr(run.task, "sample"):
+        bar.write(f"step {step}: samples in {run.task.sample(run)}")

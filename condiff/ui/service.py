@@ -107,9 +107,12 @@ class GenerationService:
             raise RequestError(f"guide_scale: must be between 0 and {MAX_GUIDE_SCALE}, got {req.guide_scale}")
         if not 0 <= float(req.guidance_rescale) <= 1:
             raise RequestError(f"guidance_rescale: must be between 0 and 1, got {req.guidance_rescale}")
-        opts = SamplingOptions(steps=int(req.steps), guidance_scale=float(req.guidance_scale),
-                               sampler=sampler_of(req.sampler), negative_prompt=req.negative_prompt,
-                               guidance_rescale=float(req.guidance_rescale))
+        try:
+            opts = SamplingOptions(steps=int(req.steps), guidance_scale=float(req.guidance_scale),
+                                   sampler=sampler_of(req.sampler), negative_prompt=req.negative_prompt,
+                                   guidance_rescale=float(req.guidance_rescale))
+        except ValueError as e:
+            raise RequestError(str(e)) from None
         seed = random.randint(0, MAX_SEED - MAX_IMAGES) if int(req.seed) == -1 else int(req.seed)
         return opts, seed
 

@@ -1,0 +1,57 @@
+"""Components: each a folder with config.json + model.safetensors, loadable alone by its type.
+
+    unet = load("unet", "condiff/weights/base32/unet")
+
+A pipeline (pipelines/base.py) is a typed list of components plus per-stage sampler settings.
+"""
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .fs import replace_dir
+from .io import load_component, save_component
+
+
+class ComponentType(str, enum.Enum):
+    TEXT_ENCODER = "text_encoder"  # learned word-level transformer (nets/text.py)
+    UNET = "unet"  # the denoiser network of a stage (base, upsampler, decoder)
+    AUTOENCODER = "autoencoder"  # latent diffusion's first stage (nets/autoencoder.py)
+    CLIP = "clip"  # condiff CLIP, clean or noise-aware
+    CLASSIFIER = "classifier"  # noise-aware classifier over the world's labels
+
+
+def classes(kind: ComponentType | str) -> tuple[type, type]:
+    """(module class, config class) of a component type; imported on demand."""
+    kind = ComponentType(kind)
+    if kind is ComponentType.TEXT_ENCODER:
+        from .nets.text import TextEncoder, TextEncoderConfig
+        return TextEncoder, TextEncoderConfig
+    if kind is ComponentType.UNET:
+        from .nets.unet import UNet, UNetConfig
+        return UNet, UNetConfig
+    if kind is ComponentType.AUTOENCODER:
+        from .nets.autoencoder import Autoencoder, AutoencoderConfig
+        return Autoencoder, AutoencoderConfig
+    if kind is ComponentType.CLIP:
+        from .nets.clip import CLIP, CLIPConfig
+        return CLIP, CLIPConfig
+    from .nets.classifier import ClassifierConfig, NoisyClassifier
+    return NoisyClassifier, ClassifierConfig
+
+
+def load(kind: ComponentType | str, folder: str | Path) -> nn.Module:
+    """A component of this type from folder/{config.json, model.safetensors}, in eval mode (float32 weights)."""
+    module_cls, cfg_cls = classes(kind)
+    return load_component(module_cls, cfg_cls, Path(folder))
+
+
+def save(module: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+    """Write module.cfg and its weights (optionally cast, e.g. fp16 as shipped) into folder, atomically."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    save_component(module, module.cfg, tmp, dtype)
+    replace_dir(tmp, folder)

@@ -1,0 +1,130 @@
+"""A pipeline is a typed list of components plus per-stage sampler settings, saved as pipeline.json.
+
+    {"format": 2, "kind": "text2image",
+     "components": [{"name": "text_encoder", "type": "text_encoder"}, {"name": "unet", "type": "unet"}],
+     "stages": [{"name": "base", "unet": "unet", "diffusion": {...}, "sampling": {...}}]}
+
+Each component lives in its own folder (by default the pipeline folder's subfolder of its name; `path` may point
+elsewhere, relative to the pipeline folder). `kind` picks the registered Pipeline class that composes them.
+The first releases wrote pipeline.json as a bare diffusion config ({"schedule", "prediction", "learn_sigma"});
+read_spec converts it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .. import components
+from ..components import ComponentType
+from ..config import ConfigError, from_dict, read_json, save_json
+from ..diffusion.denoiser import DiffusionConfig
+from ..diffusion.sampling import SamplingOptions
+from ..fs import replace_dir
+
+SPEC = "pipeline.json"
+
+
+@dataclass
+class ComponentSpec:
+    name: str
+    type: ComponentType
+    path: str | None = None  # folder relative to the pipeline folder (default: the name)
+
+
+@dataclass
+class StageSpec:
+    """One diffusion stage: which UNet component denoises, how it was trained, and its default sampler settings."""
+    name: str = "base"
+    unet: str = "unet"
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+
+
+@dataclass
+class PipelineSpec:
+    kind: str = "text2image"
+    components: list[ComponentSpec] = field(default_factory=list)
+    stages: list[StageSpec] = field(default_factory=lambda: [StageSpec()])
+    format: int = 2
+
+    def stage(self, name: str) -> StageSpec:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ConfigError(f"pipeline has no stage '{name}' (stages: {', '.join(s.name for s in self.stages)})")
+
+
+def read_spec(folder: Path) -> PipelineSpec:
+    """folder/pipeline.json as a PipelineSpec; a first-release file (a bare diffusion config) is converted."""
+    path = Path(folder) / SPEC
+    data = read_json(path)
+    if isinstance(data, dict) and "kind" not in data:  # format 1: {"schedule", "prediction", "learn_sigma"}
+        legacy = from_dict(DiffusionConfig, data, SPEC)
+        return PipelineSpec("text2image", [ComponentSpec("text_encoder", ComponentType.TEXT_ENCODER),
+                                           ComponentSpec("unet", ComponentType.UNET)], [StageSpec(diffusion=legacy)])
+    return from_dict(PipelineSpec, data, SPEC)
+
+
+PIPELINES: dict[str, type["Pipeline"]] = {}
+
+
+class Pipeline:
+    """Named components composed by a subclass; loading, saving and device moves are shared."""
+
+    kind: ClassVar[str]
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "kind" in cls.__dict__:
+            PIPELINES[cls.kind] = cls
+
+    def __init__(self, parts: dict[str, nn.Module], spec: PipelineSpec):
+        self.parts, self.spec = parts, spec
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, nn.Module], spec: PipelineSpec) -> "Pipeline":
+        return cls(parts, spec)
+
+    @property
+    def device(self) -> torch.device:
+        return next(next(iter(self.parts.values())).parameters()).device
+
+    def to(self, device) -> "Pipeline":
+        for module in self.parts.values():
+            module.to(device)
+        return self
+
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+        """Write the spec and every component (each into its own subfolder) to a temporary folder, then swap it in.
+
+        A component loaded from elsewhere (`path`) is copied in, so the saved folder stands alone.
+        """
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        spec = PipelineSpec(self.spec.kind, [ComponentSpec(c.name, c.type) for c in self.spec.components],
+                            self.spec.stages, self.spec.format)
+        save_json(spec, tmp / SPEC)
+        for c in spec.components:
+            components.save(self.parts[c.name], tmp / c.name, dtype)
+        replace_dir(tmp, folder)
+
+
+def load_pipeline(folder: str | Path) -> Pipeline:
+    """The pipeline saved in folder, as the class its spec's kind names."""
+    from . import text2image  # noqa: F401  (registers the built-in kinds)
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"missing model folder '{folder}'")
+    spec = read_spec(folder)
+    if spec.kind not in PIPELINES:
+        raise ConfigError(f"{folder / SPEC}: unknown pipeline kind '{spec.kind}' (known: {', '.join(PIPELINES)})")
+    names = [c.name for c in spec.components]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{folder / SPEC}: component names repeat: {names}")
+    parts = {c.name: components.load(c.type, folder / (c.path or c.name)) for c in spec.components}
+    return PIPELINES[spec.kind].from_parts(parts, spec)

@@ -1,0 +1,38 @@
+"""Model kinds the one trainer trains: each a config class, a module, a loss, an export (and maybe sample grids).
+
+A training config names its kind in "model" (absent: text2image, the configs' original format).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...config import ConfigError, from_dict, read_json
+
+
+def tasks() -> dict:
+    from .autoencoder import AutoencoderTask
+    from .judges import JudgeTask
+    from .text2image import Text2ImageTask
+
+    return {"text2image": Text2ImageTask(), "clip": JudgeTask("clip"), "classifier": JudgeTask("classifier"),
+            "autoencoder": AutoencoderTask()}
+
+
+def task_named(name: str):
+    known = tasks()
+    if name not in known:
+        raise ConfigError(f"model: unknown kind '{name}' (known: {', '.join(known)})")
+    return known[name]
+
+
+def task_of(cfg):
+    """The task whose config class cfg is (a judge config says clip or classifier in cfg.model)."""
+    name = getattr(cfg, "model", "text2image")
+    return task_named(getattr(name, "value", name))
+
+
+def load_train_config(path: str | Path):
+    """The config at path, parsed by its kind's config class."""
+    data = read_json(path)
+    kind = data.get("model", "text2image") if isinstance(data, dict) else "text2image"
+    return from_dict(task_named(str(kind)).config_cls, data, Path(path).name)

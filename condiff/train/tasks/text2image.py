@@ -1,0 +1,116 @@
+"""The text-to-image diffusion task: text encoder + UNet trained together with condition dropout (for CFG)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...config import ConfigError
+from ...diffusion.loss import diffusion_loss, hybrid_loss, min_snr_weight, sample_timesteps
+from ...diffusion.schedule import NoiseSchedule
+from ...nets.text import TextEncoder
+from ...nets.unet import UNet
+from ..config import LossWeighting, TrainConfig
+
+SAMPLE_PROMPTS = [
+    "a red circle", "a small blue square", "a large yellow triangle", "three green circles",
+    "a white square and an orange circle", "a red circle to the left of a blue square",
+    "a cyan triangle above a purple square", "a purple triangle",
+]
+
+
+class TextToImageModel(nn.Module):
+    """The trained components, held together for one optimizer and one EMA."""
+
+    def __init__(self, cfg: TrainConfig):
+        super().__init__()
+        self.text_encoder = TextEncoder(cfg.text)
+        self.unet = UNet(cfg.unet)
+
+
+class Text2ImageTask:
+    name, config_cls = "text2image", TrainConfig
+
+    def build(self, cfg: TrainConfig, data, resume: bool) -> nn.Module:
+        if cfg.loss.min_snr_gamma <= 0:
+            raise ConfigError(f"loss.min_snr_gamma must be positive, got {cfg.loss.min_snr_gamma}")
+        if not cfg.text.vocab:
+            cfg.text.vocab = list(data.vocab)
+        cfg.unet.resolution, cfg.unet.context_dim = cfg.data.resolution, cfg.text.width
+        cfg.unet.out_channels = cfg.unet.in_channels * (2 if cfg.pipeline.learn_sigma else 1)
+        model = TextToImageModel(cfg)
+        if cfg.init.from_model and not resume:
+            init_from_pretrained(model, cfg)
+        return model
+
+    def prepare(self, run) -> None:
+        run.state["schedule"] = NoiseSchedule.from_config(run.cfg.pipeline.schedule)
+
+    def loss(self, run, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        cfg, schedule, generator, model = run.cfg, run.state["schedule"], run.generator, run.model
+        B, device = len(captions), images.device
+        drop = torch.rand(B, generator=generator) < cfg.optim.p_uncond  # condition dropout (CFG)
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        t = sample_timesteps(B, schedule.T, generator, device)
+        eps = torch.randn(images.shape, generator=generator).to(device)
+        cond = model.text_encoder.encode(captions, device)
+        loss_fn = hybrid_loss if cfg.pipeline.learn_sigma else diffusion_loss
+        weight = None
+        if LossWeighting(cfg.loss.weighting) is LossWeighting.MIN_SNR:
+            weight = min_snr_weight(schedule, t, cfg.pipeline.prediction, cfg.loss.min_snr_gamma)
+        return loss_fn(model.unet, schedule, cfg.pipeline.prediction, images, t, eps, weight=weight, **cond)
+
+    def pipeline(self, run):
+        from ...pipelines.text2image import Text2ImagePipeline
+
+        m = run.ema.model
+        return Text2ImagePipeline(m.text_encoder, m.unet, run.cfg.pipeline)
+
+    def export(self, run, folder: Path) -> None:
+        self.pipeline(run).save_pretrained(folder)
+
+    def sample(self, run, prompts: list[str] = SAMPLE_PROMPTS, steps: int = 25) -> Path:
+        """EMA samples for fixed prompts and seeds; framed by the oracle's verdict when the prompts are world captions."""
+        from ...diffusion.sampling import SamplingOptions
+        from ...eval.grid import save_grid
+        from ...world.grammar import PromptError
+        from ...world.oracle import judge
+        from ...world.render import to_uint8
+
+        pipe = self.pipeline(run)
+        try:
+            pipe.text_encoder.tokenizer(prompts)
+        except ValueError:  # a model of other data: sample its own first captions instead
+            prompts = run.data.batch(run.cfg.seed, 0, len(prompts))[1]
+        images = pipe(prompts, list(range(len(prompts))), SamplingOptions(steps=steps)).cpu()
+        try:
+            verdicts = [judge(px, p) for px, p in zip(to_uint8(images).numpy(), prompts)]
+        except PromptError:
+            verdicts = None
+        path = run.folder / "samples" / f"step_{run.step:08d}.png"
+        save_grid(images, prompts, path, verdicts)
+        return path
+
+
+def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
+    """Load a saved pipeline's text encoder and UNet into the fresh model; their configs must match the run's."""
+    from ...pipelines.text2image import Text2ImagePipeline
+
+    folder = Path(cfg.init.from_model)
+    if not (folder / "pipeline.json").exists():
+        raise ConfigError(f"init.from_model: '{folder}' is not a saved pipeline (no pipeline.json)")
+    pretrained = Text2ImagePipeline.from_pretrained(folder)
+    for name, mine, theirs in (("text_encoder", model.text_encoder, pretrained.text_encoder),
+                               ("unet", model.unet, pretrained.unet)):
+        diff = [k for k in vars(mine.cfg) if getattr(mine.cfg, k) != getattr(theirs.cfg, k)]
+        if diff == ["causal_layers"] and mine.cfg.causal_layers > theirs.cfg.causal_layers:
+            diff = []  # new causal layers start as the identity (zero residual branches): the output is unchanged
+        if diff:
+            raise ConfigError(f"init.from_model: {name} of '{folder}' differs from the config in {', '.join(diff)}")
+        missing, unexpected = mine.load_state_dict({k: v.float() for k, v in theirs.state_dict().items()}, strict=False)
+        new = {f"causal.{i}." for i in range(getattr(theirs.cfg, "causal_layers", 0), getattr(mine.cfg, "causal_layers", 0))}
+        if unexpected or any(not any(k.startswith(n) for n in new) for k in missing):
+            raise ConfigError(f"init.from_model: {name} of '{folder}' does not fit: missing {missing}, unexpected {unexpected}")
+    with torch.no_grad():
+        model.text_encoder.embed.weight.mul_(cfg.init.text_token_scale)
