@@ -41,7 +41,7 @@ def _generate(args) -> None:
     paths = _output_paths(Path(args.out), len(prompts))
     check_writable(paths)
     pipe = Text2ImagePipeline.from_pretrained(model)
-    pipe.check(prompts, opts)
+    pipe.check(prompts, opts, *([args.clip_xt_chain] if args.clip_xt_iters else []))
     seeds = [args.seed + i for i in range(len(prompts))]
     guide, guide_params = None, {}
     if args.guide:
@@ -55,7 +55,6 @@ def _generate(args) -> None:
     if args.clip_xt_iters:
         from .pipelines.guidance import NoiseOptimization, make_initializer
 
-        pipe.schedule.timesteps(args.clip_xt_chain)
         init = make_initializer(NoiseOptimization(args.clip_xt_iters, args.clip_xt_chain, judge=args.clip_xt_model))
         guide_params.update({"CLIP x_T iterations": args.clip_xt_iters, "CLIP x_T chain": args.clip_xt_chain})
     start = time.time()
@@ -139,6 +138,12 @@ def _eval_clip(args) -> None:
             print(f"| {cat} | {t} | {r['top1']:.3f} | {r['vs_distractors']:.3f} | {r['pool']} |")
     if args.out:
         Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
+
+
+def _eval_autoencoder(args) -> None:
+    from .eval.autoencoder import run_eval_autoencoder
+
+    run_eval_autoencoder(args)
 
 
 def _eval_bench(args) -> None:
@@ -251,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(w, batch_size=100)
     w.add_argument("--out-dir", default="sweep", help="writes sweep.json and sweep.png here")
     w.set_defaults(func=_eval_sweep)
+
+    a = esub.add_parser("autoencoder", help="reconstruction PSNR, FD and the oracle's agreement on reconstructed scenes")
+    a.add_argument("--model", action="append", required=True, help="autoencoder folder; repeat to compare several")
+    a.add_argument("--n", type=int, default=100, help="scenes per category")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--metric-clip", help="CLIP folder for the FD features (default: the shipped clip32)")
+    a.add_argument("--out-dir", default="eval_autoencoder", help="writes autoencoders.json and a grid per model here")
+    a.set_defaults(func=_eval_autoencoder)
 
     c = esub.add_parser("clip", help="zero-shot retrieval accuracy of a condiff CLIP on world scenes")
     c.add_argument("--model", help="CLIP folder (default: the shipped clip32)")

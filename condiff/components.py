@@ -13,11 +13,13 @@ import torch
 from torch import nn
 
 from .fs import replace_dir
-from .io import load_component, save_component
+from .config import load_json, save_json
+from .io import CONFIG, load_component, save_component
 
 
 class ComponentType(str, enum.Enum):
     TEXT_ENCODER = "text_encoder"  # learned word-level transformer (nets/text.py)
+    PRETRAINED_TEXT_ENCODER = "pretrained_text_encoder"  # frozen BERT-style encoder from a folder or package
     UNET = "unet"  # the denoiser network of a stage (base, upsampler, decoder)
     AUTOENCODER = "autoencoder"  # latent diffusion's first stage (nets/autoencoder.py)
     CLIP = "clip"  # condiff CLIP, clean or noise-aware
@@ -30,6 +32,9 @@ def classes(kind: ComponentType | str) -> tuple[type, type]:
     if kind is ComponentType.TEXT_ENCODER:
         from .nets.text import TextEncoder, TextEncoderConfig
         return TextEncoder, TextEncoderConfig
+    if kind is ComponentType.PRETRAINED_TEXT_ENCODER:
+        from .nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
+        return PretrainedTextEncoder, PretrainedTextConfig
     if kind is ComponentType.UNET:
         from .nets.unet import UNet, UNetConfig
         return UNet, UNetConfig
@@ -44,8 +49,13 @@ def classes(kind: ComponentType | str) -> tuple[type, type]:
 
 
 def load(kind: ComponentType | str, folder: str | Path) -> nn.Module:
-    """A component of this type from folder/{config.json, model.safetensors}, in eval mode (float32 weights)."""
+    """A component of this type from folder/{config.json, model.safetensors}, in eval mode (float32 weights).
+
+    A frozen pretrained component's folder holds its config only; the config says where its weights are.
+    """
     module_cls, cfg_cls = classes(kind)
+    if getattr(module_cls, "frozen", False):
+        return module_cls(load_json(cfg_cls, Path(folder) / CONFIG)).eval()
     return load_component(module_cls, cfg_cls, Path(folder))
 
 
@@ -53,5 +63,8 @@ def save(module: nn.Module, folder: str | Path, dtype: torch.dtype | None = None
     """Write module.cfg and its weights (optionally cast, e.g. fp16 as shipped) into folder, atomically."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
-    save_component(module, module.cfg, tmp, dtype)
+    if getattr(module, "frozen", False):
+        save_json(module.cfg, tmp / CONFIG)
+    else:
+        save_component(module, module.cfg, tmp, dtype)
     replace_dir(tmp, folder)

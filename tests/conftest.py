@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 TINY = {
     "seed": 0,
@@ -31,3 +32,26 @@ def tiny_model(tiny_config_path, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     train(load_json(TrainConfig, tiny_config_path), run_dir, device="cpu", workers=0)
     return run_dir / "model"
+
+
+WORDS = ["a", "red", "blue", "circle", "square", "to", "the", "left", "of", "crimson", "teal", "box", "##s"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A randomly initialised 2-layer BERT with a 20-token WordPiece vocabulary, saved as a model folder."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
+    tok.save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=16)
+    BertModel(config, add_pooling_layer=False).save_pretrained(str(folder), safe_serialization=True)
+    return folder

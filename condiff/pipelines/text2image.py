@@ -28,7 +28,10 @@ class Text2ImagePipeline(Pipeline):
     def __init__(self, text_encoder: nn.Module, unet: nn.Module, cfg: DiffusionConfig,
                  autoencoder: nn.Module | None = None, sampling: SamplingOptions | None = None):
         parts = {"text_encoder": text_encoder, "unet": unet} | ({"autoencoder": autoencoder} if autoencoder else {})
-        spec = PipelineSpec(self.kind, [ComponentSpec(name, ComponentType(name)) for name in parts],
+        types = {name: ComponentType(name) for name in parts}
+        if getattr(text_encoder, "frozen", False):
+            types["text_encoder"] = ComponentType.PRETRAINED_TEXT_ENCODER
+        spec = PipelineSpec(self.kind, [ComponentSpec(name, types[name]) for name in parts],
                             [StageSpec("base", "unet", cfg, sampling or SamplingOptions())])
         super().__init__(parts, spec)
         self.text_encoder, self.unet, self.autoencoder, self.cfg = text_encoder, unet, autoencoder, cfg
@@ -63,11 +66,18 @@ class Text2ImagePipeline(Pipeline):
         side = self.unet.cfg.resolution
         return (self.unet.cfg.in_channels, side, side)
 
-    def check(self, prompts: list[str], opts: SamplingOptions) -> None:
-        """ValueError, before any work, for a prompt the text encoder cannot read or options the model cannot use."""
+    def check(self, prompts: list[str], opts: SamplingOptions, *other_steps: int) -> None:
+        """ValueError, before any work, for a prompt the text encoder cannot read or options the model cannot use.
+
+        other_steps: further step counts the run will use on this model's schedule (a CLIP x_T chain).
+        """
+        for p in prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError("prompt: must be a non-empty string (the empty caption is the unconditional model)")
         for p in dict.fromkeys(list(prompts) + [opts.negative_prompt]):
             self.text_encoder.tokenizer.encode(p)
-        self.schedule.timesteps(opts.steps)
+        for steps in (opts.steps, *other_steps):
+            self.schedule.timesteps(steps)
         if opts.ddpm_variance is Variance.LEARNED and not self.cfg.learn_sigma:
             raise ValueError("ddpm_variance: learned variance needs a model trained with learn_sigma")
 

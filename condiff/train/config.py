@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ..data import DataConfig
 from ..diffusion.denoiser import DiffusionConfig
+from ..nets.pretrained_text import PretrainedTextConfig
 from ..nets.text import TextEncoderConfig
 from ..nets.unet import UNetConfig
 
@@ -55,7 +56,9 @@ class TrainConfig:
     model: str = "text2image"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # the learned encoder, trained with the UNet
+    pretrained_text: PretrainedTextConfig | None = None  # a frozen pretrained encoder instead of `text` (Imagen)
+    autoencoder: str | None = None  # a trained autoencoder folder: diffusion runs in its latent space (LDM)
     unet: UNetConfig = field(default_factory=UNetConfig)
     pipeline: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -21,12 +21,32 @@ SAMPLE_PROMPTS = [
 
 
 class TextToImageModel(nn.Module):
-    """The trained components, held together for one optimizer and one EMA."""
+    """The trained components, held together for one optimizer and one EMA (a frozen text encoder is not one)."""
 
     def __init__(self, cfg: TrainConfig):
         super().__init__()
-        self.text_encoder = TextEncoder(cfg.text)
+        self.text_encoder = TextEncoder(cfg.text) if cfg.pretrained_text is None else None
         self.unet = UNet(cfg.unet)
+
+
+class FrozenTextCache:
+    """A frozen encoder's states per caption, computed once (world captions repeat): {context, context_mask, pooled}."""
+
+    def __init__(self, encoder: nn.Module, limit: int = 50000):
+        self.encoder, self.limit, self.states = encoder, limit, {}
+
+    def encode(self, captions: list[str], device) -> dict[str, torch.Tensor]:
+        new = [c for c in dict.fromkeys(captions) if c not in self.states]
+        if new:
+            with torch.autocast(device.type, enabled=False):
+                out = self.encoder.encode(new, device)
+            for i, c in enumerate(new):
+                if len(self.states) < self.limit:
+                    self.states[c] = {k: v[i].cpu() for k, v in out.items()}
+            if len(self.states) >= self.limit:  # too many distinct captions to keep: encode this batch directly
+                with torch.autocast(device.type, enabled=False):
+                    return self.encoder.encode(captions, device)
+        return {k: torch.stack([self.states[c][k] for c in captions]).to(device) for k in ("context", "context_mask", "pooled")}
 
 
 class Text2ImageTask:
@@ -35,9 +55,13 @@ class Text2ImageTask:
     def build(self, cfg: TrainConfig, data, resume: bool) -> nn.Module:
         if cfg.loss.min_snr_gamma <= 0:
             raise ConfigError(f"loss.min_snr_gamma must be positive, got {cfg.loss.min_snr_gamma}")
-        if not cfg.text.vocab:
+        if cfg.pretrained_text is None and not cfg.text.vocab:
             cfg.text.vocab = list(data.vocab)
-        cfg.unet.resolution, cfg.unet.context_dim = cfg.data.resolution, cfg.text.width
+        cfg.unet.context_dim = cfg.text.width if cfg.pretrained_text is None else cfg.pretrained_text.width
+        cfg.unet.resolution = cfg.data.resolution
+        if cfg.autoencoder:
+            ae = load_autoencoder(cfg)
+            cfg.unet.in_channels, cfg.unet.resolution = ae.cfg.latent_channels, cfg.data.resolution // ae.cfg.factor
         cfg.unet.out_channels = cfg.unet.in_channels * (2 if cfg.pipeline.learn_sigma else 1)
         model = TextToImageModel(cfg)
         if cfg.init.from_model and not resume:
@@ -45,7 +69,20 @@ class Text2ImageTask:
         return model
 
     def prepare(self, run) -> None:
-        run.state["schedule"] = NoiseSchedule.from_config(run.cfg.pipeline.schedule)
+        cfg = run.cfg
+        run.state["schedule"] = NoiseSchedule.from_config(cfg.pipeline.schedule)
+        if cfg.pretrained_text is not None:
+            from ...nets.pretrained_text import PretrainedTextEncoder
+
+            run.state["text"] = FrozenTextCache(PretrainedTextEncoder(cfg.pretrained_text).to(run.device))
+        if cfg.autoencoder:
+            run.state["autoencoder"] = load_autoencoder(cfg).to(run.device).requires_grad_(False)
+
+    def text_encoder(self, run, ema: bool = False):
+        """What encodes captions: the (EMA) learned encoder, or the frozen one behind its cache."""
+        if "text" in run.state:
+            return run.state["text"]
+        return (run.ema.model if ema else run.model).text_encoder
 
     def loss(self, run, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         cfg, schedule, generator, model = run.cfg, run.state["schedule"], run.generator, run.model
@@ -53,8 +90,11 @@ class Text2ImageTask:
         drop = torch.rand(B, generator=generator) < cfg.optim.p_uncond  # condition dropout (CFG)
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         t = sample_timesteps(B, schedule.T, generator, device)
+        if "autoencoder" in run.state:  # latent diffusion: x0 is the posterior mean, scaled to unit variance
+            with torch.no_grad():
+                images = run.state["autoencoder"].encode(images)
         eps = torch.randn(images.shape, generator=generator).to(device)
-        cond = model.text_encoder.encode(captions, device)
+        cond = self.text_encoder(run).encode(captions, device)
         loss_fn = hybrid_loss if cfg.pipeline.learn_sigma else diffusion_loss
         weight = None
         if LossWeighting(cfg.loss.weighting) is LossWeighting.MIN_SNR:
@@ -65,7 +105,8 @@ class Text2ImageTask:
         from ...pipelines.text2image import Text2ImagePipeline
 
         m = run.ema.model
-        return Text2ImagePipeline(m.text_encoder, m.unet, run.cfg.pipeline)
+        text = run.state["text"].encoder if "text" in run.state else m.text_encoder
+        return Text2ImagePipeline(text, m.unet, run.cfg.pipeline, run.state.get("autoencoder"))
 
     def export(self, run, folder: Path) -> None:
         self.pipeline(run).save_pretrained(folder)
@@ -93,6 +134,18 @@ class Text2ImageTask:
         return path
 
 
+def load_autoencoder(cfg: TrainConfig):
+    from ... import components
+
+    folder = Path(cfg.autoencoder)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"autoencoder: '{folder}' is not an autoencoder folder (no config.json)")
+    ae = components.load("autoencoder", folder)
+    if cfg.data.resolution % ae.cfg.factor:
+        raise ConfigError(f"data.resolution {cfg.data.resolution} is not divisible by the autoencoder's factor {ae.cfg.factor}")
+    return ae
+
+
 def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
     """Load a saved pipeline's text encoder and UNet into the fresh model; their configs must match the run's."""
     from ...pipelines.text2image import Text2ImagePipeline
@@ -101,8 +154,8 @@ def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
     if not (folder / "pipeline.json").exists():
         raise ConfigError(f"init.from_model: '{folder}' is not a saved pipeline (no pipeline.json)")
     pretrained = Text2ImagePipeline.from_pretrained(folder)
-    for name, mine, theirs in (("text_encoder", model.text_encoder, pretrained.text_encoder),
-                               ("unet", model.unet, pretrained.unet)):
+    pairs = [("text_encoder", model.text_encoder, pretrained.text_encoder)] if model.text_encoder is not None else []
+    for name, mine, theirs in pairs + [("unet", model.unet, pretrained.unet)]:
         diff = [k for k in vars(mine.cfg) if getattr(mine.cfg, k) != getattr(theirs.cfg, k)]
         if diff == ["causal_layers"] and mine.cfg.causal_layers > theirs.cfg.causal_layers:
             diff = []  # new causal layers start as the identity (zero residual branches): the output is unchanged
@@ -112,5 +165,6 @@ def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
         new = {f"causal.{i}." for i in range(getattr(theirs.cfg, "causal_layers", 0), getattr(mine.cfg, "causal_layers", 0))}
         if unexpected or any(not any(k.startswith(n) for n in new) for k in missing):
             raise ConfigError(f"init.from_model: {name} of '{folder}' does not fit: missing {missing}, unexpected {unexpected}")
-    with torch.no_grad():
-        model.text_encoder.embed.weight.mul_(cfg.init.text_token_scale)
+    if model.text_encoder is not None:
+        with torch.no_grad():
+            model.text_encoder.embed.weight.mul_(cfg.init.text_token_scale)

