@@ -154,3 +154,26 @@ def test_a_captioned_folder_trains_the_autoencoder_and_the_latent_model(tmp_path
     assert main(["train", "--config", str(latent), "--data", str(data), "--out", str(tmp_path / "ldm")]) == 0
     images = Text2ImagePipeline.from_pretrained(tmp_path / "ldm" / "model")(["A crimson picture, photo number 1."], [0])
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("method", ["classifier", "clip", "clip_x0", "contrastive"])
+def test_every_judge_guides_a_latent_model_through_the_decoder(tiny_latent, method):
+    from condiff.diffusion.sampling import SamplingOptions
+    from condiff.pipelines.guidance import GuidanceMethod, GuidanceOptions, make_guide
+
+    pipe = Text2ImagePipeline.from_pretrained(tiny_latent)
+    opts = SamplingOptions(steps=3, guidance_scale=1.0)
+    prompt = ["a red circle to the left of a blue square"]
+    plain = pipe(prompt, [0], opts)
+    guided = pipe(prompt, [0], opts, guide=make_guide(GuidanceOptions(GuidanceMethod(method), 50.0)))
+    assert torch.isfinite(guided).all() and not torch.allclose(plain, guided, atol=1e-4)
+
+
+def test_clip_optimised_x_T_on_a_latent_model(tiny_latent):
+    from condiff.diffusion.sampling import SamplingOptions
+    from condiff.pipelines.guidance import NoiseOptimization, make_initializer
+
+    pipe = Text2ImagePipeline.from_pretrained(tiny_latent)
+    init = make_initializer(NoiseOptimization(iters=2, chain_steps=2))
+    out = pipe(["a red circle"], [0], SamplingOptions(steps=2), init=init)
+    assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()

@@ -1,7 +1,11 @@
 """Guidance by a judge model: classifier, CLIP on x_t, CLIP on x0_hat, contrastive CLIP; built as pipeline guides.
 
-A guide is guide(model, schedule, prompts) -> (model, cond_fn): it wraps the (CFG) eps model in
+A guide is guide(model, schedule, prompts, decode=None) -> (model, cond_fn): it wraps the (CFG) eps model in
 GradientGuidance with a log-probability made from the judge and the prompts. It never touches the UNet.
+
+On a latent model (decode given) the judges, which read pixels, cannot see x_t: every method then judges the
+decoded x0_hat (at t = 0 for a noise-aware judge), resized to the judge's resolution, and the gradient flows back
+through the decoder and the UNet. That costs a decoder forward and backward per step on top of the UNet's backward.
 """
 from __future__ import annotations
 
@@ -83,6 +87,25 @@ def contrastive_log_prob(clip, prompts: list[str]):
     return log_prob
 
 
+def judge_resolution(judge) -> int:
+    cfg = judge.cfg.image
+    return cfg.resolution
+
+
+def on_decoded(log_prob, decode, judge):
+    """log_prob of the decoded latent, area-resized to the judge's resolution, judged as a clean image (t = 0)."""
+    side = judge_resolution(judge)
+
+    def fn(z, t):
+        x = decode(z)
+        if x.shape[-1] != side:
+            x = torch.nn.functional.interpolate(x, size=side, mode="area")
+        t0 = torch.zeros(len(x), device=x.device)
+        return log_prob(x, t0 if getattr(judge, "noise_aware", True) else None)
+
+    return fn
+
+
 def load_judge(opts: GuidanceOptions):
     from ..nets.classifier import load_classifier
     from ..nets.clip import load_clip
@@ -115,9 +138,11 @@ def make_guide(opts: GuidanceOptions, judge=None):
     build = {GuidanceMethod.CLASSIFIER: classifier_log_prob, GuidanceMethod.CLIP: clip_log_prob,
              GuidanceMethod.CLIP_X0: clip_log_prob, GuidanceMethod.CONTRASTIVE: contrastive_log_prob}[method]
 
-    def guide(model, schedule, prompts):
-        guided = GradientGuidance(model, schedule, build(judge, prompts), opts.scale,
-                                  through_x0=method is GuidanceMethod.CLIP_X0)
+    def guide(model, schedule, prompts, decode=None):
+        log_prob, through_x0 = build(judge, prompts), method is GuidanceMethod.CLIP_X0
+        if decode is not None:
+            log_prob, through_x0 = on_decoded(log_prob, decode, judge), True
+        guided = GradientGuidance(model, schedule, log_prob, opts.scale, through_x0=through_x0)
         if form is GuidanceForm.MEAN:
             return model, guided.grad
         return guided, None
@@ -144,8 +169,10 @@ def make_initializer(opts: NoiseOptimization, clip=None):
     clip = clip if clip is not None else load_clip(opts.judge or DEFAULT_JUDGES["clip"])
     clip.requires_grad_(False)
 
-    def init(model, schedule, z, prompts):
+    def init(model, schedule, z, prompts, decode=None):
         objective = clip_log_prob(clip, prompts)
+        if decode is not None:
+            objective = on_decoded(objective, decode, clip)
         z, _ = optimize_initial_noise(model, schedule, z, lambda x0: objective(x0, None),
                                       schedule.timesteps(opts.chain_steps), iters=opts.iters, lr=opts.lr)
         return z

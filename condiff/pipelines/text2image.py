@@ -111,10 +111,11 @@ class Text2ImagePipeline(Pipeline):
         noise = PerSampleNoise(seeds)
         if x is None:
             x = noise((len(seeds), *self.sample_shape), self.device)
+        latent = {"decode": self.autoencoder.decode} if self.autoencoder is not None else {}  # judges read pixels
         if init is not None:
-            x = init(model, self.schedule, x, prompts)
+            x = init(model, self.schedule, x, prompts, **latent)
         if guide is not None:
-            model, cond_fn = guide(model, self.schedule, prompts)
+            model, cond_fn = guide(model, self.schedule, prompts, **latent)
         return sample(model, self.schedule, x, noise, opts, callback, cond_fn, start=start, replace=replace)
 
     @torch.no_grad()
