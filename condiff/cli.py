@@ -25,7 +25,7 @@ def _train(args) -> None:
 def _output_paths(out: Path, n: int) -> list[Path]:
     if n == 1:
         return [out]
-    return [out.with_name(f"{out.stem}-{i:03d}{out.suffix or '.png'}") for i in range(n)]
+    return [out.with_name(f"{out.stem}-{i:03d}{out.suffix or '.png'}") for i in range(n)] + [out]  # + the grid
 
 
 def _generate(args) -> None:
@@ -42,6 +42,13 @@ def _generate(args) -> None:
     check_writable(paths)
     pipe = Text2ImagePipeline.from_pretrained(model)
     pipe.check(prompts, opts, *([args.clip_xt_chain] if args.clip_xt_iters else []))
+    if args.seed == -1:  # as in the web UI: a random seed, reported in each PNG's parameters
+        import random
+
+        args.seed = random.randint(0, 2 ** 32 - 1 - len(prompts))
+        print(f"seed: {args.seed}", file=sys.stderr)
+    elif args.seed < 0:
+        raise ValueError(f"--seed: must be -1 (random) or a non-negative integer, got {args.seed}")
     seeds = [args.seed + i for i in range(len(prompts))]
     guide, guide_params = None, {}
     if args.guide:
@@ -60,7 +67,7 @@ def _generate(args) -> None:
     start = time.time()
     images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True,
                                     guide=guide, init=init)).numpy()
-    for path, px, prompt, seed in zip(paths, images, prompts, seeds):
+    for path, px, prompt, seed in zip(paths, images, prompts, seeds):  # the grid's path, last, is not zipped
         params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
                   "Threshold": opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else ""),
                   "CFG scale": opts.guidance_scale, "Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}",
@@ -69,6 +76,12 @@ def _generate(args) -> None:
             params["Guidance rescale"] = opts.guidance_rescale
         save_png(px, path, format_parameters(prompt, opts.negative_prompt, params))
         print(path)
+    if len(images) > 1:  # as A1111 does: the images also as one grid at --out
+        from .png import image_grid
+
+        save_png(image_grid(images, columns=args.num_images if len(args.prompts) > 1 else None), Path(args.out),
+                 format_parameters(prompts[0], opts.negative_prompt, {**params, "Seed": seeds[0], "Grid": len(images)}))
+        print(args.out)
     print(f"{len(images)} image(s) in {time.time() - start:.1f} s", file=sys.stderr)
 
 
@@ -217,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-xt-chain", type=int, default=10, help="DDIM steps of that differentiable chain")
     g.add_argument("--clip-xt-model", help="clean CLIP folder for --clip-xt-iters (default: the shipped clip32)")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i")
-    g.add_argument("--out", default="out.png", help="PNG path; with several images, OUT-000.png, OUT-001.png, ...")
+    add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i; -1: random")
+    g.add_argument("--out", default="out.png",
+                   help="PNG path; with several images, OUT-000.png, OUT-001.png, ... and a grid of all at OUT")
     g.set_defaults(func=_generate)
 
     x = sub.add_parser("export", help="copy a model folder, optionally with fp16 weights (as shipped)")

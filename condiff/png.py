@@ -45,6 +45,17 @@ def check_writable(paths: list[Path]) -> None:
             raise ValueError(f"--out: cannot write '{path}': no permission to write in '{parent}'")
 
 
+def image_grid(pixels: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> one (rows H, columns W, 3) image, row-major, black where the last row is short."""
+    n, h, w, c = pixels.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = -(-n // columns)
+    grid = np.zeros((rows * h, columns * w, c), dtype=pixels.dtype)
+    for i, px in enumerate(pixels):
+        grid[(i // columns) * h:(i // columns + 1) * h, (i % columns) * w:(i % columns + 1) * w] = px
+    return grid
+
+
 def save_png(pixels: np.ndarray, path: Path, parameters: str) -> None:
     """(H, W, 3) uint8 -> PNG with a tEXt 'parameters' chunk."""
     info = PngImagePlugin.PngInfo()

@@ -35,6 +35,8 @@ def test_generate_writes_pngs_with_parameters(tiny_model, tmp_path):
     assert p["prompt"] == "two blue squares" and p["Seed"] == "13" and p["Steps"] == "3"
     assert p["negative_prompt"] == "a green circle" and p["Sampler"] == "DDIM"
     assert Image.open(files[0]).size == (16, 16)
+    assert Image.open(out).size == (2 * 16, 2 * 16)  # the grid: a row per prompt, a column per image
+    assert np.array_equal(np.asarray(Image.open(out))[16:, 16:], np.asarray(Image.open(files[3])))
 
 
 def test_same_seed_same_image_whatever_the_batch(tiny_model, tmp_path):
@@ -118,3 +120,28 @@ def test_bench_summary_separates_objects_from_relation():
     table = summarize([{"suite": "position", "correct": False, "reason": reasons[3]}])
     assert table["position"]["objects_right"] == 0
     assert json.loads(json.dumps(json_safe(table), allow_nan=False))["position"]["relation_given_objects"] is None
+
+
+def test_seed_minus_one_draws_a_random_seed_and_reports_it(tiny_model, tmp_path, capsys):
+    out = tmp_path / "r.png"
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "2", "--seed", "-1", "--out", str(out)]) == 0
+    seed = int(read_parameters(out)["Seed"])
+    assert f"seed: {seed}" in capsys.readouterr().err and seed >= 0
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "--seed", "-2", "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--guidance-scale", "nan", "guidance_scale: must be a finite number"),
+    ("--guidance-scale", "inf", "guidance_scale: must be a finite number"),
+    ("--eta", "-3", "eta: must be a finite number between 0 and 1"),
+])
+def test_non_finite_and_out_of_range_floats_are_refused_before_loading(flag, value, message, tmp_path, capsys):
+    assert main(["generate", "a red circle", flag, value, "--model", "/nonexistent", "--out", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unwritable_out_path_fails_before_sampling(tiny_model, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "--out", str(tmp_path / "afile" / "a.png")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
