@@ -207,3 +207,18 @@ def test_fine_tuning_starts_from_a_saved_pipeline(tiny_model, tiny_config_path, 
     other.init.from_model = str(tmp_path)
     with pytest.raises(ConfigError, match="is not a saved pipeline"):
         setup(other, tmp_path / "c", device="cpu")
+
+
+def test_image_folder_reads_boxes_and_refuses_bad_ones(tmp_path):
+    folder = _make_folder(tmp_path / "d", n=2)
+    rows = [json.loads(l) for l in (folder / "metadata.jsonl").read_text().splitlines()]
+    rows[0]["boxes"] = [{"phrase": "a crimson picture", "box": [0.1, 0.2, 0.5, 0.9]}]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ds = ImageFolder(str(folder), 16)
+    assert ds.boxes([0, 1]) == [[{"phrase": "a crimson picture", "box": [0.1, 0.2, 0.5, 0.9]}], []]
+    for bad in ([{"phrase": "x", "box": [0.5, 0.2, 0.1, 0.9]}], [{"phrase": "x", "box": [0, 0, 1.5, 1]}],
+                [{"phrase": "", "box": [0, 0, 1, 1]}], {"phrase": "x"}):
+        rows[0]["boxes"] = bad
+        (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        with pytest.raises(DataError, match="metadata.jsonl:1: .*boxes"):
+            ImageFolder(str(folder), 16)

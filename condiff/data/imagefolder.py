@@ -1,4 +1,4 @@
-"""A folder of images with captions in metadata.jsonl ({"file_name": ..., "text": ...}), as diffusers' imagefolder."""
+"""A folder of images with captions in metadata.jsonl ({"file_name", "text", optional "boxes"}), as diffusers' imagefolder."""
 from __future__ import annotations
 
 import json
@@ -29,6 +29,24 @@ def _load(path: Path, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
 
 
+def check_boxes(value, where: str) -> list[dict]:
+    """A metadata row's optional "boxes": [{"phrase": str, "box": [x0, y0, x1, y1]}] with 0 <= x0 < x1 <= 1, likewise y."""
+    if not isinstance(value, list):
+        raise DataError(f"{where}: 'boxes' must be a list of {{\"phrase\", \"box\"}} objects")
+    out = []
+    for i, b in enumerate(value):
+        box = b.get("box") if isinstance(b, dict) else None
+        ok = (isinstance(b, dict) and isinstance(b.get("phrase"), str) and b["phrase"].strip()
+              and isinstance(box, list) and len(box) == 4
+              and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1 for c in box)
+              and box[0] < box[2] and box[1] < box[3])
+        if not ok:
+            raise DataError(f"{where}: boxes[{i}] must be {{\"phrase\": text, \"box\": [x0, y0, x1, y1]}} "
+                            f"with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, got {b!r}"[:300])
+        out.append({"phrase": b["phrase"], "box": [float(c) for c in box]})
+    return out
+
+
 def read_metadata(folder: Path) -> list[dict]:
     meta = folder / "metadata.jsonl"
     if not meta.is_file():
@@ -42,6 +60,8 @@ def read_metadata(folder: Path) -> list[dict]:
             rows.append({"file_name": str(row["file_name"]), "text": str(row["text"])})
         except (json.JSONDecodeError, KeyError, TypeError):
             raise DataError(f"{meta}:{n}: expected a JSON object with 'file_name' and 'text'") from None
+        if "boxes" in row:
+            rows[-1]["boxes"] = check_boxes(row["boxes"], f"{meta}:{n}")
     if not rows:
         raise DataError(f"'{meta}' lists no images")
     return rows
@@ -57,6 +77,7 @@ class ImageFolder:
         rows = read_metadata(folder)
         self.images = torch.stack([_load(folder / r["file_name"], resolution) for r in rows])  # (N, 3, H, W)
         self.captions = [r["text"] for r in rows]
+        self.box_lists = [r.get("boxes", []) for r in rows]  # WORLD.md v2's record; empty where a row has none
         self.vocab = sorted({w for c in self.captions for w in words_of(c)})
 
     def raw(self, seed: int, step: int, size: int) -> list[int]:
@@ -65,6 +86,9 @@ class ImageFolder:
 
     def materialize(self, idx: list[int], device="cpu") -> tuple[torch.Tensor, list[str]]:
         return self.images[idx].to(device), [self.captions[i] for i in idx]
+
+    def boxes(self, idx: list[int]) -> list[list[dict]]:
+        return [self.box_lists[i] for i in idx]
 
     def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
         return self.materialize(self.raw(seed, step, size), device)

@@ -5,8 +5,8 @@ import random
 
 import torch
 
-from ..world.grammar import VOCABULARY, Category, sample_prompt
-from ..world.render import layout, render
+from ..world.grammar import VOCABULARY, Category, parse_caption, sample_prompt
+from ..world.render import layout, render, scene_boxes
 
 
 class WorldStream:
@@ -26,6 +26,11 @@ class WorldStream:
         """Render on the training device: images (B, 3, H, W) in [-1, 1] and captions."""
         layouts, captions = raw
         return render(layouts, self.resolution, device=device), captions
+
+    def boxes(self, raw) -> list[list[dict]]:
+        """Each scene's objects as {"phrase", "box": [x0, y0, x1, y1]} (WORLD.md v2), exact from the layout."""
+        layouts, captions = raw
+        return [scene_boxes(parse_caption(c), placed) for placed, c in zip(layouts, captions)]
 
     def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
         return self.materialize(self.raw(seed, step, size), device)

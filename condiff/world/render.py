@@ -25,6 +25,17 @@ class PlacedObject:
     cy: float
     s: float
 
+    @property
+    def box(self) -> list[float]:
+        """[x0, y0, x1, y1] in [0, 1] of the canvas, rows growing downwards: every shape fills its s x s box."""
+        h = self.s / 2
+        return [self.cx - h, self.cy - h, self.cx + h, self.cy + h]
+
+
+def scene_boxes(spec: PromptSpec, placed: list[PlacedObject]) -> list[dict]:
+    """WORLD.md v2's record of a scene: each object's phrase ("a small red circle") and box, in the caption's order."""
+    return [{"phrase": o.phrase(), "box": p.box} for o, p in zip(spec.objects, placed)]
+
 
 class LayoutError(RuntimeError):
     pass
