@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"condiff: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # training has saved its checkpoint by now
+        print("condiff: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

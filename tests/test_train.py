@@ -1,3 +1,4 @@
+import sys
 import json
 
 import numpy as np
@@ -222,3 +223,28 @@ def test_image_folder_reads_boxes_and_refuses_bad_ones(tmp_path):
         (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
         with pytest.raises(DataError, match="metadata.jsonl:1: .*boxes"):
             ImageFolder(str(folder), 16)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes_exactly(tiny_config_path, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    cfg = json.loads(tiny_config_path.read_text()) | {"checkpoint_every": 5}
+    cfg["optim"] = cfg["optim"] | {"steps": 40}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "condiff.cli", "train", "--config", str(path), "--workers", "0"]
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "killed")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    while not latest.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted: saved step" in out and "condiff: interrupted" in err, err[-500:]
+    saved = int(latest.read_text().split("_")[1])
+    assert 5 <= saved < 40
+    assert subprocess.run(cmd + ["--out", str(tmp_path / "killed"), "--resume"]).returncode == 0
+    assert subprocess.run(cmd + ["--out", str(tmp_path / "straight")]).returncode == 0
+    a, b = (load_file(str(tmp_path / r / "model" / "unet" / "model.safetensors")) for r in ("killed", "straight"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

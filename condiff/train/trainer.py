@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,7 @@ def save(run: Run) -> None:
 
 
 def train(cfg, folder: Path, resume: bool = False, device: str | None = None, workers: int | None = None) -> Run:
-    """Train cfg's task to cfg.optim.steps; Ctrl-C saves a checkpoint first (resume continues exactly)."""
+    """Train cfg's task to cfg.optim.steps; Ctrl-C or SIGTERM saves a checkpoint first (resume continues exactly)."""
     from tqdm.auto import tqdm
 
     run = setup(cfg, folder, resume, device)
@@ -155,6 +156,7 @@ def train(cfg, folder: Path, resume: bool = False, device: str | None = None, wo
         workers = min(8, (os.cpu_count() or 1) // 2)
     bar = tqdm(total=cfg.optim.steps, initial=run.step, desc=f"training {run.task.name}", unit="step", dynamic_ncols=True)
     start, start_step, loss_avg = time.time(), run.step, None
+    previous = _interrupt_on_sigterm()
     try:
         for batch in batches(run, workers):
             loss = train_step(run, batch)
@@ -171,7 +173,20 @@ def train(cfg, folder: Path, resume: bool = False, device: str | None = None, wo
         raise
     finally:
         bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return run
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM (kill, a scheduler's stop) then saves like Ctrl-C; returns the old handler (None off the main thread)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 def evaluate(run: Run, bar) -> None:
