@@ -18,7 +18,8 @@ def _train(args) -> None:
         cfg.optim.steps = args.steps
     if args.data is not None:
         cfg.data.source, cfg.data.path = "imagefolder", args.data
-    run = train(cfg, Path(args.out), resume=args.resume, device=args.device, workers=args.workers)
+    run = train(cfg, Path(args.out), resume=args.resume, device=args.device, workers=args.workers,
+                overwrite=args.overwrite)
     print(f"trained {run.task.name} for {run.step} steps; model in {run.folder / 'model'}")
 
 
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="training config (JSON), e.g. configs/base32.json")
     t.add_argument("--out", required=True, help="run folder: config, checkpoints, samples, model/")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    t.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
     t.add_argument("--seed", type=int, help="override the config's seed")
     t.add_argument("--steps", type=int, help="override the number of optimiser steps")
     t.add_argument("--data", help="train on an image folder with metadata.jsonl instead of the config's data")
@@ -297,9 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"condiff: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # training has saved its checkpoint by now
-        print("condiff: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # training has saved its checkpoint by now
+        from .train.trainer import Terminated
+
+        print("condiff: interrupted" + (" (SIGTERM)" if isinstance(e, Terminated) else ""), file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

@@ -57,11 +57,16 @@ def image_grid(pixels: np.ndarray, columns: int | None = None) -> np.ndarray:
 
 
 def save_png(pixels: np.ndarray, path: Path, parameters: str) -> None:
-    """(H, W, 3) uint8 -> PNG with a tEXt 'parameters' chunk."""
+    """(H, W, 3) uint8 -> PNG with a tEXt 'parameters' chunk, written atomically."""
+    import io
+
+    from .fs import atomic_write_bytes
+
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, pnginfo=info)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", pnginfo=info)
+    atomic_write_bytes(Path(path), buf.getvalue())  # Ctrl-C mid-write leaves no half-written PNG
 
 
 def read_parameters(path: Path) -> dict:

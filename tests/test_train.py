@@ -170,8 +170,22 @@ def test_a_fresh_run_never_overwrites_an_existing_one(tiny_model, tiny_config_pa
     run_dir = tiny_model.parent
     before = (run_dir / "checkpoints" / "latest").read_text()
     assert main(["train", "--config", str(tiny_config_path), "--out", str(run_dir), "--device", "cpu"]) == 2
-    assert "already holds a training run" in capsys.readouterr().err
+    assert "already holds a training run: pass --resume to continue it, --overwrite to start it over" in capsys.readouterr().err
     assert (run_dir / "checkpoints" / "latest").read_text() == before
+
+
+def test_overwrite_starts_a_run_over(tiny_config_path, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--config", str(tiny_config_path), "--out", str(out), "--workers", "0"]) == 0
+    (out / "samples").mkdir(exist_ok=True)
+    (out / "samples" / "old.png").write_bytes(b"x")
+    first = load_file(str(out / "model" / "unet" / "model.safetensors"))
+    assert main(["train", "--config", str(tiny_config_path), "--out", str(out), "--workers", "0", "--overwrite"]) == 0
+    assert not (out / "samples" / "old.png").exists()
+    again = load_file(str(out / "model" / "unet" / "model.safetensors"))
+    assert all(torch.equal(first[k], again[k]) for k in first)  # the same config and seed: the same run again
+    assert main(["train", "--config", str(tiny_config_path), "--out", str(out), "--resume", "--overwrite"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
 
 
 def test_fine_tuning_starts_from_a_saved_pipeline(tiny_model, tiny_config_path, tmp_path):
@@ -241,7 +255,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_exactly(tiny_config_path
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted: saved step" in out and "condiff: interrupted" in err, err[-500:]
+    assert proc.returncode == 143 and "interrupted: saved step" in out and "condiff: interrupted (SIGTERM)" in err, err[-500:]
     saved = int(latest.read_text().split("_")[1])
     assert 5 <= saved < 40
     assert subprocess.run(cmd + ["--out", str(tmp_path / "killed"), "--resume"]).returncode == 0

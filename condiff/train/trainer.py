@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -69,13 +70,24 @@ def resolve_device(device: str | None) -> torch.device:
     return device
 
 
-def setup(cfg, folder: Path, resume: bool = False, device: str | None = None) -> Run:
-    """Build data, model, EMA and optimizer for cfg's task; with resume, restore the latest checkpoint exactly."""
+def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, overwrite: bool = False) -> Run:
+    """Build data, model, EMA and optimizer for cfg's task; with resume, restore the latest checkpoint exactly.
+
+    A folder that already holds a run is refused unless resume (continue it) or overwrite (start it over) is given.
+    """
     from .tasks import task_of
 
     task, folder = task_of(cfg), Path(folder)
-    if not resume and (folder / "checkpoints" / "latest").exists():
-        raise ConfigError(f"'{folder}' already holds a training run: pass --resume, or choose another --out")
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    held = (folder / "checkpoints" / "latest").exists() or (folder / "config.json").exists()
+    if held and not resume and not overwrite:
+        raise ConfigError(f"'{folder}' already holds a training run: pass --resume to continue it, "
+                          f"--overwrite to start it over, or choose another --out")
+    if held and overwrite:
+        for name in ("checkpoints", "model", "samples", "snapshots", "config.json"):
+            target = folder / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     if resume:  # the run's own config wins; only the step budget may be extended
         steps = cfg.optim.steps
         cfg = load_json(task.config_cls, folder / "config.json")
@@ -146,11 +158,12 @@ def save(run: Run) -> None:
     run.task.export(run, run.folder / "model")
 
 
-def train(cfg, folder: Path, resume: bool = False, device: str | None = None, workers: int | None = None) -> Run:
+def train(cfg, folder: Path, resume: bool = False, device: str | None = None, workers: int | None = None,
+          overwrite: bool = False) -> Run:
     """Train cfg's task to cfg.optim.steps; Ctrl-C or SIGTERM saves a checkpoint first (resume continues exactly)."""
     from tqdm.auto import tqdm
 
-    run = setup(cfg, folder, resume, device)
+    run = setup(cfg, folder, resume, device, overwrite)
     cfg = run.cfg
     if workers is None:
         workers = min(8, (os.cpu_count() or 1) // 2)
@@ -178,10 +191,14 @@ def train(cfg, folder: Path, resume: bool = False, device: str | None = None, wo
     return run
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that both save the run the same way."""
+
+
 def _interrupt_on_sigterm():
     """SIGTERM (kill, a scheduler's stop) then saves like Ctrl-C; returns the old handler (None off the main thread)."""
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         return signal.signal(signal.SIGTERM, handler)
