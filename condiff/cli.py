@@ -23,6 +23,19 @@ def _train(args) -> None:
     print(f"trained {run.task.name} for {run.step} steps; model in {run.folder / 'model'}")
 
 
+def _parse_boxes(text: str) -> list[dict]:
+    """--boxes: a JSON list of {"phrase", "box": [x0, y0, x1, y1]} in [0, 1] (the metadata.jsonl record)."""
+    import json
+
+    from .data.imagefolder import check_boxes
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--boxes: not JSON ({e.msg} at character {e.pos})") from None
+    return check_boxes(value, "--boxes")
+
+
 def _output_paths(out: Path, n: int) -> list[Path]:
     if n == 1:
         return [out]
@@ -37,6 +50,7 @@ def _generate(args) -> None:
     from .world.render import to_uint8
 
     opts = SamplingOptions.from_args(args)  # bad option values fail here, before any model is loaded
+    boxes = _parse_boxes(args.boxes) if args.boxes else None
     model = Path(args.model) if args.model else DEFAULT_MODEL
     prompts = [p for p in args.prompts for _ in range(args.num_images)]
     paths = _output_paths(Path(args.out), len(prompts))
@@ -66,8 +80,11 @@ def _generate(args) -> None:
         init = make_initializer(NoiseOptimization(args.clip_xt_iters, args.clip_xt_chain, judge=args.clip_xt_model))
         guide_params.update({"CLIP x_T iterations": args.clip_xt_iters, "CLIP x_T chain": args.clip_xt_chain})
     start = time.time()
-    images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True,
-                                    guide=guide, init=init)).numpy()
+    if boxes is not None:
+        guide_params["Boxes"] = len(boxes)
+        boxes = [boxes] * len(prompts)
+    images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True, guide=guide,
+                                    init=init, boxes=boxes, boxes_in_uncond=args.boxes_in_uncond)).numpy()
     for path, px, prompt, seed in zip(paths, images, prompts, seeds):  # the grid's path, last, is not zipped
         params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
                   "Threshold": opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else ""),
@@ -231,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CLIP-optimised x_T: Adam steps on the initial noise through a DDIM chain (0: off)")
     g.add_argument("--clip-xt-chain", type=int, default=10, help="DDIM steps of that differentiable chain")
     g.add_argument("--clip-xt-model", help="clean CLIP folder for --clip-xt-iters (default: the shipped clip32)")
+    g.add_argument("--boxes", help='grounding (a model trained with boxes): JSON [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...] in [0, 1]')
+    g.add_argument("--boxes-in-uncond", action="store_true", help="CFG's unconditional branch sees the boxes too")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
     add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i; -1: random")
     g.add_argument("--out", default="out.png",

@@ -1,4 +1,5 @@
-"""ADM/GLIDE-style UNet: timestep AdaGN, self-attention with cross-attention to text tokens, pooled text in the embedding."""
+"""ADM/GLIDE-style UNet: timestep AdaGN, self-attention with cross-attention to text tokens, pooled text in the
+embedding, and optionally GLIGEN's gated self-attention over box grounding tokens."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .grounding import GatedSelfAttention, GroundingTokens
 
 
 @dataclass
@@ -22,6 +25,9 @@ class UNetConfig:
     head_channels: int = 32
     dropout: float = 0.0
     context_dim: int = 128  # text width; 0 for an unconditional model
+    grounding_dim: int = 0  # phrase-embedding width of box grounding (GLIGEN); 0: no grounding layers
+    grounding_token_dim: int = 256
+    grounding_max_boxes: int = 4  # grounding token slots; unused ones hold the learned null token
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -67,15 +73,18 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over pixels whose keys/values also include the text tokens (GLIDE's encoder_kv)."""
 
-    def __init__(self, ch: int, head_channels: int, context_dim: int):
+    def __init__(self, ch: int, head_channels: int, context_dim: int, grounding_token_dim: int = 0):
         super().__init__()
         self.heads = max(1, ch // head_channels)
+        self.gated = GatedSelfAttention(ch, grounding_token_dim, head_channels) if grounding_token_dim else None
         self.norm = norm(ch)
         self.qkv = nn.Conv1d(ch, 3 * ch, 1)
         self.context_kv = nn.Linear(context_dim, 2 * ch) if context_dim else None
         self.proj = zero(nn.Conv1d(ch, ch, 1))
 
-    def forward(self, x, emb, context=None, context_mask=None, **_):
+    def forward(self, x, emb, context=None, context_mask=None, grounding=None, **_):
+        if self.gated is not None and grounding is not None:  # GLIGEN: gated self-attention before the text
+            x = self.gated(x, grounding)
         B, C, H, W = x.shape
         q, k, v = self.qkv(self.norm(x).view(B, C, H * W)).chunk(3, dim=1)  # (B, C, HW) each
         mask = None
@@ -135,7 +144,9 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.pooled_proj = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
         block = lambda a, b: ResBlock(a, b, emb_dim, cfg.dropout)
-        attn = lambda ch: AttentionBlock(ch, cfg.head_channels, cfg.context_dim)
+        token_dim = cfg.grounding_token_dim if cfg.grounding_dim else 0
+        attn = lambda ch: AttentionBlock(ch, cfg.head_channels, cfg.context_dim, token_dim)
+        self.grounding = GroundingTokens(cfg.grounding_dim, token_dim) if cfg.grounding_dim else None
         self.inputs = nn.ModuleList([EmbedSequential(InputConv(cfg.in_channels + cfg.extra_in_channels, mc))])
         skips, ch, res = [mc], mc, cfg.resolution
         for level, mult in enumerate(cfg.channel_mult):
@@ -164,13 +175,17 @@ class UNet(nn.Module):
                 self.outputs.append(EmbedSequential(*layers))
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
-    def forward(self, x, t, context=None, context_mask=None, pooled=None, **images):
+    def forward(self, x, t, context=None, context_mask=None, pooled=None, box_phrases=None, boxes=None, box_mask=None,
+                **images):
+        """box_phrases (B, N, grounding_dim), boxes (B, N, 4) in [0, 1], box_mask (B, N): GLIGEN's grounding input."""
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))  # (B, 4 mc)
         if self.pooled_proj is not None and pooled is not None:
             emb = emb + self.pooled_proj(pooled)
         if images:  # explicit conditioning images, concatenated in name order
             x = torch.cat([x] + [images[k] for k in sorted(images)], dim=1)
         cond = {"context": context, "context_mask": context_mask}
+        if self.grounding is not None and boxes is not None:
+            cond["grounding"] = self.grounding(box_phrases.to(x.dtype), boxes, box_mask)
         hs = []
         for module in self.inputs:
             x = module(x, emb, **cond)

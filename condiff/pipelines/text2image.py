@@ -84,14 +84,29 @@ class Text2ImagePipeline(Pipeline):
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         return self.text_encoder.encode(prompts, self.device)
 
-    def guided_model(self, prompts: list[str], opts: SamplingOptions, **cond):
+    def guided_model(self, prompts: list[str], opts: SamplingOptions, cond_only: dict | None = None,
+                     uncond_only: dict | None = None, **cond):
         """The eps model the sampler sees: classifier-free guidance (scale 1: the plain conditional model).
 
-        Extra keyword conditioning (low_res=, mask=, ...) goes to both branches unchanged.
+        Extra keyword conditioning (low_res=, mask=, ...) goes to both branches unchanged; cond_only / uncond_only
+        to one branch each (grounding boxes, and their null version).
         """
         with torch.no_grad():
             c, u = self.encode(prompts), self.encode([opts.negative_prompt] * len(prompts))
-        return ClassifierFreeGuidance(self.denoiser, opts.guidance_scale, c | cond, u | cond, opts.guidance_rescale)
+        c, u = c | cond | (cond_only or {}), u | cond | (uncond_only or {})
+        return ClassifierFreeGuidance(self.denoiser, opts.guidance_scale, c, u, opts.guidance_rescale)
+
+    def grounding(self, boxes: list[list[dict]], in_uncond: bool = False) -> tuple[dict, dict]:
+        """GLIGEN keywords (cond branch, uncond branch): the boxes, and in the uncond branch the same boxes or none."""
+        from ..nets.grounding import grounding_inputs
+
+        if not self.unet.cfg.grounding_dim:
+            raise ValueError("boxes: this model has no grounding layers (train it with a \"grounding\" config)")
+        slots = self.unet.cfg.grounding_max_boxes
+        if max(len(b) for b in boxes) > slots:
+            raise ValueError(f"boxes: this model takes at most {slots} boxes an image, got {max(len(b) for b in boxes)}")
+        g = grounding_inputs(self.encode, boxes, slots, self.device)
+        return g, g if in_uncond else g | {"box_mask": torch.zeros_like(g["box_mask"])}
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """What the sampler made -> image in [-1, 1]-ish: the autoencoder's decoder for latents, else itself."""
@@ -100,14 +115,19 @@ class Text2ImagePipeline(Pipeline):
     @torch.no_grad()
     def denoise(self, prompts: list[str], seeds: list[int], opts: SamplingOptions, callback=None,
                 guide: Guide | None = None, init: Callable | None = None, x: torch.Tensor | None = None,
-                start: int = 0, replace: Replace | None = None, **cond) -> torch.Tensor:
+                start: int = 0, replace: Replace | None = None, boxes: list[list[dict]] | None = None,
+                boxes_in_uncond: bool = False, **cond) -> torch.Tensor:
         """The sampler's output before decoding. x (default: noise from the seeds) is the sample at step `start`.
+
+        boxes: per image a list of {"phrase", "box": [x0, y0, x1, y1]} (grounding); the unconditional branch of CFG
+        sees none of them unless boxes_in_uncond.
 
         guide(model, schedule, prompts) -> (model, cond_fn) wraps the model further (classifier or CLIP guidance).
         init(model, schedule, x_T, prompts) -> x_T replaces the initial noise (CLIP-optimised x_T), given the CFG model.
         """
         assert len(prompts) == len(seeds)
-        model, cond_fn = self.guided_model(prompts, opts, **cond), None
+        g_cond, g_uncond = self.grounding(boxes, boxes_in_uncond) if boxes is not None else ({}, {})
+        model, cond_fn = self.guided_model(prompts, opts, g_cond, g_uncond, **cond), None
         noise = PerSampleNoise(seeds)
         if x is None:
             x = noise((len(seeds), *self.sample_shape), self.device)
@@ -121,18 +141,21 @@ class Text2ImagePipeline(Pipeline):
     @torch.no_grad()
     def __call__(self, prompts: list[str], seeds: list[int], opts: SamplingOptions | None = None,
                  callback: Callable[[dict], None] | None = None, guide: Guide | None = None,
-                 init: Callable | None = None) -> torch.Tensor:
-        """One image per (prompt, seed): (B, 3, H, W) in [-1, 1]. Image i depends only on prompts[i], seeds[i]."""
+                 init: Callable | None = None, **grounding) -> torch.Tensor:
+        """One image per (prompt, seed): (B, 3, H, W) in [-1, 1]. Image i depends only on prompts[i], seeds[i]
+        (and its boxes=, boxes_in_uncond=, for a grounded model)."""
         opts = opts or self.defaults
-        return self.decode(self.denoise(prompts, seeds, opts, callback, guide, init))
+        return self.decode(self.denoise(prompts, seeds, opts, callback, guide, init, **grounding))
 
     def generate(self, prompts: list[str], seeds: list[int], opts: SamplingOptions | None = None,
                  batch_size: int = 64, progress: bool = False, guide: Guide | None = None,
-                 init: Callable | None = None) -> torch.Tensor:
+                 init: Callable | None = None, boxes: list[list[dict]] | None = None,
+                 boxes_in_uncond: bool = False) -> torch.Tensor:
         """Like __call__, in batches; (B, 3, H, W) on the CPU."""
         from tqdm.auto import tqdm
 
         out = []
         for i in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="generating", unit="batch"):
-            out.append(self(prompts[i:i + batch_size], seeds[i:i + batch_size], opts, guide=guide, init=init).cpu())
+            g = {} if boxes is None else {"boxes": boxes[i:i + batch_size], "boxes_in_uncond": boxes_in_uncond}
+            out.append(self(prompts[i:i + batch_size], seeds[i:i + batch_size], opts, guide=guide, init=init, **g).cpu())
         return torch.cat(out)

@@ -51,6 +51,14 @@ class OptimConfig:
 
 
 @dataclass
+class GroundingConfig:
+    """Box grounding (GLIGEN): the data's (phrase, box) records as gated-attention tokens."""
+    max_boxes: int = 4
+    token_dim: int = 256
+    p_drop: float = 0.1  # drop a scene's boxes (independently of its caption): grounding-free branch for CFG
+
+
+@dataclass
 class TrainConfig:
     """A text-to-image diffusion model (text encoder + UNet): configs/base32.json."""
     model: str = "text2image"
@@ -59,6 +67,7 @@ class TrainConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # the learned encoder, trained with the UNet
     pretrained_text: PretrainedTextConfig | None = None  # a frozen pretrained encoder instead of `text` (Imagen)
     autoencoder: str | None = None  # a trained autoencoder folder: diffusion runs in its latent space (LDM)
+    grounding: GroundingConfig | None = None  # train with the data's boxes (layout grounding)
     unet: UNetConfig = field(default_factory=UNetConfig)
     pipeline: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -141,8 +141,9 @@ def train_step(run: Run, batch=None) -> float:
     images, captions = run.data.materialize(raw, run.device)
     for group in run.opt.param_groups:
         group["lr"] = lr_at(cfg, run.step)
+    extras = run.task.extras(run, raw) if hasattr(run.task, "extras") else {}  # e.g. boxes, for tasks that use them
     with run.autocast():
-        loss = run.task.loss(run, images, captions)
+        loss = run.task.loss(run, images, captions, **extras)
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)

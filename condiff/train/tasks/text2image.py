@@ -63,6 +63,11 @@ class Text2ImageTask:
             ae = load_autoencoder(cfg)
             cfg.unet.in_channels, cfg.unet.resolution = ae.cfg.latent_channels, cfg.data.resolution // ae.cfg.factor
         cfg.unet.out_channels = cfg.unet.in_channels * (2 if cfg.pipeline.learn_sigma else 1)
+        if cfg.grounding is not None:
+            if not hasattr(data, "boxes"):
+                raise ConfigError("grounding: this data source has no boxes")
+            cfg.unet.grounding_dim, cfg.unet.grounding_token_dim = cfg.unet.context_dim, cfg.grounding.token_dim
+            cfg.unet.grounding_max_boxes = cfg.grounding.max_boxes
         model = TextToImageModel(cfg)
         if cfg.init.from_model and not resume:
             init_from_pretrained(model, cfg)
@@ -84,7 +89,19 @@ class Text2ImageTask:
             return run.state["text"]
         return (run.ema.model if ema else run.model).text_encoder
 
-    def loss(self, run, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    def extras(self, run, raw) -> dict:
+        return {"box_lists": run.data.boxes(raw)} if run.cfg.grounding is not None else {}
+
+    def grounding(self, run, box_lists: list[list[dict]], device) -> dict:
+        """GLIGEN's keywords; a scene's boxes are dropped with p_drop (its grounding-free, CFG-able branch)."""
+        from ...nets.grounding import grounding_inputs
+
+        g = run.cfg.grounding
+        drop = (torch.rand(len(box_lists), generator=run.generator) < g.p_drop).tolist()
+        kept = [[] if d else boxes for boxes, d in zip(box_lists, drop)]
+        return grounding_inputs(lambda p: self.text_encoder(run).encode(p, device), kept, g.max_boxes, device)
+
+    def loss(self, run, images: torch.Tensor, captions: list[str], box_lists: list | None = None) -> torch.Tensor:
         cfg, schedule, generator, model = run.cfg, run.state["schedule"], run.generator, run.model
         B, device = len(captions), images.device
         drop = torch.rand(B, generator=generator) < cfg.optim.p_uncond  # condition dropout (CFG)
@@ -95,6 +112,8 @@ class Text2ImageTask:
                 images = run.state["autoencoder"].encode(images)
         eps = torch.randn(images.shape, generator=generator).to(device)
         cond = self.text_encoder(run).encode(captions, device)
+        if box_lists is not None:
+            cond |= self.grounding(run, box_lists, device)
         loss_fn = hybrid_loss if cfg.pipeline.learn_sigma else diffusion_loss
         weight = None
         if LossWeighting(cfg.loss.weighting) is LossWeighting.MIN_SNR:

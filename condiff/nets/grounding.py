@@ -1,0 +1,82 @@
+"""Box grounding in the manner of GLIGEN (Li et al. 2023): (phrase, box) pairs as tokens in gated self-attention.
+
+A grounding token is h_e = MLP([phrase embedding, Fourier(box)]) (GLIGEN eq. 5); padding slots use a learned null
+token. Each gated block adds v <- v + tanh(gamma) TS(SelfAttn([v, h_e])) to the visual tokens v (eq. 8), with
+gamma = 0 at init, so a trained UNet is unchanged when the layers are added and learns to use the boxes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def fourier_embedding(boxes: torch.Tensor, freqs: int = 8) -> torch.Tensor:
+    """(B, N, 4) boxes in [0, 1] -> (B, N, 4 * 2 * freqs): sin and cos of 2^k pi x for k < freqs (GLIGEN, NeRF)."""
+    scales = (2.0 ** torch.arange(freqs, device=boxes.device, dtype=boxes.dtype)) * math.pi  # (F,)
+    angles = boxes[..., None] * scales  # (B, N, 4, F)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(2)
+
+
+class GroundingTokens(nn.Module):
+    """Phrase embeddings (B, N, D) + boxes (B, N, 4) + mask (B, N) -> tokens (B, N, dim); masked slots get a null token."""
+
+    def __init__(self, phrase_dim: int, dim: int, freqs: int = 8):
+        super().__init__()
+        self.freqs = freqs
+        box_dim = 4 * 2 * freqs
+        self.null_phrase = nn.Parameter(torch.zeros(phrase_dim))
+        self.null_box = nn.Parameter(torch.zeros(box_dim))
+        self.mlp = nn.Sequential(nn.Linear(phrase_dim + box_dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, 2 * dim),
+                                 nn.SiLU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, phrases: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask[..., None].to(phrases.dtype)
+        p = m * phrases + (1 - m) * self.null_phrase
+        b = m * fourier_embedding(boxes.to(phrases.dtype), self.freqs) + (1 - m) * self.null_box
+        return self.mlp(torch.cat([p, b], dim=-1))
+
+
+class GatedSelfAttention(nn.Module):
+    """v <- v + tanh(gamma) TS(SelfAttn(LN([v, W h]))): attention over visual and grounding tokens, visual part kept."""
+
+    def __init__(self, ch: int, token_dim: int, head_channels: int):
+        super().__init__()
+        self.heads = max(1, ch // head_channels)
+        self.to_ch = nn.Linear(token_dim, ch)
+        self.norm = nn.LayerNorm(ch)
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.proj = nn.Linear(ch, ch)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        v = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        seq = self.norm(torch.cat([v, self.to_ch(tokens)], dim=1))  # (B, HW + N, C)
+        q, k, val = self.qkv(seq).chunk(3, dim=-1)
+        split = lambda a: a.view(B, -1, self.heads, C // self.heads).transpose(1, 2)  # (B, h, L, c)
+        out = F.scaled_dot_product_attention(split(q), split(k), split(val)).transpose(1, 2).reshape(B, -1, C)
+        out = self.proj(out[:, : H * W])  # TS: the visual tokens only
+        return x + (torch.tanh(self.gamma) * out).transpose(1, 2).view(B, C, H, W)
+
+
+def grounding_inputs(encode, box_lists: list[list[dict]], max_boxes: int, device=None) -> dict[str, torch.Tensor]:
+    """The UNet's grounding keywords for a batch: each scene's first max_boxes (phrase, box) records, padded.
+
+    encode(phrases) -> {"pooled": (P, D)} embeds the distinct phrases once (the text encoder's pooled state).
+    """
+    B, N = len(box_lists), max_boxes
+    phrases = list(dict.fromkeys(b["phrase"] for boxes in box_lists for b in boxes[:N]))
+    pooled = encode(phrases or [""])["pooled"].float()  # (P, D)
+    out = {"box_phrases": torch.zeros(B, N, pooled.shape[1], device=pooled.device),
+           "boxes": torch.zeros(B, N, 4, device=pooled.device),
+           "box_mask": torch.zeros(B, N, dtype=torch.bool, device=pooled.device)}
+    index = {p: i for i, p in enumerate(phrases)}
+    for i, boxes in enumerate(box_lists):
+        for j, b in enumerate(boxes[:N]):
+            out["box_phrases"][i, j] = pooled[index[b["phrase"]]]
+            out["boxes"][i, j] = torch.tensor(b["box"], dtype=torch.float32)
+            out["box_mask"][i, j] = True
+    return {k: v.to(device) for k, v in out.items()}

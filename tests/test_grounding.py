@@ -1,0 +1,116 @@
+"""Box grounding (GLIGEN): Fourier box embedding, null tokens, the zero gate, training on world boxes, and sampling
+with boxes through the pipeline and the CLI."""
+import json
+
+import pytest
+import torch
+
+from condiff.cli import main
+from condiff.diffusion.sampling import SamplingOptions
+from condiff.nets.grounding import GatedSelfAttention, GroundingTokens, fourier_embedding, grounding_inputs
+from condiff.nets.unet import UNet, UNetConfig
+from condiff.pipelines.text2image import Text2ImagePipeline
+
+
+def test_fourier_embedding_is_sin_and_cos_of_octaves():
+    boxes = torch.tensor([[[0.25, 0.5, 0.75, 1.0]]])
+    e = fourier_embedding(boxes, freqs=3)
+    assert e.shape == (1, 1, 24)
+    k, x = 2, 0.5  # the second coordinate's third frequency
+    assert e[0, 0, 1 * 6 + k].item() == pytest.approx(torch.sin(torch.tensor(2 ** k * torch.pi * x)).item(), abs=1e-6)
+    assert e[0, 0, 1 * 6 + 3 + k].item() == pytest.approx(torch.cos(torch.tensor(2 ** k * torch.pi * x)).item(), abs=1e-6)
+
+
+def test_masked_slots_are_the_null_token_whatever_they_hold():
+    g = GroundingTokens(phrase_dim=8, dim=16)
+    torch.nn.init.normal_(g.null_phrase), torch.nn.init.normal_(g.null_box)
+    mask = torch.tensor([[True, False]])
+    a = g(torch.randn(1, 2, 8), torch.rand(1, 2, 4), mask)
+    b = g(torch.randn(1, 2, 8), torch.rand(1, 2, 4), mask)
+    assert torch.allclose(a[:, 1], b[:, 1]) and not torch.allclose(a[:, 0], b[:, 0])
+
+
+def _random_unet(**over):
+    unet = UNet(UNetConfig(resolution=8, in_channels=4, out_channels=4, model_channels=16, channel_mult=(1, 2),
+                           num_res_blocks=1, attention_resolutions=(8, 4), head_channels=8, context_dim=32, **over))
+    for name, p in unet.named_parameters():  # non-trivial outputs; the grounding layers keep torch's default init
+        if "gated" not in name and not name.startswith("grounding."):
+            torch.nn.init.normal_(p, std=0.05)
+    return unet
+
+
+def test_grounding_layers_start_as_the_identity_and_then_read_the_boxes():
+    """gamma = 0: adding grounding to a trained UNet leaves its output unchanged (GLIGEN's gated init)."""
+    plain = _random_unet()
+    grounded = _random_unet(grounding_dim=32, grounding_token_dim=16)
+    missing, unexpected = grounded.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all("gated" in k or k.startswith("grounding.") for k in missing)
+    for m in grounded.modules():
+        if isinstance(m, GatedSelfAttention):
+            m.gamma.data.zero_()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([3, 500])
+    ctx = {"context": torch.randn(2, 5, 32), "context_mask": torch.ones(2, 5, dtype=torch.bool), "pooled": torch.randn(2, 32)}
+    g = {"box_phrases": torch.randn(2, 3, 32), "boxes": torch.rand(2, 3, 4), "box_mask": torch.ones(2, 3, dtype=torch.bool)}
+    assert torch.allclose(plain(x, t, **ctx), grounded(x, t, **ctx, **g), atol=1e-6)
+    for m in grounded.modules():
+        if isinstance(m, GatedSelfAttention):
+            m.gamma.data.fill_(1.0)
+    moved = dict(g, boxes=g["boxes"].flip(-1))
+    assert not torch.allclose(grounded(x, t, **ctx, **g), grounded(x, t, **ctx, **moved), atol=1e-4)
+
+
+def test_grounding_inputs_pad_to_the_slots_and_embed_each_phrase_once():
+    calls = []
+
+    def encode(phrases):
+        calls.append(list(phrases))
+        return {"pooled": torch.arange(len(phrases), dtype=torch.float32)[:, None].expand(-1, 3)}
+    lists = [[{"phrase": "a red circle", "box": [0, 0, 0.5, 0.5]}], [{"phrase": "a red circle", "box": [0.5, 0.5, 1, 1]},
+                                                                     {"phrase": "a blue square", "box": [0, 0.5, 0.5, 1]}]]
+    g = grounding_inputs(encode, lists, 4, "cpu")
+    assert calls == [["a red circle", "a blue square"]]
+    assert g["box_mask"].tolist() == [[True, False, False, False], [True, True, False, False]]
+    assert g["box_phrases"][1, 1, 0] == 1 and g["boxes"][1, 0].tolist() == [0.5, 0.5, 1, 1]
+
+
+@pytest.fixture(scope="module")
+def grounded_model(tiny_config_path, tmp_path_factory):
+    cfg = json.loads(tiny_config_path.read_text()) | {"grounding": {"max_boxes": 4, "token_dim": 16}}
+    tmp = tmp_path_factory.mktemp("grounded")
+    (tmp / "g.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp / "g.json"), "--out", str(tmp / "run"), "--workers", "0"]) == 0
+    return tmp / "run" / "model"
+
+
+def test_a_model_trained_on_world_boxes_samples_with_boxes(grounded_model):
+    pipe = Text2ImagePipeline.from_pretrained(grounded_model)
+    assert pipe.unet.cfg.grounding_dim == pipe.text_encoder.cfg.width and pipe.unet.cfg.grounding_max_boxes == 4
+    boxes = [[{"phrase": "a red circle", "box": [0.1, 0.1, 0.4, 0.4]}, {"phrase": "a blue square", "box": [0.6, 0.6, 0.9, 0.9]}]]
+    torch.manual_seed(0)  # two training steps leave the zero-initialised output and gates near 0: open them
+    for name, p in pipe.unet.named_parameters():
+        if "gated" not in name and not name.startswith("grounding."):
+            torch.nn.init.normal_(p, std=0.05)
+    for m in pipe.unet.modules():
+        if isinstance(m, GatedSelfAttention):
+            m.gamma.data.fill_(0.5)
+    prompt, opts = ["a red circle to the left of a blue square"], SamplingOptions(steps=3, threshold="none")
+    a = pipe(prompt, [0], opts, boxes=boxes)
+    b = pipe(prompt, [0], opts, boxes=[[dict(boxes[0][0], box=[0.6, 0.1, 0.9, 0.4]), boxes[0][1]]])
+    c = pipe(prompt, [0], opts, boxes=boxes, boxes_in_uncond=True)
+    assert a.shape == (1, 3, 16, 16) and not torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-5)
+    two = pipe(prompt * 2, [1, 0], opts, boxes=[[], boxes[0]])
+    assert torch.allclose(two[1:], a, atol=1e-5)  # same seed, same image, whatever the batch holds
+    with pytest.raises(ValueError, match="at most 4 boxes"):
+        pipe(prompt, [0], boxes=[boxes[0] * 3])
+
+
+def test_generate_with_boxes_and_bad_boxes(grounded_model, tiny_model, tmp_path, capsys):
+    box = '[{"phrase": "a red circle", "box": [0.1, 0.1, 0.4, 0.4]}]'
+    out = tmp_path / "g.png"
+    assert main(["generate", "a red circle", "--model", str(grounded_model), "--steps", "2", "--boxes", box, "--out", str(out)]) == 0
+    assert out.is_file()
+    for bad, message in (("[{", "--boxes: not JSON"), ('[{"phrase": "x", "box": [0.5, 0, 0.1, 1]}]', "0 <= x0 < x1 <= 1")):
+        assert main(["generate", "a red circle", "--model", str(grounded_model), "--boxes", bad, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "2", "--boxes", box, "--out", str(out)]) == 2
+    assert "this model has no grounding layers" in capsys.readouterr().err
