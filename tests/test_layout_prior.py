@@ -1,0 +1,85 @@
+"""The layout prior: training targets from world boxes, the decoding grammar, seeded sampling, the layout judge
+(checked on the world's own layouts), and text -> boxes -> image composed with a grounded latent model."""
+import json
+
+import pytest
+import torch
+
+from condiff import components
+from condiff.cli import main
+from condiff.data.world import WorldStream
+from condiff.eval.layouts import judge_layout
+from condiff.nets.layout_prior import LayoutPriorConfig, decode_layout, sample_layouts, target_sequence
+from condiff.nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
+from condiff.pipelines.base import load_pipeline
+from condiff.train.tasks.layout_prior import targets
+
+
+def test_the_layout_judge_passes_every_rendered_world_layout():
+    stream = WorldStream(16, exclude_held_out=False)
+    raw = stream.raw(seed=1, step=0, size=200)
+    for caption, boxes in zip(raw[1], stream.boxes(raw)):
+        v = judge_layout(caption, boxes)
+        assert v["count"] and v["phrases"] and v["geometry"] and v["relation"] in (None, True), (caption, boxes, v)
+    assert judge_layout("a red circle", [])["count"] is False
+
+
+def test_targets_point_at_the_phrases_and_decode_back_to_the_world_boxes():
+    enc = PretrainedTextEncoder(PretrainedTextConfig())  # the real WordPiece offsets
+    cfg = LayoutPriorConfig(bins=64)
+    stream = WorldStream(16, exclude_held_out=False)
+    raw = stream.raw(seed=2, step=0, size=40)
+    seqs = targets(raw[1], stream.boxes(raw), enc.tokenizer, cfg)
+    for seq, caption, boxes in zip(seqs.tolist(), raw[1], stream.boxes(raw)):
+        layout = decode_layout(cfg, [t for t in seq if t != -100], caption, enc.tokenizer.tok.encode(caption).offsets)
+        assert judge_layout(caption, layout)["phrases"], (caption, layout)
+        for got in layout:  # each decoded box is one of the scene's boxes, to the quantisation step
+            assert min(max(abs(a - b) for a, b in zip(got["box"], w["box"])) for w in boxes) <= 1 / 64
+    assert target_sequence(cfg, [], [])[:2] == [cfg.eos, -100]
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tiny_bert, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prior")
+    cfg = {"model": "layout_prior", "text": {"source": str(tiny_bert), "max_length": 16, "width": 32},
+           "prior": {"width": 32, "layers": 1, "heads": 2, "max_objects": 4},
+           "optim": {"steps": 2, "batch_size": 8, "warmup_steps": 1}, "checkpoint_every": 1}
+    (tmp / "p.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp / "p.json"), "--out", str(tmp / "run"), "--workers", "0"]) == 0
+    return tmp / "run" / "model"
+
+
+def test_sampled_layouts_follow_the_grammar_and_their_seed(tiny_prior, tiny_bert):
+    prior = components.load("layout_prior", tiny_prior)
+    enc = PretrainedTextEncoder(PretrainedTextConfig(source=str(tiny_bert), max_length=16, width=32))
+    captions = ["a red circle to the left of a blue square", "a teal box"]
+    both = sample_layouts(prior, enc, captions, [3, 4])
+    assert sample_layouts(prior, enc, captions[1:], [4]) == both[1:]  # seed, not batch position
+    for caption, layout in zip(captions, both):
+        assert 1 <= len(layout) <= 4
+        for b in layout:
+            assert b["phrase"] and b["phrase"] in caption and 0 <= b["box"][0] < b["box"][2] <= 1
+
+
+def test_text_to_boxes_to_image(tiny_prior, tiny_bert, tmp_path):
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_latent import TINY_AE, _latent_config, _write
+
+    assert main(["train", "--config", str(_write(tmp_path / "ae.json", TINY_AE)), "--out", str(tmp_path / "ae")]) == 0
+    cfg = _latent_config(tmp_path, tmp_path / "ae" / "model", tiny_bert,
+                         grounding={"max_boxes": 4, "token_dim": 16})
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "g")]) == 0
+    assert main(["compose", "--text2image", str(tmp_path / "g" / "model"), "--layout-prior", str(tiny_prior),
+                 "--out", str(tmp_path / "l2i")]) == 0
+    pipe = load_pipeline(tmp_path / "l2i")
+    assert pipe.spec.kind == "layout2image" and [c.name for c in pipe.spec.components][-1] == "layout_prior"
+    out = tmp_path / "o.png"
+    assert main(["generate", "a red circle to the left of a blue square", "--model", str(tmp_path / "l2i"),
+                 "--steps", "2", "--out", str(out)]) == 0 and out.is_file()
+    from condiff.nets.unet import UNet, UNetConfig
+    from condiff.pipelines.layout2image import Layout2ImagePipeline
+
+    plain = UNet(UNetConfig(**{**vars(pipe.unet.cfg), "grounding_dim": 0}))
+    with pytest.raises(ValueError, match="needs a frozen pretrained text encoder and a UNet with grounding"):
+        Layout2ImagePipeline(pipe.text_encoder, plain, pipe.cfg, pipe.layout_prior)
