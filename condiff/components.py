@@ -47,6 +47,24 @@ def classes(kind: ComponentType | str) -> tuple[type, type]:
     return getattr(mod, net), getattr(mod, cfg)
 
 
+def guess_type(folder: str | Path) -> ComponentType:
+    """The type of a component folder, from the keys its config.json alone has."""
+    cfg = _read(Path(folder) / CONFIG)
+    marks = [("source", ComponentType.PRETRAINED_TEXT_ENCODER), ("bins", ComponentType.LAYOUT_PRIOR),
+             ("latent_channels", ComponentType.AUTOENCODER), ("vocab", ComponentType.TEXT_ENCODER),
+             ("channel_mult", ComponentType.UNET), ("text", ComponentType.CLIP), ("image", ComponentType.CLASSIFIER)]
+    for key, kind in marks:
+        if key in cfg:
+            return kind
+    raise ValueError(f"'{folder}': cannot tell which component its config.json describes")
+
+
+def _read(path: Path) -> dict:
+    from .config import read_json
+
+    return read_json(path)
+
+
 def load(kind: ComponentType | str, folder: str | Path) -> nn.Module:
     """A component of this type from folder/{config.json, model.safetensors}, in eval mode (float32 weights).
 

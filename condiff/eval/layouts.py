@@ -45,7 +45,7 @@ def judge_layout(caption: str, layout: list[dict]) -> dict:
     return {"count": count, "phrases": phrases, "geometry": geometry, "relation": relation}
 
 
-def layout_report(prior, text_encoder, prompts_per_suite: int, seeds_per_prompt: int) -> dict:
+def layout_report(prior, text_encoder, prompts_per_suite: int, seeds_per_prompt: int, temperature: float = 1.0) -> dict:
     from ..nets.layout_prior import sample_layouts
 
     report = {}
@@ -53,7 +53,7 @@ def layout_report(prior, text_encoder, prompts_per_suite: int, seeds_per_prompt:
         prompts = suite_prompts(suite, prompts_per_suite)
         captions = [p for p in prompts for _ in range(seeds_per_prompt)]
         seeds = [s for _ in prompts for s in range(seeds_per_prompt)]
-        layouts = sample_layouts(prior, text_encoder, captions, seeds)
+        layouts = sample_layouts(prior, text_encoder, captions, seeds, temperature)
         verdicts = [judge_layout(c, l) for c, l in zip(captions, layouts)]
         row = {k: sum(bool(v[k]) for v in verdicts) / len(verdicts) for k in ("count", "phrases", "geometry")}
         rel = [v["relation"] for v in verdicts if v["relation"] is not None]
@@ -77,7 +77,7 @@ def run_eval_layouts(args) -> dict:
     prior = components.load("layout_prior", args.model)
     encoder = PretrainedTextEncoder(PretrainedTextConfig(source=args.text_source, max_length=prior.cfg.max_text,
                                                          width=prior.cfg.context_dim))
-    report = layout_report(prior, encoder, args.prompts_per_category, args.n_per_prompt)
+    report = layout_report(prior, encoder, args.prompts_per_category, args.n_per_prompt, args.temperature)
     print("| suite | objects counted | phrases | geometry | relation (position) | centre spread | layouts |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for suite, r in report.items():

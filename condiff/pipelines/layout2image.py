@@ -19,7 +19,7 @@ class Layout2ImagePipeline(Text2ImagePipeline):
     kind = "layout2image"
 
     def __init__(self, text_encoder: nn.Module, unet: nn.Module, cfg, layout_prior: nn.Module,
-                 autoencoder: nn.Module | None = None, sampling=None, temperature: float = 1.0):
+                 autoencoder: nn.Module | None = None, sampling=None, temperature: float = 0.4):
         super().__init__(text_encoder, unet, cfg, autoencoder, sampling)
         if not getattr(text_encoder, "frozen", False) or not unet.cfg.grounding_dim:
             raise ValueError("layout2image needs a frozen pretrained text encoder and a UNet with grounding layers")
