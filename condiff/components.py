@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .fs import replace_dir
-from .config import load_json, save_json
+from .config import load_json, read_json, save_json
 from .io import CONFIG, load_component, save_component
 
 
@@ -49,7 +49,7 @@ def classes(kind: ComponentType | str) -> tuple[type, type]:
 
 def guess_type(folder: str | Path) -> ComponentType:
     """The type of a component folder, from the keys its config.json alone has."""
-    cfg = _read(Path(folder) / CONFIG)
+    cfg = read_json(Path(folder) / CONFIG)
     marks = [("source", ComponentType.PRETRAINED_TEXT_ENCODER), ("bins", ComponentType.LAYOUT_PRIOR),
              ("latent_channels", ComponentType.AUTOENCODER), ("vocab", ComponentType.TEXT_ENCODER),
              ("channel_mult", ComponentType.UNET), ("text", ComponentType.CLIP), ("image", ComponentType.CLASSIFIER)]
@@ -57,12 +57,6 @@ def guess_type(folder: str | Path) -> ComponentType:
         if key in cfg:
             return kind
     raise ValueError(f"'{folder}': cannot tell which component its config.json describes")
-
-
-def _read(path: Path) -> dict:
-    from .config import read_json
-
-    return read_json(path)
 
 
 def load(kind: ComponentType | str, folder: str | Path) -> nn.Module:

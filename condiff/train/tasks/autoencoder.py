@@ -99,8 +99,11 @@ class AutoencoderTask:
         return loss
 
     def scale_images(self, run) -> torch.Tensor:
-        """Fixed images (seed 10^6, never a training step's) for the scale factor and the reconstruction grid."""
-        return run.data.batch(run.cfg.seed + 10 ** 6, 0, run.cfg.scale_images, run.device)
+        """Fixed images (seed 10^6, never a training step's) for the scale factor and the reconstruction grid;
+        rendered once per run, not at every export."""
+        if "scale_images" not in run.state:
+            run.state["scale_images"] = run.data.batch(run.cfg.seed + 10 ** 6, 0, run.cfg.scale_images, run.device)
+        return run.state["scale_images"]
 
     def export(self, run, folder: Path) -> None:
         model = run.ema.model

@@ -60,8 +60,8 @@ class Text2ImageTask:
         cfg.unet.context_dim = cfg.text.width if cfg.pretrained_text is None else cfg.pretrained_text.width
         cfg.unet.resolution = cfg.data.resolution
         if cfg.autoencoder:
-            ae = load_autoencoder(cfg)
-            cfg.unet.in_channels, cfg.unet.resolution = ae.cfg.latent_channels, cfg.data.resolution // ae.cfg.factor
+            ae = autoencoder_config(cfg)
+            cfg.unet.in_channels, cfg.unet.resolution = ae.latent_channels, cfg.data.resolution // ae.factor
         cfg.unet.out_channels = cfg.unet.in_channels * (2 if cfg.pipeline.learn_sigma else 1)
         if cfg.grounding is not None:
             if not hasattr(data, "boxes"):
@@ -81,7 +81,10 @@ class Text2ImageTask:
 
             run.state["text"] = FrozenTextCache(PretrainedTextEncoder(cfg.pretrained_text).to(run.device))
         if cfg.autoencoder:
-            run.state["autoencoder"] = load_autoencoder(cfg).to(run.device).requires_grad_(False)
+            from ... import components
+
+            ae = components.load("autoencoder", cfg.autoencoder)  # the weights, once; build read only the config
+            run.state["autoencoder"] = ae.to(run.device).requires_grad_(False)
 
     def text_encoder(self, run, ema: bool = False):
         """What encodes captions: the (EMA) learned encoder, or the frozen one behind its cache."""
@@ -153,15 +156,17 @@ class Text2ImageTask:
         return path
 
 
-def load_autoencoder(cfg: TrainConfig):
-    from ... import components
+def autoencoder_config(cfg: TrainConfig):
+    """The run's autoencoder's config alone (build needs its shape, not its weights), checked against the data."""
+    from ...config import load_json
+    from ...nets.autoencoder import AutoencoderConfig
 
     folder = Path(cfg.autoencoder)
     if not (folder / "config.json").is_file():
         raise ConfigError(f"autoencoder: '{folder}' is not an autoencoder folder (no config.json)")
-    ae = components.load("autoencoder", folder)
-    if cfg.data.resolution % ae.cfg.factor:
-        raise ConfigError(f"data.resolution {cfg.data.resolution} is not divisible by the autoencoder's factor {ae.cfg.factor}")
+    ae = load_json(AutoencoderConfig, folder / "config.json")
+    if cfg.data.resolution % ae.factor:
+        raise ConfigError(f"data.resolution {cfg.data.resolution} is not divisible by the autoencoder's factor {ae.factor}")
     return ae
 
 
