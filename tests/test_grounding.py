@@ -7,7 +7,7 @@ import torch
 
 from condiff.cli import main
 from condiff.diffusion.sampling import SamplingOptions
-from condiff.nets.grounding import GatedSelfAttention, GroundingTokens, fourier_embedding, grounding_inputs
+from condiff.nets.grounding import GatedSelfAttention, GroundingTokens, cell_boxes, fourier_embedding, grounding_inputs
 from condiff.nets.unet import UNet, UNetConfig
 from condiff.pipelines.text2image import Text2ImagePipeline
 
@@ -19,6 +19,14 @@ def test_fourier_embedding_is_sin_and_cos_of_octaves():
     k, x = 2, 0.5  # the second coordinate's third frequency
     assert e[0, 0, 1 * 6 + k].item() == pytest.approx(torch.sin(torch.tensor(2 ** k * torch.pi * x)).item(), abs=1e-6)
     assert e[0, 0, 1 * 6 + 3 + k].item() == pytest.approx(torch.cos(torch.tensor(2 ** k * torch.pi * x)).item(), abs=1e-6)
+
+
+def test_cell_boxes_tile_the_unit_square_row_major():
+    cells = cell_boxes(2, 4)
+    assert cells.shape == (1, 8, 4)
+    assert cells[0, 1].tolist() == [0.25, 0.0, 0.5, 0.5] and cells[0, 4].tolist() == [0.0, 0.5, 0.25, 1.0]
+    areas = (cells[0, :, 2] - cells[0, :, 0]) * (cells[0, :, 3] - cells[0, :, 1])
+    assert areas.sum().item() == pytest.approx(1.0)
 
 
 def test_masked_slots_are_the_null_token_whatever_they_hold():
@@ -118,3 +126,17 @@ def test_generate_with_boxes_and_bad_boxes(grounded_model, tiny_model, tmp_path,
         assert message in capsys.readouterr().err
     assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "2", "--boxes", box, "--out", str(out)]) == 2
     assert "this model has no grounding layers" in capsys.readouterr().err
+
+
+def test_grounding_is_added_to_a_trained_model_without_changing_it(tiny_model, tiny_config_path, tmp_path):
+    """init.from_model with a "grounding" config: the plain model's weights load, the new gated layers start shut."""
+    cfg = json.loads(tiny_config_path.read_text()) | {"grounding": {"max_boxes": 2, "token_dim": 16},
+                                                      "init": {"from_model": str(tiny_model)}}
+    cfg["optim"] = cfg["optim"] | {"steps": 0}
+    (tmp_path / "g.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp_path / "g.json"), "--out", str(tmp_path / "run"), "--workers", "0"]) == 0
+    plain, grounded = Text2ImagePipeline.from_pretrained(tiny_model), Text2ImagePipeline.from_pretrained(tmp_path / "run" / "model")
+    assert grounded.unet.cfg.grounding_max_boxes == 2 and not plain.unet.cfg.grounding_dim
+    prompt, opts = ["a red circle"], SamplingOptions(steps=2)
+    boxes = [[{"phrase": "a red circle", "box": [0.1, 0.1, 0.4, 0.4]}]]
+    torch.testing.assert_close(grounded(prompt, [3], opts, boxes=boxes), plain(prompt, [3], opts), rtol=1e-4, atol=1e-5)

@@ -39,13 +39,23 @@ class GroundingTokens(nn.Module):
         return self.mlp(torch.cat([p, b], dim=-1))
 
 
+def cell_boxes(H: int, W: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(1, H W, 4): the box [x0, y0, x1, y1] in [0, 1] of each cell of an H x W grid, row-major like x.flatten(2)."""
+    ys, xs = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
+    xs, ys = xs.flatten().to(dtype), ys.flatten().to(dtype)
+    return torch.stack([xs / W, ys / H, (xs + 1) / W, (ys + 1) / H], dim=-1)[None]
+
+
 class GatedSelfAttention(nn.Module):
     """v <- v + tanh(gamma) TS(SelfAttn(LN([v, W h]))): attention over visual and grounding tokens, visual part kept."""
 
-    def __init__(self, ch: int, token_dim: int, head_channels: int):
+    def __init__(self, ch: int, token_dim: int, head_channels: int, positions: bool = True, freqs: int = 8):
         super().__init__()
-        self.heads = max(1, ch // head_channels)
+        self.heads, self.freqs = max(1, ch // head_channels), freqs
         self.to_ch = nn.Linear(token_dim, ch)
+        # each visual token also carries its own cell as a box, embedded as the grounding boxes are, so that
+        # attention can match a phrase's box to the pixels inside it (the UNet's convolutions know position only weakly)
+        self.pos = nn.Linear(4 * 2 * freqs, ch) if positions else None
         self.norm = nn.LayerNorm(ch)
         self.qkv = nn.Linear(ch, 3 * ch)
         self.proj = nn.Linear(ch, ch)
@@ -54,6 +64,8 @@ class GatedSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         v = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        if self.pos is not None:
+            v = v + self.pos(fourier_embedding(cell_boxes(H, W, x.device, x.dtype), self.freqs))
         seq = self.norm(torch.cat([v, self.to_ch(tokens)], dim=1))  # (B, HW + N, C)
         q, k, val = self.qkv(seq).chunk(3, dim=-1)
         split = lambda a: a.view(B, -1, self.heads, C // self.heads).transpose(1, 2)  # (B, h, L, c)

@@ -28,6 +28,7 @@ class UNetConfig:
     grounding_dim: int = 0  # phrase-embedding width of box grounding (GLIGEN); 0: no grounding layers
     grounding_token_dim: int = 256
     grounding_max_boxes: int = 4  # grounding token slots; unused ones hold the learned null token
+    grounding_positions: bool = True  # the gated attention also sees each pixel's own cell, Fourier-embedded
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -73,10 +74,12 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over pixels whose keys/values also include the text tokens (GLIDE's encoder_kv)."""
 
-    def __init__(self, ch: int, head_channels: int, context_dim: int, grounding_token_dim: int = 0):
+    def __init__(self, ch: int, head_channels: int, context_dim: int, grounding_token_dim: int = 0,
+                 grounding_positions: bool = True):
         super().__init__()
         self.heads = max(1, ch // head_channels)
-        self.gated = GatedSelfAttention(ch, grounding_token_dim, head_channels) if grounding_token_dim else None
+        self.gated = (GatedSelfAttention(ch, grounding_token_dim, head_channels, grounding_positions)
+                      if grounding_token_dim else None)
         self.norm = norm(ch)
         self.qkv = nn.Conv1d(ch, 3 * ch, 1)
         self.context_kv = nn.Linear(context_dim, 2 * ch) if context_dim else None
@@ -145,7 +148,7 @@ class UNet(nn.Module):
         self.pooled_proj = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
         block = lambda a, b: ResBlock(a, b, emb_dim, cfg.dropout)
         token_dim = cfg.grounding_token_dim if cfg.grounding_dim else 0
-        attn = lambda ch: AttentionBlock(ch, cfg.head_channels, cfg.context_dim, token_dim)
+        attn = lambda ch: AttentionBlock(ch, cfg.head_channels, cfg.context_dim, token_dim, cfg.grounding_positions)
         self.grounding = GroundingTokens(cfg.grounding_dim, token_dim) if cfg.grounding_dim else None
         self.inputs = nn.ModuleList([EmbedSequential(InputConv(cfg.in_channels + cfg.extra_in_channels, mc))])
         skips, ch, res = [mc], mc, cfg.resolution

@@ -120,12 +120,14 @@ class Text2ImagePipeline(Pipeline):
         """The sampler's output before decoding. x (default: noise from the seeds) is the sample at step `start`.
 
         boxes: per image a list of {"phrase", "box": [x0, y0, x1, y1]} (grounding); the unconditional branch of CFG
-        sees none of them unless boxes_in_uncond.
+        sees none of them unless boxes_in_uncond. A grounded model given no boxes sees only null tokens.
 
         guide(model, schedule, prompts) -> (model, cond_fn) wraps the model further (classifier or CLIP guidance).
         init(model, schedule, x_T, prompts) -> x_T replaces the initial noise (CLIP-optimised x_T), given the CFG model.
         """
         assert len(prompts) == len(seeds)
+        if boxes is None and self.unet.cfg.grounding_dim:  # a grounded model was trained to see null tokens, not none
+            boxes = [[] for _ in prompts]
         g_cond, g_uncond = self.grounding(boxes, boxes_in_uncond) if boxes is not None else ({}, {})
         model, cond_fn = self.guided_model(prompts, opts, g_cond, g_uncond, **cond), None
         noise = PerSampleNoise(seeds)

@@ -180,6 +180,8 @@ def train(cfg, folder: Path, resume: bool = False, device: str | None = None, wo
                 rate = (run.step - start_step) / (time.time() - start)
                 bar.set_postfix(loss=f"{loss_avg:.4f}", img_s=f"{rate * cfg.optim.batch_size:.0f}", **run.logs)
             evaluate(run, bar)
+        if cfg.optim.steps == 0:  # nothing to train: export the initialised model (e.g. init.from_model + grounding)
+            save(run)
     except KeyboardInterrupt:
         if run.step > start_step:
             save(run)

@@ -183,10 +183,14 @@ def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
         diff = [k for k in vars(mine.cfg) if getattr(mine.cfg, k) != getattr(theirs.cfg, k)]
         if diff == ["causal_layers"] and mine.cfg.causal_layers > theirs.cfg.causal_layers:
             diff = []  # new causal layers start as the identity (zero residual branches): the output is unchanged
+        adds_grounding = name == "unet" and mine.cfg.grounding_dim and not theirs.cfg.grounding_dim
+        if adds_grounding:  # GLIGEN: gated layers (gamma = 0) added to a trained UNet leave its output unchanged
+            diff = [k for k in diff if not k.startswith("grounding_")]
         if diff:
             raise ConfigError(f"init.from_model: {name} of '{folder}' differs from the config in {', '.join(diff)}")
         missing, unexpected = mine.load_state_dict({k: v.float() for k, v in theirs.state_dict().items()}, strict=False)
         new = {f"causal.{i}." for i in range(getattr(theirs.cfg, "causal_layers", 0), getattr(mine.cfg, "causal_layers", 0))}
+        missing = [k for k in missing if not (adds_grounding and (k.startswith("grounding.") or ".gated." in k))]
         if unexpected or any(not any(k.startswith(n) for n in new) for k in missing):
             raise ConfigError(f"init.from_model: {name} of '{folder}' does not fit: missing {missing}, unexpected {unexpected}")
     if model.text_encoder is not None:
