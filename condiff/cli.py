@@ -42,6 +42,26 @@ def _output_paths(out: Path, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i:03d}{out.suffix or '.png'}") for i in range(n)] + [out]  # + the grid
 
 
+def _read_noise(path: str, n: int, shape: tuple[int, ...]):
+    """--from-noise: x_T from a safetensors file (key x_T, as edit invert --save-noise writes), one per image."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--from-noise: no such file '{path}'")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"--from-noise: '{path}' is not a readable safetensors file ({e})") from None
+    if "x_T" not in tensors:
+        raise ValueError(f"--from-noise: '{path}' holds no tensor named x_T (it has {', '.join(tensors) or 'none'})")
+    x = tensors["x_T"].float()
+    if tuple(x.shape[1:]) != tuple(shape) or x.shape[0] not in (1, n) or not x.isfinite().all():
+        raise ValueError(f"--from-noise: x_T of shape {tuple(x.shape)} does not fit this model "
+                         f"(needs (1 or {n}, {', '.join(map(str, shape))}), finite)")
+    return x.expand(n, *shape).clone()
+
+
 def _generate(args) -> None:
     from .diffusion.sampling import SAMPLER_INFO, SamplingOptions
     from .diffusion.thresholding import Threshold
@@ -57,6 +77,7 @@ def _generate(args) -> None:
     check_writable(paths)
     pipe = Text2ImagePipeline.from_pretrained(model)
     pipe.check(prompts, opts, *([args.clip_xt_chain] if args.clip_xt_iters else []))
+    x_T = _read_noise(args.from_noise, len(prompts), pipe.sample_shape) if args.from_noise else None
     if args.seed == -1:  # as in the web UI: a random seed, reported in each PNG's parameters
         import random
 
@@ -84,7 +105,7 @@ def _generate(args) -> None:
         guide_params["Boxes"] = len(boxes)
         boxes = [boxes] * len(prompts)
     images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True, guide=guide,
-                                    init=init, boxes=boxes, boxes_in_uncond=args.boxes_in_uncond)).numpy()
+                                    init=init, boxes=boxes, boxes_in_uncond=args.boxes_in_uncond, x=x_T)).numpy()
     for path, px, prompt, seed in zip(paths, images, prompts, seeds):  # the grid's path, last, is not zipped
         params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
                   "Threshold": opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else ""),
@@ -260,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-xt-model", help="clean CLIP folder for --clip-xt-iters (default: the shipped clip32)")
     g.add_argument("--boxes", help='grounding (a model trained with boxes): JSON [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...] in [0, 1]')
     g.add_argument("--boxes-in-uncond", action="store_true", help="CFG's unconditional branch sees the boxes too")
+    g.add_argument("--from-noise", help="start from a saved x_T (edit invert --save-noise) instead of the seed's noise")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
     add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i; -1: random")
     g.add_argument("--out", default="out.png",
@@ -331,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timesteps", default="0,250,500,750", help="noise levels for a noise-aware CLIP")
     c.add_argument("--out", help="also write the table as JSON here")
     c.set_defaults(func=_eval_clip)
+
+    from .cli_edit import add_edit_parser
+
+    add_edit_parser(sub, add_sampling_arguments, add_run_arguments)
     return parser
 
 

@@ -143,21 +143,23 @@ class Text2ImagePipeline(Pipeline):
     @torch.no_grad()
     def __call__(self, prompts: list[str], seeds: list[int], opts: SamplingOptions | None = None,
                  callback: Callable[[dict], None] | None = None, guide: Guide | None = None,
-                 init: Callable | None = None, **grounding) -> torch.Tensor:
+                 init: Callable | None = None, x: torch.Tensor | None = None, **grounding) -> torch.Tensor:
         """One image per (prompt, seed): (B, 3, H, W) in [-1, 1]. Image i depends only on prompts[i], seeds[i]
-        (and its boxes=, boxes_in_uncond=, for a grounded model)."""
+        (and its boxes=, boxes_in_uncond=, for a grounded model). x: the initial noise instead of the seeds'."""
         opts = opts or self.defaults
-        return self.decode(self.denoise(prompts, seeds, opts, callback, guide, init, **grounding))
+        return self.decode(self.denoise(prompts, seeds, opts, callback, guide, init, x=x, **grounding))
 
     def generate(self, prompts: list[str], seeds: list[int], opts: SamplingOptions | None = None,
                  batch_size: int = 64, progress: bool = False, guide: Guide | None = None,
                  init: Callable | None = None, boxes: list[list[dict]] | None = None,
-                 boxes_in_uncond: bool = False) -> torch.Tensor:
-        """Like __call__, in batches; (B, 3, H, W) on the CPU."""
+                 boxes_in_uncond: bool = False, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Like __call__, in batches; (B, 3, H, W) on the CPU. x: (B, C, h, w) initial noise (e.g. DDIM-inverted)."""
         from tqdm.auto import tqdm
 
         out = []
         for i in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="generating", unit="batch"):
             g = {} if boxes is None else {"boxes": boxes[i:i + batch_size], "boxes_in_uncond": boxes_in_uncond}
+            if x is not None:
+                g["x"] = x[i:i + batch_size].to(self.device)
             out.append(self(prompts[i:i + batch_size], seeds[i:i + batch_size], opts, guide=guide, init=init, **g).cpu())
         return torch.cat(out)

@@ -1,0 +1,123 @@
+"""Editing with a text-to-image pipeline, all through the sampler's hooks (no loop of its own):
+
+- img2img / SDEdit (Meng et al. 2022): noise the input to the step that `strength` selects (`start`), denoise;
+- RePaint inpainting (Lugmayr et al. 2022): each step, the known region is replaced by q(x_t | x_0) (`replace`);
+- DDIM inversion (Song et al. 2021; Mokady et al. 2023): the eta = 0 chain run backwards, x_0 -> x_T.
+
+Each works in the model's sampling space: pixels for a pixel model, the autoencoder's scaled latent otherwise.
+Images are (B, 3, H, W) in [-1, 1] at the model's resolution; masks (B, 1, H, W), 1 (True) = repaint.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..diffusion.samplers import PerSampleNoise, ddim_invert
+from ..diffusion.sampling import Sampler, SamplingOptions, noise_to, plan_alpha_bars, sampling_timesteps, start_step
+from .text2image import Text2ImagePipeline
+
+KNOWN_NOISE_SEED = 0x5EED_0F_0A  # RePaint's per-step noise of the known region: seed + this, apart from the sampler's
+
+
+def to_model_space(pipe: Text2ImagePipeline, images: torch.Tensor) -> torch.Tensor:
+    """x_0 of the sampler: the image itself, or its latent (the posterior mean, scaled) for a latent pipeline."""
+    images = images.to(pipe.device)
+    if pipe.autoencoder is None:
+        return images
+    with torch.no_grad():
+        return pipe.autoencoder.encode(images)
+
+
+def latent_mask(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A pixel mask at the sampler's size: a cell is repainted if any of its pixels is (max-pooling), so that the
+    known latent cells are those whose pixels are all kept."""
+    h, w = shape[-2:]
+    m = mask.float()
+    if m.shape[-2:] != (h, w):
+        m = F.adaptive_max_pool2d(m, (h, w))
+    return m
+
+
+def img2img(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, seeds: list[int],
+            opts: SamplingOptions, strength: float, **kw) -> torch.Tensor:
+    """SDEdit: x_k ~ q(x_k | x_0) at the plan's step k = steps - round(strength steps), then the plan from k.
+
+    strength 0 returns the input unchanged; strength 1 is text-to-image from the seeds' noise (exactly).
+    The noise of x_k is the seed's first draw, the one text-to-image would start from.
+    """
+    k = start_step(opts, strength)
+    if k == opts.steps:
+        return images.clone().cpu()
+    if k == 0:
+        return pipe(prompts, seeds, opts, **kw).cpu()
+    x0 = to_model_space(pipe, images)
+    level = plan_alpha_bars(pipe.schedule, opts)[k]
+
+    def init(model, schedule, z, prompts, **_):
+        return noise_to(x0, z, level)
+
+    with torch.no_grad():
+        return pipe.decode(pipe.denoise(prompts, seeds, opts, init=init, start=k, **kw)).cpu()
+
+
+def repaint(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, masks: torch.Tensor,
+            seeds: list[int], opts: SamplingOptions, paste_back: bool = True, **kw) -> torch.Tensor:
+    """RePaint without resampling: after each step, x = m x + (1 - m) q(x_level | x_0) with fresh noise, m the mask.
+
+    paste_back: the output outside the mask is the input's pixels exactly (a latent model's decoder blurs the seam
+    and shifts the known region slightly; see `leakage`).
+    """
+    x0 = to_model_space(pipe, images)
+    m = latent_mask(masks.to(pipe.device), x0.shape)
+    known_noise = PerSampleNoise([s + KNOWN_NOISE_SEED for s in seeds])
+
+    def replace(x, level):
+        known = x0 if level >= 1.0 else noise_to(x0, known_noise(x0.shape, x0.device, x0.dtype), level)
+        return m * x + (1 - m) * known
+
+    with torch.no_grad():
+        out = pipe.decode(pipe.denoise(prompts, seeds, opts, replace=replace, **kw)).cpu()
+    if paste_back:
+        keep = 1 - masks.float().cpu()
+        out = masks.float().cpu() * out + keep * images.cpu()
+    return out
+
+
+def leakage(images: torch.Tensor, edited: torch.Tensor, masks: torch.Tensor) -> float:
+    """PSNR in dB (pixels in [-1, 1] as 0..255) of the edited image against the input outside the mask."""
+    keep = ~masks.bool().expand_as(images)
+    a = ((images.clamp(-1, 1) + 1) * 127.5)[keep]
+    b = ((edited.clamp(-1, 1) + 1) * 127.5)[keep]
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+
+
+def inversion_options(opts: SamplingOptions) -> SamplingOptions:
+    """DDIM inversion runs the deterministic DDIM chain without clipping: sampler ddim, eta 0, threshold none."""
+    return opts.replace(sampler=Sampler.DDIM, eta=0.0, threshold="none")
+
+
+def invert(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+    """x_T of the eta = 0 DDIM chain (with the prompts' classifier-free guidance) that ends at the images."""
+    opts = inversion_options(opts)
+    model = pipe.guided_model(prompts, opts, *_null_grounding(pipe, len(prompts)))
+    with torch.no_grad():
+        return ddim_invert(model, to_model_space(pipe, images), pipe.schedule, sampling_timesteps(pipe.schedule, opts))
+
+
+def regenerate(pipe: Text2ImagePipeline, prompts: list[str], x_T: torch.Tensor, opts: SamplingOptions,
+               seeds: list[int] | None = None) -> torch.Tensor:
+    """The DDIM chain from a given x_T (e.g. from `invert`, perhaps under another prompt)."""
+    opts = inversion_options(opts)
+    seeds = seeds if seeds is not None else list(range(len(prompts)))
+    with torch.no_grad():
+        return pipe.decode(pipe.denoise(prompts, seeds, opts, x=x_T.to(pipe.device))).cpu()
+
+
+def _null_grounding(pipe: Text2ImagePipeline, n: int) -> tuple[dict, dict]:
+    """A grounded model's keywords for no boxes (null tokens), as `denoise` gives it."""
+    if not pipe.unet.cfg.grounding_dim:
+        return {}, {}
+    return pipe.grounding([[] for _ in range(n)])
