@@ -76,6 +76,7 @@ def _generate(args) -> None:
     paths = _output_paths(Path(args.out), len(prompts))
     check_writable(paths)
     pipe = Text2ImagePipeline.from_pretrained(model)
+    opts = SamplingOptions.from_args(args, base=pipe.defaults)  # what the command line leaves out: the model's
     pipe.check(prompts, opts, *([args.clip_xt_chain] if args.clip_xt_iters else []))
     x_T = _read_noise(args.from_noise, len(prompts), pipe.sample_shape) if args.from_noise else None
     if args.seed == -1:  # as in the web UI: a random seed, reported in each PNG's parameters
@@ -230,12 +231,13 @@ def add_sampling_arguments(p: argparse.ArgumentParser, steps: int, guidance: boo
     if guidance:
         p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="see 'condiff samplers'")
-    p.add_argument("--schedule", choices=SCHEDULE_NAMES, default="uniform", help="step placement")
+    p.add_argument("--schedule", choices=SCHEDULE_NAMES, help="step placement (default: the model's, e.g. uniform)")
     if not full:
         return
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--threshold", choices=THRESHOLD_NAMES, default="static",
-                   help="x0_hat clipping: static [-1, 1] or Imagen's dynamic thresholding")
+    p.add_argument("--threshold", choices=THRESHOLD_NAMES,
+                   help="x0_hat clipping: static [-1, 1] or Imagen's dynamic thresholding (default: the model's: "
+                        "static for pixel models, none for latent ones)")
     p.add_argument("--threshold-percentile", type=float, default=0.995, help="p of dynamic thresholding")
     p.add_argument("--ddpm-variance", choices=VARIANCE_NAMES, default="small",
                    help="ddpm sampler: posterior beta_tilde (small), beta (large), or the model's (learned)")

@@ -7,67 +7,13 @@ import time
 from pathlib import Path
 
 
-def read_image(path: str, what: str = "IN") -> "Image.Image":
-    """An RGB image from a file, or a one-line error naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{what}: no such file '{path}'")
-    try:
-        with Image.open(p) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f"{what}: '{path}' is not a readable image ({e.__class__.__name__})") from None
-
-
-def to_model_size(img, resolution: int, resample) -> "Image.Image":
-    """Centre-crop to a square and resize to the model's resolution (as the image-folder loader does)."""
-    w, h = img.size
-    side = min(w, h)
-    img = img.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
-    return img if img.size == (resolution, resolution) else img.resize((resolution, resolution), resample)
-
-
-def image_tensor(img) -> "torch.Tensor":
-    import numpy as np
-    import torch
-
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-
-
-def parse_box(text: str, width: int, height: int):
-    """--box X0,Y0,X1,Y1 in pixels of IN, X1 and Y1 exclusive; checked against the image."""
-    try:
-        x0, y0, x1, y1 = (int(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--box: expected four integers X0,Y0,X1,Y1 in pixels, got '{text}'") from None
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ValueError(f"--box: {text} is not a non-empty box inside the {width}x{height} image "
-                         f"(0 <= X0 < X1 <= {width}, 0 <= Y0 < Y1 <= {height})")
-    return x0, y0, x1, y1
-
-
 def read_mask(args, size: tuple[int, int]):
-    """A PIL 'L' mask at IN's size, 255 = repaint, from --box or --mask."""
-    import numpy as np
-    from PIL import Image
+    """The 'L' mask at IN's size (255 = repaint) from --box or --mask."""
+    from .images import box_mask, mask_image
 
     if (args.box is None) == (args.mask is None):
         raise ValueError("inpaint: give exactly one of --box X0,Y0,X1,Y1 and --mask MASK.png")
-    w, h = size
-    if args.box is not None:
-        x0, y0, x1, y1 = parse_box(args.box, w, h)
-        m = np.zeros((h, w), dtype=np.uint8)
-        m[y0:y1, x0:x1] = 255
-        return Image.fromarray(m)
-    mask = read_image(args.mask, "--mask")
-    if mask.size != size:
-        raise ValueError(f"--mask: '{args.mask}' is {mask.size[0]}x{mask.size[1]}, IN is {w}x{h}; they must match")
-    m = (np.asarray(mask.convert("L")) >= 128).astype(np.uint8) * 255
-    if not m.any():
-        raise ValueError(f"--mask: '{args.mask}' is empty (white = repaint; no pixel is white)")
-    return Image.fromarray(m)
+    return box_mask(args.box, *size) if args.box is not None else mask_image(args.mask, size)
 
 
 def _prepare(args, needs_prompt: bool = True):
@@ -81,18 +27,22 @@ def _prepare(args, needs_prompt: bool = True):
     check_writable([Path(args.out)] + ([Path(args.save_noise)] if getattr(args, "save_noise", None) else []))
     if args.seed < 0:
         raise ValueError(f"--seed: must be a non-negative integer, got {args.seed}")
-    return opts, read_image(args.input)
+    from .images import open_image
+
+    return opts, open_image(args.input)
 
 
-def _load(args, opts, prompts):
+def _load(args, prompts, **overrides):
+    from .diffusion.sampling import SamplingOptions
     from .pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
 
     model = Path(args.model) if args.model else DEFAULT_MODEL
     pipe = Text2ImagePipeline.from_pretrained(model)
     if args.device:
         pipe = pipe.to(args.device)
+    opts = SamplingOptions.from_args(args, base=pipe.defaults, **overrides)  # what the command leaves out: the model's
     pipe.check(prompts, opts)
-    return pipe, model
+    return pipe, model, opts
 
 
 def _save(args, out, prompt, opts, model, params: dict) -> None:
@@ -109,15 +59,14 @@ def _save(args, out, prompt, opts, model, params: dict) -> None:
 
 
 def _img2img(args) -> None:
-    from PIL import Image
-
     from .diffusion.sampling import start_step
+    from .images import image_tensor, to_model_size
     from .pipelines.editing import img2img
 
     opts, img = _prepare(args)
     start_step(opts, args.strength)  # --strength outside [0, 1] or NaN fails here
-    pipe, model = _load(args, opts, [args.prompt])
-    x = image_tensor(to_model_size(img, pipe.resolution, Image.BICUBIC))
+    pipe, model, opts = _load(args, [args.prompt])
+    x = image_tensor(to_model_size(img, pipe.resolution))
     t = time.time()
     out = img2img(pipe, [args.prompt], x, [args.seed], opts, args.strength)
     _save(args, out, args.prompt, opts, model, {"Denoising strength": args.strength, "Edit": "img2img"})
@@ -125,17 +74,13 @@ def _img2img(args) -> None:
 
 
 def _inpaint(args) -> None:
-    from PIL import Image
-
+    from .images import image_tensor, mask_tensor, to_model_size
     from .pipelines.editing import leakage, repaint
 
     opts, img = _prepare(args)
     mask = read_mask(args, img.size)
-    pipe, model = _load(args, opts, [args.prompt])
-    x = image_tensor(to_model_size(img, pipe.resolution, Image.BICUBIC))
-    m = image_tensor(to_model_size(mask.convert("RGB"), pipe.resolution, Image.NEAREST))[:, :1] > 0
-    if not m.any():
-        raise ValueError("inpaint: the mask vanishes at the model's resolution; make it larger")
+    pipe, model, opts = _load(args, [args.prompt])
+    x, m = image_tensor(to_model_size(img, pipe.resolution)), mask_tensor(mask, pipe.resolution)
     t = time.time()
     raw = repaint(pipe, [args.prompt], x, m, [args.seed], opts, paste_back=False)
     out = raw if args.no_paste_back else m * raw + (~m) * x
@@ -147,14 +92,13 @@ def _inpaint(args) -> None:
 
 
 def _invert(args) -> None:
-    from PIL import Image
-
+    from .images import image_tensor, to_model_size
     from .pipelines.editing import inversion_options, invert, leakage, regenerate
 
     opts, img = _prepare(args)
+    pipe, model, opts = _load(args, [args.prompt], threshold="none")
     opts = inversion_options(opts)
-    pipe, model = _load(args, opts, [args.prompt])
-    x = image_tensor(to_model_size(img, pipe.resolution, Image.BICUBIC))
+    x = image_tensor(to_model_size(img, pipe.resolution))
     t = time.time()
     x_T = invert(pipe, [args.prompt], x, opts)
     if args.save_noise:

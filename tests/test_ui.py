@@ -112,7 +112,50 @@ def test_api_queues_20_concurrent_requests_and_answers_all(server):
     assert [code for code, _ in results] == [200] * 20
 
 
-def test_disabled_tabs_and_sampler_list(server):
+def _b64_png(size=16, colour=(200, 30, 30), box=(4, 4, 10, 10)) -> str:
+    px = np.zeros((size, size, 3), dtype=np.uint8)
+    px[box[1]:box[3], box[0]:box[2]] = colour
+    buf = io.BytesIO()
+    Image.fromarray(px).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_api_img2img_and_inpaint(server):
+    src = _b64_png()
+    r = httpx.post(server + "/api/img2img", json={"prompt": "a blue circle", "image": src, "strength": 0.0, "seed": 1,
+                                                  "steps": 3}, timeout=60)
+    assert r.status_code == 200, r.text
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))
+    assert np.array_equal(out, np.asarray(Image.open(io.BytesIO(base64.b64decode(src)))))  # strength 0: the input
+    assert parse_parameters(r.json()["parameters"][0])["Denoising strength"] == "0.0"
+    r = httpx.post(server + "/api/inpaint", json={"prompt": "a red circle", "image": src, "box": [0, 0, 8, 16],
+                                                  "seed": 2, "steps": 3}, timeout=60)
+    assert r.status_code == 200, r.text
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))
+    assert np.array_equal(out[:, 8:], np.asarray(Image.open(io.BytesIO(base64.b64decode(src))))[:, 8:])
+    mask = _b64_png(colour=(255, 255, 255), box=(0, 0, 16, 8))
+    r = httpx.post(server + "/api/inpaint", json={"prompt": "a red circle", "image": src, "mask": mask, "steps": 2},
+                   timeout=60)
+    assert r.status_code == 200 and parse_parameters(r.json()["parameters"][0])["Mask pixels"] == "128"
+
+
+@pytest.mark.parametrize("path, payload, message", [
+    ("img2img", {"image": "@@@"}, "image: not base64"),
+    ("img2img", {"image": base64.b64encode(b"not an image").decode()}, "image: the data is not a readable image"),
+    ("img2img", {"strength": 1.5}, "strength: must be a finite number between 0 and 1"),
+    ("img2img", {"steps": 0}, "steps: must be between 1 and 1000"),
+    ("inpaint", {}, "inpaint: give exactly one of mask and box"),
+    ("inpaint", {"box": [0, 0, 17, 4]}, "box: 0,0,17,4 is not a non-empty box"),
+    ("inpaint", {"mask": _b64_png(size=8)}, "mask: the mask is 8x8, the image 16x16"),
+    ("inpaint", {"mask": _b64_png(colour=(0, 0, 0))}, "mask: the mask is empty"),
+])
+def test_api_edits_reject_bad_input_with_a_400(server, path, payload, message):
+    body = {"prompt": "a red circle", "image": _b64_png(), "steps": 2} | payload
+    r = httpx.post(f"{server}/api/{path}", json=body, timeout=30)
+    assert r.status_code == 400 and r.json()["detail"].startswith(message), r.text
+
+
+def test_sampler_list(server):
     assert [s["label"] for s in httpx.get(server + "/api/samplers").json()][:2] == ["DDPM", "DDIM"]
 
 
@@ -158,3 +201,43 @@ def test_page_generates_an_image_and_restores_its_parameters(server, browser, tm
     assert page.locator("#seed input").input_value() == "42"
     assert page.locator("#steps input[type=number]").input_value() == "4"
     page.close()
+
+
+def test_page_img2img_and_inpaint_tabs(server, browser, tmp_path):
+    src = tmp_path / "in.png"
+    src.write_bytes(base64.b64decode(_b64_png()))
+    page = browser.new_page()
+    page.goto(server + "/", wait_until="networkidle")
+    page.get_by_role("tab", name="Image to image").click()
+    page.locator("#init-image input[type=file]").set_input_files(str(src))
+    page.locator("#img2img-prompt textarea").fill("a blue circle")
+    page.locator("#img2img-seed input").fill("5")
+    page.locator("#img2img-generate").click()
+    page.wait_for_function("document.querySelector('#img2img-parameters textarea').value.length > 0", timeout=60000)
+    params = parse_parameters(page.locator("#img2img-parameters textarea").input_value())
+    assert params["prompt"] == "a blue circle" and params["Seed"] == "5" and params["Denoising strength"] == "0.6"
+    page.get_by_role("tab", name="Inpainting").click()
+    page.locator("#inpaint-editor input[type=file]").set_input_files(str(src))
+    page.locator("#inpaint-editor .empty").wait_for(state="detached", timeout=30000)  # the image is on the canvas
+    page.wait_for_timeout(2000)  # and the editor has sent its value
+    page.locator("#inpaint-box textarea, #inpaint-box input").first.fill("0,0,8,16")
+    page.locator("#inpaint-prompt textarea").fill("a red circle")
+    page.locator("#inpaint-generate").click()
+    page.wait_for_function("document.querySelector('#inpaint-parameters textarea').value.length > 0", timeout=60000)
+    params = parse_parameters(page.locator("#inpaint-parameters textarea").input_value())
+    assert params["Edit"] == "inpaint (RePaint)" and params["Mask pixels"] == "128"
+    src_url = page.locator("#inpaint-result img").first.get_attribute("src")
+    png = page.request.get(src_url if src_url.startswith("http") else server + "/" + src_url.lstrip("/")).body()
+    out = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert np.array_equal(out[:, 8:], np.asarray(Image.open(src).convert("RGB"))[:, 8:])
+    page.close()
+
+
+def test_brush_layers_become_the_mask():
+    from condiff.ui.app import _brush_mask
+
+    layer = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    layer.paste((255, 255, 255, 255), (2, 3, 6, 9))
+    mask = np.asarray(Image.open(io.BytesIO(_brush_mask([None, layer], (16, 16)))).convert("L"))
+    assert mask.shape == (16, 16) and (mask > 0).sum() == 4 * 6 and mask[3, 2] == 255 and mask[0, 0] == 0
+    assert _brush_mask([Image.new("RGBA", (16, 16), (0, 0, 0, 0))], (16, 16)) is None

@@ -118,11 +118,13 @@ class SamplingOptions:
                              f"({', '.join(s.value for s in SIGMA_SAMPLERS)})")
 
     @classmethod
-    def from_args(cls, args, **overrides) -> "SamplingOptions":
-        """From an argparse namespace with the CLI's option names (missing ones keep their defaults)."""
+    def from_args(cls, args, base: "SamplingOptions | None" = None, **overrides) -> "SamplingOptions":
+        """From an argparse namespace with the CLI's option names; options it leaves out (or None) come from base,
+        e.g. the model's saved settings (`pipe.defaults`), else from the dataclass defaults."""
         names = {f.name: f.name for f in fields(cls)} | {"percentile": "threshold_percentile"}
         kw = {field: getattr(args, arg) for field, arg in names.items() if getattr(args, arg, None) is not None}
-        return cls(**(kw | overrides))
+        start = {f.name: getattr(base, f.name) for f in fields(cls)} if base is not None else {}
+        return cls(**(start | kw | overrides))
 
     def replace(self, **changes) -> "SamplingOptions":
         return SamplingOptions(**({f.name: getattr(self, f.name) for f in fields(self)} | changes))

@@ -69,7 +69,7 @@ def run_bench(args) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = Path(args.model) if args.model else DEFAULT_MODEL
     pipe = Text2ImagePipeline.from_pretrained(model).to(device)
-    opts = SamplingOptions.from_args(args)
+    opts = SamplingOptions.from_args(args, base=pipe.defaults)
     start = time.time()
     records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt, args.seed, args.batch_size)
     table = summarize(records)

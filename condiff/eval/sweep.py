@@ -167,7 +167,7 @@ def run_sweep(args) -> dict:
     pipe = Text2ImagePipeline.from_pretrained(Path(args.model) if args.model else DEFAULT_MODEL).to(device)
     judges = {k: (load_clip(v) if "clip" in k else load_classifier(v)).to(device) for k, v in DEFAULT_JUDGES.items()}
     metric_clip = load_clip(args.metric_clip or DEFAULT_JUDGES["clip"]).to(device)
-    opts = SamplingOptions.from_args(args)
+    opts = SamplingOptions.from_args(args, base=pipe.defaults)
     work = workload(args.prompts_per_category, args.n_per_prompt, args.seed)
     if args.inception:
         from .inception import inception_features, load_inception

@@ -1,4 +1,5 @@
-"""The HTTP JSON API (A1111-like): POST /api/txt2img, GET /api/samplers; bad values get a 4xx with one clear line."""
+"""The HTTP JSON API (A1111-like): POST /api/txt2img, /api/img2img, /api/inpaint, GET /api/samplers; bad values get
+a 4xx with one clear line. Images travel as base64 (PNG, JPEG, ...), as in A1111's API."""
 from __future__ import annotations
 
 import base64
@@ -9,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from ..diffusion.sampling import SAMPLER_INFO
-from .service import GenerationService, RequestError, Txt2ImgRequest
+from .service import EditRequest, GenerationService, RequestError, Txt2ImgRequest
 
 
 class Txt2ImgBody(BaseModel):
@@ -24,6 +25,35 @@ class Txt2ImgBody(BaseModel):
     guide: str = "none"
     guide_scale: float = 3.0
     guidance_rescale: float = 0.0
+
+
+class EditBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    image: str  # base64
+    negative_prompt: str = ""
+    seed: int = -1
+    steps: int = 25
+    guidance_scale: float = 3.0
+    sampler: str = "ddim"
+
+
+class Img2ImgBody(EditBody):
+    strength: float = 0.6
+
+
+class InpaintBody(EditBody):
+    mask: str | None = None  # base64 image of the input's size, white = repaint
+    box: list[int] | None = None  # [x0, y0, x1, y1] in pixels of the input, x1 and y1 exclusive
+
+
+def _decode(field: str, text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
+    except ValueError:
+        raise HTTPException(status_code=400, detail=f"{field}: not base64") from None
 
 
 def create_api(service: GenerationService) -> FastAPI:
@@ -44,6 +74,25 @@ def create_api(service: GenerationService) -> FastAPI:
             raise HTTPException(status_code=400, detail=str(e)) from None
         return {"images": [base64.b64encode(im.png).decode() for im in images],
                 "parameters": [im.parameters for im in images], "seeds": [im.seed for im in images]}
+
+    def edit(body: EditBody, inpaint: bool) -> dict:
+        fields = body.model_dump()
+        fields["image"], fields["mask"] = _decode("image", body.image), _decode("mask", fields.get("mask"))
+        try:
+            im = service.edit(EditRequest(**fields), inpaint)
+        except RequestError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from None
+        return {"images": [base64.b64encode(im.png).decode()], "parameters": [im.parameters], "seeds": [im.seed]}
+
+    @app.post("/api/img2img")
+    def img2img(body: Img2ImgBody) -> dict:
+        """SDEdit: the image noised to `strength` and denoised with the prompt; returns one base64 PNG."""
+        return edit(body, inpaint=False)
+
+    @app.post("/api/inpaint")
+    def inpaint(body: InpaintBody) -> dict:
+        """RePaint: the mask (or box) repainted with the prompt, the input's pixels kept outside it."""
+        return edit(body, inpaint=True)
 
     @app.get("/api/samplers")
     def samplers() -> list[dict]:

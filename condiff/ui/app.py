@@ -1,7 +1,5 @@
-"""The Gradio page: text to image with live previews, a gallery of PNGs that carry their parameters, PNG-info restore.
-
-Image to image and inpainting are shown but disabled until their pipelines exist.
-"""
+"""The Gradio page: text to image with live previews, a gallery of PNGs that carry their parameters, PNG-info restore;
+image to image (SDEdit) and inpainting (RePaint, with a brush mask or a box)."""
 from __future__ import annotations
 
 import os
@@ -17,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from ..diffusion.sampling import SAMPLER_INFO  # noqa: E402
 from ..png import read_parameters  # noqa: E402
-from .service import GUIDES, MAX_IMAGES, GenerationService, RequestError, Txt2ImgRequest  # noqa: E402
+from .service import GUIDES, MAX_IMAGES, EditRequest, GenerationService, RequestError, Txt2ImgRequest  # noqa: E402
 
 SAMPLER_LABELS = [label for label, _ in SAMPLER_INFO.values()]
 PREVIEW_SIDE = 128
@@ -94,6 +92,75 @@ def make_handlers(service: GenerationService, out_dir: Path):
     return generate, restore
 
 
+def _png_bytes(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _brush_mask(layers, size) -> bytes | None:
+    """The ImageEditor's brush layers as one mask (white where any layer is painted), or None if nothing is."""
+    from PIL import Image
+
+    painted = np.zeros((size[1], size[0]), dtype=bool)
+    for layer in layers or []:
+        if layer is not None:
+            a = np.asarray(layer.convert("RGBA"))
+            if a.shape[:2] == painted.shape:
+                painted |= a[..., 3] > 0
+    return _png_bytes(Image.fromarray(painted.astype(np.uint8) * 255)) if painted.any() else None
+
+
+def make_edit_handlers(service: GenerationService, out_dir: Path):
+    def run(req: EditRequest, inpaint: bool):
+        try:
+            im = service.edit(req, inpaint)
+        except (RequestError, ValueError, TypeError) as e:
+            raise gr.Error(str(e)) from None
+        folder = Path(tempfile.mkdtemp(dir=out_dir))
+        path = folder / f"condiff-{'inpaint' if inpaint else 'img2img'}-{im.seed}.png"
+        path.write_bytes(im.png)
+        return str(path), im.parameters
+
+    def img2img(image, prompt, negative, seed, steps, scale, sampler, strength):
+        if image is None:
+            raise gr.Error("image: upload an init image first")
+        return run(EditRequest(prompt, _png_bytes(image), float(strength), None, None, negative or "", int(seed),
+                               int(steps), float(scale), sampler), inpaint=False)
+
+    def inpaint(editor, box, prompt, negative, seed, steps, scale, sampler):
+        background = (editor or {}).get("background")
+        if background is None:
+            raise gr.Error("image: upload an image to paint on first")
+        box = (box or "").strip()
+        mask = None if box else _brush_mask(editor.get("layers"), background.size)
+        if not box and mask is None:
+            raise gr.Error("mask: paint the region to repaint with the brush, or give a box")
+        return run(EditRequest(prompt, _png_bytes(background), 0.0, mask, box.split(",") if box else None,
+                               negative or "", int(seed), int(steps), float(scale), sampler), inpaint=True)
+
+    return img2img, inpaint
+
+
+def _edit_controls(prefix: str):
+    prompt = gr.Textbox(label="Prompt", lines=2, elem_id=f"{prefix}-prompt")
+    negative = gr.Textbox(label="Negative prompt", elem_id=f"{prefix}-negative-prompt")
+    with gr.Row():
+        seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id=f"{prefix}-seed")
+        sampler = gr.Dropdown(SAMPLER_LABELS, value="DDIM", label="Sampler", elem_id=f"{prefix}-sampler")
+    steps = gr.Slider(1, 250, 25, step=1, label="Steps", elem_id=f"{prefix}-steps")
+    scale = gr.Slider(0, 15, 3, step=0.5, label="Guidance scale", elem_id=f"{prefix}-guidance-scale")
+    return [prompt, negative, seed, steps, scale, sampler]
+
+
+def _edit_outputs(prefix: str):
+    out = gr.Image(label="Result", type="filepath", format="png", elem_id=f"{prefix}-result", interactive=False)
+    params = gr.Textbox(label="Parameters", interactive=False, lines=3, elem_id=f"{prefix}-parameters")
+    return [out, params]
+
+
 def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
     generate, restore = make_handlers(service, out_dir)
     with gr.Blocks(title="condiff", analytics_enabled=False) as page:
@@ -129,15 +196,30 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
             prompt.submit(generate, inputs, [gallery, used_seed, params], api_name=False)
             png_in.upload(restore, png_in, [prompt, negative, seed, steps, scale, sampler, guide, guide_scale, restored],
                           api_name=False)
+        img2img, inpaint = make_edit_handlers(service, out_dir)
         with gr.Tab("Image to image"):
-            gr.Markdown("Not available yet: condiff has no image-to-image pipeline. The controls below are disabled.")
-            gr.Image(label="Init image", interactive=False)
-            gr.Slider(0, 1, 0.6, label="Strength", interactive=False)
-            gr.Button("Generate", interactive=False)
+            with gr.Row():
+                with gr.Column(scale=2):
+                    init = gr.Image(label="Init image", type="pil", image_mode="RGB", elem_id="init-image")
+                    controls = _edit_controls("img2img")
+                    strength = gr.Slider(0, 1, 0.6, step=0.05, label="Denoising strength (0: the input, 1: text to image)",
+                                         elem_id="strength")
+                    go = gr.Button("Generate", variant="primary", elem_id="img2img-generate")
+                with gr.Column(scale=3):
+                    outputs = _edit_outputs("img2img")
+            go.click(img2img, [init, *controls, strength], outputs, api_name="img2img")
         with gr.Tab("Inpainting"):
-            gr.Markdown("Not available yet: condiff has no inpainting pipeline. The controls below are disabled.")
-            gr.ImageEditor(label="Image and brush mask", interactive=False)
-            gr.Button("Generate", interactive=False)
+            with gr.Row():
+                with gr.Column(scale=2):
+                    editor = gr.ImageEditor(label="Image; paint the region to repaint", type="pil", image_mode="RGBA",
+                                            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                                            elem_id="inpaint-editor")
+                    box = gr.Textbox(label="or a box X0,Y0,X1,Y1 in pixels (X1, Y1 exclusive)", elem_id="inpaint-box")
+                    controls = _edit_controls("inpaint")
+                    go = gr.Button("Generate", variant="primary", elem_id="inpaint-generate")
+                with gr.Column(scale=3):
+                    outputs = _edit_outputs("inpaint")
+            go.click(inpaint, [editor, box, *controls], outputs, api_name="inpaint")
     return page
 
 
@@ -159,7 +241,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, d
     import uvicorn
 
     app = create_app(model, device)
-    print(f"condiff serve: http://{host}:{port}  (API: POST /api/txt2img, docs /api/docs)", flush=True)
+    print(f"condiff serve: http://{host}:{port}  (API: POST /api/txt2img, /api/img2img, /api/inpaint; docs /api/docs)",
+          flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

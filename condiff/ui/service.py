@@ -41,6 +41,21 @@ class Txt2ImgRequest:
 
 
 @dataclass
+class EditRequest:
+    """img2img (strength) or inpainting (mask or box) of one encoded input image."""
+    prompt: str
+    image: bytes  # PNG, JPEG, ... of any size: centre-cropped and resized to the model's
+    strength: float = 0.6  # img2img's denoising strength: 0 returns the input, 1 is text-to-image
+    mask: bytes | None = None  # inpainting: an image of the input's size, white = repaint
+    box: list[int] | None = None  # or [x0, y0, x1, y1] in pixels of the input, x1 and y1 exclusive
+    negative_prompt: str = ""
+    seed: int = -1
+    steps: int = 25
+    guidance_scale: float = 3.0
+    sampler: str = "ddim"
+
+
+@dataclass
 class GeneratedImage:
     png: bytes
     parameters: str
@@ -108,9 +123,9 @@ class GenerationService:
         if not 0 <= float(req.guidance_rescale) <= 1:
             raise RequestError(f"guidance_rescale: must be between 0 and 1, got {req.guidance_rescale}")
         try:
-            opts = SamplingOptions(steps=int(req.steps), guidance_scale=float(req.guidance_scale),
-                                   sampler=sampler_of(req.sampler), negative_prompt=req.negative_prompt,
-                                   guidance_rescale=float(req.guidance_rescale))
+            opts = self.pipe.defaults.replace(steps=int(req.steps), guidance_scale=float(req.guidance_scale),
+                                              sampler=sampler_of(req.sampler), negative_prompt=req.negative_prompt,
+                                              guidance_rescale=float(req.guidance_rescale))  # the rest: the model's
         except ValueError as e:
             raise RequestError(str(e)) from None
         seed = random.randint(0, MAX_SEED - MAX_IMAGES) if int(req.seed) == -1 else int(req.seed)
@@ -123,25 +138,66 @@ class GenerationService:
 
     def txt2img(self, req: Txt2ImgRequest, callback: Callable[[dict], None] | None = None) -> list[GeneratedImage]:
         """Image i uses seed + i, as `condiff generate` does; callback sees each step's x0_hat."""
-        from PIL import Image, PngImagePlugin
-
-        from ..world.render import to_uint8
-
         opts, seed = self.validate(req)
         seeds = [seed + i for i in range(int(req.num_images))]
         with self.lock:
             guide = self.guide_for(req)
             images = self.pipe([req.prompt] * len(seeds), seeds, opts, callback=callback, guide=guide).cpu()
+        return self._png(images, seed, req.prompt, req.negative_prompt, opts, {
+            **({"Guidance rescale": opts.guidance_rescale} if opts.guidance_rescale else {}),
+            **({"Guidance": req.guide, "Guidance scale": float(req.guide_scale)} if guide is not None else {})})
+
+    def _edit_inputs(self, req: EditRequest, inpaint: bool):
+        """(options, seed, image tensor, mask tensor or None), or RequestError naming the bad field."""
+        from ..diffusion.sampling import start_step
+        from ..images import box_mask, image_tensor, mask_image, mask_tensor, open_image, to_model_size
+
+        opts, seed = self.validate(Txt2ImgRequest(req.prompt, req.negative_prompt, req.seed, req.steps,
+                                                  req.guidance_scale, req.sampler))
+        try:
+            if not isinstance(req.image, bytes) or not req.image:
+                raise ValueError("image: missing")
+            img = open_image(req.image, "image")
+            mask = None
+            if inpaint:
+                if (req.mask is None) == (req.box is None):
+                    raise ValueError("inpaint: give exactly one of mask and box")
+                m = box_mask(req.box, *img.size, what="box") if req.box is not None else mask_image(req.mask, img.size, "mask")
+                mask = mask_tensor(m, self.pipe.resolution)
+            else:
+                start_step(opts, req.strength)
+        except ValueError as e:
+            raise RequestError(str(e).splitlines()[0][:300]) from None
+        return opts, seed, image_tensor(to_model_size(img, self.pipe.resolution)), mask
+
+    def edit(self, req: EditRequest, inpaint: bool) -> GeneratedImage:
+        """img2img (SDEdit) or RePaint inpainting with the input's pixels pasted back outside the mask."""
+        from ..pipelines.editing import img2img, repaint
+
+        opts, seed, x, mask = self._edit_inputs(req, inpaint)
+        with self.lock:
+            if inpaint:
+                out = repaint(self.pipe, [req.prompt], x, mask, [seed], opts)
+            else:
+                out = img2img(self.pipe, [req.prompt], x, [seed], opts, float(req.strength))
+        extra = {"Edit": "inpaint (RePaint)", "Mask pixels": int(mask.sum())} if inpaint else \
+            {"Edit": "img2img", "Denoising strength": float(req.strength)}
+        return self._png(out, seed, req.prompt, req.negative_prompt, opts, extra)[0]
+
+    def _png(self, images, seed: int, prompt: str, negative: str, opts: SamplingOptions, extra: dict) -> list[GeneratedImage]:
+        from PIL import Image, PngImagePlugin
+
+        from ..world.render import to_uint8
+
         out = []
-        for px, s in zip(to_uint8(images).numpy(), seeds):
-            params = format_parameters(req.prompt, req.negative_prompt, {
+        for i, px in enumerate(to_uint8(images).numpy()):
+            params = format_parameters(prompt, negative, {
                 "Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "CFG scale": opts.guidance_scale,
-                "Seed": s, "Size": f"{px.shape[1]}x{px.shape[0]}", "Model": self.model_path.name,
-                **({"Guidance rescale": opts.guidance_rescale} if opts.guidance_rescale else {}),
-                **({"Guidance": req.guide, "Guidance scale": float(req.guide_scale)} if guide is not None else {})})
+                "Seed": seed + i, "Size": f"{px.shape[1]}x{px.shape[0]}", "Model": self.model_path.name, **extra})
             info = PngImagePlugin.PngInfo()
             info.add_text("parameters", params)
             buf = io.BytesIO()
             Image.fromarray(px).save(buf, format="PNG", pnginfo=info)
-            out.append(GeneratedImage(buf.getvalue(), params, s, px))
+            out.append(GeneratedImage(buf.getvalue(), params, seed + i, px))
         return out
+
