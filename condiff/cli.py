@@ -23,19 +23,6 @@ def _train(args) -> None:
     print(f"trained {run.task.name} for {run.step} steps; model in {run.folder / 'model'}")
 
 
-def _parse_boxes(text: str) -> list[dict]:
-    """--boxes: a JSON list of {"phrase", "box": [x0, y0, x1, y1]} in [0, 1] (the metadata.jsonl record)."""
-    import json
-
-    from .data.imagefolder import check_boxes
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--boxes: not JSON ({e.msg} at character {e.pos})") from None
-    return check_boxes(value, "--boxes")
-
-
 def _output_paths(out: Path, n: int) -> list[Path]:
     if n == 1:
         return [out]
@@ -67,12 +54,13 @@ def _generate(args) -> None:
     from .diffusion.thresholding import Threshold
     from .pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
     from .png import check_writable, format_parameters, save_png
+    from .cli_layout import layout_from_args
     from .world.render import to_uint8
 
     opts = SamplingOptions.from_args(args)  # bad option values fail here, before any model is loaded
-    boxes = _parse_boxes(args.boxes) if args.boxes else None
     model = Path(args.model) if args.model else DEFAULT_MODEL
     prompts = [p for p in args.prompts for _ in range(args.num_images)]
+    boxes = layout_from_args(args, prompts)
     paths = _output_paths(Path(args.out), len(prompts))
     check_writable(paths)
     pipe = Text2ImagePipeline.from_pretrained(model)
@@ -103,15 +91,20 @@ def _generate(args) -> None:
         guide_params.update({"CLIP x_T iterations": args.clip_xt_iters, "CLIP x_T chain": args.clip_xt_chain})
     start = time.time()
     if boxes is not None:
-        guide_params["Boxes"] = len(boxes)
         boxes = [boxes] * len(prompts)
+    elif hasattr(pipe, "layouts"):  # a layout2image pipeline: its layout stage predicts the boxes (recorded below)
+        boxes = pipe.layouts(prompts, seeds)
     images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True, guide=guide,
                                     init=init, boxes=boxes, boxes_in_uncond=args.boxes_in_uncond, x=x_T)).numpy()
-    for path, px, prompt, seed in zip(paths, images, prompts, seeds):  # the grid's path, last, is not zipped
+    for i, (path, px, prompt, seed) in enumerate(zip(paths, images, prompts, seeds)):  # the grid's path is not zipped
         params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
                   "Threshold": opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else ""),
                   "CFG scale": opts.guidance_scale, "Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}",
                   "Model": model.name, "Eta": opts.eta, **guide_params}
+        if boxes is not None:
+            import json
+
+            params["Layout"] = json.dumps([{"phrase": b["phrase"], "box": [round(c, 4) for c in b["box"]]} for b in boxes[i]])
         if opts.guidance_rescale:
             params["Guidance rescale"] = opts.guidance_rescale
         save_png(px, path, format_parameters(prompt, opts.negative_prompt, params))
@@ -281,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CLIP-optimised x_T: Adam steps on the initial noise through a DDIM chain (0: off)")
     g.add_argument("--clip-xt-chain", type=int, default=10, help="DDIM steps of that differentiable chain")
     g.add_argument("--clip-xt-model", help="clean CLIP folder for --clip-xt-iters (default: the shipped clip32)")
+    g.add_argument("--layout", help='grounding: a JSON file [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...] in [0, 1] '
+                                    '(default for a layout2image model: its layout stage predicts the boxes)')
     g.add_argument("--boxes", help='grounding (a model trained with boxes): JSON [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...] in [0, 1]')
     g.add_argument("--boxes-in-uncond", action="store_true", help="CFG's unconditional branch sees the boxes too")
     g.add_argument("--from-noise", help="start from a saved x_T (edit invert --save-noise) instead of the seed's noise")
@@ -357,8 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_eval_clip)
 
     from .cli_edit import add_edit_parser
+    from .cli_layout import add_layout_parser
 
     add_edit_parser(sub, add_sampling_arguments, add_run_arguments)
+    add_layout_parser(sub)
     return parser
 
 

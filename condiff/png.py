@@ -1,6 +1,7 @@
 """PNG files that carry their generation parameters (A1111 'parameters' text chunk)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -14,8 +15,14 @@ def format_parameters(prompt: str, negative_prompt: str, params: dict) -> str:
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(", ".join(f"{k}: {v}" for k, v in params.items()))
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in params.items()))
     return "\n".join(lines)
+
+
+def _quote(value) -> str:
+    """A value with a comma, colon or quote is written as a JSON string, as A1111 does (a layout's JSON, say)."""
+    text = str(value)
+    return json.dumps(text) if any(c in text for c in ',:"') else text
 
 
 def parse_parameters(text: str) -> dict:
@@ -25,8 +32,9 @@ def parse_parameters(text: str) -> dict:
     for line in lines[1:-1]:
         if line.startswith("Negative prompt: "):
             out["negative_prompt"] = line[len("Negative prompt: "):]
-    for key, value in re.findall(r"\s*([\w ]+): ([^,]+)(?:,|$)", lines[-1]):
-        out[key.strip()] = value.strip()
+    for key, value in re.findall(r'\s*([\w ]+): ("(?:\\.|[^\\"])*"|[^,]+)(?:,|$)', lines[-1]):
+        value = value.strip()
+        out[key.strip()] = json.loads(value) if value.startswith('"') else value
     return out
 
 

@@ -10,6 +10,7 @@ from condiff.diffusion.sampling import SamplingOptions
 from condiff.nets.grounding import GatedSelfAttention, GroundingTokens, cell_boxes, fourier_embedding, grounding_inputs
 from condiff.nets.unet import UNet, UNetConfig
 from condiff.pipelines.text2image import Text2ImagePipeline
+from condiff.png import read_parameters
 
 
 def test_fourier_embedding_is_sin_and_cos_of_octaves():
@@ -126,6 +127,19 @@ def test_generate_with_boxes_and_bad_boxes(grounded_model, tiny_model, tmp_path,
         assert message in capsys.readouterr().err
     assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "2", "--boxes", box, "--out", str(out)]) == 2
     assert "this model has no grounding layers" in capsys.readouterr().err
+    layout = tmp_path / "layout.json"
+    layout.write_text(box)
+    assert main(["generate", "a red circle", "--model", str(grounded_model), "--steps", "2", "--layout", str(layout),
+                 "--out", str(out)]) == 0
+    assert json.loads(read_parameters(out)["Layout"]) == json.loads(box)
+    for text, message in (('[{"phrase": "a blue square", "box": [0, 0, 0.5, 0.5]}]', "not in the prompt"),
+                          ('[{"phrase": "a red circle", "box": [NaN, 0, 0.5, 0.5]}]', "0 <= x0 < x1 <= 1")):
+        layout.write_text(text)
+        assert main(["generate", "a red circle", "--model", str(grounded_model), "--layout", str(layout),
+                     "--out", str(tmp_path / "never.png")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "never.png").exists()
+    assert main(["generate", "a red circle", "--layout", str(layout), "--boxes", box, "--out", str(out)]) == 2
+    assert "give one of them" in capsys.readouterr().err
 
 
 def test_grounding_is_added_to_a_trained_model_without_changing_it(tiny_model, tiny_config_path, tmp_path):

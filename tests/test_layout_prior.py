@@ -7,6 +7,7 @@ import torch
 
 from condiff import components
 from condiff.cli import main
+from condiff.png import read_parameters
 from condiff.data.world import WorldStream
 from condiff.eval.layouts import judge_layout
 from condiff.nets.layout_prior import LayoutPriorConfig, decode_layout, sample_layouts, target_sequence
@@ -76,10 +77,29 @@ def test_text_to_boxes_to_image(tiny_prior, tiny_bert, tmp_path):
     assert pipe.spec.kind == "layout2image" and [c.name for c in pipe.spec.components][-1] == "layout_prior"
     out = tmp_path / "o.png"
     assert main(["generate", "a red circle to the left of a blue square", "--model", str(tmp_path / "l2i"),
-                 "--steps", "2", "--out", str(out)]) == 0 and out.is_file()
+                 "--steps", "2", "--seed", "5", "--out", str(out)]) == 0 and out.is_file()
+    recorded = json.loads(read_parameters(out)["Layout"])  # the predicted layout, in the PNG's infotext
+    caption = "a red circle to the left of a blue square"
+    assert recorded == [{"phrase": b["phrase"], "box": [round(c, 4) for c in b["box"]]} for b in pipe.layouts([caption], [5])[0]]
     from condiff.nets.unet import UNet, UNetConfig
     from condiff.pipelines.layout2image import Layout2ImagePipeline
 
     plain = UNet(UNetConfig(**{**vars(pipe.unet.cfg), "grounding_dim": 0}))
     with pytest.raises(ValueError, match="needs a frozen pretrained text encoder and a UNet with grounding"):
         Layout2ImagePipeline(pipe.text_encoder, plain, pipe.cfg, pipe.layout_prior)
+
+
+def test_layout_command_prints_and_draws_the_predicted_boxes(tiny_prior, tiny_bert, tmp_path, capsys):
+    out = tmp_path / "boxes.png"
+    assert main(["layout", "a red circle to the left of a blue square", "a teal box", "--model", str(tiny_prior),
+                 "--text-source", str(tiny_bert), "--num-images", "2", "--seed", "3", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [(r["prompt"][:5], r["seed"]) for r in printed] == [("a red", 3), ("a red", 4), ("a tea", 5), ("a tea", 6)]
+    prior = components.load("layout_prior", tiny_prior)
+    enc = PretrainedTextEncoder(PretrainedTextConfig(source=str(tiny_bert), max_length=16, width=32))
+    assert printed[2]["layout"] == sample_layouts(prior, enc, ["a teal box"], [5], 0.4)[0]
+    from PIL import Image
+    assert Image.open(out).size == (256, 256)  # two layouts a row, 128 px each
+    assert main(["layout", "a red circle", "--model", str(tiny_prior), "--text-source", str(tiny_bert),
+                 "--temperature", "nan"]) == 2
+    assert "--temperature" in capsys.readouterr().err
