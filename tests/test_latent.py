@@ -138,6 +138,23 @@ def test_latent_pipeline_composes_frozen_text_unet_and_decoder(tiny_latent):
     assert both.shape == (2, 3, 16, 16) and torch.allclose(both[1:], one, atol=1e-5)  # seed, not batch position
 
 
+def test_latent_models_sample_without_x0_clipping_from_a_well_conditioned_first_step(tiny_latent, tmp_path, capsys):
+    """Static or dynamic thresholds clip x0_hat to pixel range: wrong for latents (unit variance, not [-1, 1])."""
+    from condiff.diffusion.sampling import SamplingOptions
+
+    pipe = Text2ImagePipeline.from_pretrained(tiny_latent)
+    assert (pipe.defaults.threshold.value, pipe.defaults.schedule.value) == ("none", "leading")
+    with pytest.raises(ValueError, match="threshold: static clips x0_hat to the pixel range"):
+        pipe.check(["a red circle"], SamplingOptions(threshold="static"))
+    out = tmp_path / "o.png"
+    assert main(["generate", "a red circle", "--model", str(tiny_latent), "--steps", "2", "--out", str(out)]) == 0
+    from condiff.png import read_parameters
+    p = read_parameters(out)
+    assert (p["Threshold"], p["Schedule type"]) == ("none", "leading")  # what the command left out: the model's
+    assert main(["generate", "a red circle", "--model", str(tiny_latent), "--threshold", "dynamic", "--out", str(out)]) == 2
+    assert "use --threshold none" in capsys.readouterr().err
+
+
 def test_generate_accepts_open_vocabulary_and_refuses_empty_prompts(tiny_latent, tmp_path, capsys):
     out = tmp_path / "o.png"
     assert main(["generate", "a zebra next to a teal box", "--model", str(tiny_latent), "--steps", "2", "--out", str(out)]) == 0
