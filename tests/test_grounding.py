@@ -10,7 +10,7 @@ from condiff.diffusion.sampling import SamplingOptions
 from condiff.nets.grounding import GatedSelfAttention, GroundingTokens, cell_boxes, fourier_embedding, grounding_inputs
 from condiff.nets.unet import UNet, UNetConfig
 from condiff.pipelines.text2image import Text2ImagePipeline
-from condiff.png import read_parameters
+from condiff.png import parse_parameters as read_parameters_text, read_parameters
 
 
 def test_fourier_embedding_is_sin_and_cos_of_octaves():
@@ -154,3 +154,18 @@ def test_grounding_is_added_to_a_trained_model_without_changing_it(tiny_model, t
     prompt, opts = ["a red circle"], SamplingOptions(steps=2)
     boxes = [[{"phrase": "a red circle", "box": [0.1, 0.1, 0.4, 0.4]}]]
     torch.testing.assert_close(grounded(prompt, [3], opts, boxes=boxes), plain(prompt, [3], opts), rtol=1e-4, atol=1e-5)
+
+
+def test_the_service_and_api_take_a_layout_for_a_grounded_model(grounded_model):
+    from condiff.ui.service import GenerationService, RequestError, Txt2ImgRequest
+
+    service = GenerationService(grounded_model)
+    layout = [{"phrase": "a red circle", "box": [0.1, 0.1, 0.4, 0.4]}]
+    im, = service.txt2img(Txt2ImgRequest("a red circle", seed=3, steps=2, layout=layout))
+    assert im.layout == layout and json.loads(read_parameters_text(im.parameters)["Layout"]) == layout
+    plain, = service.txt2img(Txt2ImgRequest("a red circle", seed=3, steps=2))
+    assert plain.layout is None and "Layout" not in read_parameters_text(plain.parameters)
+    for bad, message in (([{"phrase": "a blue square", "box": [0, 0, 0.5, 0.5]}], "not in the prompt"),
+                         (layout * 5, "at most 4 boxes")):
+        with pytest.raises(RequestError, match=message):
+            service.txt2img(Txt2ImgRequest("a red circle", steps=2, layout=bad))

@@ -78,6 +78,10 @@ def test_api_generates_pngs_that_carry_their_parameters(server):
     ({"prompt": "a red circle", "guide": "clip", "guide_scale": -2}, 400, "guide_scale: must be between 0 and 100"),
     ({"prompt": "circle red a", "guide": "classifier"}, 400, "prompt: the classifier guide needs a world caption"),
     ({"prompt": "a red circle", "guidance_rescale": 2}, 400, "guidance_rescale: must be between 0 and 1"),
+    ({"prompt": "a red circle", "layout": [{"phrase": "a red circle", "box": [0, 0, 0.5, 0.5]}]}, 400,
+     "layout: this model has no grounding layers"),
+    ({"prompt": "a red circle", "layout": [{"phrase": "a red circle", "box": [0.5, 0, 0.2, 0.5]}]}, 400,
+     "layout: boxes[0] must be"),
 ])
 def test_api_rejects_bad_values_with_a_clear_4xx(server, payload, status, message):
     r = httpx.post(server + "/api/txt2img", json=payload, timeout=30)

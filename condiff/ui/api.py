@@ -25,6 +25,7 @@ class Txt2ImgBody(BaseModel):
     guide: str = "none"
     guide_scale: float = 3.0
     guidance_rescale: float = 0.0
+    layout: list[dict] | None = None  # [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1] (a grounded model)
 
 
 class EditBody(BaseModel):
@@ -73,7 +74,8 @@ def create_api(service: GenerationService) -> FastAPI:
         except RequestError as e:
             raise HTTPException(status_code=400, detail=str(e)) from None
         return {"images": [base64.b64encode(im.png).decode() for im in images],
-                "parameters": [im.parameters for im in images], "seeds": [im.seed for im in images]}
+                "parameters": [im.parameters for im in images], "seeds": [im.seed for im in images],
+                "layouts": [im.layout for im in images]}
 
     def edit(body: EditBody, inpaint: bool) -> dict:
         fields = body.model_dump()

@@ -28,6 +28,20 @@ def _upscale(px: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
     return px.repeat(k, 0).repeat(k, 1)
 
 
+def _draw_layout(px: np.ndarray, layout: list[dict], side: int = 256) -> np.ndarray:
+    """The image enlarged, its layout's boxes outlined and numbered on it."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(_upscale(px, side))
+    draw = ImageDraw.Draw(img)
+    colours = [(255, 255, 255), (255, 220, 0), (0, 230, 230), (255, 120, 255)]
+    for i, b in enumerate(layout):
+        x0, y0, x1, y1 = (c * (img.width - 1) for c in b["box"])
+        draw.rectangle([x0, y0, x1, y1], outline=colours[i % 4], width=2)
+        draw.text((x0 + 3, y0 + 2), f"{i + 1} {b['phrase']}", fill=colours[i % 4])
+    return np.asarray(img)
+
+
 def _previews(x0_hat) -> list[np.ndarray]:
     from ..world.render import to_uint8
 
@@ -36,11 +50,18 @@ def _previews(x0_hat) -> list[np.ndarray]:
 
 def make_handlers(service: GenerationService, out_dir: Path):
     def generate(prompt, negative_prompt, seed, steps, guidance_scale, sampler, num_images, guide="none",
-                 guide_scale=3.0, progress=gr.Progress()):
+                 guide_scale=3.0, layout_text="", progress=gr.Progress()):
+        import json
+
         try:
+            try:
+                layout = json.loads(layout_text) if (layout_text or "").strip() else None
+            except json.JSONDecodeError as e:
+                raise RequestError(f"layout: not JSON ({e.msg} at character {e.pos})") from None
             req = service.resolve(Txt2ImgRequest(prompt, negative_prompt or "", int(seed), int(steps),
                                                  float(guidance_scale), sampler, int(num_images), guide or "none",
-                                                 float(guide_scale)))
+                                                 float(guide_scale), layout=layout))
+            service.check_layout(req)
         except (RequestError, ValueError, TypeError) as e:
             raise gr.Error(str(e)) from None
         state: dict = {"step": 0, "x0": None, "new": False}
@@ -63,7 +84,7 @@ def make_handlers(service: GenerationService, out_dir: Path):
             if state["new"]:
                 state["new"] = False
                 progress((state["step"], req.steps), desc="sampling", unit="steps")
-                yield _previews(state["x0"]), str(req.seed), ""
+                yield _previews(state["x0"]), str(req.seed), "", gr.update(), None
         if "error" in result:
             raise gr.Error(f"generation failed: {result['error']}")
         folder = Path(tempfile.mkdtemp(dir=out_dir))
@@ -72,7 +93,10 @@ def make_handlers(service: GenerationService, out_dir: Path):
             path = folder / f"condiff-{im.seed}.png"
             path.write_bytes(im.png)
             paths.append(str(path))
-        yield paths, str(req.seed), result["images"][0].parameters
+        first = result["images"][0]
+        shown = json.dumps(first.layout) if first.layout is not None else (layout_text or "")
+        overlay = _draw_layout(first.pixels, first.layout) if first.layout else None
+        yield paths, str(req.seed), first.parameters, shown, overlay
 
     def restore(file):
         """Read a PNG's 'parameters' chunk back into the controls."""
@@ -163,6 +187,7 @@ def _edit_outputs(prefix: str):
 
 def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
     generate, restore = make_handlers(service, out_dir)
+    grounded = bool(service.pipe.unet.cfg.grounding_dim)
     with gr.Blocks(title="condiff", analytics_enabled=False) as page:
         gr.Markdown(f"## condiff &nbsp; <small>model: `{service.model_path.name}`, "
                     f"{service.pipe.resolution}×{service.pipe.resolution}</small>")
@@ -181,6 +206,10 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                     with gr.Accordion("Judge guidance (classifier / CLIP)", open=False):
                         guide = gr.Dropdown(GUIDES, value="none", label="Guide", elem_id="guide")
                         guide_scale = gr.Slider(0, 20, 3, step=0.5, label="Guide scale", elem_id="guide-scale")
+                    with gr.Accordion("Layout (grounded models)", open=True, visible=grounded):
+                        layout_box = gr.Textbox(label='Boxes as JSON [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1]; '
+                                                      "empty: the model's layout stage predicts them. Edit and "
+                                                      "generate again to move an object.", lines=3, elem_id="layout")
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
                     png_in = gr.File(label="Drop a PNG here to restore its parameters", file_types=[".png"],
                                      elem_id="png-info")
@@ -189,11 +218,14 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                     gallery = gr.Gallery(label="Images", elem_id="gallery", columns=4, height=420, format="png",
                                          object_fit="contain", buttons=["download"])
                     used_seed = gr.Textbox(label="Seed used (image i: seed + i)", interactive=False, elem_id="used-seed")
+                    overlay = gr.Image(label="Layout over the first image", interactive=False, visible=grounded,
+                                       elem_id="layout-overlay", format="png")
                     params = gr.Textbox(label="Parameters of the first image", interactive=False, lines=3,
                                         elem_id="parameters")
-            inputs = [prompt, negative, seed, steps, scale, sampler, count, guide, guide_scale]
-            button.click(generate, inputs, [gallery, used_seed, params], api_name="txt2img")
-            prompt.submit(generate, inputs, [gallery, used_seed, params], api_name=False)
+            inputs = [prompt, negative, seed, steps, scale, sampler, count, guide, guide_scale, layout_box]
+            outputs = [gallery, used_seed, params, layout_box, overlay]
+            button.click(generate, inputs, outputs, api_name="txt2img")
+            prompt.submit(generate, inputs, outputs, api_name=False)
             png_in.upload(restore, png_in, [prompt, negative, seed, steps, scale, sampler, guide, guide_scale, restored],
                           api_name=False)
         img2img, inpaint = make_edit_handlers(service, out_dir)

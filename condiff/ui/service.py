@@ -38,6 +38,8 @@ class Txt2ImgRequest:
     guide: str = "none"  # gradient guidance by a shipped judge: none, classifier, clip, clip_x0, contrastive
     guide_scale: float = 3.0
     guidance_rescale: float = 0.0  # phi of CFG rescale
+    layout: list | None = None  # grounding: [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1]; None: the model's layout
+    # stage predicts it (a layout2image model), or no boxes
 
 
 @dataclass
@@ -61,6 +63,7 @@ class GeneratedImage:
     parameters: str
     seed: int
     pixels: np.ndarray = field(repr=False)
+    layout: list | None = None  # the boxes it was drawn from
 
 
 def sampler_of(name: str) -> Sampler:
@@ -139,13 +142,40 @@ class GenerationService:
     def txt2img(self, req: Txt2ImgRequest, callback: Callable[[dict], None] | None = None) -> list[GeneratedImage]:
         """Image i uses seed + i, as `condiff generate` does; callback sees each step's x0_hat."""
         opts, seed = self.validate(req)
+        layout = self.check_layout(req)
         seeds = [seed + i for i in range(int(req.num_images))]
+        prompts = [req.prompt] * len(seeds)
         with self.lock:
             guide = self.guide_for(req)
-            images = self.pipe([req.prompt] * len(seeds), seeds, opts, callback=callback, guide=guide).cpu()
-        return self._png(images, seed, req.prompt, req.negative_prompt, opts, {
+            boxes = [layout] * len(seeds) if layout is not None else \
+                self.pipe.layouts(prompts, seeds) if hasattr(self.pipe, "layouts") else None
+            kw = {"boxes": boxes} if boxes is not None else {}
+            images = self.pipe(prompts, seeds, opts, callback=callback, guide=guide, **kw).cpu()
+        out = self._png(images, seed, req.prompt, req.negative_prompt, opts, {
             **({"Guidance rescale": opts.guidance_rescale} if opts.guidance_rescale else {}),
-            **({"Guidance": req.guide, "Guidance scale": float(req.guide_scale)} if guide is not None else {})})
+            **({"Guidance": req.guide, "Guidance scale": float(req.guide_scale)} if guide is not None else {})},
+            layouts=boxes)
+        return out
+
+    def check_layout(self, req: Txt2ImgRequest) -> list[dict] | None:
+        """req.layout checked (boxes in [0, 1], phrases in the prompt, at most the model's slots), or RequestError."""
+        if req.layout is None:
+            return None
+        from ..data.imagefolder import check_boxes
+
+        try:
+            boxes = check_boxes(req.layout, "layout")
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        slots = self.pipe.unet.cfg.grounding_max_boxes if self.pipe.unet.cfg.grounding_dim else 0
+        if not slots:
+            raise RequestError("layout: this model has no grounding layers")
+        if len(boxes) > slots:
+            raise RequestError(f"layout: this model takes at most {slots} boxes, got {len(boxes)}")
+        for b in boxes:
+            if b["phrase"].lower().strip() not in req.prompt.lower():
+                raise RequestError(f"layout: the phrase '{b['phrase']}'"[:200] + " is not in the prompt")
+        return boxes
 
     def _edit_inputs(self, req: EditRequest, inpaint: bool):
         """(options, seed, image tensor, mask tensor or None), or RequestError naming the bad field."""
@@ -184,20 +214,25 @@ class GenerationService:
             {"Edit": "img2img", "Denoising strength": float(req.strength)}
         return self._png(out, seed, req.prompt, req.negative_prompt, opts, extra)[0]
 
-    def _png(self, images, seed: int, prompt: str, negative: str, opts: SamplingOptions, extra: dict) -> list[GeneratedImage]:
+    def _png(self, images, seed: int, prompt: str, negative: str, opts: SamplingOptions, extra: dict,
+             layouts: list | None = None) -> list[GeneratedImage]:
+        import json
+
         from PIL import Image, PngImagePlugin
 
         from ..world.render import to_uint8
 
         out = []
         for i, px in enumerate(to_uint8(images).numpy()):
+            layout = [{"phrase": b["phrase"], "box": [round(c, 4) for c in b["box"]]} for b in layouts[i]] if layouts else None
             params = format_parameters(prompt, negative, {
                 "Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "CFG scale": opts.guidance_scale,
-                "Seed": seed + i, "Size": f"{px.shape[1]}x{px.shape[0]}", "Model": self.model_path.name, **extra})
+                "Seed": seed + i, "Size": f"{px.shape[1]}x{px.shape[0]}", "Model": self.model_path.name, **extra,
+                **({"Layout": json.dumps(layout)} if layout is not None else {})})
             info = PngImagePlugin.PngInfo()
             info.add_text("parameters", params)
             buf = io.BytesIO()
             Image.fromarray(px).save(buf, format="PNG", pnginfo=info)
-            out.append(GeneratedImage(buf.getvalue(), params, seed + i, px))
+            out.append(GeneratedImage(buf.getvalue(), params, seed + i, px, layout))
         return out
 
