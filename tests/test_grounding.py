@@ -50,21 +50,23 @@ def _random_unet(**over):
 
 
 def test_grounding_layers_start_as_the_identity_and_then_read_the_boxes():
-    """gamma = 0: adding grounding to a trained UNet leaves its output unchanged (GLIGEN's gated init)."""
+    """A zero output projection: adding grounding to a trained UNet leaves its output unchanged (as GLIGEN's gamma = 0),
+    and the projection gets a gradient at once (gamma = 0 would leave the block's weights without one)."""
     plain = _random_unet()
     grounded = _random_unet(grounding_dim=32, grounding_token_dim=16)
     missing, unexpected = grounded.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and all("gated" in k or k.startswith("grounding.") for k in missing)
-    for m in grounded.modules():
-        if isinstance(m, GatedSelfAttention):
-            m.gamma.data.zero_()
+    gates = [m for m in grounded.modules() if isinstance(m, GatedSelfAttention)]
+    assert gates and all(m.gamma.item() == 1 and not m.proj.weight.any() for m in gates)
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([3, 500])
     ctx = {"context": torch.randn(2, 5, 32), "context_mask": torch.ones(2, 5, dtype=torch.bool), "pooled": torch.randn(2, 32)}
     g = {"box_phrases": torch.randn(2, 3, 32), "boxes": torch.rand(2, 3, 4), "box_mask": torch.ones(2, 3, dtype=torch.bool)}
-    assert torch.allclose(plain(x, t, **ctx), grounded(x, t, **ctx, **g), atol=1e-6)
-    for m in grounded.modules():
-        if isinstance(m, GatedSelfAttention):
-            m.gamma.data.fill_(1.0)
+    out = grounded(x, t, **ctx, **g)
+    assert torch.allclose(plain(x, t, **ctx), out, atol=1e-6)
+    out.square().sum().backward()
+    assert all(m.proj.weight.grad.abs().sum() > 0 for m in gates)  # the zero projection learns from the first step
+    for m in gates:
+        torch.nn.init.normal_(m.proj.weight, std=0.3)
     moved = dict(g, boxes=g["boxes"].flip(-1))
     assert not torch.allclose(grounded(x, t, **ctx, **g), grounded(x, t, **ctx, **moved), atol=1e-4)
 

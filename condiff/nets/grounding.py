@@ -1,8 +1,11 @@
 """Box grounding in the manner of GLIGEN (Li et al. 2023): (phrase, box) pairs as tokens in gated self-attention.
 
 A grounding token is h_e = MLP([phrase embedding, Fourier(box)]) (GLIGEN eq. 5); padding slots use a learned null
-token. Each gated block adds v <- v + tanh(gamma) TS(SelfAttn([v, h_e])) to the visual tokens v (eq. 8), with
-gamma = 0 at init, so a trained UNet is unchanged when the layers are added and learns to use the boxes.
+token. Each gated block adds v <- v + tanh(gamma) TS(SelfAttn([v, h_e])) to the visual tokens v (eq. 8). GLIGEN
+starts gamma at 0; here the block's output projection starts at 0 instead (gamma at 1), which leaves a trained UNet
+just as unchanged when the layers are added. Measured: with gamma = 0 every other weight of the block gets no gradient
+(they are multiplied by tanh(0)), and after 500 steps of batch 64 every gamma was still below 0.006 in magnitude;
+a zero projection gets a gradient at once (ControlNet's zero convolutions do the same).
 """
 from __future__ import annotations
 
@@ -59,7 +62,8 @@ class GatedSelfAttention(nn.Module):
         self.norm = nn.LayerNorm(ch)
         self.qkv = nn.Linear(ch, 3 * ch)
         self.proj = nn.Linear(ch, ch)
-        self.gamma = nn.Parameter(torch.zeros(()))
+        nn.init.zeros_(self.proj.weight), nn.init.zeros_(self.proj.bias)  # the identity at init (see above)
+        self.gamma = nn.Parameter(torch.ones(()))
 
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
