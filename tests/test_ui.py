@@ -220,9 +220,23 @@ def test_page_img2img_and_inpaint_tabs(server, browser, tmp_path):
     page.wait_for_function("document.querySelector('#img2img-parameters textarea').value.length > 0", timeout=60000)
     params = parse_parameters(page.locator("#img2img-parameters textarea").input_value())
     assert params["prompt"] == "a blue circle" and params["Seed"] == "5" and params["Denoising strength"] == "0.6"
+    page.close()
+    page = browser.new_page()  # the inpainting tab on a page of its own
+    page.goto(server + "/", wait_until="networkidle")
     page.get_by_role("tab", name="Inpainting").click()
-    page.locator("#inpaint-editor input[type=file]").set_input_files(str(src))
-    page.locator("#inpaint-editor .empty").wait_for(state="detached", timeout=30000)  # the image is on the canvas
+    empty = page.locator("#inpaint-editor .empty")
+    empty.first.wait_for(state="visible", timeout=30000)
+    for attempt in range(3):  # the editor's canvas starts lazily: an upload before it is ready is lost, so retry
+        page.wait_for_timeout(1500)
+        again = tmp_path / f"in{attempt}.png"  # a new name: choosing the same file again fires no change event
+        again.write_bytes(src.read_bytes())
+        page.locator("#inpaint-editor input[type=file]").set_input_files(str(again))
+        try:
+            empty.first.wait_for(state="detached", timeout=15000)  # the image is on the canvas
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     page.wait_for_timeout(2000)  # and the editor has sent its value
     page.locator("#inpaint-box textarea, #inpaint-box input").first.fill("0,0,8,16")
     page.locator("#inpaint-prompt textarea").fill("a red circle")
@@ -245,3 +259,16 @@ def test_brush_layers_become_the_mask():
     mask = np.asarray(Image.open(io.BytesIO(_brush_mask([None, layer], (16, 16)))).convert("L"))
     assert mask.shape == (16, 16) and (mask > 0).sum() == 4 * 6 and mask[3, 2] == 255 and mask[0, 0] == 0
     assert _brush_mask([Image.new("RGBA", (16, 16), (0, 0, 0, 0))], (16, 16)) is None
+
+
+def test_openapi_states_the_bounds_and_the_errors_the_server_gives(server):
+    spec = httpx.get(server + "/api/openapi.json").json()
+    steps = spec["components"]["schemas"]["Txt2ImgBody"]["properties"]["steps"]
+    assert (steps["minimum"], steps["maximum"]) == (1, 1000)
+    assert spec["components"]["schemas"]["Img2ImgBody"]["properties"]["strength"]["maximum"] == 1
+    for path in ("/api/txt2img", "/api/img2img", "/api/inpaint"):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert {"200", "400", "422"} <= set(responses)
+        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
+    r = httpx.post(server + "/api/txt2img", json={"prompt": "a " + "q" * 100000}, timeout=30)
+    assert r.status_code == 400 and len(r.json()["detail"]) <= 300  # a short prefix of the bad value, not all of it

@@ -7,24 +7,41 @@ import base64
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..diffusion.sampling import SAMPLER_INFO
-from .service import EditRequest, GenerationService, RequestError, Txt2ImgRequest
+from .service import (MAX_GUIDE_SCALE, MAX_IMAGES, MAX_SCALE, MAX_SEED, MAX_STEPS, EditRequest, GenerationService,
+                      RequestError, Txt2ImgRequest)
+
+MAX_DETAIL = 300  # an error message quotes at most this much (a 100k-character prompt is not echoed back)
+
+
+def bounded(default, lo, hi, what: str = ""):
+    """A field whose bounds the schema states; the service checks them and answers 400 naming the field."""
+    return Field(default, description=f"{what} {lo} to {hi}; outside: 400".strip(),
+                 json_schema_extra={"minimum": lo, "maximum": hi})
+
+
+class ErrorBody(BaseModel):
+    detail: str  # one line: "field: what is wrong"
+
+
+ERRORS = {400: {"model": ErrorBody, "description": "a value out of range or unusable by the model"},
+          422: {"model": ErrorBody, "description": "a missing field, an extra field, or a value of the wrong type"}}
 
 
 class Txt2ImgBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str
     negative_prompt: str = ""
-    seed: int = -1
-    steps: int = 25
-    guidance_scale: float = 3.0
+    seed: int = bounded(-1, -1, MAX_SEED, "-1 (random) or")
+    steps: int = bounded(25, 1, MAX_STEPS)
+    guidance_scale: float = bounded(3.0, 0, MAX_SCALE)
     sampler: str = "ddim"
-    num_images: int = 1
+    num_images: int = bounded(1, 1, MAX_IMAGES)
     guide: str = "none"
-    guide_scale: float = 3.0
-    guidance_rescale: float = 0.0
+    guide_scale: float = bounded(3.0, 0, MAX_GUIDE_SCALE)
+    guidance_rescale: float = bounded(0.0, 0, 1)
     layout: list[dict] | None = None  # [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1] (a grounded model)
 
 
@@ -33,14 +50,14 @@ class EditBody(BaseModel):
     prompt: str
     image: str  # base64
     negative_prompt: str = ""
-    seed: int = -1
-    steps: int = 25
-    guidance_scale: float = 3.0
+    seed: int = bounded(-1, -1, MAX_SEED, "-1 (random) or")
+    steps: int = bounded(25, 1, MAX_STEPS)
+    guidance_scale: float = bounded(3.0, 0, MAX_SCALE)
     sampler: str = "ddim"
 
 
 class Img2ImgBody(EditBody):
-    strength: float = 0.6
+    strength: float = bounded(0.6, 0, 1)
 
 
 class InpaintBody(EditBody):
@@ -64,15 +81,15 @@ def create_api(service: GenerationService) -> FastAPI:
     async def one_line_422(request: Request, exc: RequestValidationError):
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
-        return JSONResponse(status_code=422, content={"detail": f"{field}: {err['msg']}"})
+        return JSONResponse(status_code=422, content={"detail": f"{field}: {err['msg']}"[:MAX_DETAIL]})
 
-    @app.post("/api/txt2img")
+    @app.post("/api/txt2img", responses=ERRORS)
     def txt2img(body: Txt2ImgBody) -> dict:
         """Generate; returns base64 PNGs (each with its 'parameters' text chunk), their parameters and seeds."""
         try:
             images = service.txt2img(Txt2ImgRequest(**body.model_dump()))
         except RequestError as e:
-            raise HTTPException(status_code=400, detail=str(e)) from None
+            raise HTTPException(status_code=400, detail=str(e)[:MAX_DETAIL]) from None
         return {"images": [base64.b64encode(im.png).decode() for im in images],
                 "parameters": [im.parameters for im in images], "seeds": [im.seed for im in images],
                 "layouts": [im.layout for im in images]}
@@ -83,15 +100,15 @@ def create_api(service: GenerationService) -> FastAPI:
         try:
             im = service.edit(EditRequest(**fields), inpaint)
         except RequestError as e:
-            raise HTTPException(status_code=400, detail=str(e)) from None
+            raise HTTPException(status_code=400, detail=str(e)[:MAX_DETAIL]) from None
         return {"images": [base64.b64encode(im.png).decode()], "parameters": [im.parameters], "seeds": [im.seed]}
 
-    @app.post("/api/img2img")
+    @app.post("/api/img2img", responses=ERRORS)
     def img2img(body: Img2ImgBody) -> dict:
         """SDEdit: the image noised to `strength` and denoised with the prompt; returns one base64 PNG."""
         return edit(body, inpaint=False)
 
-    @app.post("/api/inpaint")
+    @app.post("/api/inpaint", responses=ERRORS)
     def inpaint(body: InpaintBody) -> dict:
         """RePaint: the mask (or box) repainted with the prompt, the input's pixels kept outside it."""
         return edit(body, inpaint=True)

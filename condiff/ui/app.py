@@ -272,6 +272,11 @@ def create_app(model: str | None = None, device: str = "cpu", out_dir: str | Non
 def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, device: str = "cpu") -> None:
     import uvicorn
 
+    import sys
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"condiff serve: WARNING: bound to {host}: anyone who can reach this address can use the API and "
+              "the page (no authentication; see SECURITY.md)", file=sys.stderr, flush=True)
     app = create_app(model, device)
     print(f"condiff serve: http://{host}:{port}  (API: POST /api/txt2img, /api/img2img, /api/inpaint; docs /api/docs)",
           flush=True)

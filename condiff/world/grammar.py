@@ -98,7 +98,7 @@ class _Words:
         self.i = 0
         for w in self.words:
             if w not in VOCABULARY:
-                raise PromptError(f"unknown word '{w}' in prompt '{caption}'")
+                raise PromptError(f"unknown word '{w}' in prompt '{_shown(caption)}'")
 
     def peek(self) -> str | None:
         return self.words[self.i] if self.i < len(self.words) else None
@@ -107,7 +107,7 @@ class _Words:
         w = self.peek()
         if w is None or w not in allowed:
             found = f"'{w}'" if w else "the end"
-            raise PromptError(f"expected {what} but found {found} in prompt '{self.caption}'")
+            raise PromptError(f"expected {what} but found {found} in prompt '{_shown(self.caption)}'")
         self.i += 1
         return w
 
@@ -138,6 +138,12 @@ def _relation(words: _Words) -> Relation | None:
     return None
 
 
+def _shown(caption: str, limit: int = 120) -> str:
+    """A prompt as an error message quotes it: on one line, at most `limit` characters."""
+    text = " ".join(caption.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def parse_caption(caption: str) -> PromptSpec:
     """Parse a caption of any WORLD.md template; raises PromptError naming the offending word."""
     words = _Words(caption)
@@ -157,7 +163,7 @@ def parse_caption(caption: str) -> PromptSpec:
         else:
             spec = PromptSpec(Category.SINGLE, (first,))
     if words.peek() is not None:
-        raise PromptError(f"unexpected word '{words.peek()}' in prompt '{caption}'")
+        raise PromptError(f"unexpected word '{words.peek()}' in prompt '{_shown(caption)}'")
     return spec
 
 
