@@ -7,7 +7,8 @@ import torch
 
 from condiff.cli import main
 from condiff.diffusion.sampling import SamplingOptions
-from condiff.nets.grounding import GatedSelfAttention, GroundingTokens, cell_boxes, fourier_embedding, grounding_inputs
+from condiff.nets.grounding import (GatedSelfAttention, GroundingTokens, LayoutMap, box_coverage, cell_boxes,
+                                    fourier_embedding, grounding_inputs)
 from condiff.nets.unet import UNet, UNetConfig
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.png import parse_parameters as read_parameters_text, read_parameters
@@ -171,3 +172,28 @@ def test_the_service_and_api_take_a_layout_for_a_grounded_model(grounded_model):
                          (layout * 5, "at most 4 boxes")):
         with pytest.raises(RequestError, match=message):
             service.txt2img(Txt2ImgRequest("a red circle", steps=2, layout=bad))
+
+
+def test_box_coverage_is_the_share_of_each_cell_inside_the_box():
+    boxes, mask = torch.tensor([[[0.25, 0.0, 0.625, 0.5], [0, 0, 1, 1]]]), torch.tensor([[True, False]])
+    cov = box_coverage(boxes, mask, 2, 4)  # cells 0.25 wide, 0.5 high
+    assert cov.shape == (1, 2, 2, 4) and not cov[0, 1].any()
+    assert cov[0, 0].tolist() == [[0.0, 1.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    assert cov[0, 0].sum().item() * 0.25 * 0.5 == pytest.approx(0.375 * 0.5)  # the box's area
+
+
+def test_a_layout_map_added_to_a_grounded_model_leaves_it_unchanged_until_trained(grounded_model, tiny_config_path, tmp_path):
+    cfg = json.loads(tiny_config_path.read_text()) | {"grounding": {"max_boxes": 4, "token_dim": 16, "map_channels": 3},
+                                                      "init": {"from_model": str(grounded_model)}}
+    cfg["optim"] = cfg["optim"] | {"steps": 0}
+    (tmp_path / "m.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp_path / "m.json"), "--out", str(tmp_path / "run"), "--workers", "0"]) == 0
+    old, new = Text2ImagePipeline.from_pretrained(grounded_model), Text2ImagePipeline.from_pretrained(tmp_path / "run" / "model")
+    assert isinstance(new.unet.layout_map, LayoutMap) and new.unet.inputs[0][0].in_channels == old.unet.inputs[0][0].in_channels + 4
+    prompt, opts = ["a red circle"], SamplingOptions(steps=2)
+    boxes = [[{"phrase": "a red circle", "box": [0.1, 0.1, 0.4, 0.4]}]]
+    torch.testing.assert_close(new(prompt, [3], opts, boxes=boxes), old(prompt, [3], opts, boxes=boxes), rtol=1e-4, atol=1e-5)
+    torch.nn.init.normal_(new.unet.inputs[0][0].weight, std=0.3)  # once the new channels have weight, boxes move the output
+    moved = [[dict(boxes[0][0], box=[0.6, 0.6, 0.9, 0.9])]]
+    x = lambda b: new.denoise(prompt, [3], opts, start=1, boxes=b)
+    assert (x(boxes) - x(moved)).abs().max() > 1e-4  # float rounding alone: about 1e-7

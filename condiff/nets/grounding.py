@@ -42,6 +42,32 @@ class GroundingTokens(nn.Module):
         return self.mlp(torch.cat([p, b], dim=-1))
 
 
+def box_coverage(boxes: torch.Tensor, mask: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(B, N, H, W): the share of each cell of an H x W grid that box n covers (0 for masked slots), in closed form
+    as the product of the overlaps along x and along y."""
+    def overlap(lo, hi, n):
+        edges = torch.arange(n + 1, device=boxes.device, dtype=boxes.dtype) / n  # cell i spans [e_i, e_i+1]
+        a, b = edges[:-1], edges[1:]
+        return ((torch.minimum(hi[..., None], b) - torch.maximum(lo[..., None], a)).clamp(min=0) * n)  # (B, N, n)
+    ox, oy = overlap(boxes[..., 0], boxes[..., 2], W), overlap(boxes[..., 1], boxes[..., 3], H)
+    return oy[..., :, None] * ox[..., None, :] * mask[..., None, None].to(boxes.dtype)
+
+
+class LayoutMap(nn.Module):
+    """The boxes painted onto the sampler's grid: K channels of each box's projected phrase embedding times its
+    coverage, summed over boxes, and one channel of total coverage. Concatenated to the UNet's input (the spatial
+    conditioning of LDM's layout- and semantic-map models), it tells each pixel directly what should be there."""
+
+    def __init__(self, phrase_dim: int, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(phrase_dim, channels)
+
+    def forward(self, phrases, boxes, mask, H: int, W: int) -> torch.Tensor:
+        cov = box_coverage(boxes.to(phrases.dtype), mask, H, W)  # (B, N, H, W)
+        paint = torch.einsum("bnhw,bnk->bkhw", cov, self.proj(phrases))
+        return torch.cat([paint, cov.sum(1, keepdim=True)], dim=1)
+
+
 def cell_boxes(H: int, W: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """(1, H W, 4): the box [x0, y0, x1, y1] in [0, 1] of each cell of an H x W grid, row-major like x.flatten(2)."""
     ys, xs = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grounding import GatedSelfAttention, GroundingTokens
+from .grounding import GatedSelfAttention, GroundingTokens, LayoutMap
 
 
 @dataclass
@@ -29,6 +29,7 @@ class UNetConfig:
     grounding_token_dim: int = 256
     grounding_max_boxes: int = 4  # grounding token slots; unused ones hold the learned null token
     grounding_positions: bool = True  # the gated attention also sees each pixel's own cell, Fourier-embedded
+    grounding_map_channels: int = 0  # > 0: the boxes also painted as a layout map (this many + 1 channels) at the input
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -150,7 +151,9 @@ class UNet(nn.Module):
         token_dim = cfg.grounding_token_dim if cfg.grounding_dim else 0
         attn = lambda ch: AttentionBlock(ch, cfg.head_channels, cfg.context_dim, token_dim, cfg.grounding_positions)
         self.grounding = GroundingTokens(cfg.grounding_dim, token_dim) if cfg.grounding_dim else None
-        self.inputs = nn.ModuleList([EmbedSequential(InputConv(cfg.in_channels + cfg.extra_in_channels, mc))])
+        map_ch = cfg.grounding_map_channels + 1 if cfg.grounding_dim and cfg.grounding_map_channels else 0
+        self.layout_map = LayoutMap(cfg.grounding_dim, cfg.grounding_map_channels) if map_ch else None
+        self.inputs = nn.ModuleList([EmbedSequential(InputConv(cfg.in_channels + cfg.extra_in_channels + map_ch, mc))])
         skips, ch, res = [mc], mc, cfg.resolution
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
@@ -189,6 +192,10 @@ class UNet(nn.Module):
         cond = {"context": context, "context_mask": context_mask}
         if self.grounding is not None and boxes is not None:
             cond["grounding"] = self.grounding(box_phrases.to(x.dtype), boxes, box_mask)
+        if self.layout_map is not None:  # no boxes: an empty map (what a scene with all boxes dropped trains on)
+            B, _, H, W = x.shape
+            x = torch.cat([x, self.layout_map(box_phrases.to(x.dtype), boxes, box_mask, H, W) if boxes is not None
+                           else x.new_zeros(B, self.cfg.grounding_map_channels + 1, H, W)], dim=1)
         hs = []
         for module in self.inputs:
             x = module(x, emb, **cond)

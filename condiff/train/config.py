@@ -65,6 +65,7 @@ class GroundingConfig:
     max_boxes: int = 4
     token_dim: int = 256
     p_drop: float = 0.1  # drop a scene's boxes (independently of its caption): grounding-free branch for CFG
+    map_channels: int = 0  # > 0: also paint the boxes as a layout map of this many (+1) channels at the UNet's input
 
 
 @dataclass

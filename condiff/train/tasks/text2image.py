@@ -68,6 +68,7 @@ class Text2ImageTask:
                 raise ConfigError("grounding: this data source has no boxes")
             cfg.unet.grounding_dim, cfg.unet.grounding_token_dim = cfg.unet.context_dim, cfg.grounding.token_dim
             cfg.unet.grounding_max_boxes = cfg.grounding.max_boxes
+            cfg.unet.grounding_map_channels = cfg.grounding.map_channels
         model = TextToImageModel(cfg)
         if cfg.init.from_model and not resume:
             init_from_pretrained(model, cfg)
@@ -170,6 +171,18 @@ def autoencoder_config(cfg: TrainConfig):
     return ae
 
 
+def widen_input_conv(state: dict, target: dict) -> dict:
+    """GLIDE's inpainting fine-tune: a first convolution with more input channels keeps the trained weights for the
+    old ones and zeros for the new, so the network's output is unchanged until they learn."""
+    key = "inputs.0.0.weight"
+    old, new = state[key], target[key]
+    if old.shape != new.shape:
+        assert old.shape[0] == new.shape[0] and old.shape[1] < new.shape[1] and old.shape[2:] == new.shape[2:]
+        state = dict(state, **{key: torch.cat([old, old.new_zeros(new.shape[0], new.shape[1] - old.shape[1],
+                                                                   *old.shape[2:])], dim=1)})
+    return state
+
+
 def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
     """Load a saved pipeline's text encoder and UNet into the fresh model; their configs must match the run's."""
     from ...pipelines.text2image import Text2ImagePipeline
@@ -186,11 +199,18 @@ def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
         adds_grounding = name == "unet" and mine.cfg.grounding_dim and not theirs.cfg.grounding_dim
         if adds_grounding:  # GLIGEN: gated layers (gamma = 0) added to a trained UNet leave its output unchanged
             diff = [k for k in diff if not k.startswith("grounding_")]
+        adds_map = name == "unet" and mine.cfg.grounding_map_channels > getattr(theirs.cfg, "grounding_map_channels", 0)
+        if adds_map:  # a layout map added: new input channels start at zero weight, so the output is unchanged
+            diff = [k for k in diff if k != "grounding_map_channels"]
         if diff:
             raise ConfigError(f"init.from_model: {name} of '{folder}' differs from the config in {', '.join(diff)}")
-        missing, unexpected = mine.load_state_dict({k: v.float() for k, v in theirs.state_dict().items()}, strict=False)
+        state = {k: v.float() for k, v in theirs.state_dict().items()}
+        if adds_map:
+            state = widen_input_conv(state, mine.state_dict())
+        missing, unexpected = mine.load_state_dict(state, strict=False)
         new = {f"causal.{i}." for i in range(getattr(theirs.cfg, "causal_layers", 0), getattr(mine.cfg, "causal_layers", 0))}
-        missing = [k for k in missing if not (adds_grounding and (k.startswith("grounding.") or ".gated." in k))]
+        missing = [k for k in missing if not (adds_grounding and (k.startswith("grounding.") or ".gated." in k))
+                   and not (adds_map and k.startswith("layout_map."))]
         if unexpected or any(not any(k.startswith(n) for n in new) for k in missing):
             raise ConfigError(f"init.from_model: {name} of '{folder}' does not fit: missing {missing}, unexpected {unexpected}")
     if model.text_encoder is not None:
