@@ -239,7 +239,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser, steps: int, guidance: boo
 
 
 def add_run_arguments(p: argparse.ArgumentParser, batch_size: int, seed_help: str = "seed of the first image") -> None:
-    p.add_argument("--model", help="model folder (default: the shipped base32 model)")
+    p.add_argument("--model", help="model folder (default: the shipped layout64 model)")
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--device", help="cpu or cuda")
@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="web UI and JSON API (offline; binds 127.0.0.1 unless --host says otherwise)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind, e.g. 0.0.0.0 to serve the network")
     v.add_argument("--port", type=int, default=7860)
-    v.add_argument("--model", help="model folder (default: the shipped base32 model)")
+    v.add_argument("--model", help="model folder (default: the shipped layout64 model)")
     v.add_argument("--device", help="cpu or cuda")
     v.set_defaults(func=_serve)
 

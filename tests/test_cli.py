@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from condiff.cli import main
 from condiff.diffusion.sampling import SamplingOptions
-from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+from condiff.pipelines.text2image import BASE32, DEFAULT_MODEL, Text2ImagePipeline
 from condiff.png import format_parameters, parse_parameters, read_parameters
 from condiff.world.oracle import judge
 from condiff.world.render import to_uint8
@@ -50,7 +50,7 @@ def test_same_seed_same_image_whatever_the_batch(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["generate", "a red unicorn"], "unknown word 'unicorn'"),
+    (["generate", "a red unicorn", "--model", str(BASE32)], "unknown word 'unicorn'"),
     (["generate", "a red circle", "--model", "/nonexistent/model"], "missing model folder"),
     (["generate", "a red circle", "--steps", "0"], "steps: must be an integer between 1 and 1000"),
     (["train", "--config", "/nonexistent.json", "--out", "/tmp/x"], "missing file '/nonexistent.json'"),
@@ -65,7 +65,7 @@ def test_shipped_default_model_draws_single_objects():
     """The shipped model, judged by the oracle: a smoke test of quality, not the benchmark."""
     pipe = Text2ImagePipeline.from_pretrained(DEFAULT_MODEL)
     prompts = ["a red circle", "a blue square", "a yellow triangle", "a large green circle"]
-    images = to_uint8(pipe(prompts, [0, 1, 2, 3], SamplingOptions(steps=20))).numpy()
+    images = to_uint8(pipe(prompts, [0, 1, 2, 3], pipe.defaults.replace(steps=20))).numpy()
     verdicts = [judge(px, p) for px, p in zip(images, prompts)]
     assert sum(v.correct for v in verdicts) >= 3, [v.reason for v in verdicts]
 

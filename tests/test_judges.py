@@ -2,6 +2,8 @@
 and CLIP-optimised x_T with gradient checkpointing."""
 import json
 
+from condiff.pipelines.text2image import BASE32
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -186,7 +188,7 @@ def test_eval_sweep_end_to_end(tmp_path):
     """condiff eval sweep on a tiny workload: a point per (method, scale), the real-vs-real floor row, the plot."""
     out = tmp_path / "sweep"
     assert main(["eval", "sweep", "--methods", "cfg_rescale,clip_xT", "--prompts-per-category", "1", "--n-per-prompt", "2",
-                 "--steps", "2", "--out-dir", str(out)]) == 0
+                 "--steps", "2", "--model", str(BASE32), "--out-dir", str(out)]) == 0
     report = json.loads((out / "sweep.json").read_text())
     assert [p["scale"] for p in report["methods"]["cfg_rescale"]] == [5.0, 8.0]
     assert [p["scale"] for p in report["methods"]["clip_xT"]] == [3.0, 6.0]

@@ -5,7 +5,7 @@ from condiff.cli import SAMPLER_NAMES, SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE
 from condiff.diffusion.samplers import Variance
 from condiff.diffusion.thresholding import Threshold
 from condiff.diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule, sampling_sigmas
-from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+from condiff.pipelines.text2image import BASE32, Text2ImagePipeline
 from condiff.world.oracle import judge
 from condiff.world.render import to_uint8
 
@@ -42,7 +42,7 @@ def test_placed_sigmas_span_the_spaced_range_and_need_a_sigma_sampler(tiny_model
 
 
 def test_shipped_model_with_dpmpp_2m_at_10_steps():
-    pipe = Text2ImagePipeline.from_pretrained(DEFAULT_MODEL)
+    pipe = Text2ImagePipeline.from_pretrained(BASE32)
     prompts = ["a red circle", "a blue square", "a yellow triangle", "a large green circle"]
     opts = SamplingOptions(steps=10, sampler=Sampler.DPMPP_2M, schedule=SigmaSchedule.KARRAS)
     images = to_uint8(pipe(prompts, [0, 1, 2, 3], opts)).numpy()

@@ -16,7 +16,7 @@ from condiff.diffusion.sampling import SamplingOptions, noise_to, plan_alpha_bar
 from condiff.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from condiff.pipelines.base import Pipeline, load_pipeline, read_spec
 from condiff.pipelines.guidance import make_guide
-from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+from condiff.pipelines.text2image import BASE32, Text2ImagePipeline
 
 GOLDEN = Path(__file__).parent / "golden"
 PACKAGE = Path(__file__).parent.parent / "condiff"
@@ -38,7 +38,7 @@ def golden():
 
 @pytest.fixture(scope="module")
 def shipped():
-    return Text2ImagePipeline.from_pretrained(DEFAULT_MODEL)
+    return Text2ImagePipeline.from_pretrained(BASE32)
 
 
 def test_every_sampler_on_the_shipped_model_is_unchanged_since_before_the_redesign(golden, shipped):
@@ -205,9 +205,9 @@ def test_a_toy_two_stage_pipeline_in_a_few_lines(tiny_model, tmp_path):
 
 
 def test_first_release_pipeline_json_is_converted_and_saved_as_format_2(shipped, tmp_path):
-    legacy = json.loads((DEFAULT_MODEL / "pipeline.json").read_text())
+    legacy = json.loads((BASE32 / "pipeline.json").read_text())
     assert "kind" not in legacy  # the shipped base32 is in the first format
-    spec = read_spec(DEFAULT_MODEL)
+    spec = read_spec(BASE32)
     assert spec.kind == "text2image" and [c.name for c in spec.components] == ["text_encoder", "unet"]
     shipped.save_pretrained(tmp_path / "v2")
     saved = json.loads((tmp_path / "v2" / "pipeline.json").read_text())

@@ -92,7 +92,9 @@ def test_service_guides_with_the_shipped_judges():
     """The page's and API's guide field: the shipped base32 with the shipped classifier, loaded once and reused."""
     from condiff.ui.service import GenerationService, Txt2ImgRequest
 
-    service = GenerationService()
+    from condiff.pipelines.text2image import BASE32
+
+    service = GenerationService(BASE32)
     plain, = service.txt2img(Txt2ImgRequest("two red triangles", seed=3, steps=3))
     guided, = service.txt2img(Txt2ImgRequest("two red triangles", seed=3, steps=3, guide="classifier", guide_scale=30,
                                              guidance_rescale=0.5))

@@ -19,7 +19,9 @@ from ..diffusion.thresholding import Threshold
 from .base import ComponentSpec, Pipeline, PipelineSpec, StageSpec, load_pipeline
 
 Guide = Callable[..., tuple]
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "weights" / "base32"
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_MODEL = WEIGHTS / "layout64"  # text -> boxes -> 64 px latent image (the first release's default: base32)
+BASE32 = WEIGHTS / "base32"  # the 32 px pixel model with its 29-word vocabulary
 PipelineConfig = DiffusionConfig  # the name of the first releases
 
 

@@ -14,7 +14,7 @@ from condiff.diffusion.samplers import PerSampleNoise, ddim_invert
 from condiff.diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule
 from condiff.diffusion.thresholding import Threshold
 from condiff.pipelines.guidance import GuidanceMethod, GuidanceOptions, make_guide
-from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+from condiff.pipelines.text2image import BASE32, Text2ImagePipeline
 
 PROMPTS, SEEDS = ["a red circle to the left of a blue square", "three green triangles"], [0, 7]
 CASES = {f"{s.value}": dict(sampler=s, steps=6) for s in Sampler}
@@ -34,7 +34,7 @@ GUIDED = {"ddim_classifier": (dict(sampler=Sampler.DDIM, steps=4), GuidanceOptio
 
 def main() -> None:
     torch.manual_seed(0)
-    pipe = Text2ImagePipeline.from_pretrained(DEFAULT_MODEL)
+    pipe = Text2ImagePipeline.from_pretrained(BASE32)
     out = {}
     for name, kw in CASES.items():
         out[name] = pipe(PROMPTS, SEEDS, SamplingOptions(**kw))
