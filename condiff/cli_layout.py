@@ -31,29 +31,21 @@ def layout_from_args(args, prompts: list[str]) -> list[dict] | None:
         boxes = parse_boxes(args.boxes, "--boxes")
     else:
         return None
-    for b in boxes:
-        for p in prompts:
-            if b["phrase"].lower().strip() not in p.lower():
-                raise ValueError(f"--layout: the phrase '{b['phrase']}' is not in the prompt '{p}'")
+    from .data.imagefolder import check_phrases
+
+    for p in prompts:
+        check_phrases(boxes, p, "--layout")
     return boxes
 
 
 def draw_layouts(layouts: list[list[dict]], side: int = 128):
-    """(N, side, side, 3) uint8: each layout's boxes outlined in a colour of its own, on the world's background."""
+    """(N, side, side, 3) uint8: each layout's boxes outlined and numbered on the world's background."""
     import numpy as np
-    from PIL import Image, ImageDraw
 
-    palette = [(230, 60, 60), (60, 120, 230), (60, 190, 90), (240, 200, 40)]
-    out = []
-    for boxes in layouts:
-        img = Image.new("RGB", (side, side), (20, 20, 24))
-        draw = ImageDraw.Draw(img)
-        for i, b in enumerate(boxes):
-            x0, y0, x1, y1 = (c * (side - 1) for c in b["box"])
-            draw.rectangle([x0, y0, x1, y1], outline=palette[i % len(palette)], width=2)
-            draw.text((x0 + 3, y0 + 2), str(i + 1), fill=palette[i % len(palette)])
-        out.append(np.asarray(img))
-    return np.stack(out)
+    from .images import draw_boxes
+
+    background = np.full((side, side, 3), (20, 20, 24), dtype=np.uint8)
+    return np.stack([draw_boxes(background, boxes, label_phrases=False) for boxes in layouts])
 
 
 def _layout(args) -> None:

@@ -73,3 +73,20 @@ def mask_tensor(mask: Image.Image, resolution: int) -> torch.Tensor:
     if not m.any():
         raise ValueError("mask: nothing is left to repaint at the model's resolution; make the mask larger")
     return m
+
+
+BOX_COLOURS = [(255, 255, 255), (255, 220, 0), (0, 230, 230), (255, 120, 255)]
+
+
+def draw_boxes(pixels: np.ndarray, layout: list[dict], label_phrases: bool = True) -> np.ndarray:
+    """(H, W, 3) uint8 with the layout's boxes ([x0, y0, x1, y1] in [0, 1]) outlined and numbered on it."""
+    from PIL import ImageDraw
+
+    img = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(img)
+    for i, b in enumerate(layout):
+        colour = BOX_COLOURS[i % len(BOX_COLOURS)]
+        x0, y0, x1, y1 = (c * (img.width - 1) for c in b["box"])
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
+        draw.text((x0 + 3, y0 + 2), f"{i + 1} {b['phrase']}" if label_phrases else str(i + 1), fill=colour)
+    return np.asarray(img)

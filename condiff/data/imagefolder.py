@@ -47,6 +47,13 @@ def check_boxes(value, where: str) -> list[dict]:
     return out
 
 
+def check_phrases(boxes: list[dict], prompt: str, where: str) -> None:
+    """DataError unless every box's phrase occurs in the prompt (case-insensitively)."""
+    for b in boxes:
+        if b["phrase"].lower().strip() not in prompt.lower():
+            raise DataError(f"{where}: the phrase '{b['phrase'][:80]}' is not in the prompt")
+
+
 def read_metadata(folder: Path) -> list[dict]:
     meta = folder / "metadata.jsonl"
     if not meta.is_file():

@@ -102,7 +102,7 @@ def inversion_options(opts: SamplingOptions) -> SamplingOptions:
 def invert(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
     """x_T of the eta = 0 DDIM chain (with the prompts' classifier-free guidance) that ends at the images."""
     opts = inversion_options(opts)
-    model = pipe.guided_model(prompts, opts, *_null_grounding(pipe, len(prompts)))
+    model = pipe.guided_model(prompts, opts, *pipe.grounding_keywords(None, len(prompts)))
     with torch.no_grad():
         return ddim_invert(model, to_model_space(pipe, images), pipe.schedule, sampling_timesteps(pipe.schedule, opts))
 
@@ -115,9 +115,3 @@ def regenerate(pipe: Text2ImagePipeline, prompts: list[str], x_T: torch.Tensor, 
     with torch.no_grad():
         return pipe.decode(pipe.denoise(prompts, seeds, opts, x=x_T.to(pipe.device))).cpu()
 
-
-def _null_grounding(pipe: Text2ImagePipeline, n: int) -> tuple[dict, dict]:
-    """A grounded model's keywords for no boxes (null tokens), as `denoise` gives it."""
-    if not pipe.unet.cfg.grounding_dim:
-        return {}, {}
-    return pipe.grounding([[] for _ in range(n)])

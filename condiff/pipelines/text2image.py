@@ -121,6 +121,13 @@ class Text2ImagePipeline(Pipeline):
         g = grounding_inputs(self.encode, boxes, slots, self.device)
         return g, g if in_uncond else g | {"box_mask": torch.zeros_like(g["box_mask"])}
 
+    def grounding_keywords(self, boxes: list[list[dict]] | None, n: int, in_uncond: bool = False) -> tuple[dict, dict]:
+        """`grounding`'s keywords, or none for a plain model given no boxes; a grounded model given no boxes sees
+        null tokens, as it was trained to."""
+        if boxes is None and self.unet.cfg.grounding_dim:
+            boxes = [[] for _ in range(n)]
+        return self.grounding(boxes, in_uncond) if boxes is not None else ({}, {})
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """What the sampler made -> image in [-1, 1]-ish: the autoencoder's decoder for latents, else itself."""
         return self.autoencoder.decode(x) if self.autoencoder is not None else x
@@ -139,9 +146,7 @@ class Text2ImagePipeline(Pipeline):
         init(model, schedule, x_T, prompts) -> x_T replaces the initial noise (CLIP-optimised x_T), given the CFG model.
         """
         assert len(prompts) == len(seeds)
-        if boxes is None and self.unet.cfg.grounding_dim:  # a grounded model was trained to see null tokens, not none
-            boxes = [[] for _ in prompts]
-        g_cond, g_uncond = self.grounding(boxes, boxes_in_uncond) if boxes is not None else ({}, {})
+        g_cond, g_uncond = self.grounding_keywords(boxes, len(prompts), boxes_in_uncond)
         model, cond_fn = self.guided_model(prompts, opts, g_cond, g_uncond, **cond), None
         noise = PerSampleNoise(seeds)
         if x is None:

@@ -14,6 +14,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..diffusion.sampling import SAMPLER_INFO  # noqa: E402
+from ..images import draw_boxes  # noqa: E402
 from ..png import read_parameters  # noqa: E402
 from .service import GUIDES, MAX_IMAGES, EditRequest, GenerationService, RequestError, Txt2ImgRequest  # noqa: E402
 
@@ -26,20 +27,6 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], fon
 def _upscale(px: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
     k = max(1, side // px.shape[0])
     return px.repeat(k, 0).repeat(k, 1)
-
-
-def _draw_layout(px: np.ndarray, layout: list[dict], side: int = 256) -> np.ndarray:
-    """The image enlarged, its layout's boxes outlined and numbered on it."""
-    from PIL import Image, ImageDraw
-
-    img = Image.fromarray(_upscale(px, side))
-    draw = ImageDraw.Draw(img)
-    colours = [(255, 255, 255), (255, 220, 0), (0, 230, 230), (255, 120, 255)]
-    for i, b in enumerate(layout):
-        x0, y0, x1, y1 = (c * (img.width - 1) for c in b["box"])
-        draw.rectangle([x0, y0, x1, y1], outline=colours[i % 4], width=2)
-        draw.text((x0 + 3, y0 + 2), f"{i + 1} {b['phrase']}", fill=colours[i % 4])
-    return np.asarray(img)
 
 
 def _previews(x0_hat) -> list[np.ndarray]:
@@ -95,7 +82,7 @@ def make_handlers(service: GenerationService, out_dir: Path):
             paths.append(str(path))
         first = result["images"][0]
         shown = json.dumps(first.layout) if first.layout is not None else (layout_text or "")
-        overlay = _draw_layout(first.pixels, first.layout) if first.layout else None
+        overlay = draw_boxes(_upscale(first.pixels, 256), first.layout) if first.layout else None
         yield paths, str(req.seed), first.parameters, shown, overlay
 
     def restore(file):

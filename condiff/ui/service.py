@@ -151,17 +151,16 @@ class GenerationService:
                 self.pipe.layouts(prompts, seeds) if hasattr(self.pipe, "layouts") else None
             kw = {"boxes": boxes} if boxes is not None else {}
             images = self.pipe(prompts, seeds, opts, callback=callback, guide=guide, **kw).cpu()
-        out = self._png(images, seed, req.prompt, req.negative_prompt, opts, {
+        return self._png(images, seed, req.prompt, req.negative_prompt, opts, {
             **({"Guidance rescale": opts.guidance_rescale} if opts.guidance_rescale else {}),
             **({"Guidance": req.guide, "Guidance scale": float(req.guide_scale)} if guide is not None else {})},
             layouts=boxes)
-        return out
 
     def check_layout(self, req: Txt2ImgRequest) -> list[dict] | None:
         """req.layout checked (boxes in [0, 1], phrases in the prompt, at most the model's slots), or RequestError."""
         if req.layout is None:
             return None
-        from ..data.imagefolder import check_boxes
+        from ..data.imagefolder import check_boxes, check_phrases
 
         try:
             boxes = check_boxes(req.layout, "layout")
@@ -172,9 +171,10 @@ class GenerationService:
             raise RequestError("layout: this model has no grounding layers")
         if len(boxes) > slots:
             raise RequestError(f"layout: this model takes at most {slots} boxes, got {len(boxes)}")
-        for b in boxes:
-            if b["phrase"].lower().strip() not in req.prompt.lower():
-                raise RequestError(f"layout: the phrase '{b['phrase']}'"[:200] + " is not in the prompt")
+        try:
+            check_phrases(boxes, req.prompt, "layout")
+        except ValueError as e:
+            raise RequestError(str(e)) from None
         return boxes
 
     def _edit_inputs(self, req: EditRequest, inpaint: bool):
