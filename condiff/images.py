@@ -41,13 +41,23 @@ def image_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
 
 
+def _pixel(v) -> int:
+    """One pixel coordinate: an integer, or a whole float (a JSON 8.0); NaN, infinities, fractions and bools refused."""
+    if isinstance(v, bool):
+        raise TypeError(v)
+    if isinstance(v, float) and not v.is_integer():
+        raise ValueError(v)
+    return int(v)
+
+
 def box_mask(box, width: int, height: int, what: str = "--box") -> Image.Image:
     """A box X0,Y0,X1,Y1 in pixels (X1, Y1 exclusive; a string '0,0,8,8' or four numbers) as an 'L' mask."""
     try:
         values = box.split(",") if isinstance(box, str) else list(box)
-        x0, y0, x1, y1 = (int(v) for v in values)
-    except (ValueError, TypeError):
-        raise ValueError(f"{what}: expected four integers X0,Y0,X1,Y1 in pixels, got '{box}'") from None
+        x0, y0, x1, y1 = (_pixel(v) for v in values)
+    except (ValueError, TypeError, OverflowError):
+        shown = repr(box) if len(repr(box)) <= 60 else repr(box)[:57] + "..."
+        raise ValueError(f"{what}: expected four integers X0,Y0,X1,Y1 in pixels, got {shown}") from None
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
         raise ValueError(f"{what}: {x0},{y0},{x1},{y1} is not a non-empty box inside the {width}x{height} image "
                          f"(0 <= X0 < X1 <= {width}, 0 <= Y0 < Y1 <= {height})")
