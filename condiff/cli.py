@@ -54,7 +54,9 @@ def _generate(args) -> None:
     from .diffusion.thresholding import Threshold
     from .pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
     from .png import check_writable, format_parameters, save_png
+    from .cli_cascade import cascade_from_args, stage_parameters
     from .cli_layout import layout_from_args
+    from .pipelines.upsample import cascade
     from .world.render import to_uint8
 
     opts = SamplingOptions.from_args(args)  # bad option values fail here, before any model is loaded
@@ -67,6 +69,7 @@ def _generate(args) -> None:
     opts = SamplingOptions.from_args(args, base=pipe.defaults)  # what the command line leaves out: the model's
     pipe.check(prompts, opts, *([args.clip_xt_chain] if args.clip_xt_iters else []))
     x_T = _read_noise(args.from_noise, len(prompts), pipe.sample_shape) if args.from_noise else None
+    stages, runs, folders = cascade_from_args(args, pipe.resolution, prompts)  # --size: upsamplers after the base
     if args.seed == -1:  # as in the web UI: a random seed, reported in each PNG's parameters
         import random
 
@@ -94,8 +97,10 @@ def _generate(args) -> None:
         boxes = [boxes] * len(prompts)
     elif hasattr(pipe, "layouts"):  # a layout2image pipeline: its layout stage predicts the boxes (recorded below)
         boxes = pipe.layouts(prompts, seeds)
-    images = to_uint8(pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True, guide=guide,
-                                    init=init, boxes=boxes, boxes_in_uncond=args.boxes_in_uncond, x=x_T)).numpy()
+    images = pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True, guide=guide, init=init,
+                           boxes=boxes, boxes_in_uncond=args.boxes_in_uncond, x=x_T)
+    images = to_uint8(cascade(images, prompts, seeds, stages, runs, progress=True) if stages else images).numpy()
+    guide_params.update(stage_parameters(stages, runs, folders))
     for i, (path, px, prompt, seed) in enumerate(zip(paths, images, prompts, seeds)):  # the grid's path is not zipped
         params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
                   "Threshold": opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else ""),
@@ -246,6 +251,8 @@ def add_run_arguments(p: argparse.ArgumentParser, batch_size: int, seed_help: st
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_cascade import add_sr_arguments
+
     parser = argparse.ArgumentParser(prog="condiff", description="Text-to-image diffusion on the shapes world and your own images.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -280,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--boxes-in-uncond", action="store_true", help="CFG's unconditional branch sees the boxes too")
     g.add_argument("--from-noise", help="start from a saved x_T (edit invert --save-noise) instead of the seed's noise")
     g.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    g.add_argument("--size", type=int, help="output side: the model's (64) or, through the upsampler cascade, 128 or 256")
+    add_sr_arguments(g)
     add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i; -1: random")
     g.add_argument("--out", default="out.png",
                    help="PNG path; with several images, OUT-000.png, OUT-001.png, ... and a grid of all at OUT")
@@ -351,11 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="also write the table as JSON here")
     c.set_defaults(func=_eval_clip)
 
+    from .cli_cascade import add_upscale_parser
     from .cli_edit import add_edit_parser
     from .cli_layout import add_layout_parser
 
     add_edit_parser(sub, add_sampling_arguments, add_run_arguments)
     add_layout_parser(sub)
+    add_upscale_parser(sub)
     return parser
 
 

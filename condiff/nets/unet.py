@@ -30,6 +30,8 @@ class UNetConfig:
     grounding_max_boxes: int = 4  # grounding token slots; unused ones hold the learned null token
     grounding_positions: bool = True  # the gated attention also sees each pixel's own cell, Fourier-embedded
     grounding_map_channels: int = 0  # > 0: the boxes also painted as a layout map (this many + 1 channels) at the input
+    noise_level_embed: bool = False  # upsamplers: the low-res input's augmentation level aug_t, embedded like t (Imagen)
+    middle_attention: bool = True  # False: no attention at all (fully convolutional; trains on crops, samples whole)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -147,6 +149,8 @@ class UNet(nn.Module):
         mc, emb_dim = cfg.model_channels, 4 * cfg.model_channels
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.pooled_proj = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
+        self.noise_level_embed = (nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                                  if cfg.noise_level_embed else None)
         block = lambda a, b: ResBlock(a, b, emb_dim, cfg.dropout)
         token_dim = cfg.grounding_token_dim if cfg.grounding_dim else 0
         attn = lambda ch: AttentionBlock(ch, cfg.head_channels, cfg.context_dim, token_dim, cfg.grounding_positions)
@@ -167,7 +171,7 @@ class UNet(nn.Module):
                 self.inputs.append(EmbedSequential(Downsample(ch)))
                 skips.append(ch)
                 res //= 2
-        self.middle = EmbedSequential(block(ch, ch), attn(ch), block(ch, ch))
+        self.middle = EmbedSequential(block(ch, ch), *([attn(ch)] if cfg.middle_attention else []), block(ch, ch))
         self.outputs = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
@@ -182,11 +186,15 @@ class UNet(nn.Module):
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def forward(self, x, t, context=None, context_mask=None, pooled=None, box_phrases=None, boxes=None, box_mask=None,
-                **images):
-        """box_phrases (B, N, grounding_dim), boxes (B, N, 4) in [0, 1], box_mask (B, N): GLIGEN's grounding input."""
+                noise_level=None, **images):
+        """box_phrases (B, N, grounding_dim), boxes (B, N, 4) in [0, 1], box_mask (B, N): GLIGEN's grounding input.
+        noise_level (B,): the augmentation timestep of a low_res= input (an upsampler's; absent: 0, clean)."""
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))  # (B, 4 mc)
         if self.pooled_proj is not None and pooled is not None:
             emb = emb + self.pooled_proj(pooled)
+        if self.noise_level_embed is not None:
+            level = noise_level if noise_level is not None else torch.zeros_like(t)
+            emb = emb + self.noise_level_embed(timestep_embedding(level.expand(len(x)), self.cfg.model_channels).to(x.dtype))
         if images:  # explicit conditioning images, concatenated in name order
             x = torch.cat([x] + [images[k] for k in sorted(images)], dim=1)
         cond = {"context": context, "context_mask": context_mask}

@@ -36,12 +36,20 @@ class ComponentSpec:
 
 
 @dataclass
+class UpscaleSettings:
+    """A super-resolution stage's input: how much it enlarges, and the augmentation level it samples at."""
+    scale: int = 2  # output side / input side
+    noise_level: int = 0  # aug_t of the low-res input at sampling (a timestep of the stage's schedule; 0: clean)
+
+
+@dataclass
 class StageSpec:
     """One diffusion stage: which UNet component denoises, how it was trained, and its default sampler settings."""
     name: str = "base"
     unet: str = "unet"
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    upscale: UpscaleSettings | None = None  # super-resolution stages only
 
 
 @dataclass
@@ -115,7 +123,7 @@ class Pipeline:
 
 def load_pipeline(folder: str | Path) -> Pipeline:
     """The pipeline saved in folder, as the class its spec's kind names."""
-    from . import layout2image, text2image  # noqa: F401  (registers the built-in kinds)
+    from . import layout2image, text2image, upsample  # noqa: F401  (registers the built-in kinds)
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -1,4 +1,4 @@
-"""The HTTP JSON API (A1111-like): POST /api/txt2img, /api/img2img, /api/inpaint, GET /api/samplers; bad values get
+"""The HTTP JSON API (A1111-like): POST /api/txt2img, /api/img2img, /api/inpaint, /api/upscale, GET /api/samplers; bad values get
 a 4xx with one clear line. Images travel as base64 (PNG, JPEG, ...), as in A1111's API."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..diffusion.sampling import SAMPLER_INFO
 from .service import (MAX_GUIDE_SCALE, MAX_IMAGES, MAX_SCALE, MAX_SEED, MAX_STEPS, EditRequest, GenerationService,
-                      RequestError, Txt2ImgRequest)
+                      RequestError, Txt2ImgRequest, UpscaleRequest)
 
 MAX_DETAIL = 300  # an error message quotes at most this much (a 100k-character prompt is not echoed back)
 
@@ -43,6 +43,7 @@ class Txt2ImgBody(BaseModel):
     guide_scale: float = bounded(3.0, 0, MAX_GUIDE_SCALE)
     guidance_rescale: float = bounded(0.0, 0, 1)
     layout: list[dict] | None = None  # [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1] (a grounded model)
+    size: int = Field(0, description="output side: 0 or the model's; 128 or 256 through the upsampler cascade")
 
 
 class EditBody(BaseModel):
@@ -63,6 +64,15 @@ class Img2ImgBody(EditBody):
 class InpaintBody(EditBody):
     mask: str | None = None  # base64 image of the input's size, white = repaint
     box: list[int] | None = None  # [x0, y0, x1, y1] in pixels of the input, x1 and y1 exclusive
+
+
+class UpscaleBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str  # base64 of a square image; resized to 64 px, the shipped cascade's first input
+    prompt: str = ""
+    scale: int = Field(2, description="2 or 4; otherwise 400")
+    seed: int = bounded(-1, -1, MAX_SEED, "-1 (random) or")
+    steps: int = bounded(20, 1, MAX_STEPS)
 
 
 def _decode(field: str, text: str | None) -> bytes | None:
@@ -112,6 +122,17 @@ def create_api(service: GenerationService) -> FastAPI:
     def inpaint(body: InpaintBody) -> dict:
         """RePaint: the mask (or box) repainted with the prompt, the input's pixels kept outside it."""
         return edit(body, inpaint=True)
+
+    @app.post("/api/upscale", responses=ERRORS)
+    def upscale(body: UpscaleBody) -> dict:
+        """The diffusion upsamplers (x2: 64 -> 128 px, x4: -> 256 px) on one square image; returns one base64 PNG."""
+        fields = body.model_dump()
+        fields["image"] = _decode("image", body.image)
+        try:
+            im = service.upscale(UpscaleRequest(**fields))
+        except RequestError as e:
+            raise HTTPException(status_code=400, detail=str(e)[:MAX_DETAIL]) from None
+        return {"images": [base64.b64encode(im.png).decode()], "parameters": [im.parameters], "seeds": [im.seed]}
 
     @app.get("/api/samplers")
     def samplers() -> list[dict]:

@@ -1,5 +1,6 @@
-"""The Gradio page: text to image with live previews, a gallery of PNGs that carry their parameters, PNG-info restore;
-image to image (SDEdit) and inpainting (RePaint, with a brush mask or a box)."""
+"""The Gradio page: text to image with live previews, a gallery of PNGs that carry their parameters, PNG-info restore,
+an output size through the upsampler cascade and an Upscale action on a result; image to image (SDEdit), inpainting
+(RePaint, with a brush mask or a box) and upscaling."""
 from __future__ import annotations
 
 import os
@@ -16,7 +17,8 @@ import numpy as np  # noqa: E402
 from ..diffusion.sampling import SAMPLER_INFO  # noqa: E402
 from ..images import draw_boxes  # noqa: E402
 from ..png import read_parameters  # noqa: E402
-from .service import GUIDES, MAX_IMAGES, EditRequest, GenerationService, RequestError, Txt2ImgRequest  # noqa: E402
+from .service import (GUIDES, MAX_IMAGES, EditRequest, GenerationService, RequestError, Txt2ImgRequest,  # noqa: E402
+                      UpscaleRequest)
 
 SAMPLER_LABELS = [label for label, _ in SAMPLER_INFO.values()]
 PREVIEW_SIDE = 128
@@ -37,7 +39,7 @@ def _previews(x0_hat) -> list[np.ndarray]:
 
 def make_handlers(service: GenerationService, out_dir: Path):
     def generate(prompt, negative_prompt, seed, steps, guidance_scale, sampler, num_images, guide="none",
-                 guide_scale=3.0, layout_text="", progress=gr.Progress()):
+                 guide_scale=3.0, layout_text="", size=0, progress=gr.Progress()):
         import json
 
         try:
@@ -47,7 +49,7 @@ def make_handlers(service: GenerationService, out_dir: Path):
                 raise RequestError(f"layout: not JSON ({e.msg} at character {e.pos})") from None
             req = service.resolve(Txt2ImgRequest(prompt, negative_prompt or "", int(seed), int(steps),
                                                  float(guidance_scale), sampler, int(num_images), guide or "none",
-                                                 float(guide_scale), layout=layout))
+                                                 float(guide_scale), layout=layout, size=int(size or 0)))
             service.check_layout(req)
         except (RequestError, ValueError, TypeError) as e:
             raise gr.Error(str(e)) from None
@@ -71,7 +73,7 @@ def make_handlers(service: GenerationService, out_dir: Path):
             if state["new"]:
                 state["new"] = False
                 progress((state["step"], req.steps), desc="sampling", unit="steps")
-                yield _previews(state["x0"]), str(req.seed), "", gr.update(), None
+                yield _previews(state["x0"]), str(req.seed), "", gr.update(), None, None
         if "error" in result:
             raise gr.Error(f"generation failed: {result['error']}")
         folder = Path(tempfile.mkdtemp(dir=out_dir))
@@ -83,7 +85,7 @@ def make_handlers(service: GenerationService, out_dir: Path):
         first = result["images"][0]
         shown = json.dumps(first.layout) if first.layout is not None else (layout_text or "")
         overlay = draw_boxes(_upscale(first.pixels, 256), first.layout) if first.layout else None
-        yield paths, str(req.seed), first.parameters, shown, overlay
+        yield paths, str(req.seed), first.parameters, shown, overlay, (first.png, req.prompt)
 
     def restore(file):
         """Read a PNG's 'parameters' chunk back into the controls."""
@@ -152,7 +154,20 @@ def make_edit_handlers(service: GenerationService, out_dir: Path):
         return run(EditRequest(prompt, _png_bytes(background), 0.0, mask, box.split(",") if box else None,
                                negative or "", int(seed), int(steps), float(scale), sampler), inpaint=True)
 
-    return img2img, inpaint
+    def upscale(image, prompt, scale, seed, steps):
+        """The Upscale tab, and the Text to image tab's action on its first result (image: PNG bytes or PIL)."""
+        if image is None:
+            raise gr.Error("image: generate or upload an image first")
+        try:
+            im = service.upscale(UpscaleRequest(image if isinstance(image, bytes) else _png_bytes(image), prompt or "",
+                                                int(scale), int(seed), int(steps)))
+        except (RequestError, ValueError, TypeError) as e:
+            raise gr.Error(str(e)) from None
+        path = Path(tempfile.mkdtemp(dir=out_dir)) / f"condiff-upscaled-{im.seed}.png"
+        path.write_bytes(im.png)
+        return str(path), im.parameters
+
+    return img2img, inpaint, upscale
 
 
 def _edit_controls(prefix: str):
@@ -173,8 +188,14 @@ def _edit_outputs(prefix: str):
 
 
 def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
+    from ..pipelines.upsample import UPSAMPLERS
+
     generate, restore = make_handlers(service, out_dir)
+    img2img, inpaint, upscale = make_edit_handlers(service, out_dir)
     grounded = bool(service.pipe.unet.cfg.grounding_dim)
+    res = service.pipe.resolution
+    sizes = [res] + [s for s in sorted(UPSAMPLERS) if s > res and all(
+        (UPSAMPLERS[k] / "pipeline.json").is_file() for k in UPSAMPLERS if res < k <= s)]
     with gr.Blocks(title="condiff", analytics_enabled=False) as page:
         gr.Markdown(f"## condiff &nbsp; <small>model: `{service.model_path.name}`, "
                     f"{service.pipe.resolution}×{service.pipe.resolution}</small>")
@@ -190,6 +211,8 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                     steps = gr.Slider(1, 250, 25, step=1, label="Steps", elem_id="steps")
                     scale = gr.Slider(0, 15, 3, step=0.5, label="Guidance scale", elem_id="guidance-scale")
                     count = gr.Slider(1, MAX_IMAGES, 4, step=1, label="Number of images", elem_id="num-images")
+                    size = gr.Dropdown(sizes, value=res, label="Output size (above the model's: the upsampler cascade)",
+                                       elem_id="size", visible=len(sizes) > 1)
                     with gr.Accordion("Judge guidance (classifier / CLIP)", open=False):
                         guide = gr.Dropdown(GUIDES, value="none", label="Guide", elem_id="guide")
                         guide_scale = gr.Slider(0, 20, 3, step=0.5, label="Guide scale", elem_id="guide-scale")
@@ -209,13 +232,21 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                                        elem_id="layout-overlay", format="png")
                     params = gr.Textbox(label="Parameters of the first image", interactive=False, lines=3,
                                         elem_id="parameters")
-            inputs = [prompt, negative, seed, steps, scale, sampler, count, guide, guide_scale, layout_box]
-            outputs = [gallery, used_seed, params, layout_box, overlay]
+                    with gr.Row(visible=len(sizes) > 1):
+                        up_scale = gr.Radio([2, 4], value=2, label="Upscale", elem_id="result-upscale-scale")
+                        up_button = gr.Button("Upscale the first image", elem_id="result-upscale")
+                    upscaled = gr.Image(label="Upscaled", type="filepath", format="png", interactive=False,
+                                        elem_id="result-upscaled", visible=len(sizes) > 1)
+                    up_params = gr.Textbox(visible=False)
+            first = gr.State(None)  # (PNG bytes, prompt) of the last result's first image
+            inputs = [prompt, negative, seed, steps, scale, sampler, count, guide, guide_scale, layout_box, size]
+            outputs = [gallery, used_seed, params, layout_box, overlay, first]
+            up_button.click(lambda f, k: upscale(f and f[0], f and f[1], k, 0, 20), [first, up_scale],
+                            [upscaled, up_params], api_name=False)
             button.click(generate, inputs, outputs, api_name="txt2img")
             prompt.submit(generate, inputs, outputs, api_name=False)
             png_in.upload(restore, png_in, [prompt, negative, seed, steps, scale, sampler, guide, guide_scale, restored],
                           api_name=False)
-        img2img, inpaint = make_edit_handlers(service, out_dir)
         with gr.Tab("Image to image"):
             with gr.Row():
                 with gr.Column(scale=2):
@@ -239,6 +270,20 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                 with gr.Column(scale=3):
                     outputs = _edit_outputs("inpaint")
             go.click(inpaint, [editor, box, *controls], outputs, api_name="inpaint")
+        with gr.Tab("Upscale", visible=len(sizes) > 1):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    up_in = gr.Image(label="Square image (resized to 64 px)", type="pil", image_mode="RGB",
+                                     elem_id="upscale-image")
+                    up_prompt = gr.Textbox(label="Caption (optional)", elem_id="upscale-prompt")
+                    with gr.Row():
+                        up_k = gr.Radio([2, 4], value=2, label="Scale", elem_id="upscale-scale")
+                        up_seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="upscale-seed")
+                    up_steps = gr.Slider(1, 100, 20, step=1, label="Steps per stage", elem_id="upscale-steps")
+                    go = gr.Button("Upscale", variant="primary", elem_id="upscale-generate")
+                with gr.Column(scale=3):
+                    outputs = _edit_outputs("upscale")
+            go.click(upscale, [up_in, up_prompt, up_k, up_seed, up_steps], outputs, api_name="upscale")
     return page
 
 
@@ -265,7 +310,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, d
         print(f"condiff serve: WARNING: bound to {host}: anyone who can reach this address can use the API and "
               "the page (no authentication; see SECURITY.md)", file=sys.stderr, flush=True)
     app = create_app(model, device)
-    print(f"condiff serve: http://{host}:{port}  (API: POST /api/txt2img, /api/img2img, /api/inpaint; docs /api/docs)",
+    print(f"condiff serve: http://{host}:{port}  (API: POST /api/txt2img, /api/img2img, /api/inpaint, /api/upscale; docs /api/docs)",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

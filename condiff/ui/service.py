@@ -40,6 +40,17 @@ class Txt2ImgRequest:
     guidance_rescale: float = 0.0  # phi of CFG rescale
     layout: list | None = None  # grounding: [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1]; None: the model's layout
     # stage predicts it (a layout2image model), or no boxes
+    size: int = 0  # output side: 0 (or the model's) as the model makes it; 128, 256 through the upsampler cascade
+
+
+@dataclass
+class UpscaleRequest:
+    """One square image enlarged 2x or 4x by the shipped upsamplers (resized to their 64 px input first)."""
+    image: bytes
+    prompt: str = ""  # its caption; empty: the unconditional upsampler
+    scale: int = 2
+    seed: int = -1
+    steps: int = 20
 
 
 @dataclass
@@ -83,6 +94,18 @@ class GenerationService:
         self.pipe = Text2ImagePipeline.from_pretrained(self.model_path).to(device)
         self.lock = threading.Lock()
         self._judges: dict = {}  # guidance method -> judge model, loaded on first use
+        self._upsamplers: dict = {}  # (input side, output side) -> upsampler chain, loaded on first use
+
+    def upsamplers(self, base: int, size: int) -> list:
+        """The shipped upsampler chain from base to size px (loaded once), or RequestError."""
+        from ..pipelines.upsample import upsampler_chain
+
+        if (base, size) not in self._upsamplers:
+            try:
+                self._upsamplers[base, size] = [st.to(self.pipe.device) for st in upsampler_chain(base, size)]
+            except ValueError as e:
+                raise RequestError(str(e)) from None
+        return self._upsamplers[base, size]
 
     def guide_for(self, req: Txt2ImgRequest):
         """The pipeline guide of req.guide (None for 'none'); each judge is loaded once."""
@@ -131,6 +154,8 @@ class GenerationService:
                                               guidance_rescale=float(req.guidance_rescale))  # the rest: the model's
         except ValueError as e:
             raise RequestError(str(e)) from None
+        if int(req.size) not in (0, self.pipe.resolution):
+            self.upsamplers(self.pipe.resolution, int(req.size))
         seed = random.randint(0, MAX_SEED - MAX_IMAGES) if int(req.seed) == -1 else int(req.seed)
         return opts, seed
 
@@ -151,7 +176,13 @@ class GenerationService:
                 self.pipe.layouts(prompts, seeds) if hasattr(self.pipe, "layouts") else None
             kw = {"boxes": boxes} if boxes is not None else {}
             images = self.pipe(prompts, seeds, opts, callback=callback, guide=guide, **kw).cpu()
+            stages = self.upsamplers(self.pipe.resolution, int(req.size)) if req.size not in (0, self.pipe.resolution) else []
+            if stages:
+                from ..pipelines.upsample import cascade
+
+                images = cascade(images, prompts, seeds, stages)
         return self._png(images, seed, req.prompt, req.negative_prompt, opts, {
+            **({"Upscale stages": len(stages)} if stages else {}),
             **({"Guidance rescale": opts.guidance_rescale} if opts.guidance_rescale else {}),
             **({"Guidance": req.guide, "Guidance scale": float(req.guide_scale)} if guide is not None else {})},
             layouts=boxes)
@@ -213,6 +244,41 @@ class GenerationService:
         extra = {"Edit": "inpaint (RePaint)", "Mask pixels": int(mask.sum())} if inpaint else \
             {"Edit": "img2img", "Denoising strength": float(req.strength)}
         return self._png(out, seed, req.prompt, req.negative_prompt, opts, extra)[0]
+
+    def upscale(self, req: UpscaleRequest) -> GeneratedImage:
+        """The shipped cascade's upsamplers on one square image; RequestError naming a bad field, before any work."""
+        from PIL import Image
+
+        from ..images import image_tensor, open_image
+        from ..pipelines.upsample import UPSCALE_INPUT, StageRun, cascade
+
+        if req.scale not in (2, 4):
+            raise RequestError(f"scale: must be 2 or 4, got {req.scale}")
+        if not 1 <= int(req.steps) <= MAX_STEPS:
+            raise RequestError(f"steps: must be between 1 and {MAX_STEPS}, got {req.steps}")
+        if not -1 <= int(req.seed) <= MAX_SEED:
+            raise RequestError(f"seed: must be -1 (random) or between 0 and {MAX_SEED}, got {req.seed}")
+        try:
+            if not isinstance(req.image, bytes) or not req.image:
+                raise ValueError("image: missing")
+            img = open_image(req.image, "image")
+            if img.width != img.height:
+                raise ValueError(f"image: it is {img.width}x{img.height}; upscale takes square images")
+        except ValueError as e:
+            raise RequestError(str(e).splitlines()[0][:300]) from None
+        stages = self.upsamplers(UPSCALE_INPUT, UPSCALE_INPUT * req.scale)
+        runs = [StageRun(st.defaults.replace(steps=int(req.steps))) for st in stages]
+        try:
+            for st, run in zip(stages, runs):
+                st.check([req.prompt], run.opts)
+        except ValueError as e:
+            raise RequestError(f"prompt: {e}"[:300]) from None
+        seed = random.randint(0, MAX_SEED) if int(req.seed) == -1 else int(req.seed)
+        x = image_tensor(img.resize((UPSCALE_INPUT, UPSCALE_INPUT), Image.BICUBIC) if img.width != UPSCALE_INPUT else img)
+        with self.lock:
+            out = cascade(x, [req.prompt], [seed], stages, runs)
+        return self._png(out, seed, req.prompt, "", runs[-1].opts,
+                         {"Input size": f"{img.width}x{img.height}", "Upscale stages": len(stages)})[0]
 
     def _png(self, images, seed: int, prompt: str, negative: str, opts: SamplingOptions, extra: dict,
              layouts: list | None = None) -> list[GeneratedImage]:

@@ -14,9 +14,11 @@ def tasks() -> dict:
     from .judges import JudgeTask
     from .layout_prior import LayoutPriorTask
     from .text2image import Text2ImageTask
+    from .upsampler import UpsamplerTask
 
     return {"text2image": Text2ImageTask(), "clip": JudgeTask("clip"), "classifier": JudgeTask("classifier"),
-            "autoencoder": AutoencoderTask(), "layout_prior": LayoutPriorTask()}
+            "autoencoder": AutoencoderTask(), "layout_prior": LayoutPriorTask(),
+            "upsampler": UpsamplerTask()}
 
 
 def task_named(name: str):
