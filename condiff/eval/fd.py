@@ -29,3 +29,15 @@ def pixel_features(images: torch.Tensor, side: int = 8) -> np.ndarray:
 
 def fd(images_a: torch.Tensor, images_b: torch.Tensor, features=pixel_features) -> float:
     return frechet_distance(*feature_stats(features(images_a)), *feature_stats(features(images_b)))
+
+
+def patch_features(images: torch.Tensor, patch: int = 8) -> np.ndarray:
+    """(B, 3, H, W) -> every non-overlapping patch x patch block at full resolution, (B H W / patch^2, 3 patch^2).
+
+    A model-free feature that sees edges and texture at the images' own size (SinGAN's SIFID and super-resolution's
+    patch statistics in the same spirit): a blurred upscale and a sharp one differ here, where a feature of the
+    downsampled image (pixel_features, a 32 px CLIP) cannot tell them apart."""
+    x = images.float().cpu()
+    B, C, H, W = x.shape
+    blocks = x.unfold(2, patch, patch).unfold(3, patch, patch)  # (B, C, H/p, W/p, p, p)
+    return blocks.permute(0, 2, 3, 1, 4, 5).reshape(-1, C * patch * patch).numpy()

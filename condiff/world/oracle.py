@@ -93,9 +93,13 @@ def detect(image: np.ndarray) -> list[DetectedObject]:
     objects = []
     for c in range(len(_NAMES) + 1):
         comps, n = ndimage.label(label == c)
-        for i in range(1, n + 1):
-            comp = comps == i
-            region = comp | (ndimage.binary_dilation(comp) & (label == -1))  # with its anti-aliased fringe
+        for i, (ys, xs) in enumerate(ndimage.find_objects(comps), start=1):
+            if min(ys.stop - ys.start, xs.stop - xs.start) + 2 < MIN_SIDE * size:
+                continue  # its fringe adds at most a pixel each side: too thin to measure as an object (a speck)
+            ys, xs = slice(max(ys.start - 1, 0), ys.stop + 1), slice(max(xs.start - 1, 0), xs.stop + 1)
+            local = comps[ys, xs] == i
+            region = np.zeros(label.shape, dtype=bool)  # the component with its anti-aliased fringe
+            region[ys, xs] = local | (ndimage.binary_dilation(local) & (label[ys, xs] == -1))
             soft = np.where(region, alpha[..., c] if c < len(_NAMES) else alpha.max(-1), 0.0)
             name = _NAMES[c] if c < len(_NAMES) else "unknown"
             obj = _measure(region, soft, name, size)
