@@ -165,8 +165,10 @@ def _serve(args) -> None:
     if importlib.util.find_spec("gradio") is None:
         raise ValueError("condiff serve needs the web UI extra: pip install 'condiff[ui]'")
     from .ui.app import serve
+    from .ui.service import ServeLimits
 
-    serve(args.host, args.port, args.model, args.device or "cpu")
+    limits = ServeLimits(args.max_work, args.max_queue, args.max_wait)  # checked before the model loads
+    serve(args.host, args.port, args.model, args.device or "cpu", limits)
 
 
 def _eval_sweep(args) -> None:
@@ -313,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=7860)
     v.add_argument("--model", help="model folder (default: the shipped layout64 model)")
     v.add_argument("--device", help="cpu or cuda")
+    v.add_argument("--max-work", type=int, default=4_000_000, help="per request: images x steps x side^2 summed over stages")
+    v.add_argument("--max-queue", type=int, default=8, help="requests running or waiting; past it: 429 with Retry-After")
+    v.add_argument("--max-wait", type=float, default=25.0, help="seconds a request may wait for its turn; then 503")
     v.set_defaults(func=_serve)
 
     e = sub.add_parser("eval", help="evaluate a model")

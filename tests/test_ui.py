@@ -108,14 +108,22 @@ def test_service_guides_with_the_shipped_judges():
 
 
 def test_api_queues_20_concurrent_requests_and_answers_all(server):
+    """20 at once against a queue of 8: each is answered 200, or 429 with a Retry-After at once (then retried)."""
     def one(i):
-        start = time.perf_counter()
-        r = httpx.post(server + "/api/txt2img", json={"prompt": "three blue squares", "steps": 2, "seed": i}, timeout=120)
-        return r.status_code, time.perf_counter() - start
+        codes = []
+        while True:
+            start = time.perf_counter()
+            r = httpx.post(server + "/api/txt2img", json={"prompt": "three blue squares", "steps": 2, "seed": i}, timeout=120)
+            codes.append(r.status_code)
+            if r.status_code != 429:
+                return codes
+            assert time.perf_counter() - start < 1.0 and int(r.headers["Retry-After"]) >= 1
+            time.sleep(0.2)
 
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(one, range(20)))
-    assert [code for code, _ in results] == [200] * 20
+    assert all(codes[-1] == 200 and set(codes) <= {200, 429} for codes in results)
+    assert sum(codes == [200] for codes in results) >= 8  # a full queue's worth was served without a retry
 
 
 def _b64_png(size=16, colour=(200, 30, 30), box=(4, 4, 10, 10)) -> str:

@@ -137,8 +137,10 @@ def upsampler_chain(base_size: int, size: int, folders: list[str | Path] | None 
 
 
 def cascade(images: torch.Tensor, prompts: list[str], seeds: list[int], stages: list[UpsamplePipeline],
-            runs: list[StageRun] | None = None, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
-    """Base images (B, 3, h, w) in [-1, 1] through every upsampler in turn; stage k uses seeds + k STAGE_SEED."""
+            runs: list[StageRun] | None = None, batch_size: int = 8, progress: bool = False,
+            callback: Callable | None = None) -> torch.Tensor:
+    """Base images (B, 3, h, w) in [-1, 1] through every upsampler in turn; stage k uses seeds + k STAGE_SEED.
+    callback: every sampler step of every stage (progress, cancellation)."""
     from tqdm.auto import tqdm
 
     runs = runs or [StageRun() for _ in stages]
@@ -146,6 +148,7 @@ def cascade(images: torch.Tensor, prompts: list[str], seeds: list[int], stages: 
         out = []
         for i in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc=f"upsampling x{stage.scale}", unit="batch"):
             s = [seed + k * STAGE_SEED for seed in seeds[i:i + batch_size]]
-            out.append(stage.upscale(images[i:i + batch_size], prompts[i:i + batch_size], s, run.opts, run.noise_level).cpu())
+            out.append(stage.upscale(images[i:i + batch_size], prompts[i:i + batch_size], s, run.opts, run.noise_level,
+                                     callback).cpu())
         images = torch.cat(out).clamp(-1, 1)
     return images

@@ -2,7 +2,9 @@
 a 4xx with one clear line. Images travel as base64 (PNG, JPEG, ...), as in A1111's API."""
 from __future__ import annotations
 
+import asyncio
 import base64
+import threading
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,8 +12,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..diffusion.sampling import SAMPLER_INFO
-from .service import (MAX_GUIDE_SCALE, MAX_IMAGES, MAX_SCALE, MAX_SEED, MAX_STEPS, EditRequest, GenerationService,
-                      RequestError, Txt2ImgRequest, UpscaleRequest)
+from starlette.concurrency import run_in_threadpool
+
+from .service import (MAX_GUIDE_SCALE, MAX_IMAGES, MAX_SCALE, MAX_SEED, MAX_STEPS, Busy, Cancelled, EditRequest,
+                      GenerationService, RequestError, Txt2ImgRequest, UpscaleRequest)
 
 MAX_DETAIL = 300  # an error message quotes at most this much (a 100k-character prompt is not echoed back)
 
@@ -26,8 +30,38 @@ class ErrorBody(BaseModel):
     detail: str  # one line: "field: what is wrong"
 
 
-ERRORS = {400: {"model": ErrorBody, "description": "a value out of range or unusable by the model"},
-          422: {"model": ErrorBody, "description": "a missing field, an extra field, or a value of the wrong type"}}
+ERRORS = {400: {"model": ErrorBody, "description": "a value out of range or unusable by the model, or over the work limit"},
+          422: {"model": ErrorBody, "description": "a missing field, an extra field, or a value of the wrong type"},
+          429: {"model": ErrorBody, "description": "the queue is full; retry after the Retry-After header's seconds"},
+          503: {"model": ErrorBody, "description": "no turn within the server's max wait, or the server is stopping; "
+                                                   "Retry-After says when to try again"}}
+
+
+async def serve_request(request: Request, fn, *args):
+    """fn(*args, cancel) in a worker thread; cancel is set when the client disconnects, which ends the sampling at
+    its next step. Service refusals become 400 / 429 / 503 with one line (and Retry-After)."""
+    cancel = threading.Event()
+
+    async def watch():
+        while not cancel.is_set():
+            if await request.is_disconnected():
+                cancel.set()
+                return
+            await asyncio.sleep(0.25)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await run_in_threadpool(fn, *args, cancel)
+    except RequestError as e:
+        raise HTTPException(status_code=400, detail=str(e)[:MAX_DETAIL]) from None
+    except Busy as e:
+        raise HTTPException(status_code=e.status, detail=str(e)[:MAX_DETAIL],
+                            headers={"Retry-After": str(e.retry_after)}) from None
+    except Cancelled as e:
+        raise HTTPException(status_code=503, detail=f"cancelled: {e}", headers={"Retry-After": "1"}) from None
+    finally:
+        cancel.set()
+        watcher.cancel()
 
 
 class Txt2ImgBody(BaseModel):
@@ -94,44 +128,36 @@ def create_api(service: GenerationService) -> FastAPI:
         return JSONResponse(status_code=422, content={"detail": f"{field}: {err['msg']}"[:MAX_DETAIL]})
 
     @app.post("/api/txt2img", responses=ERRORS)
-    def txt2img(body: Txt2ImgBody) -> dict:
+    async def txt2img(body: Txt2ImgBody, request: Request) -> dict:
         """Generate; returns base64 PNGs (each with its 'parameters' text chunk), their parameters and seeds."""
-        try:
-            images = service.txt2img(Txt2ImgRequest(**body.model_dump()))
-        except RequestError as e:
-            raise HTTPException(status_code=400, detail=str(e)[:MAX_DETAIL]) from None
+        images = await serve_request(request, lambda req, cancel: service.txt2img(req, cancel=cancel),
+                                     Txt2ImgRequest(**body.model_dump()))
         return {"images": [base64.b64encode(im.png).decode() for im in images],
                 "parameters": [im.parameters for im in images], "seeds": [im.seed for im in images],
                 "layouts": [im.layout for im in images]}
 
-    def edit(body: EditBody, inpaint: bool) -> dict:
+    async def edit(body: EditBody, inpaint: bool, request: Request) -> dict:
         fields = body.model_dump()
         fields["image"], fields["mask"] = _decode("image", body.image), _decode("mask", fields.get("mask"))
-        try:
-            im = service.edit(EditRequest(**fields), inpaint)
-        except RequestError as e:
-            raise HTTPException(status_code=400, detail=str(e)[:MAX_DETAIL]) from None
+        im = await serve_request(request, service.edit, EditRequest(**fields), inpaint)
         return {"images": [base64.b64encode(im.png).decode()], "parameters": [im.parameters], "seeds": [im.seed]}
 
     @app.post("/api/img2img", responses=ERRORS)
-    def img2img(body: Img2ImgBody) -> dict:
+    async def img2img(body: Img2ImgBody, request: Request) -> dict:
         """SDEdit: the image noised to `strength` and denoised with the prompt; returns one base64 PNG."""
-        return edit(body, inpaint=False)
+        return await edit(body, False, request)
 
     @app.post("/api/inpaint", responses=ERRORS)
-    def inpaint(body: InpaintBody) -> dict:
+    async def inpaint(body: InpaintBody, request: Request) -> dict:
         """RePaint: the mask (or box) repainted with the prompt, the input's pixels kept outside it."""
-        return edit(body, inpaint=True)
+        return await edit(body, True, request)
 
     @app.post("/api/upscale", responses=ERRORS)
-    def upscale(body: UpscaleBody) -> dict:
+    async def upscale(body: UpscaleBody, request: Request) -> dict:
         """The diffusion upsamplers (x2: 64 -> 128 px, x4: -> 256 px) on one square image; returns one base64 PNG."""
         fields = body.model_dump()
         fields["image"] = _decode("image", body.image)
-        try:
-            im = service.upscale(UpscaleRequest(**fields))
-        except RequestError as e:
-            raise HTTPException(status_code=400, detail=str(e)[:MAX_DETAIL]) from None
+        im = await serve_request(request, service.upscale, UpscaleRequest(**fields))
         return {"images": [base64.b64encode(im.png).decode()], "parameters": [im.parameters], "seeds": [im.seed]}
 
     @app.get("/api/samplers")

@@ -17,8 +17,8 @@ import numpy as np  # noqa: E402
 from ..diffusion.sampling import SAMPLER_INFO  # noqa: E402
 from ..images import draw_boxes  # noqa: E402
 from ..png import read_parameters  # noqa: E402
-from .service import (GUIDES, MAX_IMAGES, EditRequest, GenerationService, RequestError, Txt2ImgRequest,  # noqa: E402
-                      UpscaleRequest)
+from .service import (GUIDES, MAX_IMAGES, Busy, Cancelled, EditRequest, GenerationService, RequestError,  # noqa: E402
+                      ServeLimits, Txt2ImgRequest, UpscaleRequest)
 
 SAMPLER_LABELS = [label for label, _ in SAMPLER_INFO.values()]
 PREVIEW_SIDE = 128
@@ -73,7 +73,7 @@ def make_handlers(service: GenerationService, out_dir: Path):
             if state["new"]:
                 state["new"] = False
                 progress((state["step"], req.steps), desc="sampling", unit="steps")
-                yield _previews(state["x0"]), str(req.seed), "", gr.update(), None, None
+                yield _previews(state["x0"]), str(req.seed), "", gr.update(), None, gr.update()
         if "error" in result:
             raise gr.Error(f"generation failed: {result['error']}")
         folder = Path(tempfile.mkdtemp(dir=out_dir))
@@ -85,7 +85,7 @@ def make_handlers(service: GenerationService, out_dir: Path):
         first = result["images"][0]
         shown = json.dumps(first.layout) if first.layout is not None else (layout_text or "")
         overlay = draw_boxes(_upscale(first.pixels, 256), first.layout) if first.layout else None
-        yield paths, str(req.seed), first.parameters, shown, overlay, (first.png, req.prompt)
+        yield paths, str(req.seed), first.parameters, shown, overlay, json.dumps([paths[0], req.prompt])
 
     def restore(file):
         """Read a PNG's 'parameters' chunk back into the controls."""
@@ -113,6 +113,23 @@ def _png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
+def _first_result(text: str, out_dir: Path) -> tuple[bytes | None, str]:
+    """(PNG bytes, prompt) of the Text to image tab's first result, from its hidden JSON [path, prompt]; only a file
+    this server wrote (under out_dir) is read, whatever a client puts in that field."""
+    import json
+
+    try:
+        path, prompt = json.loads(text or "null") or (None, "")
+    except (ValueError, TypeError):
+        return None, ""
+    if path is None or not isinstance(prompt, str):
+        return None, ""
+    path = Path(path).resolve()
+    if not path.is_file() or Path(out_dir).resolve() not in path.parents:
+        raise gr.Error("image: not a result of this server")
+    return path.read_bytes(), prompt
+
+
 def _brush_mask(layers, size) -> bytes | None:
     """The ImageEditor's brush layers as one mask (white where any layer is painted), or None if nothing is."""
     from PIL import Image
@@ -130,7 +147,7 @@ def make_edit_handlers(service: GenerationService, out_dir: Path):
     def run(req: EditRequest, inpaint: bool):
         try:
             im = service.edit(req, inpaint)
-        except (RequestError, ValueError, TypeError) as e:
+        except (RequestError, Busy, Cancelled, ValueError, TypeError) as e:
             raise gr.Error(str(e)) from None
         folder = Path(tempfile.mkdtemp(dir=out_dir))
         path = folder / f"condiff-{'inpaint' if inpaint else 'img2img'}-{im.seed}.png"
@@ -161,7 +178,7 @@ def make_edit_handlers(service: GenerationService, out_dir: Path):
         try:
             im = service.upscale(UpscaleRequest(image if isinstance(image, bytes) else _png_bytes(image), prompt or "",
                                                 int(scale), int(seed), int(steps)))
-        except (RequestError, ValueError, TypeError) as e:
+        except (RequestError, Busy, Cancelled, ValueError, TypeError) as e:
             raise gr.Error(str(e)) from None
         path = Path(tempfile.mkdtemp(dir=out_dir)) / f"condiff-upscaled-{im.seed}.png"
         path.write_bytes(im.png)
@@ -238,11 +255,12 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                     upscaled = gr.Image(label="Upscaled", type="filepath", format="png", interactive=False,
                                         elem_id="result-upscaled", visible=len(sizes) > 1)
                     up_params = gr.Textbox(visible=False)
-            first = gr.State(None)  # (PNG bytes, prompt) of the last result's first image
+            first = gr.Textbox(visible=False)  # JSON [PNG path, prompt] of the last result's first image (no gr.State:
+            # its session heartbeat would keep a connection open)
             inputs = [prompt, negative, seed, steps, scale, sampler, count, guide, guide_scale, layout_box, size]
             outputs = [gallery, used_seed, params, layout_box, overlay, first]
-            up_button.click(lambda f, k: upscale(f and f[0], f and f[1], k, 0, 20), [first, up_scale],
-                            [upscaled, up_params], api_name=False)
+            up_button.click(lambda f, k: upscale(*_first_result(f, out_dir), k, 0, 20), [first, up_scale], [upscaled, up_params],
+                            api_name=False)
             button.click(generate, inputs, outputs, api_name="txt2img")
             prompt.submit(generate, inputs, outputs, api_name=False)
             png_in.upload(restore, png_in, [prompt, negative, seed, steps, scale, sampler, guide, guide_scale, restored],
@@ -270,7 +288,7 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                 with gr.Column(scale=3):
                     outputs = _edit_outputs("inpaint")
             go.click(inpaint, [editor, box, *controls], outputs, api_name="inpaint")
-        with gr.Tab("Upscale", visible=len(sizes) > 1):
+        with gr.Tab("Upscale"):
             with gr.Row():
                 with gr.Column(scale=2):
                     up_in = gr.Image(label="Square image (resized to 64 px)", type="pil", image_mode="RGB",
@@ -287,21 +305,25 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
     return page
 
 
-def create_app(model: str | None = None, device: str = "cpu", out_dir: str | None = None):
-    """FastAPI app: the JSON API under /api and the page at /."""
+def create_app(model: str | None = None, device: str = "cpu", out_dir: str | None = None,
+               limits: ServeLimits | None = None):
+    """FastAPI app: the JSON API under /api and the page at /; app.state.service is the generation service."""
     from .api import create_api
 
-    service = GenerationService(model, device)
+    service = GenerationService(model, device, limits)
     out = Path(out_dir or tempfile.mkdtemp(prefix="condiff-serve-"))
     out.mkdir(parents=True, exist_ok=True)
     app = create_api(service)
     page = build_page(service, out)
     page.queue(default_concurrency_limit=1)
+    app.state.service = service
     return gr.mount_gradio_app(app, page, path="/", allowed_paths=[str(out)], ssr_mode=False, theme=THEME, css=CSS,
                                footer_links=["api"])
 
 
-def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, device: str = "cpu") -> None:
+def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, device: str = "cpu",
+          limits: ServeLimits | None = None) -> None:
+    """Serve until SIGINT / SIGTERM, which end running sampling at its next step (so the process exits in ~a step)."""
     import uvicorn
 
     import sys
@@ -309,10 +331,17 @@ def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, d
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"condiff serve: WARNING: bound to {host}: anyone who can reach this address can use the API and "
               "the page (no authentication; see SECURITY.md)", file=sys.stderr, flush=True)
-    app = create_app(model, device)
+    app = create_app(model, device, limits=limits)
+    service = app.state.service
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            service.stopping.set()  # running work raises Cancelled at its next step; its client gets a 503
+            super().handle_exit(sig, frame)
+
     print(f"condiff serve: http://{host}:{port}  (API: POST /api/txt2img, /api/img2img, /api/inpaint, /api/upscale; docs /api/docs)",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)).run()
 
 
 __all__ = ["build_page", "create_app", "serve"]

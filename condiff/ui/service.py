@@ -1,10 +1,16 @@
 """The generation service behind the page and the API: validate a request, queue it, generate, return PNGs.
 
-One lock serialises generation (CPU and GPU work best one batch at a time); concurrent requests wait their turn.
+One lock serialises generation (CPU and GPU work best one batch at a time); concurrent requests wait their turn in a
+bounded queue (ServeLimits): past its depth a request is refused at once (429), a request that waits longer than
+max_wait gets 503, both with a Retry-After; a request's work (images x steps x pixels over its stages) is capped at
+validation. A request's `cancel` event (the client went away) or the service's `stopping` (SIGTERM) ends its
+sampling at the next step.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import random
 import threading
 from dataclasses import dataclass, field, replace
@@ -24,6 +30,35 @@ GUIDES = ["none", *(m.value for m in GuidanceMethod)]  # the request's `guide`: 
 
 class RequestError(ValueError):
     """A request the service refuses; the message names the field and the problem."""
+
+
+class Busy(Exception):
+    """The queue is full (429) or the request waited past max_wait (503); retry after `retry_after` seconds."""
+
+    def __init__(self, status: int, message: str, retry_after: int):
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
+
+
+class Cancelled(Exception):
+    """The client went away or the server is stopping: the request's sampling ended at a step boundary."""
+
+
+@dataclass
+class ServeLimits:
+    """What one server accepts (`condiff serve --max-work --max-queue --max-wait`)."""
+    max_work: int = 4_000_000  # images x sum over stages of steps x side^2: 4 images of 64 px at 244 steps; one 256 px
+    # cascade image (50 + 20 + 20 steps at 64, 128, 256 px) is 1.8 M
+    max_queue: int = 8  # requests running or waiting; the next one is refused with 429
+    max_wait: float = 25.0  # seconds a request may wait for its turn before a 503
+
+    def __post_init__(self):
+        if isinstance(self.max_work, bool) or not isinstance(self.max_work, int) or self.max_work < 1:
+            raise ValueError(f"--max-work: must be a positive integer, got {self.max_work!r}")
+        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 1:
+            raise ValueError(f"--max-queue: must be a positive integer, got {self.max_queue!r}")
+        if not (isinstance(self.max_wait, (int, float)) and math.isfinite(self.max_wait) and self.max_wait > 0):
+            raise ValueError(f"--max-wait: must be a positive number of seconds, got {self.max_wait!r}")
 
 
 @dataclass
@@ -87,14 +122,63 @@ def sampler_of(name: str) -> Sampler:
 
 
 class GenerationService:
-    def __init__(self, model: str | Path | None = None, device: str = "cpu"):
+    def __init__(self, model: str | Path | None = None, device: str = "cpu", limits: ServeLimits | None = None):
         from ..pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
 
         self.model_path = Path(model) if model else DEFAULT_MODEL
         self.pipe = Text2ImagePipeline.from_pretrained(self.model_path).to(device)
+        self.limits = limits or ServeLimits()
         self.lock = threading.Lock()
+        self.stopping = threading.Event()  # set on shutdown: running work ends at its next step
+        self._pending, self._pending_lock, self._service_s = 0, threading.Lock(), 2.0  # mean seconds of a request
         self._judges: dict = {}  # guidance method -> judge model, loaded on first use
         self._upsamplers: dict = {}  # (input side, output side) -> upsampler chain, loaded on first use
+
+    @contextlib.contextmanager
+    def turn(self):
+        """Hold the generation lock: refuse (429) past max_queue requests, give up (503) after max_wait seconds."""
+        with self._pending_lock:
+            if self._pending >= self.limits.max_queue:
+                raise Busy(429, f"queue full: {self._pending} requests running or waiting (limit {self.limits.max_queue})",
+                           self.retry_after())
+            self._pending += 1
+        try:
+            if not self.lock.acquire(timeout=self.limits.max_wait):
+                raise Busy(503, f"timed out after {self.limits.max_wait:g} s waiting for a turn", self.retry_after())
+            try:
+                if self.stopping.is_set():
+                    raise Cancelled("the server is stopping")
+                import time
+
+                start = time.monotonic()
+                yield
+                self._service_s = 0.8 * self._service_s + 0.2 * (time.monotonic() - start)
+            finally:
+                self.lock.release()
+        finally:
+            with self._pending_lock:
+                self._pending -= 1
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely moved on: its length times the mean service time."""
+        return max(1, math.ceil(self._pending * self._service_s))
+
+    def step_check(self, cancel: threading.Event | None, callback: Callable | None = None) -> Callable:
+        """The sampler callback: the caller's, after ending the request if it was cancelled or the server stops."""
+        def check(info):
+            if self.stopping.is_set() or (cancel is not None and cancel.is_set()):
+                raise Cancelled("the client disconnected" if cancel is not None and cancel.is_set() else "the server is stopping")
+            if callback is not None:
+                callback(info)
+        return check
+
+    def check_work(self, images: int, stages: list[tuple[int, int]]) -> None:
+        """RequestError when images x sum(steps x side^2) over the (steps, side) stages passes max_work."""
+        work = images * sum(steps * side * side for steps, side in stages)
+        if work > self.limits.max_work:
+            raise RequestError(f"work: {images} image(s) x {' + '.join(f'{n} steps x {s}^2' for n, s in stages)} = "
+                               f"{work:,} is over this server's limit of {self.limits.max_work:,}; use fewer images, "
+                               "steps or a smaller size")
 
     def upsamplers(self, base: int, size: int) -> list:
         """The shipped upsampler chain from base to size px (loaded once), or RequestError."""
@@ -154,8 +238,11 @@ class GenerationService:
                                               guidance_rescale=float(req.guidance_rescale))  # the rest: the model's
         except ValueError as e:
             raise RequestError(str(e)) from None
+        stages = [(opts.steps, self.pipe.resolution)]
         if int(req.size) not in (0, self.pipe.resolution):
-            self.upsamplers(self.pipe.resolution, int(req.size))
+            stages += [(st.defaults.steps, self.pipe.resolution * 2 ** (k + 1))
+                       for k, st in enumerate(self.upsamplers(self.pipe.resolution, int(req.size)))]
+        self.check_work(int(req.num_images), stages)
         seed = random.randint(0, MAX_SEED - MAX_IMAGES) if int(req.seed) == -1 else int(req.seed)
         return opts, seed
 
@@ -164,13 +251,15 @@ class GenerationService:
         _, seed = self.validate(req)
         return replace(req, seed=seed)
 
-    def txt2img(self, req: Txt2ImgRequest, callback: Callable[[dict], None] | None = None) -> list[GeneratedImage]:
+    def txt2img(self, req: Txt2ImgRequest, callback: Callable[[dict], None] | None = None,
+                cancel: threading.Event | None = None) -> list[GeneratedImage]:
         """Image i uses seed + i, as `condiff generate` does; callback sees each step's x0_hat."""
         opts, seed = self.validate(req)
         layout = self.check_layout(req)
         seeds = [seed + i for i in range(int(req.num_images))]
         prompts = [req.prompt] * len(seeds)
-        with self.lock:
+        callback = self.step_check(cancel, callback)
+        with self.turn():
             guide = self.guide_for(req)
             boxes = [layout] * len(seeds) if layout is not None else \
                 self.pipe.layouts(prompts, seeds) if hasattr(self.pipe, "layouts") else None
@@ -180,7 +269,7 @@ class GenerationService:
             if stages:
                 from ..pipelines.upsample import cascade
 
-                images = cascade(images, prompts, seeds, stages)
+                images = cascade(images, prompts, seeds, stages, callback=callback)
         return self._png(images, seed, req.prompt, req.negative_prompt, opts, {
             **({"Upscale stages": len(stages)} if stages else {}),
             **({"Guidance rescale": opts.guidance_rescale} if opts.guidance_rescale else {}),
@@ -231,21 +320,22 @@ class GenerationService:
             raise RequestError(str(e).splitlines()[0][:300]) from None
         return opts, seed, image_tensor(to_model_size(img, self.pipe.resolution)), mask
 
-    def edit(self, req: EditRequest, inpaint: bool) -> GeneratedImage:
+    def edit(self, req: EditRequest, inpaint: bool, cancel: threading.Event | None = None) -> GeneratedImage:
         """img2img (SDEdit) or RePaint inpainting with the input's pixels pasted back outside the mask."""
         from ..pipelines.editing import img2img, repaint
 
         opts, seed, x, mask = self._edit_inputs(req, inpaint)
-        with self.lock:
+        check = self.step_check(cancel)
+        with self.turn():
             if inpaint:
-                out = repaint(self.pipe, [req.prompt], x, mask, [seed], opts)
+                out = repaint(self.pipe, [req.prompt], x, mask, [seed], opts, callback=check)
             else:
-                out = img2img(self.pipe, [req.prompt], x, [seed], opts, float(req.strength))
+                out = img2img(self.pipe, [req.prompt], x, [seed], opts, float(req.strength), callback=check)
         extra = {"Edit": "inpaint (RePaint)", "Mask pixels": int(mask.sum())} if inpaint else \
             {"Edit": "img2img", "Denoising strength": float(req.strength)}
         return self._png(out, seed, req.prompt, req.negative_prompt, opts, extra)[0]
 
-    def upscale(self, req: UpscaleRequest) -> GeneratedImage:
+    def upscale(self, req: UpscaleRequest, cancel: threading.Event | None = None) -> GeneratedImage:
         """The shipped cascade's upsamplers on one square image; RequestError naming a bad field, before any work."""
         from PIL import Image
 
@@ -273,10 +363,12 @@ class GenerationService:
                 st.check([req.prompt], run.opts)
         except ValueError as e:
             raise RequestError(f"prompt: {e}"[:300]) from None
+        self.check_work(1, [(run.opts.steps, UPSCALE_INPUT * 2 ** (k + 1)) for k, run in enumerate(runs)])
         seed = random.randint(0, MAX_SEED) if int(req.seed) == -1 else int(req.seed)
         x = image_tensor(img.resize((UPSCALE_INPUT, UPSCALE_INPUT), Image.BICUBIC) if img.width != UPSCALE_INPUT else img)
-        with self.lock:
-            out = cascade(x, [req.prompt], [seed], stages, runs)
+        check = self.step_check(cancel)
+        with self.turn():
+            out = cascade(x, [req.prompt], [seed], stages, runs, callback=check)
         return self._png(out, seed, req.prompt, "", runs[-1].opts,
                          {"Input size": f"{img.width}x{img.height}", "Upscale stages": len(stages)})[0]
 
