@@ -170,7 +170,7 @@ def train(cfg, folder: Path, resume: bool = False, device: str | None = None, wo
         workers = min(8, (os.cpu_count() or 1) // 2)
     bar = tqdm(total=cfg.optim.steps, initial=run.step, desc=f"training {run.task.name}", unit="step", dynamic_ncols=True)
     start, start_step, loss_avg = time.time(), run.step, None
-    previous = _interrupt_on_sigterm()
+    stop, previous = _interrupt_between_steps()
     try:
         for batch in batches(run, workers):
             loss = train_step(run, batch)
@@ -180,6 +180,8 @@ def train(cfg, folder: Path, resume: bool = False, device: str | None = None, wo
                 rate = (run.step - start_step) / (time.time() - start)
                 bar.set_postfix(loss=f"{loss_avg:.4f}", img_s=f"{rate * cfg.optim.batch_size:.0f}", **run.logs)
             evaluate(run, bar)
+            if stop:  # Ctrl-C or SIGTERM arrived during the step: act on it now, at a step boundary
+                raise Terminated if stop[0] == signal.SIGTERM else KeyboardInterrupt
         if cfg.optim.steps == 0:  # nothing to train: export the initialised model (e.g. init.from_model + grounding)
             save(run)
     except KeyboardInterrupt:
@@ -189,8 +191,8 @@ def train(cfg, folder: Path, resume: bool = False, device: str | None = None, wo
         raise
     finally:
         bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return run
 
 
@@ -198,15 +200,25 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that both save the run the same way."""
 
 
-def _interrupt_on_sigterm():
-    """SIGTERM (kill, a scheduler's stop) then saves like Ctrl-C; returns the old handler (None off the main thread)."""
-    def handler(signum, frame):
-        raise Terminated
+def _interrupt_between_steps():
+    """Ctrl-C and SIGTERM are noted and acted on after the running step, so the checkpoint that save() writes is a
+    step boundary (an interrupt between opt.step() and the step count would save a state that --resume repeats a
+    step from); a second signal interrupts at once. Returns (the noted signals, the old handlers to restore);
+    off the main thread nothing is installed."""
+    stop: list[int] = []
 
+    def handler(signum, frame):
+        if stop:
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        stop.append(signum)
+
+    previous = {}
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread
-        return None
+        pass
+    return stop, previous
 
 
 def evaluate(run: Run, bar) -> None:
