@@ -35,3 +35,15 @@ def save_grid(images: torch.Tensor, labels: list[str], path: Path, verdicts: lis
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path
+
+
+def save_judged_grid(images: torch.Tensor, captions: list[str], path: Path) -> Path:
+    """save_grid framed by the oracle's verdicts when the captions are world captions (unframed otherwise)."""
+    from ..world.grammar import PromptError
+    from ..world.oracle import judge
+
+    try:
+        verdicts = [judge(px, c) for px, c in zip(to_uint8(images).numpy(), captions)]
+    except PromptError:
+        verdicts = None
+    return save_grid(images, captions, path, verdicts)

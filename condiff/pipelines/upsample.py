@@ -100,8 +100,7 @@ class UpsamplePipeline(Pipeline):
         low = self.schedule.q_sample(low, tt, noise(low.shape, device))
         size = low.shape[-1] * self.scale
         cond = {"low_res": upsample(low, size), "noise_level": tt}
-        with torch.no_grad():
-            c, u = self.text_encoder.encode(prompts, device), self.text_encoder.encode([opts.negative_prompt] * B, device)
+        c, u = self.text_encoder.encode(prompts, device), self.text_encoder.encode([opts.negative_prompt] * B, device)
         model = ClassifierFreeGuidance(self.denoiser, opts.guidance_scale, c | cond, u | cond, opts.guidance_rescale)
         x = noise((B, 3, size, size), device)
         return sample(model, self.schedule, x, noise, opts, callback)

@@ -137,10 +137,7 @@ class Text2ImageTask:
     def sample(self, run, prompts: list[str] = SAMPLE_PROMPTS, steps: int = 25) -> Path:
         """EMA samples for fixed prompts and seeds; framed by the oracle's verdict when the prompts are world captions."""
         from ...diffusion.sampling import SamplingOptions
-        from ...eval.grid import save_grid
-        from ...world.grammar import PromptError
-        from ...world.oracle import judge
-        from ...world.render import to_uint8
+        from ...eval.grid import save_judged_grid
 
         pipe = self.pipeline(run)
         try:
@@ -148,13 +145,7 @@ class Text2ImageTask:
         except ValueError:  # a model of other data: sample its own first captions instead
             prompts = run.data.batch(run.cfg.seed, 0, len(prompts))[1]
         images = pipe(prompts, list(range(len(prompts))), SamplingOptions(steps=steps)).cpu()
-        try:
-            verdicts = [judge(px, p) for px, p in zip(to_uint8(images).numpy(), prompts)]
-        except PromptError:
-            verdicts = None
-        path = run.folder / "samples" / f"step_{run.step:08d}.png"
-        save_grid(images, prompts, path, verdicts)
-        return path
+        return save_judged_grid(images, prompts, run.folder / "samples" / f"step_{run.step:08d}.png")
 
 
 def autoencoder_config(cfg: TrainConfig):

@@ -134,18 +134,9 @@ class UpsamplerTask:
 
     def sample(self, run, prompts: list[str] = SAMPLE_PROMPTS, steps: int = 20) -> Path:
         """Fixed scenes of the data, box-filtered down and upsampled by the EMA model, framed by the oracle."""
-        from ...eval.grid import save_grid
-        from ...world.grammar import PromptError
-        from ...world.oracle import judge
-        from ...world.render import to_uint8
+        from ...eval.grid import save_judged_grid
 
         images, captions = run.data.batch(run.cfg.seed + 1, 0, 8)
         low = downsample(images, run.cfg.scale)
         out = self.pipeline(run).upscale(low, captions, list(range(len(captions))), steps=steps).cpu()
-        try:
-            verdicts = [judge(px, p) for px, p in zip(to_uint8(out).numpy(), captions)]
-        except PromptError:
-            verdicts = None
-        path = run.folder / "samples" / f"step_{run.step:08d}.png"
-        save_grid(out, captions, path, verdicts)
-        return path
+        return save_judged_grid(out, captions, run.folder / "samples" / f"step_{run.step:08d}.png")
