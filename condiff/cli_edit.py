@@ -77,14 +77,19 @@ def _inpaint(args) -> None:
     from .images import image_tensor, mask_tensor, to_model_size
     from .pipelines.editing import leakage, repaint
 
+    from .diffusion.sampling import Resample
+
     opts, img = _prepare(args)
     mask = read_mask(args, img.size)
+    resample = Resample(args.jump_length, args.jump_n_sample)
     pipe, model, opts = _load(args, [args.prompt])
     x, m = image_tensor(to_model_size(img, pipe.resolution)), mask_tensor(mask, pipe.resolution)
     t = time.time()
-    raw = repaint(pipe, [args.prompt], x, m, [args.seed], opts, paste_back=False)
+    raw = repaint(pipe, [args.prompt], x, m, [args.seed], opts, paste_back=False, resample=resample)
     out = raw if args.no_paste_back else m * raw + (~m) * x
     params = {"Edit": "inpaint (RePaint)", "Mask pixels": int(m.sum()), "Paste back": not args.no_paste_back}
+    if resample.jump_n_sample > 1:
+        params |= {"Jump length": resample.jump_length, "Jump samples": resample.jump_n_sample}
     if pipe.autoencoder is not None:
         params["Outside PSNR before paste-back"] = round(leakage(x, raw, m), 2)
     _save(args, out, args.prompt, opts, model, params)
@@ -138,6 +143,9 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
     p.add_argument("--mask", help="mask image of IN's size, white = repaint")
     p.add_argument("--no-paste-back", action="store_true",
                    help="keep the decoder's pixels outside the mask (default: IN's pixels exactly)")
+    p.add_argument("--jump-n-sample", type=int, default=1,
+                   help="RePaint's resampling: denoise each block of --jump-length steps this many times (1: none)")
+    p.add_argument("--jump-length", type=int, default=10, help="steps per resampled block (RePaint: 10)")
     p.set_defaults(func=_inpaint)
 
     v = esub.add_parser("invert", help="DDIM inversion: IN -> x_T with --prompt, then regenerate (eta 0, no clipping)")

@@ -130,6 +130,10 @@ def test_edit_commands_write_pngs_with_infotext(tiny_model, tmp_path):
     assert main(["edit", "inpaint", src, *common, "--box", "0,0,8,16", "--out", str(tmp_path / "b.png")]) == 0
     out, src_px = np.asarray(Image.open(tmp_path / "b.png")), np.asarray(Image.open(src))
     assert np.array_equal(out[:, 8:], src_px[:, 8:])  # outside the box: IN's pixels exactly
+    assert main(["edit", "inpaint", src, *common, "--box", "0,0,8,16", "--jump-n-sample", "2", "--jump-length", "2",
+                 "--out", str(tmp_path / "j.png")]) == 0
+    assert read_parameters(tmp_path / "j.png")["Jump samples"] == "2"
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "j.png"))[:, 8:], src_px[:, 8:])
     noise = tmp_path / "x_T.safetensors"
     assert main(["edit", "invert", src, *common, "--guidance-scale", "1", "--save-noise", str(noise),
                  "--out", str(tmp_path / "rec.png")]) == 0
@@ -149,6 +153,7 @@ def test_edit_commands_write_pngs_with_infotext(tiny_model, tmp_path):
     (["inpaint", "{src}", "--box", "4,4,4,8"], "--box"),
     (["inpaint", "{src}", "--box", "a,b"], "--box"),
     (["inpaint", "{src}"], "exactly one of"),
+    (["inpaint", "{src}", "--box", "0,0,8,8", "--jump-n-sample", "0"], "jump_n_sample"),
     (["inpaint", "{src}", "--mask", "{big}"], "must match"),
     (["inpaint", "{src}", "--mask", "{empty}"], "empty"),
     (["invert", "{src}", "--guidance-scale", "inf"], "guidance"),

@@ -46,15 +46,24 @@ def _predict(model: Model, schedule: NoiseSchedule, x, t: int, x0_fn: X0Fn | Non
     return eps, x0, v
 
 
+def _alpha_bar_after(ab: torch.Tensor, timesteps: Sequence[int], i: int, t_end: int | None) -> float:
+    """alpha_bar of the level step i goes to: the next timestep, else t_end's, else 1 (clean)."""
+    if i + 1 < len(timesteps):
+        return ab[timesteps[i + 1]].item()
+    return ab[t_end].item() if t_end is not None else 1.0
+
+
 def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
                 eta: float = 0.0, noise: PerSampleNoise | None = None, x0_fn: X0Fn | None = static_threshold,
-                callback: Callback | None = None) -> torch.Tensor:
-    """DDIM (Song et al. 2021, eq. 12) over descending timesteps; eta=1 is DDPM's posterior variance."""
+                callback: Callback | None = None, t_end: int | None = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) over descending timesteps; eta=1 is DDPM's posterior variance.
+
+    t_end: the timestep the last step goes to (None: t = -1, the clean image), for a chain stopped part-way."""
     ab = schedule.alpha_bar
     for i, t in enumerate(timesteps):
         eps, x0, _ = _predict(model, schedule, x, t, x0_fn)
         ab_t = ab[t].item()
-        ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
+        ab_prev = _alpha_bar_after(ab, timesteps, i, t_end)
         sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
         x = ab_prev ** 0.5 * x0 + (1 - ab_prev - sigma ** 2) ** 0.5 * eps
         if sigma > 0:
@@ -71,7 +80,8 @@ class Variance(str, enum.Enum):
 
 def sample_ddpm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
                 noise: PerSampleNoise, x0_fn: X0Fn | None = static_threshold, callback: Callback | None = None,
-                variance: Variance = Variance.SMALL, cond_fn: CondFn | None = None) -> torch.Tensor:
+                variance: Variance = Variance.SMALL, cond_fn: CondFn | None = None,
+                t_end: int | None = None) -> torch.Tensor:
     """Ancestral sampling (Ho et al. Alg. 2): mean of the respaced posterior q(x_s | x_t, x0_hat); fixed or learned variance.
 
     cond_fn(x_t, t) = s grad log p(y | x_t) shifts the mean by Sigma cond_fn (Dhariwal & Nichol Alg. 1, condition_mean).
@@ -81,11 +91,11 @@ def sample_ddpm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
         x_t = x
         eps, x0, v = _predict(model, schedule, x, t, x0_fn, variance is Variance.LEARNED)
         ab_t = ab[t].item()
-        ab_prev = ab[timesteps[i + 1]].item() if i + 1 < len(timesteps) else 1.0
+        ab_prev = _alpha_bar_after(ab, timesteps, i, t_end)
         beta = 1 - ab_t / ab_prev  # respaced beta_t
         mean = (ab_prev ** 0.5 * beta / (1 - ab_t)) * x0 + ((1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab_t)) * x
         x = mean
-        if i + 1 < len(timesteps):
+        if i + 1 < len(timesteps) or t_end is not None:
             beta_tilde = beta * (1 - ab_prev) / (1 - ab_t)
             if variance is Variance.LEARNED:  # improved DDPM eq. 15 with the respaced beta and beta_tilde
                 std = torch.exp(0.5 * (v * math.log(beta) + (1 - v) * math.log(beta_tilde)))

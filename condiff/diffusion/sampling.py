@@ -3,6 +3,7 @@
 `sample(model, schedule, x, noise, opts, ...)` runs any sampler over the eps-model contract eps_hat = model(x_t, t)
 with the hooks every pipeline needs, so none writes its own loop:
   - start=k: begin at step k of the plan from a given x (img2img / SDEdit, cascades, DiffusionCLIP);
+  - stop=k: end at step k, x at that step's noise level (a chain in pieces; RePaint's jumps, `Resample`);
   - replace(x, alpha_bar) -> x: after each step, overwrite (part of) x, which is then at noise level alpha_bar
     (RePaint-style inpainting); both sampler families see x in the same variance-preserving space here;
   - callback(info): progress and previews;
@@ -182,31 +183,79 @@ def _hooks(callback, replace: Replace | None, levels: list[float], start: int, s
     return hook
 
 
+@dataclass(frozen=True)
+class Resample:
+    """RePaint's resampling (Lugmayr et al. 2022, "time travel"): the plan is cut into blocks of `jump_length` steps;
+    each block is denoised, taken back up to its first level by the forward process q(x_k | x_e), and denoised again,
+    `jump_n_sample` times in all (1: plain sampling; RePaint's names). The model is called that many times as often."""
+
+    jump_length: int = 10
+    jump_n_sample: int = 1
+
+    def __post_init__(self):
+        for name, lo, hi in (("jump_length", 1, MAX_STEPS), ("jump_n_sample", 1, 20)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{name}: must be an integer between {lo} and {hi}, got {v!r}")
+
+
+def renoise(x: torch.Tensor, alpha_bar_from: float, alpha_bar_to: float, z: torch.Tensor) -> torch.Tensor:
+    """q(x_k | x_e) of the forward process, from level alpha_bar_from up to the noisier alpha_bar_to."""
+    a = alpha_bar_to / alpha_bar_from
+    return math.sqrt(a) * x + math.sqrt(1 - a) * z
+
+
 def sample(model, schedule: NoiseSchedule, x: torch.Tensor, noise: PerSampleNoise, opts: SamplingOptions,
-           callback=None, cond_fn=None, start: int = 0, replace: Replace | None = None) -> torch.Tensor:
-    """Run the named sampler from x, a sample at step `start` of the plan in VP space (x = z ~ N(0, I) at start 0).
+           callback=None, cond_fn=None, start: int = 0, replace: Replace | None = None, stop: int | None = None,
+           resample: Resample | None = None) -> torch.Tensor:
+    """Run the named sampler from x, a sample at step `start` of the plan in VP space (x = z ~ N(0, I) at start 0),
+    to step `stop` (default: the end, the clean sample); a stopped chain returns x at that step's level, in VP space.
 
     x_T = z at start 0 as every sampler's space needs (the sigma family multiplies by sqrt(sigma^2 + 1)).
     cond_fn (DDPM only) shifts each posterior mean by Sigma cond_fn(x_t, t): guided-diffusion's condition_mean.
+    resample: RePaint's jumps; the forward noise of a jump is drawn from `noise` (so it, too, follows the seeds).
     """
-    sampler, x0_fn = Sampler(opts.sampler), x0_fn_for(opts.threshold, opts.percentile)
+    sampler = Sampler(opts.sampler)
     if cond_fn is not None and sampler is not Sampler.DDPM:
         raise ValueError("the mean form of gradient guidance needs the ddpm sampler; use the score form otherwise")
-    if not 0 <= start <= opts.steps:
-        raise ValueError(f"start: must be between 0 and {opts.steps} steps, got {start}")
-    if start == opts.steps:
+    stop = opts.steps if stop is None else stop
+    if not 0 <= start <= stop <= opts.steps:
+        raise ValueError(f"start, stop: must satisfy 0 <= start <= stop <= {opts.steps} steps, got {start}, {stop}")
+    run = lambda x, a, b: _sample_span(model, schedule, x, noise, opts, callback, cond_fn, a, b, replace)
+    if resample is None or resample.jump_n_sample == 1:
+        return run(x, start, stop)
+    levels = plan_alpha_bars(schedule, opts)
+    k = start
+    while k < stop:
+        e = min(k + resample.jump_length, stop)
+        for r in range(resample.jump_n_sample):
+            x = run(x, k, e)
+            if r + 1 < resample.jump_n_sample:
+                x = renoise(x, levels[e], levels[k], noise(x.shape, x.device, x.dtype))
+        k = e
+    return x
+
+
+def _sample_span(model, schedule, x, noise, opts, callback, cond_fn, start: int, stop: int, replace):
+    """Steps start..stop-1 of the plan from x (VP space at step start) -> x at step stop (VP space)."""
+    if start == stop:
         return x
+    sampler, x0_fn = Sampler(opts.sampler), x0_fn_for(opts.threshold, opts.percentile)
     levels = plan_alpha_bars(schedule, opts)
     if sampler in SIGMA_SAMPLERS:
         sigmas = sampling_sigmas(schedule, opts)
         scale_of = lambda i: math.sqrt(sigmas[i].item() ** 2 + 1)  # x_sigma = x_vp sqrt(sigma^2 + 1)
         hook = _hooks(callback, replace, levels, start, scale_of)
-        return SIGMA_SAMPLERS[sampler](SigmaDenoiser(model, schedule, x0_fn), x * scale_of(start), sigmas[start:], noise, hook)
-    timesteps = sampling_timesteps(schedule, opts)[start:]
+        out = SIGMA_SAMPLERS[sampler](SigmaDenoiser(model, schedule, x0_fn), x * scale_of(start), sigmas[start:stop + 1],
+                                      noise, hook)
+        return out / scale_of(stop)
+    timesteps = sampling_timesteps(schedule, opts)
+    t_end = timesteps[stop] if stop < len(timesteps) else None
     hook = _hooks(callback, replace, levels, start, lambda i: 1.0)
     if sampler is Sampler.DDPM:
-        return sample_ddpm(model, x, schedule, timesteps, noise, x0_fn, hook, opts.ddpm_variance, cond_fn)
-    return sample_ddim(model, x, schedule, timesteps, opts.eta, noise, x0_fn, callback=hook)
+        return sample_ddpm(model, x, schedule, timesteps[start:stop], noise, x0_fn, hook, opts.ddpm_variance, cond_fn,
+                           t_end=t_end)
+    return sample_ddim(model, x, schedule, timesteps[start:stop], opts.eta, noise, x0_fn, callback=hook, t_end=t_end)
 
 
 run_sampler = sample  # the name of the first releases

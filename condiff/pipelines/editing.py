@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion.samplers import PerSampleNoise, ddim_invert
-from ..diffusion.sampling import Sampler, SamplingOptions, noise_to, plan_alpha_bars, sampling_timesteps, start_step
+from ..diffusion.sampling import Resample, Sampler, SamplingOptions, noise_to, plan_alpha_bars, sampling_timesteps, start_step
 from .text2image import Text2ImagePipeline
 
 KNOWN_NOISE_SEED = 0x5EED_0F_0A  # RePaint's per-step noise of the known region: seed + this, apart from the sampler's
@@ -63,8 +63,11 @@ def img2img(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, 
 
 
 def repaint(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, masks: torch.Tensor,
-            seeds: list[int], opts: SamplingOptions, paste_back: bool = True, **kw) -> torch.Tensor:
-    """RePaint without resampling: after each step, x = m x + (1 - m) q(x_level | x_0) with fresh noise, m the mask.
+            seeds: list[int], opts: SamplingOptions, paste_back: bool = True, resample: Resample | None = None,
+            **kw) -> torch.Tensor:
+    """RePaint: after each step, x = m x + (1 - m) q(x_level | x_0) with fresh noise, m the mask; with `resample`,
+    blocks of steps are taken back up by forward noise and denoised again (RePaint's jumps), which lets the
+    generated region agree with the known one.
 
     paste_back: the output outside the mask is the input's pixels exactly (a latent model's decoder blurs the seam
     and shifts the known region slightly; see `leakage`).
@@ -78,7 +81,7 @@ def repaint(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, 
         return m * x + (1 - m) * known
 
     with torch.no_grad():
-        out = pipe.decode(pipe.denoise(prompts, seeds, opts, replace=replace, **kw)).cpu()
+        out = pipe.decode(pipe.denoise(prompts, seeds, opts, replace=replace, resample=resample, **kw)).cpu()
     if paste_back:
         keep = 1 - masks.float().cpu()
         out = masks.float().cpu() * out + keep * images.cpu()

@@ -14,7 +14,7 @@ from ..components import ComponentType
 from ..diffusion.denoiser import Denoiser, DiffusionConfig
 from ..diffusion.guidance import ClassifierFreeGuidance
 from ..diffusion.samplers import PerSampleNoise, Variance
-from ..diffusion.sampling import Replace, SamplingOptions, sample
+from ..diffusion.sampling import Replace, Resample, SamplingOptions, sample
 from ..diffusion.thresholding import Threshold
 from .base import ComponentSpec, Pipeline, PipelineSpec, StageSpec, load_pipeline
 
@@ -136,7 +136,7 @@ class Text2ImagePipeline(Pipeline):
     def denoise(self, prompts: list[str], seeds: list[int], opts: SamplingOptions, callback=None,
                 guide: Guide | None = None, init: Callable | None = None, x: torch.Tensor | None = None,
                 start: int = 0, replace: Replace | None = None, boxes: list[list[dict]] | None = None,
-                boxes_in_uncond: bool = False, **cond) -> torch.Tensor:
+                boxes_in_uncond: bool = False, resample: Resample | None = None, **cond) -> torch.Tensor:
         """The sampler's output before decoding. x (default: noise from the seeds) is the sample at step `start`.
 
         boxes: per image a list of {"phrase", "box": [x0, y0, x1, y1]} (grounding); the unconditional branch of CFG
@@ -156,7 +156,8 @@ class Text2ImagePipeline(Pipeline):
             x = init(model, self.schedule, x, prompts, **latent)
         if guide is not None:
             model, cond_fn = guide(model, self.schedule, prompts, **latent)
-        return sample(model, self.schedule, x, noise, opts, callback, cond_fn, start=start, replace=replace)
+        return sample(model, self.schedule, x, noise, opts, callback, cond_fn, start=start, replace=replace,
+                      resample=resample)
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], seeds: list[int], opts: SamplingOptions | None = None,
