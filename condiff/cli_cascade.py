@@ -71,8 +71,6 @@ def cascade_from_args(args, base_size: int, prompts: list[str]):
 
 
 def _upscale(args) -> None:
-    import torch
-
     from .images import image_tensor, open_image
     from .pipelines.upsample import UPSAMPLERS, UPSCALE_INPUT, cascade, upsampler_chain
     from .png import check_writable, format_parameters, save_png

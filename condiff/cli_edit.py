@@ -74,21 +74,27 @@ def _img2img(args) -> None:
 
 
 def _inpaint(args) -> None:
-    from .images import image_tensor, mask_tensor, to_model_size
-    from .pipelines.editing import leakage, repaint
-
     from .diffusion.sampling import Resample
+    from .images import image_tensor, mask_tensor, to_model_size
+    from .pipelines.editing import inpaint, leakage
 
     opts, img = _prepare(args)
     mask = read_mask(args, img.size)
     resample = Resample(args.jump_length, args.jump_n_sample)
+    from .pipelines.text2image import INPAINT_MODEL
+
+    if args.model is None and args.method != "repaint" and INPAINT_MODEL.is_dir():
+        args.model = str(INPAINT_MODEL)  # inpainting_pipeline's choice for the default, without loading the default
     pipe, model, opts = _load(args, [args.prompt])
+    if args.method == "model" and not pipe.inpainting:
+        raise ValueError(f"--method model: '{model}' has no inpainting inputs (mask, masked image); "
+                         "use --method repaint or an inpainting model")
     x, m = image_tensor(to_model_size(img, pipe.resolution)), mask_tensor(mask, pipe.resolution)
     t = time.time()
-    raw = repaint(pipe, [args.prompt], x, m, [args.seed], opts, paste_back=False, resample=resample)
+    raw, method = inpaint(pipe, [args.prompt], x, m, [args.seed], opts, args.method, paste_back=False, resample=resample)
     out = raw if args.no_paste_back else m * raw + (~m) * x
-    params = {"Edit": "inpaint (RePaint)", "Mask pixels": int(m.sum()), "Paste back": not args.no_paste_back}
-    if resample.jump_n_sample > 1:
+    params = {"Edit": f"inpaint ({method})", "Mask pixels": int(m.sum()), "Paste back": not args.no_paste_back}
+    if resample.jump_n_sample > 1 and method == "RePaint":
         params |= {"Jump length": resample.jump_length, "Jump samples": resample.jump_n_sample}
     if pipe.autoencoder is not None:
         params["Outside PSNR before paste-back"] = round(leakage(x, raw, m), 2)
@@ -137,12 +143,15 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
     i.add_argument("--strength", type=float, default=0.5, help="0 returns IN, 1 is text-to-image (denoising strength)")
     i.set_defaults(func=_img2img)
 
-    p = esub.add_parser("inpaint", help="RePaint: repaint a box or a mask of IN with --prompt")
+    p = esub.add_parser("inpaint", help="repaint a box or a mask of IN with --prompt (inpainting model or RePaint)")
     common(p, "inpaint.png")
     p.add_argument("--box", help="X0,Y0,X1,Y1 in pixels of IN, X1/Y1 exclusive (0,0,64,64 is a whole 64 px image)")
     p.add_argument("--mask", help="mask image of IN's size, white = repaint")
     p.add_argument("--no-paste-back", action="store_true",
                    help="keep the decoder's pixels outside the mask (default: IN's pixels exactly)")
+    p.add_argument("--method", choices=["auto", "model", "repaint"], default="auto",
+                   help="model: a fine-tuned inpainting model (GLIDE); repaint: RePaint with any model; auto: the model's "
+                        "inpainting inputs where it has them (default model: the shipped inpainting model, if any)")
     p.add_argument("--jump-n-sample", type=int, default=1,
                    help="RePaint's resampling: denoise each block of --jump-length steps this many times (1: none)")
     p.add_argument("--jump-length", type=int, default=10, help="steps per resampled block (RePaint: 10)")

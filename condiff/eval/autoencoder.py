@@ -8,7 +8,6 @@ the codebook usage and perplexity.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch

@@ -1,7 +1,9 @@
 """Editing with a text-to-image pipeline, all through the sampler's hooks (no loop of its own):
 
 - img2img / SDEdit (Meng et al. 2022): noise the input to the step that `strength` selects (`start`), denoise;
-- RePaint inpainting (Lugmayr et al. 2022): each step, the known region is replaced by q(x_t | x_0) (`replace`);
+- RePaint inpainting (Lugmayr et al. 2022): each step, the known region is replaced by q(x_t | x_0) (`replace`),
+  optionally with its resampling jumps (`Resample`); or a fine-tuned inpainting model (GLIDE) given mask= and
+  masked_image=, in one plain chain;
 - DDIM inversion (Song et al. 2021; Mokady et al. 2023): the eta = 0 chain run backwards, x_0 -> x_T.
 
 Each works in the model's sampling space: pixels for a pixel model, the autoencoder's scaled latent otherwise.
@@ -10,10 +12,11 @@ Images are (B, 3, H, W) in [-1, 1] at the model's resolution; masks (B, 1, H, W)
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from ..data.masks import latent_mask
 from ..diffusion.samplers import PerSampleNoise, ddim_invert
 from ..diffusion.sampling import Resample, Sampler, SamplingOptions, noise_to, plan_alpha_bars, sampling_timesteps, start_step
 from .text2image import Text2ImagePipeline
@@ -28,16 +31,6 @@ def to_model_space(pipe: Text2ImagePipeline, images: torch.Tensor) -> torch.Tens
         return images
     with torch.no_grad():
         return pipe.autoencoder.encode(images)
-
-
-def latent_mask(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """A pixel mask at the sampler's size: a cell is repainted if any of its pixels is (max-pooling), so that the
-    known latent cells are those whose pixels are all kept."""
-    h, w = shape[-2:]
-    m = mask.float()
-    if m.shape[-2:] != (h, w):
-        m = F.adaptive_max_pool2d(m, (h, w))
-    return m
 
 
 def img2img(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, seeds: list[int],
@@ -82,10 +75,50 @@ def repaint(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, 
 
     with torch.no_grad():
         out = pipe.decode(pipe.denoise(prompts, seeds, opts, replace=replace, resample=resample, **kw)).cpu()
-    if paste_back:
-        keep = 1 - masks.float().cpu()
-        out = masks.float().cpu() * out + keep * images.cpu()
-    return out
+    return paste(out, images, masks) if paste_back else out
+
+
+def paste(out: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The input's pixels outside the mask, the edit's inside."""
+    m = masks.float().cpu()
+    return m * out.cpu() + (1 - m) * images.cpu()
+
+
+def inpaint_model(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, masks: torch.Tensor,
+                  seeds: list[int], opts: SamplingOptions, paste_back: bool = True, **kw) -> torch.Tensor:
+    """GLIDE's way: a model fine-tuned with mask= and masked_image= inputs draws the hole in one plain chain."""
+    if not pipe.inpainting:
+        raise ValueError("this model has no inpainting inputs (mask, masked image); use RePaint or an inpainting model")
+    cond = pipe.inpaint_conditioning(images, masks)
+    with torch.no_grad():
+        out = pipe.decode(pipe.denoise(prompts, seeds, opts, **cond, **kw)).cpu()
+    return paste(out, images, masks) if paste_back else out
+
+
+INPAINT_METHODS = ("auto", "model", "repaint")
+
+
+def inpainting_pipeline(pipe: Text2ImagePipeline, folder: Path, method: str = "auto") -> Text2ImagePipeline:
+    """The pipeline that inpaints for `pipe` (loaded from `folder`): itself if it has inpainting inputs or the method
+    is RePaint; for the shipped default, the shipped inpainting model where it is installed (as A1111 switches to an
+    inpainting checkpoint); else itself."""
+    from .text2image import DEFAULT_MODEL, INPAINT_MODEL
+
+    if pipe.inpainting or method == "repaint" or Path(folder).resolve() != DEFAULT_MODEL or not INPAINT_MODEL.is_dir():
+        return pipe
+    return Text2ImagePipeline.from_pretrained(INPAINT_MODEL).to(pipe.device)
+
+
+def inpaint(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, masks: torch.Tensor, seeds: list[int],
+            opts: SamplingOptions, method: str = "auto", **kw) -> tuple[torch.Tensor, str]:
+    """Inpainting by `method`: 'model' (a fine-tuned inpainting model), 'repaint' (any model), or 'auto' (the model's
+    own inputs where it has them). Returns the images and the method's name for the infotext."""
+    if method not in INPAINT_METHODS:
+        raise ValueError(f"method: unknown value {method!r} (known: {', '.join(INPAINT_METHODS)})")
+    if method == "model" or (method == "auto" and pipe.inpainting):
+        kw.pop("resample", None)
+        return inpaint_model(pipe, prompts, images, masks, seeds, opts, **kw), "inpainting model"
+    return repaint(pipe, prompts, images, masks, seeds, opts, **kw), "RePaint"
 
 
 def leakage(images: torch.Tensor, edited: torch.Tensor, masks: torch.Tensor) -> float:

@@ -21,6 +21,7 @@ from .base import ComponentSpec, Pipeline, PipelineSpec, StageSpec, load_pipelin
 Guide = Callable[..., tuple]
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_MODEL = WEIGHTS / "layout64"  # text -> boxes -> 64 px latent image (the first release's default: base32)
+INPAINT_MODEL = WEIGHTS / "inpaint64"  # GLIDE-style inpainting fine-tune of latent64: what inpaints for the default
 BASE32 = WEIGHTS / "base32"  # the 32 px pixel model with its 29-word vocabulary
 PipelineConfig = DiffusionConfig  # the name of the first releases
 
@@ -75,6 +76,23 @@ class Text2ImagePipeline(Pipeline):
         """(C, H, W) of what the sampler denoises: pixels, or latents."""
         side = self.unet.cfg.resolution
         return (self.unet.cfg.in_channels, side, side)
+
+    @property
+    def inpainting(self) -> bool:
+        """A fine-tuned inpainting model (GLIDE): its UNet also reads mask= and masked_image=."""
+        return self.unet.cfg.extra_in_channels == self.unet.cfg.in_channels + 1
+
+    def inpaint_conditioning(self, images: torch.Tensor | None, masks: torch.Tensor | None, n: int = 1) -> dict:
+        """mask= and masked_image= for an inpainting model; none given: the whole image masked, which is plain
+        text-to-image (the model trains on it, with inpaint.p_full)."""
+        from ..data.masks import inpaint_inputs
+
+        if images is None:
+            side = self.resolution
+            images, masks = torch.zeros(n, 3, side, side), torch.ones(n, 1, side, side)
+        encode = self.autoencoder.encode if self.autoencoder is not None else None
+        with torch.no_grad():
+            return inpaint_inputs(images.to(self.device), masks.to(self.device), encode)
 
     def check(self, prompts: list[str], opts: SamplingOptions, *other_steps: int) -> None:
         """ValueError, before any work, for a prompt the text encoder cannot read or options the model cannot use.
@@ -146,6 +164,8 @@ class Text2ImagePipeline(Pipeline):
         init(model, schedule, x_T, prompts) -> x_T replaces the initial noise (CLIP-optimised x_T), given the CFG model.
         """
         assert len(prompts) == len(seeds)
+        if self.inpainting and "mask" not in cond:
+            cond |= self.inpaint_conditioning(None, None, len(prompts))
         g_cond, g_uncond = self.grounding_keywords(boxes, len(prompts), boxes_in_uncond)
         model, cond_fn = self.guided_model(prompts, opts, g_cond, g_uncond, **cond), None
         noise = PerSampleNoise(seeds)

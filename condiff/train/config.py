@@ -9,6 +9,7 @@ import enum
 from dataclasses import dataclass, field
 
 from ..data import DataConfig
+from ..data.masks import InpaintConfig
 from ..diffusion.denoiser import DiffusionConfig
 from ..nets.pretrained_text import PretrainedTextConfig
 from ..nets.text import TextEncoderConfig
@@ -78,6 +79,7 @@ class TrainConfig:
     pretrained_text: PretrainedTextConfig | None = None  # a frozen pretrained encoder instead of `text` (Imagen)
     autoencoder: str | None = None  # a trained autoencoder folder: diffusion runs in its latent space (LDM)
     grounding: GroundingConfig | None = None  # train with the data's boxes (layout grounding)
+    inpaint: InpaintConfig | None = None  # an inpainting model (GLIDE): random masks, mask= and masked_image= inputs
     unet: UNetConfig = field(default_factory=UNetConfig)
     pipeline: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -322,16 +322,17 @@ class GenerationService:
 
     def edit(self, req: EditRequest, inpaint: bool, cancel: threading.Event | None = None) -> GeneratedImage:
         """img2img (SDEdit) or RePaint inpainting with the input's pixels pasted back outside the mask."""
-        from ..pipelines.editing import img2img, repaint
+        from ..pipelines.editing import img2img, inpaint as inpaint_fn, inpainting_pipeline
 
         opts, seed, x, mask = self._edit_inputs(req, inpaint)
         check = self.step_check(cancel)
         with self.turn():
             if inpaint:
-                out = repaint(self.pipe, [req.prompt], x, mask, [seed], opts, callback=check)
+                pipe = self._inpainter = getattr(self, "_inpainter", None) or inpainting_pipeline(self.pipe, self.model_path)
+                out, method = inpaint_fn(pipe, [req.prompt], x, mask, [seed], opts, callback=check)
             else:
                 out = img2img(self.pipe, [req.prompt], x, [seed], opts, float(req.strength), callback=check)
-        extra = {"Edit": "inpaint (RePaint)", "Mask pixels": int(mask.sum())} if inpaint else \
+        extra = {"Edit": f"inpaint ({method})", "Mask pixels": int(mask.sum())} if inpaint else \
             {"Edit": "img2img", "Denoising strength": float(req.strength)}
         return self._png(out, seed, req.prompt, req.negative_prompt, opts, extra)[0]
 

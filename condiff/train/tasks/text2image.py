@@ -63,6 +63,12 @@ class Text2ImageTask:
             ae = autoencoder_config(cfg)
             cfg.unet.in_channels, cfg.unet.resolution = ae.latent_channels, cfg.data.resolution // ae.factor
         cfg.unet.out_channels = cfg.unet.in_channels * (2 if cfg.pipeline.learn_sigma else 1)
+        if cfg.inpaint is not None:  # GLIDE: the mask and the masked image, concatenated to x_t
+            try:
+                cfg.inpaint.validate()
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            cfg.unet.extra_in_channels = cfg.unet.in_channels + 1
         if cfg.grounding is not None:
             if not hasattr(data, "boxes"):
                 raise ConfigError("grounding: this data source has no boxes")
@@ -111,11 +117,18 @@ class Text2ImageTask:
         drop = torch.rand(B, generator=generator) < cfg.optim.p_uncond  # condition dropout (CFG)
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         t = sample_timesteps(B, schedule.T, generator, device)
+        cond = {}
+        if cfg.inpaint is not None:
+            from ...data.masks import inpaint_inputs, training_masks
+
+            masks = training_masks(generator, B, images.shape[-1], cfg.inpaint).to(device)
+            with torch.no_grad():
+                cond = inpaint_inputs(images, masks, run.state["autoencoder"].encode if "autoencoder" in run.state else None)
         if "autoencoder" in run.state:  # latent diffusion: x0 is the posterior mean, scaled to unit variance
             with torch.no_grad():
                 images = run.state["autoencoder"].encode(images)
         eps = torch.randn(images.shape, generator=generator).to(device)
-        cond = self.text_encoder(run).encode(captions, device)
+        cond |= self.text_encoder(run).encode(captions, device)
         if box_lists is not None:
             cond |= self.grounding(run, box_lists, device)
         loss_fn = hybrid_loss if cfg.pipeline.learn_sigma else diffusion_loss
@@ -162,15 +175,18 @@ def autoencoder_config(cfg: TrainConfig):
     return ae
 
 
-def widen_input_conv(state: dict, target: dict) -> dict:
-    """GLIDE's inpainting fine-tune: a first convolution with more input channels keeps the trained weights for the
-    old ones and zeros for the new, so the network's output is unchanged until they learn."""
+def widen_input_conv(state: dict, target: dict, at: int | None = None, count: int | None = None) -> dict:
+    """A first convolution with more input channels (GLIDE's inpainting fine-tune, a layout map) keeps the trained
+    weights and gives the `count` new channels, inserted at channel `at` (default: all missing ones, at the end),
+    zero weights, so the network's output is unchanged until they learn."""
     key = "inputs.0.0.weight"
     old, new = state[key], target[key]
-    if old.shape != new.shape:
-        assert old.shape[0] == new.shape[0] and old.shape[1] < new.shape[1] and old.shape[2:] == new.shape[2:]
-        state = dict(state, **{key: torch.cat([old, old.new_zeros(new.shape[0], new.shape[1] - old.shape[1],
-                                                                   *old.shape[2:])], dim=1)})
+    at = old.shape[1] if at is None else at
+    count = new.shape[1] - old.shape[1] if count is None else count
+    if count:
+        assert old.shape[0] == new.shape[0] and count > 0 and old.shape[2:] == new.shape[2:]
+        zeros = old.new_zeros(old.shape[0], count, *old.shape[2:])
+        state = dict(state, **{key: torch.cat([old[:, :at], zeros, old[:, at:]], dim=1)})
     return state
 
 
@@ -193,9 +209,15 @@ def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
         adds_map = name == "unet" and mine.cfg.grounding_map_channels > getattr(theirs.cfg, "grounding_map_channels", 0)
         if adds_map:  # a layout map added: new input channels start at zero weight, so the output is unchanged
             diff = [k for k in diff if k != "grounding_map_channels"]
+        adds_inputs = name == "unet" and mine.cfg.extra_in_channels > theirs.cfg.extra_in_channels
+        if adds_inputs:  # GLIDE's inpainting fine-tune: mask and masked image channels, zero-initialised
+            diff = [k for k in diff if k != "extra_in_channels"]
         if diff:
             raise ConfigError(f"init.from_model: {name} of '{folder}' differs from the config in {', '.join(diff)}")
         state = {k: v.float() for k, v in theirs.state_dict().items()}
+        if adds_inputs:  # the new conditioning channels sit after x_t's, before any layout map
+            state = widen_input_conv(state, mine.state_dict(), at=theirs.cfg.in_channels + theirs.cfg.extra_in_channels,
+                                     count=mine.cfg.extra_in_channels - theirs.cfg.extra_in_channels)
         if adds_map:
             state = widen_input_conv(state, mine.state_dict())
         missing, unexpected = mine.load_state_dict(state, strict=False)
