@@ -95,6 +95,8 @@ def _generate(args) -> None:
     start = time.time()
     if boxes is not None:
         boxes = [boxes] * len(prompts)
+    elif x_T is not None and pipe.unet.cfg.grounding_dim:  # an inverted x_T: no boxes, as `edit invert` used
+        boxes = [[] for _ in prompts]
     elif hasattr(pipe, "layouts"):  # a layout2image pipeline: its layout stage predicts the boxes (recorded below)
         boxes = pipe.layouts(prompts, seeds)
     images = pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True, guide=guide, init=init,

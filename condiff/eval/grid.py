@@ -14,7 +14,7 @@ CELL = 128  # each image is upscaled (nearest) to this side
 
 def save_grid(images: torch.Tensor, labels: list[str], path: Path, verdicts: list | None = None,
               columns: int = 8) -> Path:
-    """Grid of (B, 3, H, W) images in [-1, 1], each with its caption; a green/red frame for a verdict (None: no frame)."""
+    """Grid of (B, 3, H, W) images in [-1, 1], each with its caption; a green/red frame for a verdict (an oracle Verdict or a bool; None: no frame)."""
     font = ImageFont.load_default()
     pixels = to_uint8(images).numpy()
     rows = (len(pixels) + columns - 1) // columns
@@ -24,11 +24,11 @@ def save_grid(images: torch.Tensor, labels: list[str], path: Path, verdicts: lis
     for i, px in enumerate(pixels):
         x, y = (i % columns) * (CELL + 8), (i // columns) * (CELL + 8 + text_h)
         if verdicts is not None and verdicts[i] is not None:
-            colour = (30, 160, 60) if verdicts[i].correct else (210, 40, 40)
+            colour = (30, 160, 60) if getattr(verdicts[i], "correct", verdicts[i]) else (210, 40, 40)
             draw.rectangle([x, y, x + CELL + 7, y + CELL + 7], fill=colour)
         sheet.paste(Image.fromarray(px).resize((CELL, CELL), Image.NEAREST), (x + 4, y + 4))
         lines = textwrap.wrap(labels[i], 22)
-        if verdicts is not None and verdicts[i] is not None and not verdicts[i].correct:
+        if verdicts is not None and getattr(verdicts[i], "correct", True) is False:
             lines += textwrap.wrap(verdicts[i].reason, 22)
         draw.multiline_text((x + 2, y + CELL + 8), "\n".join(lines[:4]), fill=(0, 0, 0), font=font, spacing=0)
     path = Path(path)

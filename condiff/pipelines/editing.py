@@ -145,9 +145,11 @@ def invert(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, o
 
 def regenerate(pipe: Text2ImagePipeline, prompts: list[str], x_T: torch.Tensor, opts: SamplingOptions,
                seeds: list[int] | None = None) -> torch.Tensor:
-    """The DDIM chain from a given x_T (e.g. from `invert`, perhaps under another prompt)."""
+    """The DDIM chain from a given x_T (e.g. from `invert`, perhaps under another prompt). A grounded model sees no
+    boxes, as `invert` did (a layout pipeline would otherwise sample a new layout, which the inverted x_T does not hold)."""
     opts = inversion_options(opts)
     seeds = seeds if seeds is not None else list(range(len(prompts)))
+    boxes = {"boxes": [[] for _ in prompts]} if pipe.unet.cfg.grounding_dim else {}
     with torch.no_grad():
-        return pipe.decode(pipe.denoise(prompts, seeds, opts, x=x_T.to(pipe.device))).cpu()
+        return pipe.decode(pipe.denoise(prompts, seeds, opts, x=x_T.to(pipe.device), **boxes)).cpu()
 
