@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--t0", type=float, default=0.5)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--iterations", type=int, default=4)
-    p.add_argument("--lr", type=float, default=4e-5)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--l1-weight", type=float, default=0.3)
     p.add_argument("--regenerate-with", default="target", choices=["target", "source"])
     p.add_argument("--augmentations", type=int, default=4)

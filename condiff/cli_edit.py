@@ -128,7 +128,7 @@ def _invert(args) -> None:
 
 
 def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
-    e = sub.add_parser("edit", help="edit an image: img2img (SDEdit), inpaint (RePaint), invert (DDIM inversion)")
+    e = sub.add_parser("edit", help="edit an image: img2img (SDEdit), inpaint, invert (DDIM inversion), clip (DiffusionCLIP)")
     esub = e.add_subparsers(dest="edit_command", required=True)
 
     def common(p: argparse.ArgumentParser, out: str) -> None:
@@ -163,3 +163,7 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
     v.add_argument("--save-noise", help="also write x_T as safetensors (key x_T); generate --from-noise reads it")
     v.add_argument("--regenerate-prompt", help="regenerate from x_T with this prompt instead (an edit)")
     v.set_defaults(func=_invert)
+
+    from .cli_diffusionclip import add_clip_parser
+
+    add_clip_parser(esub)

@@ -32,7 +32,7 @@ def parse_parameters(text: str) -> dict:
     for line in lines[1:-1]:
         if line.startswith("Negative prompt: "):
             out["negative_prompt"] = line[len("Negative prompt: "):]
-    for key, value in re.findall(r'\s*([\w ]+): ("(?:\\.|[^\\"])*"|[^,]+)(?:,|$)', lines[-1]):
+    for key, value in re.findall(r'\s*(\w[\w \-/]*): ("(?:\\.|[^\\"])*"|[^,]+)(?:,|$)', lines[-1]):
         value = value.strip()
         out[key.strip()] = json.loads(value) if value.startswith('"') else value
     return out

@@ -30,7 +30,7 @@ class DiffusionCLIPConfig:
     t0: float = 0.5  # share of the chain inverted and regenerated (the paper's t0 = 500 of 1000)
     steps: int = 20  # the plan's steps over the whole chain; (t0 steps) of them run
     iterations: int = 4  # passes over the training images
-    lr: float = 4e-5
+    lr: float = 1e-4
     clip_weight: float = 1.0
     l1_weight: float = 0.3
     regenerate_with: str = "target"  # the caption the chain is regenerated (and fine-tuned) with: target | source
@@ -45,10 +45,10 @@ class DiffusionCLIPConfig:
         _finite("l1_weight", self.l1_weight, 0.0, 1e3)
         if self.regenerate_with not in ("target", "source"):
             raise ValueError(f"regenerate_with: unknown value {self.regenerate_with!r} (known: target, source)")
-        for name in ("steps", "iterations", "augmentations"):
+        for name, lo in (("steps", 1), ("iterations", 1), ("augmentations", 0)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1000:
-                raise ValueError(f"{name}: must be an integer between 1 and 1000, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 1000:
+                raise ValueError(f"{name}: must be an integer between {lo} and 1000, got {v!r}")
 
 
 def chain_options(cfg: DiffusionCLIPConfig) -> SamplingOptions:
@@ -83,10 +83,18 @@ def regenerate_from(pipe: Text2ImagePipeline, x_k: torch.Tensor, k: int, prompts
                                         **_grounding(pipe, len(prompts)))).cpu()
 
 
+def at_resolution(images: torch.Tensor, res: int) -> torch.Tensor:
+    """Images at CLIP's side: box-filtered down by a whole factor (as the world renders), else resized bilinearly."""
+    side = images.shape[-1]
+    if side >= res and side % res == 0:
+        return downsample(images, side // res)
+    return F.interpolate(images, size=(res, res), mode="bilinear", align_corners=False, antialias=side > res)
+
+
 def clip_view(clip, images: torch.Tensor, augmentations: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mean CLIP embedding of the images at CLIP's resolution; with augmentations, over that many random shifts
     (up to 1/8 of the side, reflected at the border) and horizontal flips, so that no single pixel pattern fools it."""
-    x = downsample(images, images.shape[-1] // clip.cfg.image.resolution)
+    x = at_resolution(images, clip.cfg.image.resolution)
     if not augmentations:
         return clip.encode_image(x)
     side, pad = x.shape[-1], x.shape[-1] // 8
