@@ -91,6 +91,10 @@ class ImageFolder:
         rng = random.Random(f"folder/{seed}/{step}")
         return [rng.randrange(len(self.captions)) for _ in range(size)]
 
+    @staticmethod
+    def shard(idx: list[int], sl: slice) -> list[int]:
+        return list(idx)[sl]
+
     def materialize(self, idx: list[int], device="cpu") -> tuple[torch.Tensor, list[str]]:
         return self.images[idx].to(device), [self.captions[i] for i in idx]
 

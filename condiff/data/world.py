@@ -22,6 +22,12 @@ class WorldStream:
         specs = [sample_prompt(rng, rng.choice(tuple(Category)), self.exclude_held_out) for _ in range(size)]
         return [layout(s, rng) for s in specs], [s.caption for s in specs]
 
+    @staticmethod
+    def shard(raw, sl: slice):
+        """Part of a raw batch (a data loader may hand the pair back as a list)."""
+        layouts, captions = raw
+        return layouts[sl], captions[sl]
+
     def materialize(self, raw, device="cpu") -> tuple[torch.Tensor, list[str]]:
         """Render on the training device: images (B, 3, H, W) in [-1, 1] and captions."""
         layouts, captions = raw

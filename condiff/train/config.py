@@ -49,6 +49,9 @@ class OptimConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9995
     p_uncond: float = 0.1  # condition dropout for classifier-free guidance
+    micro_batches: int = 1  # the global batch_size split into this many shards: gradient accumulation on one process,
+    # split over the processes of a launched run (train/distributed.py); the same value trains the same weights on any
+    # process count that divides it
 
 
 @dataclass

@@ -21,7 +21,9 @@ from torch import nn
 
 from ..config import ConfigError, load_json, save_json
 from ..data import make_dataset
+from . import distributed
 from .config import Precision
+from .distributed import World
 from .ema import EMA
 from .state import latest_checkpoint, load_state, save_state
 
@@ -55,6 +57,7 @@ class Run:
     step: int = 0
     state: dict = field(default_factory=dict)  # task-owned extras (e.g. the noise schedule)
     logs: dict = field(default_factory=dict)  # task-reported figures of the last step (e.g. codebook perplexity)
+    world: World = field(default_factory=World)  # the launched processes (rank 0 of 1 when not launched)
 
     def autocast(self):
         if Precision(getattr(self.cfg, "precision", Precision.FP32)) is Precision.BF16:
@@ -70,21 +73,24 @@ def resolve_device(device: str | None) -> torch.device:
     return device
 
 
-def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, overwrite: bool = False) -> Run:
+def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, overwrite: bool = False,
+          world: World | None = None) -> Run:
     """Build data, model, EMA and optimizer for cfg's task; with resume, restore the latest checkpoint exactly.
 
     A folder that already holds a run is refused unless resume (continue it) or overwrite (start it over) is given.
+    In a launched world every rank builds the same run; rank 0 alone writes to the folder.
     """
     from .tasks import task_of
 
-    task, folder = task_of(cfg), Path(folder)
+    task, folder, world = task_of(cfg), Path(folder), world or World()
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     held = (folder / "checkpoints" / "latest").exists() or (folder / "config.json").exists()
+    distributed.barrier(world)  # every rank has looked before rank 0 writes
     if held and not resume and not overwrite:
         raise ConfigError(f"'{folder}' already holds a training run: pass --resume to continue it, "
                           f"--overwrite to start it over, or choose another --out")
-    if held and overwrite:
+    if held and overwrite and world.main:
         for name in ("checkpoints", "model", "samples", "snapshots", "config.json"):
             target = folder / name
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
@@ -99,12 +105,19 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
     ema = EMA(model, cfg.optim.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
-    run = Run(task, cfg, folder, data, model, ema, opt, generator, device)
+    run = Run(task, cfg, folder, data, model, ema, opt, generator, device, world=world)
+    if cfg.optim.micro_batches != 1 or world.size > 1:
+        distributed.my_shards(world, cfg.optim.micro_batches)  # the shards must split over the processes
+        distributed.shard_slices(cfg.optim.batch_size, cfg.optim.micro_batches)
+        if getattr(task, "batch_coupled", False):
+            raise ConfigError(f"optim.micro_batches: a {task.name} loss couples the whole batch (in-batch negatives); "
+                              "train it as one shard on one process")
     task.prepare(run)
     if resume:
         run.step = load_state(latest_checkpoint(folder), model, ema.model, opt, generator)
-    else:
+    elif world.main:
         save_json(cfg, folder / "config.json")
+    distributed.barrier(world)
     return run
 
 
@@ -138,37 +151,75 @@ def batches(run: Run, workers: int):
 def train_step(run: Run, batch=None) -> float:
     cfg = run.cfg
     raw = batch if batch is not None else run.data.raw(cfg.seed, run.step, cfg.optim.batch_size)
-    images, captions = run.data.materialize(raw, run.device)
     for group in run.opt.param_groups:
         group["lr"] = lr_at(cfg, run.step)
-    extras = run.task.extras(run, raw) if hasattr(run.task, "extras") else {}  # e.g. boxes, for tasks that use them
-    with run.autocast():
-        loss = run.task.loss(run, images, captions, **extras)
     run.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if cfg.optim.micro_batches == 1 and run.world.size == 1:
+        loss = _backward(run, raw, 1.0).item()
+    else:
+        loss = _sharded_backward(run, raw)
     nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)
     run.opt.step()
     run.step += 1
     run.ema.update(run.model, run.step)
-    return loss.item()
+    return loss
+
+
+def _backward(run: Run, raw, weight: float) -> torch.Tensor:
+    """The task's loss on one (part of a) batch, its gradient (times weight) accumulated."""
+    images, captions = run.data.materialize(raw, run.device)
+    extras = run.task.extras(run, raw) if hasattr(run.task, "extras") else {}  # e.g. boxes, for tasks that use them
+    with run.autocast():
+        loss = run.task.loss(run, images, captions, **extras)
+    (loss * weight).backward()
+    return loss.detach()
+
+
+def _sharded_backward(run: Run, raw) -> float:
+    """This rank's shards of the global batch, each with its own (seed, step, shard) generator; then the gradients
+    (each shard weighted by its share of the batch) summed across ranks: the mean gradient of the whole batch."""
+    cfg, world, own = run.cfg, run.world, run.generator
+    slices = distributed.shard_slices(cfg.optim.batch_size, cfg.optim.micro_batches)
+    total = torch.zeros((), device=run.device)
+    try:
+        for s in distributed.my_shards(world, cfg.optim.micro_batches):
+            run.generator = distributed.shard_generator(cfg.seed, run.step, s)
+            total += _backward(run, run.data.shard(raw, slices[s]), 1 / len(slices)) / len(slices)
+    finally:
+        run.generator = own
+    grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+    distributed.all_reduce_(grads + [total.view(1)], world)
+    return total.item()
 
 
 def save(run: Run) -> None:
-    """An atomic checkpoint (model, EMA, optimizer, RNG) and the exported EMA model in <run>/model."""
+    """An atomic checkpoint (model, EMA, optimizer, RNG) and the exported EMA model in <run>/model (rank 0 only)."""
+    if not run.world.main:
+        return
     save_state(run.folder, run.step, run.model, run.ema.model, run.opt, run.generator, run.cfg.keep_checkpoints)
     run.task.export(run, run.folder / "model")
 
 
 def train(cfg, folder: Path, resume: bool = False, device: str | None = None, workers: int | None = None,
           overwrite: bool = False) -> Run:
-    """Train cfg's task to cfg.optim.steps; Ctrl-C or SIGTERM saves a checkpoint first (resume continues exactly)."""
+    """Train cfg's task to cfg.optim.steps; Ctrl-C or SIGTERM saves a checkpoint first (resume continues exactly).
+    Under torchrun / accelerate launch, each process trains its shards of every batch (train/distributed.py)."""
+    world = distributed.init_world(resolve_device(device))
+    try:
+        return _train(cfg, folder, resume, distributed.local_device(device, world), workers, overwrite, world)
+    finally:
+        distributed.close(world)
+
+
+def _train(cfg, folder, resume, device, workers, overwrite, world) -> Run:
     from tqdm.auto import tqdm
 
-    run = setup(cfg, folder, resume, device, overwrite)
+    run = setup(cfg, folder, resume, device, overwrite, world)
     cfg = run.cfg
     if workers is None:
-        workers = min(8, (os.cpu_count() or 1) // 2)
-    bar = tqdm(total=cfg.optim.steps, initial=run.step, desc=f"training {run.task.name}", unit="step", dynamic_ncols=True)
+        workers = min(8, (os.cpu_count() or 1) // 2 // world.size)
+    bar = tqdm(total=cfg.optim.steps, initial=run.step, desc=f"training {run.task.name}", unit="step", dynamic_ncols=True,
+               disable=not world.main)
     start, start_step, loss_avg = time.time(), run.step, None
     stop, previous = _interrupt_between_steps()
     try:
@@ -224,6 +275,8 @@ def _interrupt_between_steps():
 def evaluate(run: Run, bar) -> None:
     """Periodic work after a step: checkpoint, snapshot for learning curves, sample grid."""
     cfg, step, last = run.cfg, run.step, run.step == run.cfg.optim.steps
+    if not run.world.main:
+        return
     if step % cfg.checkpoint_every == 0 or last:
         save(run)
     if getattr(cfg, "snapshot_every", 0) and step % cfg.snapshot_every == 0:

@@ -68,6 +68,7 @@ class JudgeTask:
 
     def __init__(self, kind: str):
         self.name, self.kind = kind, AuxModel(kind)
+        self.batch_coupled = self.kind is AuxModel.CLIP  # InfoNCE's negatives are the rest of the batch
 
     def build(self, cfg: AuxTrainConfig, data, resume: bool) -> nn.Module:
         if self.kind is AuxModel.CLIP:

@@ -1,0 +1,84 @@
+"""Multi-process training (torch.distributed under torchrun, gloo on CPU): the same config trains the same weights
+on 1 and 2 processes, and a run resumes exactly on another process count."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY
+from condiff.cli import main
+
+
+def _config(tmp_path, steps: int, micro_batches: int = 2, **extra) -> str:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["optim"] |= {"steps": steps, "batch_size": 4, "micro_batches": micro_batches}
+    cfg |= {"checkpoint_every": 2} | extra
+    path = tmp_path / f"c{steps}_{micro_batches}.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={_port()}", "-m", "condiff.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _weights(run) -> dict[str, torch.Tensor]:
+    latest = (run / "checkpoints" / "latest").read_text()
+    return {k: v for k, v in load_file(str(run / "checkpoints" / latest / "state.safetensors")).items()
+            if k.startswith(("model.", "ema.")) or k.startswith("optim.")}
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_two_processes_train_the_weights_of_one(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", "--config", _config(tmp_path, 3), "--out", str(one), "--workers", "0"]) == 0
+    done = _torchrun(["train", "--config", _config(tmp_path, 3), "--out", str(two), "--workers", "0"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    _same(_weights(one), _weights(two))
+    assert (two / "model" / "pipeline.json").exists() and len(list((two / "checkpoints").glob("step_*"))) >= 1
+    # and the shards are the math: one shard of 4 is another run (its own randomness), so the weights differ
+    single = tmp_path / "single"
+    assert main(["train", "--config", _config(tmp_path, 3, micro_batches=1), "--out", str(single), "--workers", "0"]) == 0
+    a, b = _weights(one), _weights(single)
+    assert any(not torch.allclose(a[k], b[k]) for k in a if k.startswith("model."))
+
+
+def test_a_run_resumes_exactly_on_another_process_count(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(["train", "--config", _config(tmp_path, 4), "--out", str(whole), "--workers", "0"]) == 0
+    done = _torchrun(["train", "--config", _config(tmp_path, 2), "--out", str(split), "--workers", "0"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert main(["train", "--config", _config(tmp_path, 4), "--out", str(split), "--workers", "0", "--resume"]) == 0
+    _same(_weights(whole), _weights(split))
+
+
+@pytest.mark.parametrize("optim, message", [({"batch_size": 4, "micro_batches": 3}, "must divide the batch size"),
+                                           ({"batch_size": 4, "micro_batches": 0}, "must divide")])
+def test_bad_shards_are_one_line(tmp_path, capsys, optim, message):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["optim"] |= optim
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
