@@ -82,3 +82,33 @@ def test_bad_shards_are_one_line(tmp_path, capsys, optim, message):
     assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_kill_9_of_one_rank_ends_the_run_and_leaves_a_checkpoint_that_resumes(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_port()}", "-m", "condiff.cli", "train", "--config", _config(tmp_path, 400), "--out", str(run),
+           "--workers", "0"]
+    agent = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints" / "latest").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert (run / "checkpoints" / "latest").exists()
+        ranks = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
+        assert len(ranks) == 2
+        os.kill(int(ranks[-1]), signal.SIGKILL)
+        t = time.time()
+        agent.wait(timeout=90)
+        assert agent.returncode != 0 and time.time() - t < 90
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    step = int((run / "checkpoints" / "latest").read_text().split("_")[1])
+    assert step >= 2 and step % 2 == 0  # an atomic checkpoint (checkpoint_every 2), readable:
+    cfg = _config(tmp_path, step + 2)
+    assert main(["train", "--config", cfg, "--out", str(run), "--workers", "0", "--resume"]) == 0
