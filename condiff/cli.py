@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def _train(args) -> None:
+    from .data import source_of
     from .train.tasks import load_train_config
     from .train.trainer import train
 
@@ -17,7 +18,7 @@ def _train(args) -> None:
     if args.steps is not None:
         cfg.optim.steps = args.steps
     if args.data is not None:
-        cfg.data.source, cfg.data.path = "imagefolder", args.data
+        cfg.data.source, cfg.data.path = source_of(args.data), args.data
     run = train(cfg, Path(args.out), resume=args.resume, device=args.device, workers=args.workers,
                 overwrite=args.overwrite)
     print(f"trained {run.task.name} for {run.step} steps; model in {run.folder / 'model'}")
@@ -267,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
     t.add_argument("--seed", type=int, help="override the config's seed")
     t.add_argument("--steps", type=int, help="override the number of optimiser steps")
-    t.add_argument("--data", help="train on an image folder with metadata.jsonl instead of the config's data")
+    t.add_argument("--data", help="train on an image folder with metadata.jsonl, or WebDataset shards ('shards-{000000..000009}.tar'), instead of the config's data")
     t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     t.add_argument("--workers", type=int, help="data processes (default: half the cores, at most 8); results do not depend on it")
     t.set_defaults(func=_train)
@@ -368,12 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_eval_clip)
 
     from .cli_cascade import add_upscale_parser
-    from .cli_edit import add_edit_parser
+    from .cli_edit import add_data_parser, add_edit_parser
     from .cli_layout import add_layout_parser
 
     add_edit_parser(sub, add_sampling_arguments, add_run_arguments)
     add_layout_parser(sub)
     add_upscale_parser(sub)
+    add_data_parser(sub)
     return parser
 
 

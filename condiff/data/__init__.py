@@ -12,14 +12,20 @@ from dataclasses import dataclass
 class Source(str, enum.Enum):
     WORLD = "world"
     IMAGEFOLDER = "imagefolder"
+    SHARDS = "shards"  # WebDataset tar shards, read by index (data/shards.py)
 
 
 @dataclass
 class DataConfig:
     source: Source = Source.WORLD
-    path: str | None = None  # image folder with metadata.jsonl (source=imagefolder)
+    path: str | None = None  # image folder with metadata.jsonl (imagefolder), or a shard pattern (shards)
     resolution: int = 32
     exclude_held_out: bool = True  # world: never show the held-out (colour, shape) pairs
+
+
+def source_of(path: str) -> Source:
+    """`--data`'s source: WebDataset shards for a .tar path or brace pattern, else an image folder."""
+    return Source.SHARDS if path.endswith(".tar") or (".tar" in path and "{" in path) else Source.IMAGEFOLDER
 
 
 def make_dataset(cfg: DataConfig):
@@ -29,5 +35,9 @@ def make_dataset(cfg: DataConfig):
     if Source(cfg.source) is Source.WORLD:
         return WorldStream(cfg.resolution, cfg.exclude_held_out)
     if not cfg.path:
-        raise ValueError("data.path is required for source 'imagefolder'")
+        raise ValueError(f"data.path is required for source '{Source(cfg.source).value}'")
+    if Source(cfg.source) is Source.SHARDS:
+        from .shards import ShardDataset
+
+        return ShardDataset(cfg.path, cfg.resolution)
     return ImageFolder(cfg.path, cfg.resolution)

@@ -172,6 +172,8 @@ def _backward(run: Run, raw, weight: float) -> torch.Tensor:
     with run.autocast():
         loss = run.task.loss(run, images, captions, **extras)
     (loss * weight).backward()
+    if getattr(run.data, "skipped", 0):  # undecodable samples a streaming source replaced, shown in the progress line
+        run.logs["skipped"] = run.data.skipped
     return loss.detach()
 
 
