@@ -79,3 +79,28 @@ def test_export_and_train_on_shards_through_the_cli(tmp_path, capsys):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
     assert saved["source"] == "shards" and saved["path"] == pattern
     assert main(["data", "export-shards", str(tmp_path / "z"), "--count", "0"]) == 2
+
+
+def test_shards_written_by_plain_tarfile_stream_into_training(tmp_path):
+    """Shards from someone else's code: a plain tar of KEY.png + KEY.txt (no webdataset), under a folder prefix."""
+    pattern = str(tmp_path / "shard-{000000..000001}.tar")
+    for n in range(2):
+        with tarfile.open(tmp_path / f"shard-{n:06d}.tar", "w") as tar:
+            for k in range(3):
+                for ext, data in (("png", _png_bytes(30 * k + n)), ("txt", b"a blue square")):
+                    info = tarfile.TarInfo(f"sub/s{n}_{k}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, __import__("io").BytesIO(data))
+    data = ShardDataset(pattern, 16)
+    assert len(data.records) == 6 and set(data.captions) == {"a blue square"}
+    (tmp_path / "c.json").write_text(json.dumps(TINY))
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "run"), "--data", pattern,
+                 "--workers", "0"]) == 0
+
+
+def _png_bytes(v: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), v, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
