@@ -61,6 +61,8 @@ class RunSettings:
     log_every: int = 50
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    channels_last: bool = False  # NHWC memory layout for the convolutions (faster on GPUs with bf16)
+    compile: bool = False  # torch.compile each trained module in place (state-dict keys unchanged)
 
 
 @dataclass
@@ -94,3 +96,5 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     snapshot_every: int = 0  # also keep the EMA pipeline as snapshots/step_N every N steps (learning curves); 0: never
+    channels_last: bool = False  # NHWC memory layout for the convolutions (faster on GPUs with bf16)
+    compile: bool = False  # torch.compile each trained module in place (state-dict keys unchanged)

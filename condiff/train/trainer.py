@@ -102,6 +102,8 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
     torch.manual_seed(cfg.seed)
     data = make_dataset(cfg.data)
     model = task.build(cfg, data, resume=resume).to(device)
+    if getattr(cfg, "channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.optim.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -113,6 +115,9 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
             raise ConfigError(f"optim.micro_batches: a {task.name} loss couples the whole batch (in-batch negatives); "
                               "train it as one shard on one process")
     task.prepare(run)
+    if getattr(cfg, "compile", False):  # after EMA and optimizer hold the parameters; Module.compile keeps their names
+        for module in model.children():
+            module.compile()
     if resume:
         run.step = load_state(latest_checkpoint(folder), model, ema.model, opt, generator)
     elif world.main:
