@@ -104,3 +104,21 @@ def _png_bytes(v: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((16, 16, 3), v, dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_an_image_folder_too_large_for_memory_streams_the_same_batches(tmp_path):
+    from condiff.data.imagefolder import ImageFolder
+
+    rows = []
+    for i in range(6):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": f"a red circle {i}"}))
+    (tmp_path / "metadata.jsonl").write_text("\n".join(rows))
+    ram, disk = ImageFolder(str(tmp_path), 16), ImageFolder(str(tmp_path), 16, memory_limit_mb=0)
+    assert not ram.streams and disk.streams and disk.images is None
+    for step in range(3):
+        a, b = ram.batch(0, step, 4), disk.batch(0, step, 4)
+        assert torch.equal(a[0], b[0]) and a[1] == b[1]
+    (tmp_path / "3.png").write_bytes(b"broken")
+    images, captions = disk.materialize([3, 0])
+    assert disk.skipped == 1 and captions == ["a red circle 4", "a red circle 0"]

@@ -21,6 +21,7 @@ class DataConfig:
     path: str | None = None  # image folder with metadata.jsonl (imagefolder), or a shard pattern (shards)
     resolution: int = 32
     exclude_held_out: bool = True  # world: never show the held-out (colour, shape) pairs
+    memory_limit_mb: int = 2048  # imagefolder: decode into memory up to this size, else read from disk per batch
 
 
 def source_of(path: str) -> Source:
@@ -40,4 +41,4 @@ def make_dataset(cfg: DataConfig):
         from .shards import ShardDataset
 
         return ShardDataset(cfg.path, cfg.resolution)
-    return ImageFolder(cfg.path, cfg.resolution)
+    return ImageFolder(cfg.path, cfg.resolution, cfg.memory_limit_mb)
