@@ -165,8 +165,10 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
     v.set_defaults(func=_invert)
 
     from .cli_diffusionclip import add_clip_parser
+    from .cli_unclip import add_unclip_parsers
 
     add_clip_parser(esub)
+    add_unclip_parsers(esub)
 
 
 def _export_shards(args) -> None:

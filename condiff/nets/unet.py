@@ -32,6 +32,8 @@ class UNetConfig:
     grounding_map_channels: int = 0  # > 0: the boxes also painted as a layout map (this many + 1 channels) at the input
     noise_level_embed: bool = False  # upsamplers: the low-res input's augmentation level aug_t, embedded like t (Imagen)
     middle_attention: bool = True  # False: no attention at all (fully convolutional; trains on crops, samples whole)
+    image_embed_dim: int = 0  # unCLIP's decoder: a CLIP image embedding, added to the timestep embedding and given as
+    image_embed_tokens: int = 4  # this many extra context tokens (DALL-E 2); 0 dims: no such input
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -151,6 +153,9 @@ class UNet(nn.Module):
         self.pooled_proj = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim else None
         self.noise_level_embed = (nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
                                   if cfg.noise_level_embed else None)
+        if cfg.image_embed_dim:  # zero-initialised, so a decoder fine-tuned from a text-to-image UNet starts near it
+            self.image_embed_proj = zero(nn.Linear(cfg.image_embed_dim, emb_dim))
+            self.image_embed_context = zero(nn.Linear(cfg.image_embed_dim, cfg.image_embed_tokens * cfg.context_dim))
         block = lambda a, b: ResBlock(a, b, emb_dim, cfg.dropout)
         token_dim = cfg.grounding_token_dim if cfg.grounding_dim else 0
         attn = lambda ch: AttentionBlock(ch, cfg.head_channels, cfg.context_dim, token_dim, cfg.grounding_positions)
@@ -186,15 +191,23 @@ class UNet(nn.Module):
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def forward(self, x, t, context=None, context_mask=None, pooled=None, box_phrases=None, boxes=None, box_mask=None,
-                noise_level=None, **images):
+                noise_level=None, image_embed=None, **images):
         """box_phrases (B, N, grounding_dim), boxes (B, N, 4) in [0, 1], box_mask (B, N): GLIGEN's grounding input.
-        noise_level (B,): the augmentation timestep of a low_res= input (an upsampler's; absent: 0, clean)."""
+        noise_level (B,): the augmentation timestep of a low_res= input (an upsampler's; absent: 0, clean).
+        image_embed (B, D): unCLIP's CLIP image embedding (a decoder's; absent: zeros, the dropped embedding)."""
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))  # (B, 4 mc)
         if self.pooled_proj is not None and pooled is not None:
             emb = emb + self.pooled_proj(pooled)
         if self.noise_level_embed is not None:
             level = noise_level if noise_level is not None else torch.zeros_like(t)
             emb = emb + self.noise_level_embed(timestep_embedding(level.expand(len(x)), self.cfg.model_channels).to(x.dtype))
+        if self.cfg.image_embed_dim:
+            e = image_embed.to(x.dtype) if image_embed is not None else x.new_zeros(len(x), self.cfg.image_embed_dim)
+            emb = emb + self.image_embed_proj(e)
+            tokens = self.image_embed_context(e).view(len(x), self.cfg.image_embed_tokens, self.cfg.context_dim)
+            context = tokens if context is None else torch.cat([tokens, context.to(tokens.dtype)], 1)
+            keep = torch.ones(len(x), self.cfg.image_embed_tokens, dtype=torch.bool, device=x.device)
+            context_mask = keep if context_mask is None else torch.cat([keep, context_mask], 1)
         if images:  # explicit conditioning images, concatenated in name order
             x = torch.cat([x] + [images[k] for k in sorted(images)], dim=1)
         cond = {"context": context, "context_mask": context_mask}

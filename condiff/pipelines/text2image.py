@@ -154,7 +154,8 @@ class Text2ImagePipeline(Pipeline):
     def denoise(self, prompts: list[str], seeds: list[int], opts: SamplingOptions, callback=None,
                 guide: Guide | None = None, init: Callable | None = None, x: torch.Tensor | None = None,
                 start: int = 0, replace: Replace | None = None, boxes: list[list[dict]] | None = None,
-                boxes_in_uncond: bool = False, resample: Resample | None = None, **cond) -> torch.Tensor:
+                boxes_in_uncond: bool = False, resample: Resample | None = None, cond_only: dict | None = None,
+                uncond_only: dict | None = None, **cond) -> torch.Tensor:
         """The sampler's output before decoding. x (default: noise from the seeds) is the sample at step `start`.
 
         boxes: per image a list of {"phrase", "box": [x0, y0, x1, y1]} (grounding); the unconditional branch of CFG
@@ -167,6 +168,7 @@ class Text2ImagePipeline(Pipeline):
         if self.inpainting and "mask" not in cond:
             cond |= self.inpaint_conditioning(None, None, len(prompts))
         g_cond, g_uncond = self.grounding_keywords(boxes, len(prompts), boxes_in_uncond)
+        g_cond, g_uncond = g_cond | (cond_only or {}), g_uncond | (uncond_only or {})  # e.g. unCLIP's embedding
         model, cond_fn = self.guided_model(prompts, opts, g_cond, g_uncond, **cond), None
         noise = PerSampleNoise(seeds)
         if x is None:

@@ -75,6 +75,14 @@ class GroundingConfig:
 
 
 @dataclass
+class UnclipConfig:
+    """unCLIP's decoder (DALL-E 2): the UNet also reads the frozen CLIP's image embedding of the training image."""
+    clip: str = "condiff/weights/clip64"  # a condiff CLIP folder
+    p_drop_embed: float = 0.1  # the embedding zeroed (CFG's null), as the paper trains
+    p_drop_caption: float = 0.5  # the caption dropped (replaces optim.p_uncond)
+
+
+@dataclass
 class TrainConfig:
     """A text-to-image diffusion model (text encoder + UNet): configs/base32.json."""
     model: str = "text2image"
@@ -85,6 +93,7 @@ class TrainConfig:
     autoencoder: str | None = None  # a trained autoencoder folder: diffusion runs in its latent space (LDM)
     grounding: GroundingConfig | None = None  # train with the data's boxes (layout grounding)
     inpaint: InpaintConfig | None = None  # an inpainting model (GLIDE): random masks, mask= and masked_image= inputs
+    unclip: UnclipConfig | None = None  # an unCLIP decoder: image_embed= from a frozen CLIP
     unet: UNetConfig = field(default_factory=UNetConfig)
     pipeline: DiffusionConfig = field(default_factory=DiffusionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -69,6 +69,13 @@ class Text2ImageTask:
             except ValueError as e:
                 raise ConfigError(str(e)) from None
             cfg.unet.extra_in_channels = cfg.unet.in_channels + 1
+        if cfg.unclip is not None:
+            from ...config import load_json
+            from ...nets.clip import CLIPConfig
+
+            if not (Path(cfg.unclip.clip) / "config.json").is_file():
+                raise ConfigError(f"unclip.clip: '{cfg.unclip.clip}' is not a condiff CLIP folder (no config.json)")
+            cfg.unet.image_embed_dim = load_json(CLIPConfig, Path(cfg.unclip.clip) / "config.json").embed_dim
         if cfg.grounding is not None:
             if not hasattr(data, "boxes"):
                 raise ConfigError("grounding: this data source has no boxes")
@@ -92,6 +99,10 @@ class Text2ImageTask:
 
             ae = components.load("autoencoder", cfg.autoencoder)  # the weights, once; build read only the config
             run.state["autoencoder"] = ae.to(run.device).requires_grad_(False)
+        if cfg.unclip is not None:
+            from ...nets.clip import load_clip
+
+            run.state["clip"] = load_clip(cfg.unclip.clip).to(run.device).eval().requires_grad_(False)
 
     def text_encoder(self, run, ema: bool = False):
         """What encodes captions: the (EMA) learned encoder, or the frozen one behind its cache."""
@@ -114,10 +125,17 @@ class Text2ImageTask:
     def loss(self, run, images: torch.Tensor, captions: list[str], box_lists: list | None = None) -> torch.Tensor:
         cfg, schedule, generator, model = run.cfg, run.state["schedule"], run.generator, run.model
         B, device = len(captions), images.device
-        drop = torch.rand(B, generator=generator) < cfg.optim.p_uncond  # condition dropout (CFG)
+        p_caption = cfg.unclip.p_drop_caption if cfg.unclip is not None else cfg.optim.p_uncond
+        drop = torch.rand(B, generator=generator) < p_caption  # condition dropout (CFG)
         captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
         t = sample_timesteps(B, schedule.T, generator, device)
         cond = {}
+        if cfg.unclip is not None:  # DALL-E 2's decoder: the CLIP image embedding, zeroed with p_drop_embed
+            from ...pipelines.unclip import image_embeddings
+
+            cond["image_embed"] = image_embeddings(run.state["clip"], images)
+            keep = (torch.rand(B, generator=generator) >= cfg.unclip.p_drop_embed).to(device)
+            cond["image_embed"] = cond["image_embed"] * keep[:, None].to(cond["image_embed"].dtype)
         if cfg.inpaint is not None:
             from ...data.masks import inpaint_inputs, training_masks
 
@@ -209,6 +227,9 @@ def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
         adds_map = name == "unet" and mine.cfg.grounding_map_channels > getattr(theirs.cfg, "grounding_map_channels", 0)
         if adds_map:  # a layout map added: new input channels start at zero weight, so the output is unchanged
             diff = [k for k in diff if k != "grounding_map_channels"]
+        adds_embed = name == "unet" and mine.cfg.image_embed_dim and not getattr(theirs.cfg, "image_embed_dim", 0)
+        if adds_embed:  # unCLIP's decoder from a text-to-image UNet: the embedding's layers are new (zero-initialised)
+            diff = [k for k in diff if not k.startswith("image_embed")]
         adds_inputs = name == "unet" and mine.cfg.extra_in_channels > theirs.cfg.extra_in_channels
         if adds_inputs:  # GLIDE's inpainting fine-tune: mask and masked image channels, zero-initialised
             diff = [k for k in diff if k != "extra_in_channels"]
@@ -223,7 +244,8 @@ def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
         missing, unexpected = mine.load_state_dict(state, strict=False)
         new = {f"causal.{i}." for i in range(getattr(theirs.cfg, "causal_layers", 0), getattr(mine.cfg, "causal_layers", 0))}
         missing = [k for k in missing if not (adds_grounding and (k.startswith("grounding.") or ".gated." in k))
-                   and not (adds_map and k.startswith("layout_map."))]
+                   and not (adds_map and k.startswith("layout_map."))
+                   and not (adds_embed and k.startswith("image_embed_"))]
         if unexpected or any(not any(k.startswith(n) for n in new) for k in missing):
             raise ConfigError(f"init.from_model: {name} of '{folder}' does not fit: missing {missing}, unexpected {unexpected}")
     if model.text_encoder is not None:

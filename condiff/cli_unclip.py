@@ -1,0 +1,120 @@
+"""condiff edit variations | interpolate | textdiff: unCLIP's image-embedding edits (pipelines/unclip.py); each
+writes one grid PNG with its parameters."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .pipelines.text2image import WEIGHTS
+
+DECODER, CLIP64 = WEIGHTS / "unclip64", WEIGHTS / "clip64"
+
+
+def _setup(args, images: list[str], texts: list[str]):
+    """Everything checked before sampling: the output, the inputs, the decoder and CLIP, their fit, the texts."""
+    from .diffusion.sampling import SamplingOptions
+    from .images import image_tensor, open_image, to_model_size
+    from .nets.clip import load_clip
+    from .pipelines.text2image import Text2ImagePipeline
+    from .pipelines.unclip import check_decoder
+    from .png import check_writable
+
+    check_writable([Path(args.out)])
+    if args.seed < 0:
+        raise ValueError(f"--seed: must be a non-negative integer, got {args.seed}")
+    pics = [open_image(p) for p in images]
+    model, clip_dir = Path(args.model or DECODER), Path(args.clip or CLIP64)
+    if not model.is_dir():
+        raise ValueError(f"--model: no unCLIP decoder at '{model}' (train one with an \"unclip\" config)")
+    pipe = Text2ImagePipeline.from_pretrained(model)
+    clip = load_clip(clip_dir)
+    check_decoder(pipe, clip)
+    opts = SamplingOptions.from_args(argparse.Namespace(steps=args.sample_steps, guidance_scale=args.guidance_scale),
+                                     base=pipe.defaults)
+    pipe.check([t for t in texts if t.strip()] or ["a"], opts)
+    for t in texts:
+        if t.strip():
+            clip.text_encoder.tokenizer.encode(t)
+    return pipe, clip, opts, [image_tensor(to_model_size(p, pipe.resolution)) for p in pics], model
+
+
+def _write(args, out, model, opts, info: dict) -> None:
+    from .png import format_parameters, image_grid, save_png
+    from .world.render import to_uint8
+
+    px = to_uint8(out).numpy()
+    params = {"Steps": opts.steps, "CFG scale": opts.guidance_scale, "Seed": args.seed, "Model": model.name, **info}
+    save_png(image_grid(px, columns=len(px)), Path(args.out), format_parameters(info.get("Prompt", ""), "", params))
+    print(args.out)
+
+
+def _variations(args) -> None:
+    from .pipelines.unclip import variations
+
+    if not 1 <= args.num_images <= 64:
+        raise ValueError(f"--num-images: must be between 1 and 64, got {args.num_images}")
+    pipe, clip, opts, (x,), model = _setup(args, [args.input], [args.prompt])
+    t = time.time()
+    out = variations(pipe, clip, x, args.num_images, args.seed, opts, args.prompt)
+    _write(args, out, model, opts, {"Edit": "unCLIP variations", "Prompt": args.prompt})
+    print(f"{args.num_images} variations in {time.time() - t:.1f} s", file=sys.stderr)
+
+
+def _steps(n: int) -> None:
+    if not 2 <= n <= 32:
+        raise ValueError(f"--steps: must be between 2 and 32 images, got {n}")
+
+
+def _interpolate(args) -> None:
+    from .pipelines.unclip import interpolate
+
+    _steps(args.frames)
+    pipe, clip, opts, (a, b), model = _setup(args, [args.a, args.b], [args.prompt])
+    out = interpolate(pipe, clip, a, b, args.frames, args.seed, opts, args.prompt)
+    _write(args, out, model, opts, {"Edit": "unCLIP interpolation", "Prompt": args.prompt, "Frames": args.frames})
+
+
+def _textdiff(args) -> None:
+    from .pipelines.unclip import textdiff
+
+    _steps(args.frames)
+    for name in ("source", "target"):
+        if not getattr(args, name).strip():
+            raise ValueError(f"--{'from' if name == 'source' else 'to'}: must not be empty")
+    pipe, clip, opts, (x,), model = _setup(args, [args.input], [args.source, args.target])
+    out = textdiff(pipe, clip, x, args.source, args.target, args.frames, args.seed, opts)
+    _write(args, out, model, opts, {"Edit": "unCLIP text diff", "Prompt": args.target, "From": args.source,
+                                    "Frames": args.frames})
+
+
+def add_unclip_parsers(esub) -> None:
+    def common(p, out: str):
+        p.add_argument("--model", help="unCLIP decoder folder (default: condiff/weights/unclip64)")
+        p.add_argument("--clip", help="condiff CLIP folder whose embeddings the decoder reads (default: clip64)")
+        p.add_argument("--sample-steps", type=int, default=None, help="sampler steps (default: the decoder's)")
+        p.add_argument("--guidance-scale", type=float, default=None)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", default=out, help="grid PNG (with the edit's parameters as infotext)")
+
+    v = esub.add_parser("variations", help="unCLIP: images from IN's CLIP image embedding")
+    v.add_argument("input", metavar="IN")
+    v.add_argument("--num-images", type=int, default=4)
+    v.add_argument("--prompt", default="", help="also condition on a caption (default: none)")
+    common(v, "variations.png")
+    v.set_defaults(func=_variations)
+    i = esub.add_parser("interpolate", help="unCLIP: slerp from A's image embedding to B's, one decoder noise")
+    i.add_argument("a", metavar="A")
+    i.add_argument("b", metavar="B")
+    i.add_argument("--steps", dest="frames", type=int, default=5, help="images along the path, ends included")
+    i.add_argument("--prompt", default="")
+    common(i, "interpolation.png")
+    i.set_defaults(func=_interpolate)
+    t = esub.add_parser("textdiff", help="unCLIP's text diff: move IN's embedding along CLIP(--to) - CLIP(--from)")
+    t.add_argument("input", metavar="IN")
+    t.add_argument("--from", dest="source", required=True)
+    t.add_argument("--to", dest="target", required=True)
+    t.add_argument("--steps", dest="frames", type=int, default=5, help="images from IN towards --to (angles 0 .. 0.5)")
+    common(t, "textdiff.png")
+    t.set_defaults(func=_textdiff)

@@ -1,0 +1,81 @@
+"""unCLIP (Ramesh et al. 2022) with a decoder that reads CLIP image embeddings: variations, interpolations and text
+diffs of images, all through the decoder's `image_embed=` keyword and the text-to-image pipeline's sampler.
+
+The decoder is a text-to-image pipeline whose UNet has `image_embed_dim` (trained with `"unclip": {...}`): the
+embedding is added to the timestep embedding and given as 4 extra context tokens. Classifier-free guidance drops
+the caption and the embedding together in its unconditional branch (the zero embedding is the dropped one).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..diffusion.sampling import SamplingOptions
+from .text2image import Text2ImagePipeline
+
+
+def image_embeddings(clip, images: torch.Tensor) -> torch.Tensor:
+    """The frozen CLIP's unit image embeddings of images in [-1, 1] at any size (resized to CLIP's)."""
+    from .diffusionclip import at_resolution
+
+    with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+        return clip.encode_image(at_resolution(images.float().to(clip.device), clip.cfg.image.resolution))
+
+
+def check_decoder(pipe: Text2ImagePipeline, clip) -> None:
+    if not pipe.unet.cfg.image_embed_dim:
+        raise ValueError("this model reads no CLIP image embedding (train an unCLIP decoder: \"unclip\" in its config)")
+    if pipe.unet.cfg.image_embed_dim != clip.cfg.embed_dim:
+        raise ValueError(f"the decoder reads {pipe.unet.cfg.image_embed_dim}-d embeddings, this CLIP makes {clip.cfg.embed_dim}-d")
+
+
+def decode(pipe: Text2ImagePipeline, embeds: torch.Tensor, prompts: list[str], seeds: list[int],
+           opts: SamplingOptions, x: torch.Tensor | None = None, **kw) -> torch.Tensor:
+    """Images from CLIP image embeddings (B, D) and captions ("" for none); x: fixed initial noise."""
+    embeds = embeds.to(pipe.device)
+    with torch.no_grad():
+        z = pipe.denoise(prompts, seeds, opts, x=x, cond_only={"image_embed": embeds},
+                         uncond_only={"image_embed": torch.zeros_like(embeds)}, **kw)
+        return pipe.decode(z).cpu()
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+    """Spherical interpolation of unit vectors (rows), w in [0, 1]."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    omega = torch.arccos((a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    return (torch.sin((1 - w) * omega) * a + torch.sin(w * omega) * b) / torch.sin(omega)
+
+
+def variations(pipe, clip, image: torch.Tensor, n: int, seed: int, opts: SamplingOptions, prompt: str = "") -> torch.Tensor:
+    """n images from one image's embedding, seeds seed .. seed + n - 1 (DALL-E 2's variations)."""
+    e = image_embeddings(clip, image[:1]).expand(n, -1)
+    return decode(pipe, e, [prompt] * n, list(range(seed, seed + n)), opts)
+
+
+def _fixed_noise(pipe, n: int, seed: int) -> torch.Tensor:
+    from ..diffusion.samplers import PerSampleNoise
+
+    return PerSampleNoise([seed])((1, *pipe.sample_shape)).expand(n, -1, -1, -1).contiguous()
+
+
+def interpolate(pipe, clip, a: torch.Tensor, b: torch.Tensor, steps: int, seed: int, opts: SamplingOptions,
+                prompt: str = "") -> torch.Tensor:
+    """`steps` images along the slerp from a's embedding to b's, all from the same decoder noise."""
+    ea, eb = image_embeddings(clip, a[:1]), image_embeddings(clip, b[:1])
+    ws = [i / (steps - 1) for i in range(steps)] if steps > 1 else [0.0]
+    e = torch.cat([slerp(ea, eb, w) for w in ws])
+    return decode(pipe, e, [prompt] * steps, [seed] * steps, opts, x=_fixed_noise(pipe, steps, seed))
+
+
+def textdiff(pipe, clip, image: torch.Tensor, source: str, target: str, steps: int, seed: int, opts: SamplingOptions,
+             max_angle: float = 0.5) -> torch.Tensor:
+    """DALL-E 2's text diffs: slerp the image embedding towards the text diff z_d = norm(z_t(target) - z_t(source))
+    by angles 0 .. max_angle of the way, decoded from the same noise with the target caption."""
+    for text in (source, target):
+        clip.text_encoder.tokenizer.encode(text)
+    with torch.no_grad():
+        zd = F.normalize(clip.encode_text([target]) - clip.encode_text([source]), dim=-1)
+    zi = image_embeddings(clip, image[:1])
+    ws = [max_angle * i / (steps - 1) for i in range(steps)] if steps > 1 else [0.0]
+    e = torch.cat([slerp(zi, zd, w) for w in ws])
+    return decode(pipe, e, [target] * steps, [seed] * steps, opts, x=_fixed_noise(pipe, steps, seed))
