@@ -74,17 +74,65 @@ def read_metadata(folder: Path) -> list[dict]:
     return rows
 
 
-class ImageFolder:
-    """batch(seed, step, size) samples with replacement, seeded by step. The images are decoded once into memory when
-    they fit in memory_limit_mb; a larger folder is read from disk batch by batch (a file that will not decode then is
-    skipped: the next good one takes its place, counted in `skipped`)."""
+class IndexedSource:
+    """A data source of N captioned images read by index: batch(seed, step, size) samples with replacement, seeded
+    by step. Subclasses set captions, box_lists, the RNG `name`, and `_decode(i)` -> (3, H, W) or None when the
+    image will not decode; such a sample is skipped (the next good one takes its place) and counted in `skipped`."""
+
+    name = "source"
+    skipped = 0
+
+    def raw(self, seed: int, step: int, size: int) -> list[int]:
+        rng = random.Random(f"{self.name}/{seed}/{step}")
+        return [rng.randrange(len(self.captions)) for _ in range(size)]
+
+    @staticmethod
+    def shard(idx: list[int], sl: slice) -> list[int]:
+        return list(idx)[sl]
+
+    def _decode(self, i: int) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def resolve(self, idx: list[int]) -> tuple[list[int], list[torch.Tensor]]:
+        """The samples of idx with each undecodable one replaced by the next good one (and counted)."""
+        out, images = [], []
+        for i in idx:
+            for tries in range(len(self.captions)):
+                j = (i + tries) % len(self.captions)
+                image = self._decode(j)
+                if image is not None:
+                    out.append(j), images.append(image)
+                    break
+                self.skipped += 1
+            else:
+                raise DataError(f"no image of this {self.name} can be decoded")
+        return out, images
+
+    def materialize(self, idx: list[int], device="cpu") -> tuple[torch.Tensor, list[str]]:
+        resolved, images = self.resolve(list(idx))
+        self._last = (list(idx), resolved)  # boxes() of the same batch follow the replacements
+        return torch.stack(images).to(device), [self.captions[i] for i in resolved]
+
+    def boxes(self, idx: list[int]) -> list[list[dict]]:
+        asked, resolved = getattr(self, "_last", (None, None))
+        return [self.box_lists[i] for i in (resolved if asked == list(idx) else idx)]
+
+    def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
+        return self.materialize(self.raw(seed, step, size), device)
+
+
+class ImageFolder(IndexedSource):
+    """The images are decoded once into memory when they fit in memory_limit_mb; a larger folder is read from disk
+    batch by batch."""
+
+    name = "folder"
 
     def __init__(self, path: str, resolution: int, memory_limit_mb: int = 2048):
         folder = Path(path)
         if not folder.is_dir():
             raise DataError(f"missing folder '{folder}'")
         rows = read_metadata(folder)
-        self.files, self.resolution, self.skipped = [folder / r["file_name"] for r in rows], resolution, 0
+        self.files, self.resolution = [folder / r["file_name"] for r in rows], resolution
         missing = next((f for f in self.files if not f.is_file()), None)
         if missing is not None:
             raise DataError(f"missing image '{missing}' (listed in {folder / 'metadata.jsonl'})")
@@ -94,40 +142,13 @@ class ImageFolder:
         self.box_lists = [r.get("boxes", []) for r in rows]  # WORLD.md v2's record; empty where a row has none
         self.vocab = sorted({w for c in self.captions for w in words_of(c)})
 
-    def raw(self, seed: int, step: int, size: int) -> list[int]:
-        rng = random.Random(f"folder/{seed}/{step}")
-        return [rng.randrange(len(self.captions)) for _ in range(size)]
-
-    @staticmethod
-    def shard(idx: list[int], sl: slice) -> list[int]:
-        return list(idx)[sl]
-
-    def _read(self, idx: list[int]) -> tuple[list[int], torch.Tensor]:
-        out, images = [], []
-        for i in idx:
-            for tries in range(len(self.files)):
-                j = (i + tries) % len(self.files)
-                try:
-                    images.append(_load(self.files[j], self.resolution))
-                except DataError:
-                    self.skipped += 1
-                    continue
-                out.append(j)
-                break
-            else:
-                raise DataError("no image of the folder can be read")
-        return out, torch.stack(images)
+    def _decode(self, i: int) -> torch.Tensor | None:
+        try:
+            return _load(self.files[i], self.resolution)
+        except DataError:
+            return None
 
     def materialize(self, idx: list[int], device="cpu") -> tuple[torch.Tensor, list[str]]:
         if not self.streams:
             return self.images[idx].to(device), [self.captions[i] for i in idx]
-        resolved, images = self._read(list(idx))
-        self._last = (list(idx), resolved)  # boxes() of the same batch follow the replacements
-        return images.to(device), [self.captions[i] for i in resolved]
-
-    def boxes(self, idx: list[int]) -> list[list[dict]]:
-        asked, resolved = getattr(self, "_last", (None, None))
-        return [self.box_lists[i] for i in (resolved if asked == list(idx) else idx)]
-
-    def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
-        return self.materialize(self.raw(seed, step, size), device)
+        return super().materialize(idx, device)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import tarfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .imagefolder import DataError, check_boxes
+from .imagefolder import DataError, IndexedSource, check_boxes
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -50,11 +49,13 @@ def _square(img: Image.Image, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
 
 
-class ShardDataset:
+class ShardDataset(IndexedSource):
     """Samples of WebDataset shards, indexed; batch(seed, step, size) samples with replacement, seeded by step."""
 
+    name = "shards"
+
     def __init__(self, pattern: str, resolution: int):
-        self.paths, self.resolution, self.skipped = expand(pattern), resolution, 0
+        self.paths, self.resolution = expand(pattern), resolution
         self.records, self.captions, self.box_lists = [], [], []  # records: (shard no., image offset, size)
         for n, path in enumerate(self.paths):
             self._index(n, path)
@@ -89,14 +90,6 @@ class ShardDataset:
         except (tarfile.TarError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"cannot read shard '{path}': {e}") from None
 
-    def raw(self, seed: int, step: int, size: int) -> list[int]:
-        rng = random.Random(f"shards/{seed}/{step}")
-        return [rng.randrange(len(self.records)) for _ in range(size)]
-
-    @staticmethod
-    def shard(idx: list[int], sl: slice) -> list[int]:
-        return list(idx)[sl]
-
     def _decode(self, i: int) -> torch.Tensor | None:
         n, offset, size = self.records[i]
         f = self._files.get(n) or self._files.setdefault(n, open(self.paths[n], "rb"))
@@ -105,33 +98,6 @@ class ShardDataset:
             return _square(Image.open(io.BytesIO(f.read(size))).convert("RGB"), self.resolution)
         except (OSError, ValueError, Image.DecompressionBombError):
             return None
-
-    def resolve(self, idx: list[int]) -> tuple[list[int], list[torch.Tensor]]:
-        """The samples of idx with each undecodable one replaced by the next good one (and counted)."""
-        out, images = [], []
-        for i in idx:
-            for tries in range(len(self.records)):
-                j = (i + tries) % len(self.records)
-                image = self._decode(j)
-                if image is not None:
-                    out.append(j), images.append(image)
-                    break
-                self.skipped += 1
-            else:
-                raise DataError("no sample of the shards can be decoded")
-        return out, images
-
-    def materialize(self, idx: list[int], device="cpu") -> tuple[torch.Tensor, list[str]]:
-        resolved, images = self.resolve(idx)
-        self._last = (list(idx), resolved)  # boxes() of the same batch follow the replacements
-        return torch.stack(images).to(device), [self.captions[i] for i in resolved]
-
-    def boxes(self, idx: list[int]) -> list[list[dict]]:
-        asked, resolved = getattr(self, "_last", (None, None))
-        return [self.box_lists[i] for i in (resolved if asked == list(idx) else idx)]
-
-    def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
-        return self.materialize(self.raw(seed, step, size), device)
 
 
 def write_shards(samples, folder: str, per_shard: int, name: str = "shard") -> str:
