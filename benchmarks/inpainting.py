@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--base", default=str(WEIGHTS / "latent64"), help="the inpainting model's base (RePaint on it)")
     p.add_argument("--default", default=str(DEFAULT_MODEL))
     p.add_argument("--jumps", default="10,2", help="RePaint's jump_length,jump_n_sample for the resampled rows")
+    p.add_argument("--rows", help="comma-separated row numbers to run (1: the fine-tuned model; default: all five)")
     p.add_argument("--out", help="JSON report (and a grid PNG beside it)")
     args = p.parse_args()
     jl, jn = (int(v) for v in args.jumps.split(","))
@@ -67,6 +68,8 @@ def main() -> None:
             (f"RePaint + jumps ({jl}, {jn}) on its base", "base", "repaint", Resample(jl, jn)),
             ("RePaint on the default", "default", "repaint", None),
             (f"RePaint + jumps ({jl}, {jn}) on the default", "default", "repaint", Resample(jl, jn))]
+    if args.rows:
+        rows = [rows[int(i) - 1] for i in args.rows.split(",")]
     images = torch.cat([c[0] for c in cases])
     prompts = [c[2] for c in cases]
     report = {"n": args.n, "steps": args.steps, "guidance_scale": args.guidance_scale,

@@ -117,3 +117,19 @@ def test_edit_inpaint_uses_the_inpainting_model_and_refuses_it_on_a_plain_one(ti
     assert inpaint(pipe, ["a"], x, full, [0], opts, method="repaint")[1] == "RePaint"
     with pytest.raises(ValueError, match="method"):
         inpaint(pipe, ["a"], x, full, [0], opts, method="glide")
+
+
+def test_object_masks_cover_one_scene_box_grown_by_the_margin():
+    from condiff.data.masks import object_mask
+
+    boxes = [{"phrase": "a red circle", "box": [0.25, 0.5, 0.5, 0.75]}]
+    cfg = InpaintConfig(p_box=0.0, p_freeform=0.0, p_full=0.0, p_object=1.0, object_margin=0.0625)
+    g = torch.Generator().manual_seed(0)
+    m = training_masks(g, 20, 32, cfg, [boxes] * 19 + [[]])[:, 0]
+    for mask in m[:19]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert mask.sum() == len(rows) * len(cols)  # a rectangle
+        assert 14 <= rows[0] <= 16 and 24 <= rows[-1] + 1 <= 26 and 6 <= cols[0] <= 8 and 16 <= cols[-1] + 1 <= 18  # 2 px at most
+    assert m[19].sum() > 0  # a scene without boxes gets a random box
+    exact = object_mask(torch.Generator().manual_seed(1), 32, boxes, 0.0)
+    assert exact[16:24, 8:16].all() and exact.sum() == 64

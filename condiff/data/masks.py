@@ -19,15 +19,17 @@ class InpaintConfig:
     p_box: float = 0.5
     p_freeform: float = 0.25
     p_full: float = 0.25
+    p_object: float = 0.0  # one object's box of the scene (data with boxes), grown by up to object_margin of the side
+    object_margin: float = 0.06
     box_min: float = 0.15
     box_max: float = 0.6
     strokes_max: int = 4
     stroke_width: tuple[float, float] = (0.08, 0.25)
 
     def validate(self) -> None:
-        shares = (self.p_box, self.p_freeform, self.p_full)
+        shares = (self.p_box, self.p_freeform, self.p_full, self.p_object)
         if min(shares) < 0 or abs(sum(shares) - 1) > 1e-6:
-            raise ValueError(f"inpaint: p_box, p_freeform and p_full must be shares summing to 1, got {shares}")
+            raise ValueError(f"inpaint: p_box, p_freeform, p_full and p_object must be shares summing to 1, got {shares}")
         if not 0 < self.box_min <= self.box_max <= 1:
             raise ValueError(f"inpaint: need 0 < box_min <= box_max <= 1, got {self.box_min}, {self.box_max}")
         lo, hi = self.stroke_width
@@ -69,11 +71,26 @@ def stroke_mask(g: torch.Generator, size: int, strokes_max: int, width: tuple[fl
     return (d <= r[:, None]).any(0).view(size, size).float()
 
 
-def training_masks(g: torch.Generator, n: int, size: int, cfg: InpaintConfig) -> torch.Tensor:
-    """(n, 1, size, size) masks, 1 = repaint: each a box, strokes or the whole image with the config's shares."""
+def object_mask(g: torch.Generator, size: int, boxes: list[dict], margin: float) -> torch.Tensor:
+    """One of the scene's boxes ([x0, y0, x1, y1] in [0, 1]), grown by a random margin: where an object is re-drawn."""
+    x0, y0, x1, y1 = boxes[int(torch.randint(len(boxes), (), generator=g))]["box"]
+    grow = _uniform(g, 0, margin)
+    m = torch.zeros(size, size)
+    m[max(0, math.floor((y0 - grow) * size)):math.ceil((y1 + grow) * size),
+      max(0, math.floor((x0 - grow) * size)):math.ceil((x1 + grow) * size)] = 1
+    return m
+
+
+def training_masks(g: torch.Generator, n: int, size: int, cfg: InpaintConfig,
+                   box_lists: list[list[dict]] | None = None) -> torch.Tensor:
+    """(n, 1, size, size) masks, 1 = repaint: each a box, strokes, the whole image or (given the scenes' boxes) one
+    object's box, with the config's shares; a scene without boxes gets a random box instead of an object's."""
     out = []
-    for u in torch.rand(n, generator=g).tolist():
-        if u < cfg.p_box:
+    for k, u in enumerate(torch.rand(n, generator=g).tolist()):
+        if u >= cfg.p_box + cfg.p_freeform + cfg.p_full:
+            boxes = box_lists[k] if box_lists is not None else []
+            out.append(object_mask(g, size, boxes, cfg.object_margin) if boxes else box_mask(g, size, cfg.box_min, cfg.box_max))
+        elif u < cfg.p_box:
             out.append(box_mask(g, size, cfg.box_min, cfg.box_max))
         elif u < cfg.p_box + cfg.p_freeform:
             out.append(stroke_mask(g, size, cfg.strokes_max, cfg.stroke_width))

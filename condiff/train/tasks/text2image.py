@@ -111,7 +111,8 @@ class Text2ImageTask:
         return (run.ema.model if ema else run.model).text_encoder
 
     def extras(self, run, raw) -> dict:
-        return {"box_lists": run.data.boxes(raw)} if run.cfg.grounding is not None else {}
+        wants = run.cfg.grounding is not None or (run.cfg.inpaint is not None and run.cfg.inpaint.p_object > 0)
+        return {"box_lists": run.data.boxes(raw)} if wants else {}
 
     def grounding(self, run, box_lists: list[list[dict]], device) -> dict:
         """GLIGEN's keywords; a scene's boxes are dropped with p_drop (its grounding-free, CFG-able branch)."""
@@ -139,7 +140,7 @@ class Text2ImageTask:
         if cfg.inpaint is not None:
             from ...data.masks import inpaint_inputs, training_masks
 
-            masks = training_masks(generator, B, images.shape[-1], cfg.inpaint).to(device)
+            masks = training_masks(generator, B, images.shape[-1], cfg.inpaint, box_lists).to(device)
             with torch.no_grad():
                 cond = inpaint_inputs(images, masks, run.state["autoencoder"].encode if "autoencoder" in run.state else None)
         if "autoencoder" in run.state:  # latent diffusion: x0 is the posterior mean, scaled to unit variance
@@ -147,7 +148,7 @@ class Text2ImageTask:
                 images = run.state["autoencoder"].encode(images)
         eps = torch.randn(images.shape, generator=generator).to(device)
         cond |= self.text_encoder(run).encode(captions, device)
-        if box_lists is not None:
+        if box_lists is not None and cfg.grounding is not None:
             cond |= self.grounding(run, box_lists, device)
         loss_fn = hybrid_loss if cfg.pipeline.learn_sigma else diffusion_loss
         weight = None
