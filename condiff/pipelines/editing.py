@@ -33,6 +33,15 @@ def to_model_space(pipe: Text2ImagePipeline, images: torch.Tensor) -> torch.Tens
         return pipe.autoencoder.encode(images)
 
 
+def image_holds_layout(pipe: Text2ImagePipeline, n: int, kw: dict) -> dict:
+    """A grounded model edits an image with no boxes unless given some: the input holds the layout, and a layout
+    pipeline's prior would sample another (measured on layout64, img2img at 0.3 with the scene's caption: 8 of 8
+    kept at 34 dB PSNR with none, 6 of 8 at 14 dB with the prior's boxes)."""
+    if pipe.unet.cfg.grounding_dim and "boxes" not in kw:
+        return kw | {"boxes": [[] for _ in range(n)]}
+    return kw
+
+
 def img2img(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, seeds: list[int],
             opts: SamplingOptions, strength: float, **kw) -> torch.Tensor:
     """SDEdit: x_k ~ q(x_k | x_0) at the plan's step k = steps - round(strength steps), then the plan from k.
@@ -41,6 +50,7 @@ def img2img(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, 
     The noise of x_k is the seed's first draw, the one text-to-image would start from.
     """
     k = start_step(opts, strength)
+    kw = image_holds_layout(pipe, len(prompts), kw)
     if k == opts.steps:
         return images.clone().cpu()
     if k == 0:
@@ -65,6 +75,7 @@ def repaint(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, 
     paste_back: the output outside the mask is the input's pixels exactly (a latent model's decoder blurs the seam
     and shifts the known region slightly; see `leakage`).
     """
+    kw = image_holds_layout(pipe, len(prompts), kw)
     x0 = to_model_space(pipe, images)
     m = latent_mask(masks.to(pipe.device), x0.shape)
     known_noise = PerSampleNoise([s + KNOWN_NOISE_SEED for s in seeds])
@@ -90,6 +101,7 @@ def inpaint_model(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Te
     if not pipe.inpainting:
         raise ValueError("this model has no inpainting inputs (mask, masked image); use RePaint or an inpainting model")
     cond = pipe.inpaint_conditioning(images, masks)
+    kw = image_holds_layout(pipe, len(prompts), kw)
     with torch.no_grad():
         out = pipe.decode(pipe.denoise(prompts, seeds, opts, **cond, **kw)).cpu()
     return paste(out, images, masks) if paste_back else out
