@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..diffusion.augment import downsample
 from ..diffusion.samplers import ddim_invert
 from ..diffusion.sampling import SamplingOptions, sampling_timesteps, start_step
-from .editing import to_model_space
+from .editing import image_holds_layout, to_model_space
 from .text2image import Text2ImagePipeline
 
 
@@ -57,13 +57,9 @@ def chain_options(cfg: DiffusionCLIPConfig) -> SamplingOptions:
                            threshold="none")
 
 
-def _grounding(pipe: Text2ImagePipeline, n: int) -> dict:
-    return {"boxes": [[] for _ in range(n)]} if pipe.unet.cfg.grounding_dim else {}
-
-
 def _model(pipe: Text2ImagePipeline, prompts: list[str], opts: SamplingOptions):
-    g = pipe.grounding_keywords([[] for _ in prompts] if pipe.unet.cfg.grounding_dim else None, len(prompts))
-    return pipe.guided_model(prompts, opts, *g)
+    """The chain's eps model; a grounded model sees null boxes (grounding_keywords), as `invert` gives it."""
+    return pipe.guided_model(prompts, opts, *pipe.grounding_keywords(None, len(prompts)))
 
 
 def invert_to_t0(pipe: Text2ImagePipeline, images: torch.Tensor, prompts: list[str], cfg: DiffusionCLIPConfig):
@@ -80,7 +76,7 @@ def regenerate_from(pipe: Text2ImagePipeline, x_k: torch.Tensor, k: int, prompts
                     cfg: DiffusionCLIPConfig) -> torch.Tensor:
     with torch.no_grad():
         return pipe.decode(pipe.denoise(prompts, list(range(len(prompts))), chain_options(cfg), x=x_k, start=k,
-                                        **_grounding(pipe, len(prompts)))).cpu()
+                                        **image_holds_layout(pipe, len(prompts), {}))).cpu()
 
 
 def at_resolution(images: torch.Tensor, res: int) -> torch.Tensor:

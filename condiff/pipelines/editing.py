@@ -161,7 +161,7 @@ def regenerate(pipe: Text2ImagePipeline, prompts: list[str], x_T: torch.Tensor, 
     boxes, as `invert` did (a layout pipeline would otherwise sample a new layout, which the inverted x_T does not hold)."""
     opts = inversion_options(opts)
     seeds = seeds if seeds is not None else list(range(len(prompts)))
-    boxes = {"boxes": [[] for _ in prompts]} if pipe.unet.cfg.grounding_dim else {}
+    kw = image_holds_layout(pipe, len(prompts), {})
     with torch.no_grad():
-        return pipe.decode(pipe.denoise(prompts, seeds, opts, x=x_T.to(pipe.device), **boxes)).cpu()
+        return pipe.decode(pipe.denoise(prompts, seeds, opts, x=x_T.to(pipe.device), **kw)).cpu()
 
