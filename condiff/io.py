@@ -10,7 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, load_json, save_json
-from .fs import atomic_write_bytes, replace_dir
+from .fs import atomic_write_bytes, remove_quietly, replace_dir
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -32,8 +32,12 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C mid-write: no half-written file is left behind
+        remove_quietly(tmp)
+        raise
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

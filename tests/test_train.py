@@ -262,3 +262,43 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_exactly(tiny_config_path
     assert subprocess.run(cmd + ["--out", str(tmp_path / "straight")]).returncode == 0
     a, b = (load_file(str(tmp_path / r / "model" / "unet" / "model.safetensors")) for r in ("killed", "straight"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("stage", ["checkpoint", "export"])
+def test_a_full_disk_keeps_the_last_checkpoint_and_stops_with_one_line(tiny_config_path, tmp_path, capsys, monkeypatch,
+                                                                       stage):
+    """ENOSPC injected into the safetensors write of step 2: step 1's checkpoint stays the latest and loads, no
+    half-written file is left, the CLI exits 2 with one line, and --resume then trains exactly what a clean run does."""
+    import errno
+    import condiff.io
+
+    real, calls = condiff.io.save_file, []
+    fail_on = 4 if stage == "checkpoint" else 5  # per step: the checkpoint, then the exported text encoder and UNet
+
+    def full_disk(tensors, path, *a, **k):
+        calls.append(path)
+        if len(calls) == fail_on:
+            with open(path, "wb") as f:
+                f.write(b"\0" * 100)  # a partial file, as a write cut short by the disk leaves it
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, *a, **k)
+
+    config, out = tiny_config_path, tmp_path / "r"
+    monkeypatch.setattr(condiff.io, "save_file", full_disk)
+    assert main(["train", "--config", str(config), "--out", str(out), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # above it: the progress bar
+    assert "Traceback" not in err and last.startswith("condiff: error: writing" if stage == "checkpoint" else
+                                                      "condiff: error: exporting")
+    assert "No space left on device" in last and "--resume" in last
+    latest = (out / "checkpoints" / "latest").read_text()
+    assert latest == ("step_00000001" if stage == "checkpoint" else "step_00000002")
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    load_tensors(out / "checkpoints" / latest / "state.safetensors")
+    monkeypatch.setattr(condiff.io, "save_file", real)
+    assert main(["train", "--config", str(config), "--out", str(out), "--workers", "0", "--resume"]) == 0
+    clean = tmp_path / "clean"
+    assert main(["train", "--config", str(config), "--out", str(clean), "--workers", "0"]) == 0
+    a = load_file(str(out / "model" / "unet" / "model.safetensors"))
+    b = load_file(str(clean / "model" / "unet" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)

@@ -46,10 +46,17 @@ def save_state(folder: Path, step: int, model, ema_model, opt, generator: torch.
     tensors |= opt_tensors
     tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    atomic_save_tensors(tensors, tmp / "state.safetensors")
-    atomic_write_bytes(tmp / "state.json", json.dumps({"step": step, "optimizer": opt_meta}).encode())
-    replace_dir(tmp, final)
-    atomic_write_bytes(ckpts / "latest", final.name.encode())
+    try:
+        atomic_save_tensors(tensors, tmp / "state.safetensors")
+        atomic_write_bytes(tmp / "state.json", json.dumps({"step": step, "optimizer": opt_meta}).encode())
+        replace_dir(tmp, final)
+        atomic_write_bytes(ckpts / "latest", final.name.encode())
+    except OSError as e:  # e.g. ENOSPC: the pointer still names the last complete checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        pointer = ckpts / "latest"
+        kept = f"'{ckpts / pointer.read_text().strip()}' is intact" if pointer.is_file() else "there is no earlier one"
+        raise CheckpointError(f"writing the checkpoint of step {step} failed ({e.strerror or e}); {kept}: "
+                              f"free space and continue with --resume") from None
     for old in sorted(ckpts.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, load_json, save_json
+from ..io import CheckpointError
 from ..data import make_dataset
 from . import distributed
 from .config import Precision
@@ -204,7 +205,13 @@ def save(run: Run) -> None:
     if not run.world.main:
         return
     save_state(run.folder, run.step, run.model, run.ema.model, run.opt, run.generator, run.cfg.keep_checkpoints)
-    run.task.export(run, run.folder / "model")
+    try:
+        run.task.export(run, run.folder / "model")
+    except OSError as e:  # e.g. ENOSPC: the export is written beside the old model and swapped in only when complete
+        for tmp in run.folder.glob("model.tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"exporting the model of step {run.step} failed ({e.strerror or e}); the checkpoint "
+                              f"of step {run.step} is saved: free space and continue with --resume") from None
 
 
 def train(cfg, folder: Path, resume: bool = False, device: str | None = None, workers: int | None = None,
@@ -240,8 +247,8 @@ def _train(cfg, folder, resume, device, workers, overwrite, world) -> Run:
             evaluate(run, bar)
             if stop:  # Ctrl-C or SIGTERM arrived during the step: act on it now, at a step boundary
                 raise Terminated if stop[0] == signal.SIGTERM else KeyboardInterrupt
-        if cfg.optim.steps == 0:  # nothing to train: export the initialised model (e.g. init.from_model + grounding)
-            save(run)
+        if run.step == start_step:  # nothing to train: export the initialised model (e.g. init.from_model +
+            save(run)               # grounding), or again a finished run's, whose export may have failed (disk full)
     except KeyboardInterrupt:
         if run.step > start_step:
             save(run)

@@ -16,13 +16,21 @@ def suite_prompts(suite: str, n: int) -> list[str]:
     rng = random.Random(f"shapes-bench/v1/{suite}")
     out: list[str] = []
     categories = list(Category)
+    misses = 0
     while len(out) < n:
+        if misses > 20_000:  # the suite (or, for held-out, one of its categories) has no caption left to draw
+            raise ValueError(f"suite '{suite}' has only {len(out)} distinct captions in this order; ask for at most "
+                             f"{len(out)} prompts per category")
         if suite == HELD_OUT_SUITE:
             spec = sample_prompt(rng, categories[len(out) % len(categories)], exclude_held_out=False)
             if not spec.uses_held_out():
+                misses += 1
                 continue
         else:
             spec = sample_prompt(rng, Category(suite), exclude_held_out=True)
         if spec.caption not in out:
             out.append(spec.caption)
+            misses = 0
+        else:
+            misses += 1
     return out
