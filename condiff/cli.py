@@ -21,7 +21,7 @@ def _train(args) -> None:
         cfg.data.source, cfg.data.path = source_of(args.data), args.data
     run = train(cfg, Path(args.out), resume=args.resume, device=args.device, workers=args.workers,
                 overwrite=args.overwrite)
-    print(f"trained {run.task.name} for {run.step} steps; model in {run.folder / 'model'}")
+    print(run.summary())
 
 
 def _output_paths(out: Path, n: int) -> list[Path]:

@@ -122,3 +122,80 @@ def test_an_image_folder_too_large_for_memory_streams_the_same_batches(tmp_path)
     (tmp_path / "3.png").write_bytes(b"broken")
     images, captions = disk.materialize([3, 0])
     assert disk.skipped == 1 and captions == ["a red circle 4", "a red circle 0"]
+
+
+def _bad_images() -> dict[str, bytes]:
+    """Files no training run may crash on: each would fail at decode (or, the bomb, before it)."""
+    import io
+
+    good = _png_bytes(90)
+    bomb = io.BytesIO()
+    Image.new("1", (5000, 5000)).save(bomb, format="PNG")  # 25 M pixels in a few KB: refused before decoding
+    return {"truncated.png": good[: len(good) // 2], "empty.png": b"", "text.png": b"not an image at all",
+            "bomb.png": bomb.getvalue()}
+
+
+def _odd_modes() -> dict[str, bytes]:
+    """Images in modes other than RGB, which decode (converted to RGB) and are used."""
+    import io
+
+    out = {}
+    for name, mode, fmt in (("grey16.png", "I;16", "PNG"), ("cmyk.tif", "CMYK", "TIFF"), ("palette.png", "P", "PNG"),
+                            ("alpha.png", "LA", "PNG")):
+        buf = io.BytesIO()
+        Image.new(mode, (20, 12)).save(buf, format=fmt)
+        out[name] = buf.getvalue()
+    return out
+
+
+@pytest.mark.parametrize("memory_limit_mb", [2048, 0], ids=["in-memory", "streamed"])
+def test_bad_images_in_a_folder_are_skipped_counted_and_training_goes_on(tmp_path, tiny_config_path, memory_limit_mb,
+                                                                         capsys):
+    from condiff.data.imagefolder import ImageFolder
+
+    files = {"good.png": _png_bytes(30), **_bad_images(), **_odd_modes()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps({"file_name": n, "text": f"a picture {n}"})
+                                                       for n in files))
+    ds = ImageFolder(str(tmp_path), 16, memory_limit_mb=memory_limit_mb)
+    images, captions = ds.materialize(list(range(len(ds.captions))))
+    used = {c.split()[-1] for c in captions}
+    assert used == {"good.png", *_odd_modes()} and images.shape[1:] == (3, 16, 16)
+    assert images.isfinite().all() and images.abs().max() <= 1
+    assert ds.skipped == len(_bad_images())  # each bad file counted once
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(tiny_config_path), "--out", str(out), "--data", str(tmp_path),
+                 "--workers", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped=" in captured.err and f"skipped {len(_bad_images())} unusable images" in captured.out
+
+
+@pytest.mark.parametrize("memory_limit_mb", [2048, 0], ids=["in-memory", "streamed"])
+def test_a_folder_with_no_usable_image_is_a_one_line_error(tmp_path, tiny_config_path, memory_limit_mb, capsys):
+    for name, data in _bad_images().items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps({"file_name": n, "text": "a picture"})
+                                                       for n in _bad_images()))
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(TINY | {"data": TINY["data"] | {"memory_limit_mb": memory_limit_mb}}))
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--data", str(tmp_path),
+                 "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no usable image" in err.strip().splitlines()[-1] or \
+        "can be decoded" in err.strip().splitlines()[-1]
+
+
+def test_bad_samples_in_shards_are_skipped_and_counted(tmp_path):
+    import io
+
+    with tarfile.open(tmp_path / "x-000000.tar", "w") as tar:
+        for i, (name, data) in enumerate([("a.png", _png_bytes(10)), *_bad_images().items(), *_odd_modes().items()]):
+            ext = name.rsplit(".", 1)[1]
+            for member, payload in ((f"{i:04d}.{ext}", data), (f"{i:04d}.txt", b"a red circle")):
+                info = tarfile.TarInfo(member)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    data = ShardDataset(str(tmp_path / "x-{000000..000000}.tar"), 16)
+    images, _ = data.materialize(list(range(len(data.captions))))
+    assert data.skipped == len(_bad_images()) and images.isfinite().all()

@@ -5,9 +5,7 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from ..nets.text import words_of
 
@@ -16,17 +14,16 @@ class DataError(ValueError):
     pass
 
 
-def _load(path: Path, resolution: int) -> torch.Tensor:
-    """Centre-crop to a square, resize, -> (3, H, W) in [-1, 1]."""
+def decode_image(source: Path | bytes, resolution: int) -> torch.Tensor | None:
+    """A training image, centre-cropped to a square and resized -> (3, H, W) in [-1, 1]; None when it cannot be used:
+    unreadable, truncated, empty, a mode with no RGB conversion, or more pixels than images.MAX_PIXELS (checked
+    before decoding, so a decompression bomb costs nothing)."""
+    from ..images import image_tensor, open_image, to_model_size
+
     try:
-        img = Image.open(path).convert("RGB")
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read image '{path}': {e}") from None
-    w, h = img.size
-    side = min(w, h)
-    img = img.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
-    img = img.resize((resolution, resolution), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+        return image_tensor(to_model_size(open_image(source), resolution))[0]
+    except (ValueError, OSError):
+        return None
 
 
 def check_boxes(value, where: str) -> list[dict]:
@@ -77,10 +74,20 @@ def read_metadata(folder: Path) -> list[dict]:
 class IndexedSource:
     """A data source of N captioned images read by index: batch(seed, step, size) samples with replacement, seeded
     by step. Subclasses set captions, box_lists, the RNG `name`, and `_decode(i)` -> (3, H, W) or None when the
-    image will not decode; such a sample is skipped (the next good one takes its place) and counted in `skipped`."""
+    image will not decode; such a sample is skipped (the next good one takes its place) and counted in `skipped`
+    (each undecodable sample once)."""
 
     name = "source"
-    skipped = 0
+    dropped = 0  # rows removed before training (an in-memory folder drops the images it cannot decode at load)
+
+    @property
+    def bad(self) -> set[int]:
+        """Indices found undecodable; never decoded again."""
+        return self.__dict__.setdefault("_bad", set())
+
+    @property
+    def skipped(self) -> int:
+        return self.dropped + len(self.bad)
 
     def raw(self, seed: int, step: int, size: int) -> list[int]:
         rng = random.Random(f"{self.name}/{seed}/{step}")
@@ -99,11 +106,11 @@ class IndexedSource:
         for i in idx:
             for tries in range(len(self.captions)):
                 j = (i + tries) % len(self.captions)
-                image = self._decode(j)
+                image = None if j in self.bad else self._decode(j)
                 if image is not None:
                     out.append(j), images.append(image)
                     break
-                self.skipped += 1
+                self.bad.add(j)
             else:
                 raise DataError(f"no image of this {self.name} can be decoded")
         return out, images
@@ -136,17 +143,25 @@ class ImageFolder(IndexedSource):
         missing = next((f for f in self.files if not f.is_file()), None)
         if missing is not None:
             raise DataError(f"missing image '{missing}' (listed in {folder / 'metadata.jsonl'})")
-        self.streams = len(rows) * 3 * resolution ** 2 * 4 > memory_limit_mb * 2 ** 20
-        self.images = None if self.streams else torch.stack([_load(f, resolution) for f in self.files])  # (N, 3, H, W)
         self.captions = [r["text"] for r in rows]
         self.box_lists = [r.get("boxes", []) for r in rows]  # WORLD.md v2's record; empty where a row has none
+        self.streams = len(rows) * 3 * resolution ** 2 * 4 > memory_limit_mb * 2 ** 20
+        self.images = None if self.streams else self._decode_all(folder)  # (N, 3, H, W)
         self.vocab = sorted({w for c in self.captions for w in words_of(c)})
 
+    def _decode_all(self, folder: Path) -> torch.Tensor:
+        """Every image decoded once; the rows of images that cannot be used are dropped and counted in `skipped`."""
+        images = [decode_image(f, self.resolution) for f in self.files]
+        keep = [i for i, im in enumerate(images) if im is not None]
+        if not keep:
+            raise DataError(f"no usable image in '{folder}' ({len(images)} listed, none decodes)")
+        self.dropped = len(images) - len(keep)
+        self.files, self.captions, self.box_lists = ([xs[i] for i in keep]
+                                                     for xs in (self.files, self.captions, self.box_lists))
+        return torch.stack([images[i] for i in keep])
+
     def _decode(self, i: int) -> torch.Tensor | None:
-        try:
-            return _load(self.files[i], self.resolution)
-        except DataError:
-            return None
+        return decode_image(self.files[i], self.resolution)
 
     def materialize(self, idx: list[int], device="cpu") -> tuple[torch.Tensor, list[str]]:
         if not self.streams:

@@ -15,11 +15,10 @@ import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from .imagefolder import DataError, IndexedSource, check_boxes
+from .imagefolder import DataError, IndexedSource, check_boxes, decode_image
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -40,13 +39,6 @@ def split_key(name: str) -> tuple[str, str]:
     folder, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
     return (f"{folder}/{stem}" if folder else stem), ext
-
-
-def _square(img: Image.Image, resolution: int) -> torch.Tensor:
-    w, h = img.size
-    side = min(w, h)
-    img = img.crop(((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2)).resize((resolution, resolution), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
 
 
 class ShardDataset(IndexedSource):
@@ -94,10 +86,7 @@ class ShardDataset(IndexedSource):
         n, offset, size = self.records[i]
         f = self._files.get(n) or self._files.setdefault(n, open(self.paths[n], "rb"))
         f.seek(offset)
-        try:
-            return _square(Image.open(io.BytesIO(f.read(size))).convert("RGB"), self.resolution)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            return None
+        return decode_image(f.read(size), self.resolution)
 
 
 def write_shards(samples, folder: str, per_shard: int, name: str = "shard") -> str:

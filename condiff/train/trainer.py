@@ -60,6 +60,11 @@ class Run:
     logs: dict = field(default_factory=dict)  # task-reported figures of the last step (e.g. codebook perplexity)
     world: World = field(default_factory=World)  # the launched processes (rank 0 of 1 when not launched)
 
+    def summary(self) -> str:
+        skipped = getattr(self.data, "skipped", 0)
+        return (f"trained {self.task.name} for {self.step} steps; model in {self.folder / 'model'}"
+                + (f"; skipped {skipped} unusable images (unreadable, truncated, empty or too large)" if skipped else ""))
+
     def autocast(self):
         if Precision(getattr(self.cfg, "precision", Precision.FP32)) is Precision.BF16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
