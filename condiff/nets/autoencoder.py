@@ -94,15 +94,19 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("embed_sum", self.codebook.clone())
 
     def indices(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) -> nearest code index (B, H, W) by squared distance."""
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (N, D)
-        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.T + self.codebook.pow(2).sum(1)[None]
+        """(B, D, H, W) -> nearest code index (B, H, W) by squared distance, in float32 (bf16 autocast would round
+        the distances and pick wrong codes)."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()  # (N, D)
+        with torch.autocast(z.device.type, enabled=False):
+            d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.T + self.codebook.pow(2).sum(1)[None]
         return d.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
         return self.codebook[idx].permute(0, 3, 1, 2)  # (B, D, H, W)
 
     @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)
+    @torch.autocast("cuda", enabled=False)
     def ema_update(self, z: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> None:
         """N_k <- d N_k + (1-d) n_k; m_k <- d m_k + (1-d) sum z; e_k = m_k / N_k; codes with N_k < 1e-3 restart."""
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
