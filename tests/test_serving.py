@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,24 @@ def test_the_pages_upscale_action_reads_only_files_the_server_wrote(tmp_path):
         with pytest.raises(Exception, match="not a result of this server"):
             _first_result(json.dumps(forged), tmp_path)
     assert _first_result("", tmp_path) == (None, "") and _first_result("{", tmp_path) == (None, "")
+
+
+def test_schemathesis_finds_no_failure_of_any_check(tiny_model, monkeypatch):
+    """`st run --checks all` against `condiff serve` (a short run; benchmarks/api_fuzz.py runs the long one)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from api_fuzz import free_port, run_schemathesis, start_server, stop_server
+
+    port = free_port()
+    server = start_server(str(tiny_model), port)
+    try:
+        code, text = run_schemathesis(port, max_examples=15, seed=1)
+    finally:
+        stop_server(server)
+    assert code == 0 and " passed" in text and "failed" not in text.split("SUMMARY")[-1], text[-3000:]
+
+
+def test_undeclared_methods_get_405_with_allow(service):
+    client = TestClient(create_api(service))
+    r = client.request("TRACE", "/api/txt2img")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert client.put("/api/samplers").status_code == 405 and client.get("/api/nowhere").status_code == 404

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..diffusion.sampling import SAMPLER_INFO
 from starlette.concurrency import run_in_threadpool
 
-from .service import (MAX_GUIDE_SCALE, MAX_IMAGES, MAX_SCALE, MAX_SEED, MAX_STEPS, Busy, Cancelled, EditRequest,
-                      GenerationService, RequestError, Txt2ImgRequest, UpscaleRequest)
+from .service import (GUIDES, MAX_GUIDE_SCALE, MAX_IMAGES, MAX_SCALE, MAX_SEED, MAX_STEPS, Busy, Cancelled,
+                      EditRequest, GenerationService, RequestError, Txt2ImgRequest, UpscaleRequest)
 
 MAX_DETAIL = 300  # an error message quotes at most this much (a 100k-character prompt is not echoed back)
 
@@ -24,6 +24,17 @@ def bounded(default, lo, hi, what: str = ""):
     """A field whose bounds the schema states; the service checks them and answers 400 naming the field."""
     return Field(default, description=f"{what} {lo} to {hi}; outside: 400".strip(),
                  json_schema_extra={"minimum": lo, "maximum": hi})
+
+
+def one_of(default, values: list, what: str):
+    """A field whose allowed values the schema lists; the service checks them and answers 400 naming the field."""
+    return Field(default, description=f"{what}; otherwise 400", json_schema_extra={"enum": values})
+
+
+SAMPLERS = [s.value for s in SAMPLER_INFO]
+PROMPT = Field(description="the text; the model's tokenizer decides what is too long (400)", min_length=1,
+               max_length=MAX_DETAIL * 10)
+IMAGE = Field(description="base64 of an image file (PNG, JPEG, ...), or a data: URL", min_length=1)
 
 
 class ErrorBody(BaseModel):
@@ -66,29 +77,30 @@ async def serve_request(request: Request, fn, *args):
 
 class Txt2ImgBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: str
-    negative_prompt: str = ""
+    prompt: str = PROMPT
+    negative_prompt: str = Field("", max_length=MAX_DETAIL * 10)
     seed: int = bounded(-1, -1, MAX_SEED, "-1 (random) or")
     steps: int = bounded(25, 1, MAX_STEPS)
     guidance_scale: float = bounded(3.0, 0, MAX_SCALE)
-    sampler: str = "ddim"
+    sampler: str = one_of("ddim", SAMPLERS, "see GET /api/samplers")
     num_images: int = bounded(1, 1, MAX_IMAGES)
-    guide: str = "none"
+    guide: str = one_of("none", GUIDES, "judge guidance")
     guide_scale: float = bounded(3.0, 0, MAX_GUIDE_SCALE)
     guidance_rescale: float = bounded(0.0, 0, 1)
     layout: list[dict] | None = None  # [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1] (a grounded model)
-    size: int = Field(0, description="output side: 0 or the model's; 128 or 256 through the upsampler cascade")
+    size: int = Field(0, description="output side: 0 or the model's; 128 or 256 through the upsampler cascade; "
+                                     "otherwise 400", json_schema_extra={"enum": [0, 64, 128, 256]})
 
 
 class EditBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: str
-    image: str  # base64
-    negative_prompt: str = ""
+    prompt: str = PROMPT
+    image: str = IMAGE
+    negative_prompt: str = Field("", max_length=MAX_DETAIL * 10)
     seed: int = bounded(-1, -1, MAX_SEED, "-1 (random) or")
     steps: int = bounded(25, 1, MAX_STEPS)
     guidance_scale: float = bounded(3.0, 0, MAX_SCALE)
-    sampler: str = "ddim"
+    sampler: str = one_of("ddim", SAMPLERS, "see GET /api/samplers")
 
 
 class Img2ImgBody(EditBody):
@@ -102,9 +114,10 @@ class InpaintBody(EditBody):
 
 class UpscaleBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    image: str  # base64 of a square image; resized to 64 px, the shipped cascade's first input
-    prompt: str = ""
-    scale: int = Field(2, description="2 or 4; otherwise 400")
+    image: str = Field(description="base64 of a square image; resized to 64 px, the shipped cascade's first input",
+                       min_length=1)
+    prompt: str = Field("", max_length=MAX_DETAIL * 10)
+    scale: int = one_of(2, [2, 4], "the upscaling factor")
     seed: int = bounded(-1, -1, MAX_SEED, "-1 (random) or")
     steps: int = bounded(20, 1, MAX_STEPS)
 
@@ -120,6 +133,16 @@ def _decode(field: str, text: str | None) -> bytes | None:
 
 def create_api(service: GenerationService) -> FastAPI:
     app = FastAPI(title="condiff API", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+
+    @app.middleware("http")
+    async def method_not_allowed(request: Request, call_next):
+        """An /api/ path asked with a method it does not take: 405 with Allow (not the web page's 404)."""
+        allowed = {m for r in app.routes if getattr(r, "path", None) == request.url.path
+                   for m in getattr(r, "methods", None) or ()}
+        if allowed and request.method not in allowed:
+            return JSONResponse(status_code=405, content={"detail": f"method {request.method[:20]} not allowed"},
+                                headers={"Allow": ", ".join(sorted(allowed))})
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def one_line_422(request: Request, exc: RequestValidationError):
