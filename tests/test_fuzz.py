@@ -107,3 +107,70 @@ def test_every_txt2img_payload_validates_or_is_refused_naming_a_field(service, f
     except RequestError as e:
         field = str(e).split(":")[0]
         assert field in {*fields, "sampler"} and "\n" not in str(e)
+
+
+def _png(w: int, h: int, level: int = 255) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (w, h), level).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+edit_payload = st.fixed_dictionaries({
+    "prompt": st.text(max_size=30) | st.sampled_from(["a red circle", ""]),
+    "image": st.none() | st.binary(max_size=40) | st.builds(_png, st.integers(1, 40), st.integers(1, 40)),
+    "negative_prompt": st.text(max_size=10), "seed": st.integers(-3, 2 ** 33), "steps": st.integers(-2, 2000),
+    "guidance_scale": st.floats(), "sampler": st.sampled_from(["ddim", "heun", "x"]),
+    "strength": st.floats(), "mask": st.none() | st.binary(max_size=20) | st.builds(_png, st.integers(1, 40),
+                                                                                  st.integers(1, 40), st.integers(0, 255)),
+    "box": st.none() | st.lists(st.integers(-5, 50) | st.floats(), max_size=5)})
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(edit_payload, st.booleans())
+def test_every_edit_payload_validates_or_is_refused_naming_a_field(service, fields, inpaint):
+    """img2img and inpaint: the checks the service makes before any work."""
+    from condiff.ui.service import EditRequest, RequestError
+
+    try:
+        service._edit_inputs(EditRequest(**fields), inpaint)
+    except RequestError as e:
+        assert str(e).split(":")[0] in {*fields, "sampler", "inpaint"} and "\n" not in str(e)
+
+
+config_value = st.none() | st.booleans() | st.integers(-10, 10 ** 6) | st.floats() | st.text(max_size=8) | \
+    st.lists(st.integers(-2, 8), max_size=4)
+
+
+@st.composite
+def train_configs(draw):
+    """Mostly real keys of a training config (so the checks behind the key names are reached), some unknown ones."""
+    keys = {"model": st.sampled_from(["text2image", "clip", "classifier", "autoencoder", "upsampler", "layout_prior",
+                                      "unclip", "nonsense"]),
+            "seed": config_value, "precision": st.sampled_from(["fp32", "bf16", "fp8"]) | config_value,
+            "optim": st.dictionaries(st.sampled_from(["steps", "batch_size", "lr", "warmup_steps", "micro_batches",
+                                                      "grad_clip", "ema_decay", "lrr"]), config_value, max_size=4),
+            "unet": st.dictionaries(st.sampled_from(["model_channels", "channel_mult", "num_res_blocks",
+                                                     "attention_resolutions", "head_channels"]), config_value,
+                                    max_size=3),
+            "data": st.dictionaries(st.sampled_from(["resolution", "source", "path", "memory_limit_mb"]),
+                                    config_value, max_size=3),
+            "checkpoint_every": config_value, "nonsense": config_value}
+    chosen = draw(st.lists(st.sampled_from(sorted(keys)), unique=True, max_size=6))
+    return {k: draw(keys[k]) for k in chosen}
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(train_configs() | json_values)
+def test_every_training_config_loads_or_is_refused_in_one_line(tmp_path_factory, data):
+    """`condiff train --config FILE` reads and checks the file before any work: a config, or one ConfigError line."""
+    from condiff.config import ConfigError
+    from condiff.train.tasks import load_train_config
+
+    path = tmp_path_factory.mktemp("cfg") / "c.json"
+    path.write_text(json.dumps(data, allow_nan=True))
+    try:
+        load_train_config(path)
+    except (ConfigError, ValueError) as e:
+        assert "\n" not in str(e) and str(e)
