@@ -26,15 +26,19 @@ from condiff.train.tasks import load_train_config
 from condiff.train.trainer import setup, train_step
 
 
-def pixel_twin(cfg):
-    """The same config without the autoencoder; attention levels moved to the same depth in pixel space."""
+def pixel_twin(cfg, same_depth: bool = True):
+    """The same config without the autoencoder. same_depth: attention at the same levels of the UNet (16 and 8 px in
+    latent space are 64 and 32 px in pixel space); otherwise attention only where the pixel UNet's feature maps are
+    as small as the latent UNet's (its lowest level, 16 px): a cheaper pixel baseline with less attention."""
     from condiff import components
 
     twin = copy.deepcopy(cfg)
     factor = components.load("autoencoder", cfg.autoencoder).cfg.factor
     twin.autoencoder = None
     twin.unet.in_channels = 3
-    twin.unet.attention_resolutions = tuple(r * factor for r in cfg.unet.attention_resolutions)
+    lowest = cfg.data.resolution // 2 ** (len(cfg.unet.channel_mult) - 1)
+    twin.unet.attention_resolutions = (tuple(r * factor for r in cfg.unet.attention_resolutions) if same_depth else
+                                       tuple(r for r in cfg.unet.attention_resolutions if r >= lowest))
     return twin
 
 
@@ -65,17 +69,20 @@ def sample_seconds(cfg, images: int, steps: int, device: str) -> float:
 def throughput(args) -> dict:
     latent = load_train_config(args.config)
     latent.optim.batch_size = args.batch_size
-    pixel = pixel_twin(latent)
     rows = {}
-    for name, cfg in (("pixel", pixel), ("latent", latent)):
+    for name, cfg in (("pixel", pixel_twin(latent)), ("pixel_attention_16px", pixel_twin(latent, same_depth=False)),
+                      ("latent", latent)):
         rows[name] = {"train_img_s": train_rate(cfg, args.train_steps, args.device),
                       "sample_s_per_image": sample_seconds(cfg, args.sample_images, args.sample_steps, args.device),
-                      "unet_input": [cfg.unet.in_channels, cfg.unet.resolution, cfg.unet.resolution]}  # set by setup
+                      "unet_input": [cfg.unet.in_channels, cfg.unet.resolution, cfg.unet.resolution],  # set by setup
+                      "attention_resolutions": list(cfg.unet.attention_resolutions)}
         print(name, rows[name], flush=True)
-    rows["ratio"] = {"train": rows["latent"]["train_img_s"] / rows["pixel"]["train_img_s"],
-                     "sample": rows["pixel"]["sample_s_per_image"] / rows["latent"]["sample_s_per_image"]}
-    print(f"latent / pixel: training {rows['ratio']['train']:.2f}x the images/s, sampling "
-          f"{rows['ratio']['sample']:.2f}x faster per image (DDIM {args.sample_steps}, CFG; baseline: pixel)")
+    for pixel in ("pixel", "pixel_attention_16px"):
+        rows[f"ratio_to_{pixel}"] = ratio = {
+            "train": rows["latent"]["train_img_s"] / rows[pixel]["train_img_s"],
+            "sample": rows[pixel]["sample_s_per_image"] / rows["latent"]["sample_s_per_image"]}
+        print(f"latent / {pixel}: training {ratio['train']:.2f}x the images/s, sampling {ratio['sample']:.2f}x faster "
+              f"per image (DDIM {args.sample_steps}, CFG; baseline: {pixel})")
     return rows
 
 

@@ -101,7 +101,9 @@ def main() -> None:
         sampler = Sampler(name)
         schedule = SigmaSchedule(args.schedule)
         if schedule in SIGMA_SCHEDULES and sampler not in SIGMA_SAMPLERS:
-            schedule = SigmaSchedule.UNIFORM  # karras and exponential place sigmas; DDPM and DDIM keep timestep respacing
+            schedule = pipe.defaults.schedule  # karras and exponential place sigmas; DDPM and DDIM keep the model's
+            # own timestep respacing (uniform for pixel models; leading for latent ones, whose unclipped x0_hat at
+            # t = 999 would otherwise be multiplied by 1/sqrt(alpha_bar) = 2e4)
         opts = SamplingOptions(steps=steps_for(sampler, nfe), guidance_scale=args.guidance_scale, sampler=sampler,
                                schedule=schedule)
         start = time.time()
