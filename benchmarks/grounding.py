@@ -107,7 +107,8 @@ def main() -> None:
     suites, prompts = [s for s, _ in jobs], [p for _, p in jobs]
     seeds = list(range(len(jobs)))
     layouts = sample_layouts(prior, pipe.text_encoder, prompts, seeds, args.temperature)
-    rows = {"none": {}, "prior": {"boxes": layouts}, "prior_uncond": {"boxes": layouts, "boxes_in_uncond": True},
+    rows = {"none": {"boxes": [[] for _ in prompts]},  # empty lists: null grounding tokens, even in a layout2image
+            "prior": {"boxes": layouts},                  # pipeline, whose own layout stage fills boxes=None "prior_uncond": {"boxes": layouts, "boxes_in_uncond": True},
             "true": {"boxes": true_boxes(prompts, 0)}}
     report = {"model": args.model, "layout_prior": args.layout_prior, "temperature": args.temperature,
               "steps": args.steps, "guidance_scale": args.guidance_scale, "images": len(jobs), "rows": {}}
