@@ -15,6 +15,12 @@ class ConfigError(ValueError):
     pass
 
 
+
+def short(value, limit: int = 60) -> str:
+    """repr(value) for a one-line message: escapes keep it one line, and it is cut after `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
 def to_dict(cfg) -> dict:
     def plain(v):
         if dataclasses.is_dataclass(v):
@@ -38,18 +44,18 @@ def _coerce(tp, value, where: str):
         return _coerce(next(a for a in args if a is not type(None)), value, where)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {short(value)}")
         seq = [_coerce(args[0], v, where) for v in value] if args else list(value)
         return tuple(seq) if origin is tuple else seq
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
         except ValueError:
-            raise ConfigError(f"{where}: {value!r} is not one of {[e.value for e in tp]}") from None
+            raise ConfigError(f"{where}: {short(value)} is not one of {[e.value for e in tp]}") from None
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp in (int, str, bool) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {short(value)}")
     return value
 
 
@@ -60,12 +66,12 @@ def from_dict(cls, data: dict, where: str = "config", base=None):
     class, e.g. a judge's optimiser), so a config names only what differs.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected an object, got {data!r}")
+        raise ConfigError(f"{where}: expected an object, got {short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(fields))})")
+        raise ConfigError(f"{where}: unknown key {short(sorted(unknown)[0])} (known: {', '.join(sorted(fields))})")
     values = {}
     for k, v in data.items():
         tp, f = hints[k], fields[k]
