@@ -23,6 +23,7 @@ class ComponentType(str, enum.Enum):
     UNET = "unet"  # the denoiser network of a stage (base, upsampler, decoder)
     AUTOENCODER = "autoencoder"  # latent diffusion's first stage (nets/autoencoder.py)
     LAYOUT_PRIOR = "layout_prior"  # caption -> (phrase, box) sets (nets/layout_prior.py)
+    EMBEDDING_PRIOR = "embedding_prior"  # unCLIP's diffusion prior: caption -> CLIP image embedding
     CLIP = "clip"  # condiff CLIP, clean or noise-aware
     CLASSIFIER = "classifier"  # noise-aware classifier over the world's labels
 
@@ -33,6 +34,7 @@ CLASSES = {  # type -> (module, network class, config class), imported on demand
     ComponentType.UNET: ("nets.unet", "UNet", "UNetConfig"),
     ComponentType.AUTOENCODER: ("nets.autoencoder", "Autoencoder", "AutoencoderConfig"),
     ComponentType.LAYOUT_PRIOR: ("nets.layout_prior", "LayoutPrior", "LayoutPriorConfig"),
+    ComponentType.EMBEDDING_PRIOR: ("nets.embedding_prior", "EmbeddingPrior", "EmbeddingPriorConfig"),
     ComponentType.CLIP: ("nets.clip", "CLIP", "CLIPConfig"),
     ComponentType.CLASSIFIER: ("nets.classifier", "NoisyClassifier", "ClassifierConfig"),
 }
@@ -51,6 +53,7 @@ def guess_type(folder: str | Path) -> ComponentType:
     """The type of a component folder, from the keys its config.json alone has."""
     cfg = read_json(Path(folder) / CONFIG)
     marks = [("source", ComponentType.PRETRAINED_TEXT_ENCODER), ("bins", ComponentType.LAYOUT_PRIOR),
+             ("text_width", ComponentType.EMBEDDING_PRIOR),
              ("latent_channels", ComponentType.AUTOENCODER), ("vocab", ComponentType.TEXT_ENCODER),
              ("channel_mult", ComponentType.UNET), ("text", ComponentType.CLIP), ("image", ComponentType.CLASSIFIER)]
     for key, kind in marks:

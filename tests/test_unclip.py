@@ -84,3 +84,79 @@ def test_edit_variations_interpolate_textdiff_write_grids(decoder, tmp_path, cap
         assert main(["edit", *argv, *common, "--out", str(tmp_path / "bad.png")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and not (tmp_path / "bad.png").exists()
+
+
+@pytest.fixture(scope="module")
+def prior(decoder, tmp_path_factory):
+    """A tiny diffusion prior trained by `condiff train` for a few steps on the tiny CLIP's embeddings."""
+    from condiff import components
+
+    tmp = tmp_path_factory.mktemp("prior")
+    cfg = {"model": "embedding_prior", "clip": str(decoder[1]), "data": {"resolution": 16},
+           "prior": {"width": 32, "layers": 2, "heads": 2}, "optim": {"steps": 3, "batch_size": 8, "warmup_steps": 1},
+           "checkpoint_every": 1}
+    (tmp / "prior.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp / "prior.json"), "--out", str(tmp / "run")]) == 0
+    assert components.guess_type(tmp / "run" / "model") == components.ComponentType.EMBEDDING_PRIOR
+    return components.load("embedding_prior", tmp / "run" / "model"), load_clip(decoder[1]), tmp
+
+
+def test_the_prior_is_causal_and_reads_the_text_through_its_null_tokens(prior):
+    from condiff.nets.embedding_prior import clip_text
+
+    net, clip, _ = prior
+    text = clip_text(clip, ["a red circle", "two blue squares"])
+    x, t = torch.randn(2, 16), torch.tensor([10, 900])
+    args = (text["tokens"], text["mask"], text["embed"])
+    with torch.no_grad():
+        out = net(x, t, *args)
+        assert out.shape == (2, 16)
+        # the query comes last and sees everything; changing only the noised embedding changes the output
+        assert not torch.allclose(net(x + 1, t, *args), out)
+        # the null text ignores the caption: two captions, the same output under drop
+        drop = torch.ones(2, dtype=torch.bool)
+        same_x = x[:1].expand(2, -1)
+        a = net(same_x, t[:1].expand(2), *args, drop=drop)
+        torch.testing.assert_close(a[0], a[1])
+        # causal: the caption's token states cannot see the tokens after them, so the first token's output would
+        # not depend on x; checked by the mask itself
+        assert net.causal[0, 1:].all() and not net.causal[-1].any()
+
+
+def test_prior_embeddings_are_unit_per_seed_and_keep_the_best_candidate(prior):
+    from condiff.pipelines.unclip import PRIOR_SAMPLING, prior_embeddings
+    from condiff.nets.embedding_prior import clip_text
+    from condiff.train.tasks.embedding_prior import prior_diffusion
+
+    net, clip, _ = prior
+    opts = PRIOR_SAMPLING.replace(steps=4)
+    prompts = ["a red circle", "two blue squares", "a green triangle"]
+    z = prior_embeddings(net, prior_diffusion(), clip, prompts, [3, 4, 5], opts)
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(3))
+    alone = prior_embeddings(net, prior_diffusion(), clip, prompts[1:2], [4], opts)
+    torch.testing.assert_close(alone[0], z[1], atol=1e-5, rtol=1e-5)  # same seed, same embedding, whatever the batch
+    one = prior_embeddings(net, prior_diffusion(), clip, prompts, [3, 4, 5], opts, candidates=1)
+    four = prior_embeddings(net, prior_diffusion(), clip, prompts, [3, 4, 5], opts, candidates=4)
+    z_t = clip_text(clip, prompts)["embed"]
+    # candidate 0 is the seed's own sample; the best of 4 (which include the best of 2) scores at least as high
+    assert ((four * z_t).sum(-1) >= (z * z_t).sum(-1) - 1e-6).all()
+    assert ((z * z_t).sum(-1) >= (one * z_t).sum(-1) - 1e-6).all()
+    with pytest.raises(ValueError, match="threshold"):
+        prior_embeddings(net, prior_diffusion(), clip, prompts, [3, 4, 5], opts.replace(threshold="static"))
+
+
+def test_prior_training_resumes_exactly_and_refuses_a_missing_clip(prior, capsys):
+    from safetensors.torch import load_file
+
+    _, _, tmp = prior
+    cfg = json.loads((tmp / "prior.json").read_text())
+    short = dict(cfg, optim=dict(cfg["optim"], steps=2))
+    (tmp / "short.json").write_text(json.dumps(short))
+    assert main(["train", "--config", str(tmp / "short.json"), "--out", str(tmp / "resumed")]) == 0
+    assert main(["train", "--config", str(tmp / "prior.json"), "--out", str(tmp / "resumed"), "--resume"]) == 0
+    a = load_file(str(tmp / "run" / "model" / "model.safetensors"))
+    b = load_file(str(tmp / "resumed" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    (tmp / "bad.json").write_text(json.dumps(dict(cfg, clip=str(tmp / "nowhere"))))
+    assert main(["train", "--config", str(tmp / "bad.json"), "--out", str(tmp / "bad")]) == 2
+    assert "is not a condiff CLIP folder" in capsys.readouterr().err

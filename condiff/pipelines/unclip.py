@@ -79,3 +79,37 @@ def textdiff(pipe, clip, image: torch.Tensor, source: str, target: str, steps: i
     ws = [max_angle * i / (steps - 1) for i in range(steps)] if steps > 1 else [0.0]
     e = torch.cat([slerp(zi, zd, w) for w in ws])
     return decode(pipe, e, [target] * steps, [seed] * steps, opts, x=_fixed_noise(pipe, steps, seed))
+
+
+CANDIDATE_SEED_STRIDE = 2 ** 32  # candidate k of seed s draws from seed s + k * stride: candidate 0 is seed s itself
+PRIOR_SAMPLING = SamplingOptions(steps=64, guidance_scale=2.0, threshold="none", schedule="leading")  # DALL-E 2: 64
+
+
+@torch.no_grad()
+def prior_embeddings(prior, diffusion, clip, prompts: list[str], seeds: list[int], opts: SamplingOptions,
+                     candidates: int = 2) -> torch.Tensor:
+    """Unit CLIP image embeddings (B, D) for captions from the diffusion prior (nets/embedding_prior.py), by any
+    sampler with classifier-free guidance over the text. DALL-E 2's trick: sample `candidates` per caption and keep
+    the one with the higher dot product with the caption's text embedding z_t. Embedding i depends on prompts[i]
+    and seeds[i] alone."""
+    from ..diffusion.denoiser import Denoiser
+    from ..diffusion.guidance import ClassifierFreeGuidance
+    from ..diffusion.sampling import sample
+    from ..diffusion.samplers import PerSampleNoise
+    from ..nets.embedding_prior import clip_text
+
+    if candidates < 1:
+        raise ValueError(f"candidates: must be at least 1, got {candidates}")
+    if opts.threshold.value != "none":
+        raise ValueError(f"threshold: the prior samples embeddings, not pixels; use none, got {opts.threshold.value}")
+    B, k = len(prompts), candidates
+    text = clip_text(clip, [p for p in prompts for _ in range(k)])  # (B k, ...): candidates of a caption adjacent
+    cond = {"text_tokens": text["tokens"], "text_mask": text["mask"], "text_embed": text["embed"]}
+    null = torch.ones(B * k, dtype=torch.bool, device=clip.device)
+    denoiser = Denoiser.from_config(prior, diffusion)
+    model = ClassifierFreeGuidance(denoiser, opts.guidance_scale, cond | {"drop": ~null}, cond | {"drop": null})
+    noise = PerSampleNoise([s + j * CANDIDATE_SEED_STRIDE for s in seeds for j in range(k)])
+    x = noise((B * k, prior.cfg.embed_dim), clip.device)
+    z = F.normalize(sample(model, denoiser.schedule, x, noise, opts).float(), dim=-1).view(B, k, -1)
+    best = (z * text["embed"].view(B, k, -1)).sum(-1).argmax(1)  # (B,)
+    return z[torch.arange(B), best]

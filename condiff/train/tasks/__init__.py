@@ -11,6 +11,7 @@ from ...config import ConfigError, from_dict, read_json
 
 def tasks() -> dict:
     from .autoencoder import AutoencoderTask
+    from .embedding_prior import EmbeddingPriorTask
     from .judges import JudgeTask
     from .layout_prior import LayoutPriorTask
     from .text2image import Text2ImageTask
@@ -18,7 +19,7 @@ def tasks() -> dict:
 
     return {"text2image": Text2ImageTask(), "clip": JudgeTask("clip"), "classifier": JudgeTask("classifier"),
             "autoencoder": AutoencoderTask(), "layout_prior": LayoutPriorTask(),
-            "upsampler": UpsamplerTask()}
+            "upsampler": UpsamplerTask(), "embedding_prior": EmbeddingPriorTask()}
 
 
 def task_named(name: str):
