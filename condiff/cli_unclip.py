@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_args import positive_int
 from .pipelines.text2image import WEIGHTS
 
 DECODER, CLIP64 = WEIGHTS / "unclip64", WEIGHTS / "clip64"
@@ -100,7 +101,7 @@ def add_unclip_parsers(esub) -> None:
 
     v = esub.add_parser("variations", help="unCLIP: images from IN's CLIP image embedding")
     v.add_argument("input", metavar="IN")
-    v.add_argument("--num-images", type=int, default=4)
+    v.add_argument("--num-images", type=positive_int, default=4)
     v.add_argument("--prompt", default="", help="also condition on a caption (default: none)")
     common(v, "variations.png")
     v.set_defaults(func=_variations)

@@ -8,3 +8,4 @@ from .world.render import LayoutError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, VocabularyError, PromptError, LayoutError, FileNotFoundError,
                ValueError)
+

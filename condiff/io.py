@@ -60,6 +60,18 @@ def save_component(module: torch.nn.Module, cfg, folder: Path, dtype: torch.dtyp
     save_json(cfg, folder / CONFIG)
 
 
+def mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str:
+    """A short account of how a state dict differs from a module's: counts, and one example of each kind."""
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    shapes = [k for k in expected if k in got and expected[k].shape != got[k].shape]
+    parts = [f"{len(missing)} tensor(s) missing (e.g. '{missing[0]}')" if missing else "",
+             f"{len(extra)} unexpected (e.g. '{extra[0]}')" if extra else "",
+             f"{len(shapes)} of another shape (e.g. '{shapes[0]}': {tuple(got[shapes[0]].shape)} for "
+             f"{tuple(expected[shapes[0]].shape)})" if shapes else ""]
+    return "; ".join(p for p in parts if p)[:300] or "the tensors do not load"
+
+
 def load_component(module_cls, cfg_cls, folder: Path) -> torch.nn.Module:
     folder = Path(folder)
     cfg = load_json(cfg_cls, folder / CONFIG)
@@ -68,9 +80,9 @@ def load_component(module_cls, cfg_cls, folder: Path) -> torch.nn.Module:
     expected = module.state_dict()
     try:
         module.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()})
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[1:2] or [str(e)]
-        raise CheckpointError(f"weights in '{folder / WEIGHTS}' do not match its config: {first[0].strip()}") from None
+    except RuntimeError:
+        raise CheckpointError(f"weights in '{folder / WEIGHTS}' do not match its config: "
+                              f"{mismatch(expected, state)}") from None
     return module.eval()
 
 

@@ -51,6 +51,10 @@ def check_writable(paths: list[Path]) -> None:
             raise ValueError(f"--out: cannot write '{path}': '{parent}' is a file, not a folder")
         if not os.access(parent, os.W_OK):
             raise ValueError(f"--out: cannot write '{path}': no permission to write in '{parent}'")
+        try:  # the folders are made now, before any work, so that a path that cannot be made fails first
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out: cannot make the folder '{path.parent}' ({e.strerror})") from None
 
 
 def image_grid(pixels: np.ndarray, columns: int | None = None) -> np.ndarray:

@@ -145,3 +145,24 @@ def test_an_unwritable_out_path_fails_before_sampling(tiny_model, tmp_path, caps
     (tmp_path / "afile").write_text("x")
     assert main(["generate", "a red circle", "--model", str(tiny_model), "--out", str(tmp_path / "afile" / "a.png")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_the_bad_input_battery_ends_each_case_in_one_error_line(tmp_path, capsys, monkeypatch):
+    """benchmarks/bad_inputs.py's 40 bad command lines, run in this process: exit 2, an error as the last line,
+    nothing written. (The benchmark runs them as fresh processes, which also shows that none prints a traceback.)"""
+    from pathlib import Path as P
+
+    monkeypatch.syspath_prepend(str(P(__file__).parents[1] / "benchmarks"))
+    from bad_inputs import cases, fixtures
+
+    out = tmp_path / "out" / "result.png"
+    bad = []
+    for name, argv in cases(fixtures(tmp_path), out):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's own refusals
+            code = e.code
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        if code != 2 or not err or "error" not in err[-1] or out.exists():
+            bad.append((name, code, err[-1:] if err else None))
+    assert not bad, bad

@@ -239,7 +239,11 @@ def test_image_folder_reads_boxes_and_refuses_bad_ones(tmp_path):
             ImageFolder(str(folder), 16)
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_finishes_exactly(tiny_config_path, tmp_path):
+@pytest.mark.parametrize("signame,code,said", [("SIGTERM", 143, "condiff: interrupted (SIGTERM)"),
+                                               ("SIGINT", 130, "condiff: interrupted")])
+def test_a_signal_saves_a_checkpoint_and_resume_finishes_exactly(tiny_config_path, tmp_path, signame, code, said):
+    """SIGTERM (exit 143) and Ctrl-C's SIGINT (exit 130): a checkpoint at the next step boundary, one line naming
+    --resume, no traceback, and --resume ends in the weights of an uninterrupted run."""
     import signal
     import subprocess
     import time
@@ -253,9 +257,10 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes_exactly(tiny_config_path
     latest = tmp_path / "killed" / "checkpoints" / "latest"
     while not latest.exists() and proc.poll() is None:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, signame))
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "interrupted: saved step" in out and "condiff: interrupted (SIGTERM)" in err, err[-500:]
+    assert proc.returncode == code and "continue with --resume" in out and said in err, err[-500:]
+    assert "Traceback" not in err
     saved = int(latest.read_text().split("_")[1])
     assert 5 <= saved < 40
     assert subprocess.run(cmd + ["--out", str(tmp_path / "killed"), "--resume"]).returncode == 0

@@ -93,6 +93,8 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
         raise ConfigError("--resume and --overwrite exclude each other")
     held = (folder / "checkpoints" / "latest").exists() or (folder / "config.json").exists()
     distributed.barrier(world)  # every rank has looked before rank 0 writes
+    if resume and not held:
+        raise ConfigError(f"--resume: '{folder}' holds no training run to continue; leave out --resume to start one")
     if held and not resume and not overwrite:
         raise ConfigError(f"'{folder}' already holds a training run: pass --resume to continue it, "
                           f"--overwrite to start it over, or choose another --out")

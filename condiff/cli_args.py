@@ -1,0 +1,53 @@
+"""The command line's shared arguments: sampler options, run options and value types. Building them imports no
+torch, so that `condiff --help` and argument errors are instant."""
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts (images, batch sizes): a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text[:30]!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# The enums' values, spelled out so that building the parser does not import torch (tested to match).
+SAMPLER_NAMES = ["ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde"]
+SCHEDULE_NAMES = ["uniform", "leading", "trailing", "karras", "exponential"]
+THRESHOLD_NAMES = ["none", "static", "dynamic"]
+VARIANCE_NAMES = ["small", "large", "learned"]
+GUIDANCE_METHOD_NAMES = ["classifier", "clip", "clip_x0", "contrastive"]
+GUIDANCE_FORM_NAMES = ["score", "mean"]
+GUIDE_NAMES = ["cfg", "cfg_rescale", *GUIDANCE_METHOD_NAMES, "clip_xT"]  # eval sweep's methods
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, steps: int, guidance: bool = True, full: bool = False) -> None:
+    """The sampler options shared by generate, eval bench and eval sweep (read back by SamplingOptions.from_args)."""
+    p.add_argument("--steps", type=int, default=steps)
+    if guidance:
+        p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="see 'condiff samplers'")
+    p.add_argument("--schedule", choices=SCHEDULE_NAMES, help="step placement (default: the model's, e.g. uniform)")
+    if not full:
+        return
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--threshold", choices=THRESHOLD_NAMES,
+                   help="x0_hat clipping: static [-1, 1] or Imagen's dynamic thresholding (default: the model's: "
+                        "static for pixel models, none for latent ones)")
+    p.add_argument("--threshold-percentile", type=float, default=0.995, help="p of dynamic thresholding")
+    p.add_argument("--ddpm-variance", choices=VARIANCE_NAMES, default="small",
+                   help="ddpm sampler: posterior beta_tilde (small), beta (large), or the model's (learned)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--guidance-rescale", type=float, default=0.0, help="phi of CFG rescale (Lin et al.; 0: off)")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, batch_size: int, seed_help: str = "seed of the first image") -> None:
+    p.add_argument("--model", help="model folder (default: the shipped layout64 model)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--device", help="cpu or cuda")
