@@ -57,10 +57,15 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
 
 @torch.no_grad()
 def clip_image_features(clip, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    """Unit-norm condiff CLIP image embeddings (N, D) of images in [-1, 1] (clean tower; t = 0 if noise-aware)."""
-    out = []
+    """Unit-norm condiff CLIP image embeddings (N, D) of images in [-1, 1] at any size, area-resized to the CLIP's
+    resolution (clean tower; t = 0 if noise-aware)."""
+    import torch.nn.functional as F
+
+    out, side = [], clip.cfg.image.resolution
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(clip.device, torch.float32)
+        if x.shape[-1] != side:  # e.g. a 64 px model judged by the 32 px clip32
+            x = F.interpolate(x, size=(side, side), mode="area")
         t = torch.zeros(len(x), device=x.device) if clip.noise_aware else None
         out.append(clip.encode_image(x, t).cpu())
     return torch.cat(out).numpy().astype(np.float64)
