@@ -47,7 +47,11 @@ class CLIP(nn.Module):
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """Unit-norm text embeddings (B, D) from the pooled <eos> state."""
-        return F.normalize(self.text_proj(self.text_encoder.encode(texts, self.device)["pooled"]), dim=-1)
+        return self.text_embedding(self.text_encoder.encode(texts, self.device)["pooled"])
+
+    def text_embedding(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The text tower's pooled state (B, width) -> unit-norm embedding (B, D)."""
+        return F.normalize(self.text_proj(pooled), dim=-1)
 
     def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """exp(tau) <f(x), g(y)>: (B_images, B_texts)."""

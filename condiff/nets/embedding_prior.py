@@ -94,6 +94,5 @@ class EmbeddingPrior(nn.Module):
 def clip_text(clip, prompts: list[str]) -> dict:
     """What the prior reads of a caption: the frozen CLIP text tower's token states and mask, and its unit
     embedding z_t."""
-    enc = clip.text_encoder.encode(prompts, clip.device)
-    embed = F.normalize(clip.text_proj(enc["pooled"]), dim=-1)
-    return {"tokens": enc["context"], "mask": enc["context_mask"], "embed": embed}
+    enc = clip.text_encoder.encode(prompts, clip.device)  # one pass of the tower gives both
+    return {"tokens": enc["context"], "mask": enc["context_mask"], "embed": clip.text_embedding(enc["pooled"])}
