@@ -57,7 +57,7 @@ def _read_noise(path: str, n: int, shape: tuple[int, ...]):
 def _generate(args) -> None:
     from .diffusion.sampling import SAMPLER_INFO, SamplingOptions
     from .diffusion.thresholding import Threshold
-    from .pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+    from .pipelines.text2image import Text2ImagePipeline, model_folder
     from .png import check_writable, format_parameters, save_png
     from .cli_cascade import cascade_from_args, stage_parameters
     from .cli_layout import layout_from_args
@@ -65,7 +65,7 @@ def _generate(args) -> None:
     from .world.render import to_uint8
 
     opts = SamplingOptions.from_args(args)  # bad option values fail here, before any model is loaded
-    model = Path(args.model) if args.model else DEFAULT_MODEL
+    model = model_folder(args.model)
     prompts = [p for p in args.prompts for _ in range(args.num_images)]
     boxes = layout_from_args(args, prompts)
     paths = _output_paths(Path(args.out), len(prompts))
@@ -145,10 +145,19 @@ def _export(args) -> None:
 
 
 def _compose(args) -> None:
-    from .pipelines.layout2image import Layout2ImagePipeline
+    if (args.layout_prior is None) == (args.clip is None):
+        raise ValueError("compose: give --layout-prior (layout2image) or --clip (unclip), not both or neither")
+    if args.layout_prior is not None:
+        from .pipelines.layout2image import Layout2ImagePipeline
 
-    Layout2ImagePipeline.compose(args.text2image, args.layout_prior).save_pretrained(args.out)
-    print(f"composed {args.text2image} + {args.layout_prior} -> {args.out} (layout2image)")
+        pipe, parts = Layout2ImagePipeline.compose(args.text2image, args.layout_prior), [args.layout_prior]
+    else:
+        from .pipelines.unclip import UnCLIPPipeline
+
+        pipe = UnCLIPPipeline.compose(args.text2image, args.clip, args.embedding_prior)
+        parts = [args.clip] + ([args.embedding_prior] if args.embedding_prior else [])
+    pipe.save_pretrained(args.out)
+    print(f"composed {' + '.join([args.text2image, *parts])} -> {args.out} ({pipe.kind})")
 
 
 def _samplers(args) -> None:
@@ -272,9 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
     x.set_defaults(func=_export)
 
-    o = sub.add_parser("compose", help="join a grounded text2image model and a layout prior into a text -> boxes -> image pipeline")
-    o.add_argument("--text2image", required=True, help="a grounded text2image model folder (frozen text encoder)")
-    o.add_argument("--layout-prior", required=True, help="a layout prior folder (trained on the same text encoder)")
+    o = sub.add_parser("compose", help="join a text2image model and its prior: text -> boxes -> image (--layout-prior) "
+                       "or unCLIP's text -> CLIP image embedding -> image (--clip, --embedding-prior)")
+    o.add_argument("--text2image", required=True, help="a grounded text2image model, or an unCLIP decoder, folder")
+    o.add_argument("--layout-prior", help="a layout prior folder (trained on the same text encoder)")
+    o.add_argument("--clip", help="the CLIP folder an unCLIP decoder reads")
+    o.add_argument("--embedding-prior", help="unCLIP's diffusion prior folder (none: the prior-free baseline)")
     o.add_argument("--out", required=True, help="the layout2image pipeline folder to write")
     o.set_defaults(func=_compose)
 

@@ -34,9 +34,9 @@ def _prepare(args, needs_prompt: bool = True):
 
 def _load(args, prompts, **overrides):
     from .diffusion.sampling import SamplingOptions
-    from .pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+    from .pipelines.text2image import Text2ImagePipeline, model_folder
 
-    model = Path(args.model) if args.model else DEFAULT_MODEL
+    model = model_folder(args.model)
     pipe = Text2ImagePipeline.from_pretrained(model)
     if args.device:
         pipe = pipe.to(args.device)

@@ -163,3 +163,36 @@ def test_prior_training_resumes_exactly_and_refuses_a_missing_clip(prior, capsys
     (tmp / "bad.json").write_text(json.dumps(dict(cfg, clip=str(tmp / "nowhere"))))
     assert main(["train", "--config", str(tmp / "bad.json"), "--out", str(tmp / "bad")]) == 2
     assert "is not a condiff CLIP folder" in capsys.readouterr().err
+
+
+def test_composed_unclip_pipeline_generates_per_seed_and_without_its_prior_reads_z_t(decoder, prior, tmp_path, capsys):
+    from condiff.pipelines.base import load_pipeline
+    from condiff.pipelines.unclip import PRIOR_SEED_OFFSET, UnCLIPPipeline, prior_embeddings
+
+    folder, clip_dir = decoder
+    _, _, tmp = prior
+    out = tmp_path / "unclip"
+    assert main(["compose", "--text2image", str(folder), "--clip", str(clip_dir), "--embedding-prior",
+                 str(tmp / "run" / "model"), "--out", str(out)]) == 0
+    pipe = load_pipeline(out)
+    assert isinstance(pipe, UnCLIPPipeline) and pipe.prior is not None
+    with torch.no_grad():  # make the embedding matter (the 2-step decoder barely moved its zero-initialised layers)
+        pipe.unet.image_embed_proj.weight.normal_()
+    opts = pipe.defaults.replace(steps=2)
+    pipe.spec.stage("prior").sampling = pipe.spec.stage("prior").sampling.replace(steps=3)
+    prompts = ["a red circle", "two blue squares", "a green triangle"]
+    images = pipe(prompts, [7, 8, 9], opts)
+    torch.testing.assert_close(pipe(prompts[1:2], [8], opts)[0], images[1], atol=1e-5, rtol=1e-4)  # batch-invariant
+    # the image is the decoder's drawing of the prior's embedding for (prompt, seed + offset)
+    z = prior_embeddings(pipe.prior, pipe.spec.stage("prior").diffusion, pipe.clip, prompts[:1], [7 + PRIOR_SEED_OFFSET],
+                         pipe.spec.stage("prior").sampling)
+    torch.testing.assert_close(decode(pipe, z, prompts[:1], [7], opts), images[:1], atol=1e-5, rtol=1e-4)
+    base = pipe.without_prior()  # the prior-free baseline: the decoder reads the caption's CLIP text embedding
+    with torch.no_grad():
+        z_t = pipe.clip.encode_text(prompts[:1])
+    torch.testing.assert_close(base(prompts[:1], [7], opts), decode(pipe, z_t, prompts[:1], [7], opts))
+    capsys.readouterr()
+    assert main(["compose", "--text2image", str(folder), "--out", str(tmp_path / "x")]) == 2
+    assert "--layout-prior" in capsys.readouterr().err
+    assert main(["generate", "a red circle", "--model", str(out), "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert read_parameters(tmp_path / "g.png")["Model"] == "unclip"

@@ -123,7 +123,7 @@ class Pipeline:
 
 def load_pipeline(folder: str | Path) -> Pipeline:
     """The pipeline saved in folder, as the class its spec's kind names."""
-    from . import layout2image, text2image, upsample  # noqa: F401  (registers the built-in kinds)
+    from . import layout2image, text2image, unclip, upsample  # noqa: F401  (registers the built-in kinds)
 
     folder = Path(folder)
     if not folder.is_dir():

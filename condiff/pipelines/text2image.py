@@ -26,6 +26,14 @@ BASE32 = WEIGHTS / "base32"  # the 32 px pixel model with its 29-word vocabulary
 PipelineConfig = DiffusionConfig  # the name of the first releases
 
 
+def model_folder(name: str | Path | None) -> Path:
+    """A model argument as a folder: a path, or the name of a shipped model (`unclip`: condiff/weights/unclip)."""
+    if not name:
+        return DEFAULT_MODEL
+    path = Path(name)
+    return WEIGHTS / path if not path.exists() and len(path.parts) == 1 and (WEIGHTS / path).is_dir() else path
+
+
 def default_sampling(latent: bool) -> SamplingOptions:
     """A new model's saved sampler settings. Latents are not in [-1, 1]: no x0 clipping, and 'leading' spacing, whose
     first step (t = 980 of 1000 at 50 steps) is well-conditioned without it; 'uniform' starts at t = 999, where the

@@ -113,3 +113,77 @@ def prior_embeddings(prior, diffusion, clip, prompts: list[str], seeds: list[int
     z = F.normalize(sample(model, denoiser.schedule, x, noise, opts).float(), dim=-1).view(B, k, -1)
     best = (z * text["embed"].view(B, k, -1)).sum(-1).argmax(1)  # (B,)
     return z[torch.arange(B), best]
+
+
+PRIOR_SEED_OFFSET = 2 ** 31  # the prior of image seed s draws from s + offset, so its noise is not the decoder's
+
+
+class UnCLIPPipeline(Text2ImagePipeline):
+    """DALL-E 2's text -> image: the diffusion prior samples a CLIP image embedding for the caption, and the decoder
+    draws it (with the caption, as GLIDE-style conditioning). Without a prior (`prior=None`) the caption's CLIP text
+    embedding goes to the decoder directly: the paper's prior-free baseline. Image i depends on its prompt and seed."""
+    kind = "unclip"
+
+    def __init__(self, text_encoder, unet, cfg, clip, prior=None, prior_cfg=None, autoencoder=None, sampling=None,
+                 prior_sampling: SamplingOptions | None = None, candidates: int = 2):
+        from ..components import ComponentType
+        from .base import ComponentSpec, StageSpec
+
+        super().__init__(text_encoder, unet, cfg, autoencoder, sampling)
+        check_decoder(self, clip)
+        if prior is not None and prior.cfg.embed_dim != clip.cfg.embed_dim:
+            raise ValueError(f"the prior makes {prior.cfg.embed_dim}-d embeddings, this CLIP {clip.cfg.embed_dim}-d")
+        self.clip, self.prior, self.candidates = clip, prior, candidates
+        self.spec.kind = self.kind
+        self.parts["clip"] = clip
+        self.spec.components.append(ComponentSpec("clip", ComponentType.CLIP))
+        if prior is not None:
+            from ..train.tasks.embedding_prior import prior_diffusion
+
+            self.parts["prior"] = prior
+            self.spec.components.append(ComponentSpec("prior", ComponentType.EMBEDDING_PRIOR))
+            self.spec.stages.append(StageSpec("prior", "prior", prior_cfg or prior_diffusion(),
+                                              prior_sampling or PRIOR_SAMPLING))
+
+    @classmethod
+    def from_parts(cls, parts, spec) -> "UnCLIPPipeline":
+        base = spec.stage("base")
+        prior = next((s for s in spec.stages if s.name == "prior"), None)
+        return cls(parts["text_encoder"], parts[base.unet], base.diffusion, parts["clip"], parts.get("prior"),
+                   prior and prior.diffusion, parts.get("autoencoder"), base.sampling, prior and prior.sampling)
+
+    @classmethod
+    def compose(cls, decoder, clip, prior=None) -> "UnCLIPPipeline":
+        """An unCLIP decoder folder, the CLIP folder it reads and (optionally) a diffusion prior folder, as one."""
+        from .. import components
+
+        dec = Text2ImagePipeline.from_pretrained(decoder)
+        p = components.load("embedding_prior", prior) if prior is not None else None
+        return cls(dec.text_encoder, dec.unet, dec.cfg, components.load("clip", clip), p, None, dec.autoencoder,
+                   dec.defaults)
+
+    def without_prior(self) -> "UnCLIPPipeline":
+        """The same decoder fed the caption's CLIP text embedding (the paper's prior-free baseline)."""
+        return UnCLIPPipeline(self.text_encoder, self.unet, self.cfg, self.clip, None, None, self.autoencoder,
+                              self.defaults)
+
+    def check(self, prompts, opts, *other_steps) -> None:
+        super().check(prompts, opts, *other_steps)
+        for p in prompts:
+            self.clip.text_encoder.tokenizer.encode(p)
+
+    def embeddings(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """The CLIP image embedding the decoder draws for each caption: the prior's sample, or z_t without one."""
+        if self.prior is None:
+            with torch.no_grad():
+                return self.clip.encode_text(prompts)
+        stage = self.spec.stage("prior")
+        return prior_embeddings(self.prior, stage.diffusion, self.clip, prompts,
+                                [s + PRIOR_SEED_OFFSET for s in seeds], stage.sampling, self.candidates)
+
+    def denoise(self, prompts, seeds, opts, *args, cond_only=None, uncond_only=None, **kw):
+        cond_only, uncond_only = dict(cond_only or {}), dict(uncond_only or {})
+        if "image_embed" not in cond_only:
+            e = self.embeddings(prompts, seeds).to(self.device)
+            cond_only["image_embed"], uncond_only["image_embed"] = e, torch.zeros_like(e)
+        return super().denoise(prompts, seeds, opts, *args, cond_only=cond_only, uncond_only=uncond_only, **kw)

@@ -123,9 +123,9 @@ def sampler_of(name: str) -> Sampler:
 
 class GenerationService:
     def __init__(self, model: str | Path | None = None, device: str = "cpu", limits: ServeLimits | None = None):
-        from ..pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+        from ..pipelines.text2image import Text2ImagePipeline, model_folder
 
-        self.model_path = Path(model) if model else DEFAULT_MODEL
+        self.model_path = model_folder(model)
         self.pipe = Text2ImagePipeline.from_pretrained(self.model_path).to(device)
         self.limits = limits or ServeLimits()
         self.lock = threading.Lock()
