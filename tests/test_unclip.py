@@ -165,15 +165,19 @@ def test_prior_training_resumes_exactly_and_refuses_a_missing_clip(prior, capsys
     assert "is not a condiff CLIP folder" in capsys.readouterr().err
 
 
-def test_composed_unclip_pipeline_generates_per_seed_and_without_its_prior_reads_z_t(decoder, prior, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def composed(decoder, prior, tmp_path_factory):
+    out = tmp_path_factory.mktemp("composed") / "unclip"
+    assert main(["compose", "--text2image", str(decoder[0]), "--clip", str(decoder[1]), "--embedding-prior",
+                 str(prior[2] / "run" / "model"), "--out", str(out)]) == 0
+    return out
+
+
+def test_composed_unclip_pipeline_generates_per_seed_and_without_its_prior_reads_z_t(decoder, composed, tmp_path, capsys):
     from condiff.pipelines.base import load_pipeline
     from condiff.pipelines.unclip import PRIOR_SEED_OFFSET, UnCLIPPipeline, prior_embeddings
 
-    folder, clip_dir = decoder
-    _, _, tmp = prior
-    out = tmp_path / "unclip"
-    assert main(["compose", "--text2image", str(folder), "--clip", str(clip_dir), "--embedding-prior",
-                 str(tmp / "run" / "model"), "--out", str(out)]) == 0
+    folder, out = decoder[0], composed
     pipe = load_pipeline(out)
     assert isinstance(pipe, UnCLIPPipeline) and pipe.prior is not None
     with torch.no_grad():  # make the embedding matter (the 2-step decoder barely moved its zero-initialised layers)
@@ -196,3 +200,36 @@ def test_composed_unclip_pipeline_generates_per_seed_and_without_its_prior_reads
     assert "--layout-prior" in capsys.readouterr().err
     assert main(["generate", "a red circle", "--model", str(out), "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
     assert read_parameters(tmp_path / "g.png")["Model"] == "unclip"
+
+
+def test_api_variations_draws_the_images_embedding_and_refuses_bad_input(composed):
+    pytest.importorskip("fastapi")
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from condiff.images import image_tensor
+    from condiff.ui.api import create_api
+    from condiff.ui.service import GenerationService
+
+    service = GenerationService(composed)
+    client = TestClient(create_api(service))
+    buf = io.BytesIO()
+    src = Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    src.save(buf, format="PNG")
+    png = base64.b64encode(buf.getvalue()).decode()
+    r = client.post("/api/variations", json={"image": png, "num_images": 2, "seed": 3, "steps": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["seeds"] == [3, 4] and all("unCLIP variations" in p for p in body["parameters"])
+    got = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(im)))) for im in body["images"]])
+    opts = service.pipe.defaults.replace(steps=2)
+    want = variations(service.pipe, service.pipe.clip, image_tensor(src), 2, 3, opts)
+    expect = ((want.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    assert np.abs(got.astype(float) - expect).max() <= 1  # the same images as the library's variations
+    for bad, status, field in (({"image": png, "num_images": 0}, 422, "num_images"),
+                               ({"image": "bm90IGFuIGltYWdl", "num_images": 1}, 400, "image"),
+                               ({"image": png, "steps": 2, "sampler": "nope"}, 422, "sampler")):
+        r = client.post("/api/variations", json=bad)
+        assert r.status_code in (status, 400) and field in r.json()["detail"], r.text

@@ -46,10 +46,11 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     return (torch.sin((1 - w) * omega) * a + torch.sin(w * omega) * b) / torch.sin(omega)
 
 
-def variations(pipe, clip, image: torch.Tensor, n: int, seed: int, opts: SamplingOptions, prompt: str = "") -> torch.Tensor:
-    """n images from one image's embedding, seeds seed .. seed + n - 1 (DALL-E 2's variations)."""
+def variations(pipe, clip, image: torch.Tensor, n: int, seed: int, opts: SamplingOptions, prompt: str = "",
+               **kw) -> torch.Tensor:
+    """n images from one image's embedding, seeds seed .. seed + n - 1 (DALL-E 2's variations); kw: callback=."""
     e = image_embeddings(clip, image[:1]).expand(n, -1)
-    return decode(pipe, e, [prompt] * n, list(range(seed, seed + n)), opts)
+    return decode(pipe, e, [prompt] * n, list(range(seed, seed + n)), opts, **kw)
 
 
 def _fixed_noise(pipe, n: int, seed: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The HTTP JSON API (A1111-like): POST /api/txt2img, /api/img2img, /api/inpaint, /api/upscale, GET /api/samplers; bad values get
+"""The HTTP JSON API (A1111-like): POST /api/txt2img, /api/img2img, /api/inpaint, /api/upscale,
+/api/variations, GET /api/samplers; bad values get
 a 4xx with one clear line. Images travel as base64 (PNG, JPEG, ...), as in A1111's API."""
 from __future__ import annotations
 
@@ -112,6 +113,17 @@ class InpaintBody(EditBody):
     box: list[int] | None = None  # [x0, y0, x1, y1] in pixels of the input, x1 and y1 exclusive
 
 
+class VariationsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = IMAGE
+    prompt: str = Field("", max_length=MAX_DETAIL * 10, description="also condition on a caption; empty: none")
+    num_images: int = bounded(4, 1, MAX_IMAGES)
+    seed: int = bounded(-1, -1, MAX_SEED, "-1 (random) or")
+    steps: int = bounded(25, 1, MAX_STEPS)
+    guidance_scale: float = bounded(3.0, 0, MAX_SCALE)
+    sampler: str = one_of("ddim", SAMPLERS, "see GET /api/samplers")
+
+
 class UpscaleBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(description="base64 of a square image; resized to 64 px, the shipped cascade's first input",
@@ -182,6 +194,18 @@ def create_api(service: GenerationService) -> FastAPI:
         fields["image"] = _decode("image", body.image)
         im = await serve_request(request, service.upscale, UpscaleRequest(**fields))
         return {"images": [base64.b64encode(im.png).decode()], "parameters": [im.parameters], "seeds": [im.seed]}
+
+    @app.post("/api/variations", responses=ERRORS)
+    async def variations(body: VariationsBody, request: Request) -> dict:
+        """unCLIP: num_images images from the image's CLIP embedding (seeds seed + i); returns base64 PNGs."""
+        from .variations import VariationsRequest, variations
+
+        fields = body.model_dump()
+        fields["image"] = _decode("image", body.image)
+        images = await serve_request(request, lambda req, cancel: variations(service, req, cancel),
+                                     VariationsRequest(**fields))
+        return {"images": [base64.b64encode(im.png).decode() for im in images],
+                "parameters": [im.parameters for im in images], "seeds": [im.seed for im in images]}
 
     @app.get("/api/samplers")
     def samplers() -> list[dict]:

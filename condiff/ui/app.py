@@ -1,5 +1,5 @@
 """The Gradio page: text to image with live previews, a gallery of PNGs that carry their parameters, PNG-info restore,
-an output size through the upsampler cascade and an Upscale action on a result; image to image (SDEdit), inpainting
+an output size through the upsampler cascade, Upscale and (unCLIP) Variations actions on a result; image to image (SDEdit), inpainting
 (RePaint, with a brush mask or a box) and upscaling."""
 from __future__ import annotations
 
@@ -187,6 +187,26 @@ def make_edit_handlers(service: GenerationService, out_dir: Path):
     return img2img, inpaint, upscale
 
 
+def make_variations_handler(service: GenerationService, out_dir: Path):
+    """The Text to image tab's Variations action: 4 unCLIP variations of its first result (seeds 0..3)."""
+    from .variations import VariationsRequest, variations
+
+    def vary(first: str) -> list[str]:
+        png, _ = _first_result(first, out_dir)
+        if png is None:
+            raise gr.Error("image: generate an image first")
+        try:
+            images = variations(service, VariationsRequest(png, 4, "", 0))
+        except (RequestError, Busy, Cancelled, ValueError, TypeError) as e:
+            raise gr.Error(str(e)) from None
+        folder = Path(tempfile.mkdtemp(dir=out_dir))
+        for im in images:
+            (folder / f"condiff-variation-{im.seed}.png").write_bytes(im.png)
+        return [str(folder / f"condiff-variation-{im.seed}.png") for im in images]
+
+    return vary
+
+
 def _edit_controls(prefix: str):
     prompt = gr.Textbox(label="Prompt", lines=2, elem_id=f"{prefix}-prompt")
     negative = gr.Textbox(label="Negative prompt", elem_id=f"{prefix}-negative-prompt")
@@ -205,11 +225,14 @@ def _edit_outputs(prefix: str):
 
 
 def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
+    from ..cli_unclip import DECODER
+    from ..pipelines.unclip import UnCLIPPipeline
     from ..pipelines.upsample import UPSAMPLERS
 
     generate, restore = make_handlers(service, out_dir)
     img2img, inpaint, upscale = make_edit_handlers(service, out_dir)
     grounded = bool(service.pipe.unet.cfg.grounding_dim)
+    has_unclip = isinstance(service.pipe, UnCLIPPipeline) or (DECODER / "pipeline.json").is_file()
     res = service.pipe.resolution
     sizes = [res] + [s for s in sorted(UPSAMPLERS) if s > res and all(
         (UPSAMPLERS[k] / "pipeline.json").is_file() for k in UPSAMPLERS if res < k <= s)]
@@ -255,12 +278,17 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                     upscaled = gr.Image(label="Upscaled", type="filepath", format="png", interactive=False,
                                         elem_id="result-upscaled", visible=len(sizes) > 1)
                     up_params = gr.Textbox(visible=False)
+                    vary_button = gr.Button("Variations of the first image (unCLIP)", elem_id="result-variations",
+                                            visible=has_unclip)
+                    varied = gr.Gallery(label="Variations", elem_id="result-variations-gallery", columns=4, height=180,
+                                        format="png", object_fit="contain", visible=has_unclip)
             first = gr.Textbox(visible=False)  # JSON [PNG path, prompt] of the last result's first image (no gr.State:
             # its session heartbeat would keep a connection open)
             inputs = [prompt, negative, seed, steps, scale, sampler, count, guide, guide_scale, layout_box, size]
             outputs = [gallery, used_seed, params, layout_box, overlay, first]
             up_button.click(lambda f, k: upscale(*_first_result(f, out_dir), k, 0, 20), [first, up_scale], [upscaled, up_params],
                             api_name=False)
+            vary_button.click(make_variations_handler(service, out_dir), [first], [varied], api_name=False)
             button.click(generate, inputs, outputs, api_name="txt2img")
             prompt.submit(generate, inputs, outputs, api_name=False)
             png_in.upload(restore, png_in, [prompt, negative, seed, steps, scale, sampler, guide, guide_scale, restored],

@@ -121,6 +121,15 @@ def sampler_of(name: str) -> Sampler:
         raise RequestError(f"sampler: unknown sampler '{name}' (known: {', '.join(s.value for s in Sampler)})") from None
 
 
+def check_counts(steps, guidance_scale, num_images, seed) -> None:
+    """RequestError naming the first of a request's shared numbers that is out of range."""
+    for name, value, lo, hi in (("steps", int(steps), 1, MAX_STEPS), ("guidance_scale", float(guidance_scale), 0, MAX_SCALE),
+                                ("num_images", int(num_images), 1, MAX_IMAGES), ("seed", int(seed), -1, MAX_SEED)):
+        if not lo <= value <= hi:
+            raise RequestError(f"{name}: must be {'-1 (random) or ' if name == 'seed' else ''}between "
+                               f"{max(lo, 0)} and {hi}, got {value}")
+
+
 class GenerationService:
     def __init__(self, model: str | Path | None = None, device: str = "cpu", limits: ServeLimits | None = None):
         from ..pipelines.text2image import Text2ImagePipeline, model_folder
@@ -211,14 +220,7 @@ class GenerationService:
                 self.pipe.text_encoder.tokenizer.encode(text)
             except ValueError as e:
                 raise RequestError(f"{name}: {e}") from None
-        if not 1 <= int(req.steps) <= MAX_STEPS:
-            raise RequestError(f"steps: must be between 1 and {MAX_STEPS}, got {req.steps}")
-        if not 0 <= float(req.guidance_scale) <= MAX_SCALE:
-            raise RequestError(f"guidance_scale: must be between 0 and {MAX_SCALE}, got {req.guidance_scale}")
-        if not 1 <= int(req.num_images) <= MAX_IMAGES:
-            raise RequestError(f"num_images: must be between 1 and {MAX_IMAGES}, got {req.num_images}")
-        if not -1 <= int(req.seed) <= MAX_SEED:
-            raise RequestError(f"seed: must be -1 (random) or between 0 and {MAX_SEED}, got {req.seed}")
+        check_counts(req.steps, req.guidance_scale, req.num_images, req.seed)
         from ..pipelines.guidance import check_prompts
 
         if req.guide not in GUIDES:
