@@ -233,3 +233,21 @@ def test_api_variations_draws_the_images_embedding_and_refuses_bad_input(compose
                                ({"image": png, "steps": 2, "sampler": "nope"}, 422, "sampler")):
         r = client.post("/api/variations", json=bad)
         assert r.status_code in (status, 400) and field in r.json()["detail"], r.text
+
+
+def test_the_unclip_benchmark_runs_end_to_end(composed, tiny_model, tmp_path):
+    """benchmarks/unclip.py on the tiny models: every section runs and its report holds what the README quotes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "unclip.py"
+    r = subprocess.run([sys.executable, str(script), "--model", str(composed), "--default", str(tiny_model),
+                        "--steps", "2", "--bars", "2", "--prompts-per-category", "1", "--n-per-prompt", "2",
+                        "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "unclip.json").read_text())
+    assert report["variations"]["of"] == 2 and report["interpolation"]["of"] == 2
+    assert set(report["rows"]) == {"default@3", "unclip@3", "unclip_no_prior@3"}
+    assert all(0 <= row["overall"]["accuracy"] <= 1 and row["diversity_pixels"] > 0 for row in report["rows"].values())
+    assert (tmp_path / "diversity.png").is_file() and (tmp_path / "variations.png").is_file()
