@@ -307,3 +307,20 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_stops_with_one_line(tiny_conf
     a = load_file(str(out / "model" / "unet" / "model.safetensors"))
     b = load_file(str(clean / "model" / "unet" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_flagged(tmp_path):
+    import torch
+
+    from condiff.train.config import Precision
+    from condiff.train.trainer import slow_bf16
+
+    plain, native = tmp_path / "plain", tmp_path / "native"
+    plain.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    native.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n")
+    cpu = torch.device("cpu")
+    assert slow_bf16(cpu, Precision.BF16, str(plain))
+    assert not slow_bf16(cpu, Precision.BF16, str(native))
+    assert not slow_bf16(cpu, Precision.FP32, str(plain))
+    assert not slow_bf16(torch.device("cuda"), Precision.BF16, str(plain))
+    assert not slow_bf16(cpu, Precision.BF16, str(tmp_path / "none"))  # no /proc/cpuinfo (macOS, Windows): unknown
