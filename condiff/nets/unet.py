@@ -203,6 +203,8 @@ class UNet(nn.Module):
             emb = emb + self.noise_level_embed(timestep_embedding(level.expand(len(x)), self.cfg.model_channels).to(x.dtype))
         if self.cfg.image_embed_dim:
             e = image_embed.to(x.dtype) if image_embed is not None else x.new_zeros(len(x), self.cfg.image_embed_dim)
+            e = e * self.cfg.image_embed_dim ** 0.5  # a unit embedding at unit variance per coordinate: without it the
+            # zero-initialised projections learned too slowly (400 fine-tuning steps: variations ignored the image)
             emb = emb + self.image_embed_proj(e)
             tokens = self.image_embed_context(e).view(len(x), self.cfg.image_embed_tokens, self.cfg.context_dim)
             context = tokens if context is None else torch.cat([tokens, context.to(tokens.dtype)], 1)
