@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from condiff.diffusion.sampling import SIGMA_SAMPLERS, SIGMA_SCHEDULES, Sampler, SamplingOptions, SigmaSchedule
+from condiff.diffusion.sampling import SIGMA_SAMPLERS, SIGMA_SCHEDULES, Sampler, SigmaSchedule
 from condiff.eval.bench import bench_samples, summarize
 from condiff.eval.bench import MAIN
 from condiff.eval.fd import fd, pixel_features
@@ -104,8 +104,9 @@ def main() -> None:
             schedule = pipe.defaults.schedule  # karras and exponential place sigmas; DDPM and DDIM keep the model's
             # own timestep respacing (uniform for pixel models; leading for latent ones, whose unclipped x0_hat at
             # t = 999 would otherwise be multiplied by 1/sqrt(alpha_bar) = 2e4)
-        opts = SamplingOptions(steps=steps_for(sampler, nfe), guidance_scale=args.guidance_scale, sampler=sampler,
-                               schedule=schedule)
+        opts = pipe.defaults.replace(steps=steps_for(sampler, nfe), guidance_scale=args.guidance_scale,
+                                     sampler=sampler, schedule=schedule)  # the rest (threshold: none for a latent
+        pipe.check(["a red circle"], opts)  # model) is the model's; fresh SamplingOptions clipped latents to [-1, 1]
         start = time.time()
         records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt,
                                 batch_size=args.batch_size, progress=False)

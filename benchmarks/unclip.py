@@ -176,7 +176,7 @@ def main() -> None:
     suites, prompts, seeds = [s for s, _ in jobs], [p for _, p in jobs], list(range(len(jobs)))
     models = {"default": lambda: load_pipeline(args.default), "unclip": lambda: pipe, "unclip_no_prior": pipe.without_prior}
     report["rows"] = {}
-    for name in args.rows.split(","):
+    for name in filter(None, args.rows.split(",")):
         model = models[name]()
         for scale in args.scales:
             o = model.defaults.replace(steps=args.steps, guidance_scale=scale)
