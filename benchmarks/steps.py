@@ -104,9 +104,10 @@ def main() -> None:
             schedule = pipe.defaults.schedule  # karras and exponential place sigmas; DDPM and DDIM keep the model's
             # own timestep respacing (uniform for pixel models; leading for latent ones, whose unclipped x0_hat at
             # t = 999 would otherwise be multiplied by 1/sqrt(alpha_bar) = 2e4)
+        # the rest (threshold: none for a latent model) is the model's; fresh SamplingOptions clipped latents
         opts = pipe.defaults.replace(steps=steps_for(sampler, nfe), guidance_scale=args.guidance_scale,
-                                     sampler=sampler, schedule=schedule)  # the rest (threshold: none for a latent
-        pipe.check(["a red circle"], opts)  # model) is the model's; fresh SamplingOptions clipped latents to [-1, 1]
+                                     sampler=sampler, schedule=schedule)
+        pipe.check(["a red circle"], opts)
         start = time.time()
         records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt,
                                 batch_size=args.batch_size, progress=False)

@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--layout-prior", help="a layout prior folder (trained on the same text encoder)")
     o.add_argument("--clip", help="the CLIP folder an unCLIP decoder reads")
     o.add_argument("--embedding-prior", help="unCLIP's diffusion prior folder (none: the prior-free baseline)")
-    o.add_argument("--out", required=True, help="the layout2image pipeline folder to write")
+    o.add_argument("--out", required=True, help="the composed pipeline folder to write")
     o.set_defaults(func=_compose)
 
     sub.add_parser("samplers", help="list the samplers and step schedules").set_defaults(func=_samplers)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .cli_args import positive_int
-from .pipelines.text2image import WEIGHTS
+from .pipelines.text2image import WEIGHTS, model_folder
 
 DECODER, CLIP64 = WEIGHTS / "unclip64", WEIGHTS / "clip64"
 
@@ -26,7 +26,7 @@ def _setup(args, images: list[str], texts: list[str]):
     if args.seed < 0:
         raise ValueError(f"--seed: must be a non-negative integer, got {args.seed}")
     pics = [open_image(p) for p in images]
-    model, clip_dir = Path(args.model or DECODER), Path(args.clip or CLIP64)
+    model, clip_dir = model_folder(args.model or DECODER), model_folder(args.clip or CLIP64)
     if not model.is_dir():
         raise ValueError(f"--model: no unCLIP decoder at '{model}' (train one with an \"unclip\" config)")
     pipe = Text2ImagePipeline.from_pretrained(model)

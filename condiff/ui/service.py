@@ -123,9 +123,9 @@ def sampler_of(name: str) -> Sampler:
 
 def check_counts(steps, guidance_scale, num_images, seed) -> None:
     """RequestError naming the first of a request's shared numbers that is out of range."""
-    for name, value, lo, hi in (("steps", int(steps), 1, MAX_STEPS), ("guidance_scale", float(guidance_scale), 0, MAX_SCALE),
-                                ("num_images", int(num_images), 1, MAX_IMAGES), ("seed", int(seed), -1, MAX_SEED)):
-        if not lo <= value <= hi:
+    for name, value, kind, lo, hi in (("steps", steps, int, 1, MAX_STEPS), ("guidance_scale", guidance_scale, float, 0, MAX_SCALE),
+                                      ("num_images", num_images, int, 1, MAX_IMAGES), ("seed", seed, int, -1, MAX_SEED)):
+        if not lo <= kind(value) <= hi:
             raise RequestError(f"{name}: must be {'-1 (random) or ' if name == 'seed' else ''}between "
                                f"{max(lo, 0)} and {hi}, got {value}")
 
@@ -142,6 +142,7 @@ class GenerationService:
         self._pending, self._pending_lock, self._service_s = 0, threading.Lock(), 2.0  # mean seconds of a request
         self._judges: dict = {}  # guidance method -> judge model, loaded on first use
         self._upsamplers: dict = {}  # (input side, output side) -> upsampler chain, loaded on first use
+        self._unclip: tuple | None = None  # (decoder, CLIP) for variations, loaded on first use (ui/variations.py)
 
     @contextlib.contextmanager
     def turn(self):

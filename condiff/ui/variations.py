@@ -28,7 +28,7 @@ def unclip_parts(service: GenerationService):
 
     if isinstance(service.pipe, UnCLIPPipeline):
         return service.pipe, service.pipe.clip
-    if getattr(service, "_unclip", None) is None:
+    if service._unclip is None:
         from ..cli_unclip import CLIP64, DECODER
         from ..nets.clip import load_clip
         from ..pipelines.text2image import Text2ImagePipeline
@@ -36,7 +36,7 @@ def unclip_parts(service: GenerationService):
         if not (DECODER / "pipeline.json").is_file() or not (CLIP64 / "config.json").is_file():
             raise RequestError(f"variations: this server has no unCLIP decoder ({DECODER.name}) and CLIP ({CLIP64.name})")
         service._unclip = (Text2ImagePipeline.from_pretrained(DECODER).to(service.pipe.device),
-                                     load_clip(CLIP64).to(service.pipe.device))
+                           load_clip(CLIP64).to(service.pipe.device))
     return service._unclip
 
 
