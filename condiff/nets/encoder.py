@@ -92,7 +92,7 @@ class ImageEncoder(nn.Module):
         if self.cfg.noise_aware:
             if t is None:
                 raise ValueError("a noise-aware image encoder needs the timestep t")
-            emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels))
+            emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))
         else:
             emb = self.const_embed.expand(x.shape[0], -1)
         return self.pool(self.out(self.blocks(x, emb)))
