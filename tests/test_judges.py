@@ -223,3 +223,33 @@ def test_clip_optimised_xT_in_the_pipeline_is_per_image(tiny_model, judges, tmp_
     assert read_parameters(out)["CLIP x_T iterations"] == "1"
     with pytest.raises(ValueError, match="iters >= 1"):
         make_initializer(NoiseOptimization(iters=0), load_clip(judges["clip"]))
+
+
+def test_clip_on_a_frozen_pretrained_text_encoder(tiny_bert, tmp_path):
+    """The text tower's base is the frozen BERT: trained by `condiff train`, its weights stay out of the CLIP's file
+    (and the optimiser), the cached states change nothing, and training resumes exactly."""
+    from condiff.nets.pretrained_text import PretrainedTextEncoder
+
+    over = {"clip": {**TINY_AUX["clip"]["clip"], "pretrained_text": {"source": str(tiny_bert), "max_length": 12, "width": 32}}}
+    cfg = load_json(AuxTrainConfig, _config(tmp_path, "clip", **over))
+    run = train(cfg, tmp_path / "a")
+    folder = tmp_path / "a" / "model"
+    assert not any("bert" in k for k in load_file(str(folder / "model.safetensors")))
+    clip = load_clip(folder)
+    texts = ["a red circle", "a blue square", "a red circle"]
+    got = clip.encode_text(texts)  # through the cache on the second call
+    torch.testing.assert_close(clip.encode_text(texts), got)
+    bert = PretrainedTextEncoder(clip.cfg.pretrained_text)
+    ids, mask = bert.tokenizer(texts)
+    tower = clip.text_encoder
+    want = clip.text_embedding(tower(bert(ids, mask)["context"], mask)["pooled"])  # uncached, from a fresh encoder
+    torch.testing.assert_close(got, want)
+    assert got.norm(dim=1).allclose(torch.ones(3)) and torch.equal(got[0], got[2])
+    assert not any("bert" in n for n, _ in run.model.named_parameters())
+
+    cfg2 = load_json(AuxTrainConfig, _config(tmp_path, "clip", **over))
+    cfg2.optim.steps = 2
+    train(cfg2, tmp_path / "b")
+    resumed = train(load_json(AuxTrainConfig, _config(tmp_path, "clip", **over)), tmp_path / "b", resume=True).ema.model
+    for (k, a), b in zip(run.ema.model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoder import ImageEncoder, ImageEncoderConfig
+from .pretrained_text import PretrainedTextConfig
 from .text import TextEncoder, TextEncoderConfig
 
 
@@ -21,6 +22,13 @@ class CLIPConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     embed_dim: int = 128
     init_temperature: float = 0.07
+    # a frozen pretrained encoder as the text tower's base: `text` then gives the trainable layers on top (width,
+    # layers, heads; its vocab and max_length are unused: the pretrained tokenizer and max_length apply)
+    pretrained_text: PretrainedTextConfig | None = None
+
+    @property
+    def max_text_length(self) -> int:
+        return self.text.max_length if self.pretrained_text is None else self.pretrained_text.max_length
 
 
 class CLIP(nn.Module):
@@ -29,7 +37,12 @@ class CLIP(nn.Module):
         self.cfg = cfg
         cfg.image.out_dim = cfg.embed_dim
         self.image_encoder = ImageEncoder(cfg.image)
-        self.text_encoder = TextEncoder(cfg.text)
+        if cfg.pretrained_text is None:
+            self.text_encoder = TextEncoder(cfg.text)
+        else:
+            from .pretrained_text import PretrainedTextTower
+
+            self.text_encoder = PretrainedTextTower(cfg.pretrained_text, cfg.text.width, cfg.text.layers, cfg.text.heads)
         self.text_proj = nn.Linear(cfg.text.width, cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
 

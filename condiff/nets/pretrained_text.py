@@ -174,3 +174,58 @@ class PretrainedTextEncoder(nn.Module):
     def encode(self, texts: list[str], device=None) -> dict[str, torch.Tensor]:
         ids, mask = self.tokenizer(texts)
         return self(ids.to(device), mask.to(device))
+
+
+class PretrainedTextTower(nn.Module):
+    """A text tower on a frozen pretrained encoder (CLIP's text tower with a pretrained base, as the unCLIP issue
+    asks to measure): frozen token states -> Linear to `width` -> trainable transformer layers -> LayerNorm; pooled is
+    the [CLS] token's state. The frozen encoder is not a submodule, so its weights stay out of the tower's state dict,
+    parameters and checkpoints (they stay where `source` points); its states are cached per caption (it is frozen, so
+    the cache changes nothing but time)."""
+
+    def __init__(self, pretrained: PretrainedTextConfig, width: int, layers: int, heads: int, cache_limit: int = 50000):
+        super().__init__()
+        self.frozen = [PretrainedTextEncoder(pretrained)]  # a list hides it from nn.Module's registry
+        self.tokenizer = self.frozen[0].tokenizer
+        self.proj_in = nn.Linear(pretrained.width, width)
+        block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.cache: dict[str, torch.Tensor] = {}
+        self.cache_limit = cache_limit
+
+    def _apply(self, fn, recurse=True):
+        self.frozen[0]._apply(fn, recurse)  # .to(device) moves the frozen encoder with the tower
+        self.cache.clear()
+        return super()._apply(fn, recurse)
+
+    def __deepcopy__(self, memo):  # an EMA copy shares the frozen encoder (and so its cache) instead of copying it
+        import copy
+
+        clone = copy.copy(self)
+        clone._parameters, clone._buffers, clone._modules = ({k: copy.deepcopy(v, memo) for k, v in d.items()}
+                                                             for d in (self._parameters, self._buffers, self._modules))
+        return clone
+
+    def frozen_states(self, texts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen encoder's token states (B, L, D_frozen) and mask (B, L), from the cache where it has them."""
+        new = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if new:
+            ids, mask = self.tokenizer(new)
+            h = self.frozen[0](ids.to(device), mask.to(device))["context"]
+            for i, t in enumerate(new):
+                if len(self.cache) < self.cache_limit:
+                    self.cache[t] = h[i]
+            if any(t not in self.cache for t in texts):
+                ids, mask = self.tokenizer(texts)
+                return self.frozen[0](ids.to(device), mask.to(device))["context"], mask.to(device)
+        _, mask = self.tokenizer(texts)
+        return torch.stack([self.cache[t] for t in texts]), mask.to(device)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.norm(self.blocks(self.proj_in(h), src_key_padding_mask=~mask))
+        return {"context": h, "context_mask": mask, "pooled": h[:, 0]}  # [CLS] comes first
+
+    def encode(self, texts: list[str], device=None) -> dict[str, torch.Tensor]:
+        return self(*self.frozen_states(texts, device))

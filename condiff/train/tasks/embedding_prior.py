@@ -47,7 +47,7 @@ class EmbeddingPriorTask:
         if clip_cfg.image.noise_aware:
             raise ConfigError(f"clip: '{cfg.clip}' is noise-aware; the prior maps between a clean CLIP's embeddings")
         cfg.prior.embed_dim, cfg.prior.text_width = clip_cfg.embed_dim, clip_cfg.text.width
-        cfg.prior.max_text = clip_cfg.text.max_length
+        cfg.prior.max_text = clip_cfg.max_text_length
         return EmbeddingPrior(cfg.prior)
 
     def prepare(self, run) -> None:

@@ -72,7 +72,7 @@ class JudgeTask:
 
     def build(self, cfg: AuxTrainConfig, data, resume: bool) -> nn.Module:
         if self.kind is AuxModel.CLIP:
-            if not cfg.clip.text.vocab:
+            if cfg.clip.pretrained_text is None and not cfg.clip.text.vocab:
                 cfg.clip.text.vocab = list(getattr(data, "vocab", []))
             cfg.clip.image.resolution = cfg.data.resolution
             return CLIP(cfg.clip)
