@@ -44,7 +44,7 @@ def shipped():
 def test_every_sampler_on_the_shipped_model_is_unchanged_since_before_the_redesign(golden):
     """Recorded by tests/golden/make_golden.py on the code before the redesign (commit bc532d7), in float64 on one
     thread, where the CPU's float kernels no longer matter: any CPU reproduces it to rounding (1e-11 seen), and a
-    change of a sampler's maths moves it by orders more (float32 against float64 alone differs by up to 3e-2)."""
+    change of a sampler's maths moves it by orders more."""
     want, mod = golden
     threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
     torch.set_num_threads(1)

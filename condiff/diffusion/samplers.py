@@ -29,11 +29,11 @@ class PerSampleNoise:
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
     def __call__(self, shape: Sequence[int], device=None, dtype=None) -> torch.Tensor:
-        """Noise of shape (B, ...) with B = number of seeds, drawn in float32 whatever dtype (default: torch's
-        default dtype) it is returned in, so a seed gives the same noise at every precision."""
+        """Noise of shape (B, ...) with B = number of seeds, in dtype (default: torch's default dtype)."""
         assert shape[0] == len(self.generators), "one seed per image"
-        z = torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=torch.float32) for g in self.generators])
-        return z.to(device=device, dtype=dtype or torch.get_default_dtype())
+        dtype = dtype or torch.get_default_dtype()
+        z = torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype) for g in self.generators])
+        return z.to(device=device)
 
 
 def _predict(model: Model, schedule: NoiseSchedule, x, t: int, x0_fn: X0Fn | None, learned_variance: bool = False):

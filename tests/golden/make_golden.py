@@ -9,9 +9,10 @@ at t = 999 amplifies rounding by 1/sqrt(alpha_bar) = 2e4, and on an AMD EPYC (AV
 convolutions round differently) it differed by 0.022 at a few pixels. float64 convolutions and matmuls round ~1e-16,
 so the same amplification leaves ~1e-11 and any CPU reproduces the fixture to 1e-8.
 
-Noise is drawn in float32 from each seed's generator and widened, as PerSampleNoise now does for every dtype (the
-pre-redesign PerSampleNoise drew in the requested dtype; this script wraps it to draw in float32, which changes
-nothing in float32), and the noisy encoder's timestep embedding is cast to the model's dtype, as it now is. The same script runs on the current code, where it reproduces the fixture.
+Two places of the pre-redesign code fixed float32, and this script widens both as the current code does: PerSampleNoise
+defaulted to float32 (it now defaults to torch's default dtype, so noise is drawn in float64 here), and the noisy
+encoder did not cast its timestep embedding to the model's dtype. Neither changes anything in float32. The same
+script runs on the current code, where it reproduces the fixture.
 """
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def _float64_on_the_old_code() -> None:
     """The two places where the pre-redesign code fixed float32 (both since follow the dtype they are given)."""
     draw = samplers.PerSampleNoise.__call__
     samplers.PerSampleNoise.__call__ = lambda self, shape, device=None, dtype=None: \
-        draw(self, shape, device, torch.float32).to(dtype or torch.get_default_dtype())
+        draw(self, shape, device, dtype or torch.get_default_dtype())
     embed = encoder.timestep_embedding  # the classifier's and noisy CLIP's encoder did not cast it to x's dtype
     encoder.timestep_embedding = lambda *a, **kw: embed(*a, **kw).to(torch.get_default_dtype())
 
