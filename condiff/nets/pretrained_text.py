@@ -192,12 +192,13 @@ class PretrainedTextTower(nn.Module):
                                            norm_first=True)
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
-        self.cache: dict[str, torch.Tensor] = {}
-        self.cache_limit = cache_limit
+        from ..train.tasks.text2image import FrozenTextCache
+
+        self.cache = FrozenTextCache(self.frozen[0], cache_limit)
 
     def _apply(self, fn, recurse=True):
         self.frozen[0]._apply(fn, recurse)  # .to(device) moves the frozen encoder with the tower
-        self.cache.clear()
+        self.cache.states.clear()
         return super()._apply(fn, recurse)
 
     def __deepcopy__(self, memo):  # an EMA copy shares the frozen encoder (and so its cache) instead of copying it
@@ -210,18 +211,8 @@ class PretrainedTextTower(nn.Module):
 
     def frozen_states(self, texts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The frozen encoder's token states (B, L, D_frozen) and mask (B, L), from the cache where it has them."""
-        new = [t for t in dict.fromkeys(texts) if t not in self.cache]
-        if new:
-            ids, mask = self.tokenizer(new)
-            h = self.frozen[0](ids.to(device), mask.to(device))["context"]
-            for i, t in enumerate(new):
-                if len(self.cache) < self.cache_limit:
-                    self.cache[t] = h[i]
-            if any(t not in self.cache for t in texts):
-                ids, mask = self.tokenizer(texts)
-                return self.frozen[0](ids.to(device), mask.to(device))["context"], mask.to(device)
-        _, mask = self.tokenizer(texts)
-        return torch.stack([self.cache[t] for t in texts]), mask.to(device)
+        states = self.cache.encode(texts, torch.device(device or "cpu"))
+        return states["context"], states["context_mask"]
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.norm(self.blocks(self.proj_in(h), src_key_padding_mask=~mask))
