@@ -13,7 +13,7 @@ from condiff.cli import main
 from condiff.nets.autoencoder import Autoencoder, AutoencoderConfig, VectorQuantizer, gaussian_kl, perplexity
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.train.tasks import load_train_config
-from condiff.train.tasks.text2image import FrozenTextCache
+from condiff.nets.pretrained_text import FrozenTextCache
 from condiff.train.trainer import train
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))

@@ -176,6 +176,26 @@ class PretrainedTextEncoder(nn.Module):
         return self(ids.to(device), mask.to(device))
 
 
+class FrozenTextCache:
+    """A frozen encoder's states per caption, computed once (world captions repeat): {context, context_mask, pooled}."""
+
+    def __init__(self, encoder: nn.Module, limit: int = 50000):
+        self.encoder, self.limit, self.states = encoder, limit, {}
+
+    def encode(self, captions: list[str], device) -> dict[str, torch.Tensor]:
+        new = [c for c in dict.fromkeys(captions) if c not in self.states]
+        if new:
+            with torch.autocast(device.type, enabled=False):
+                out = self.encoder.encode(new, device)
+            for i, c in enumerate(new):
+                if len(self.states) < self.limit:
+                    self.states[c] = {k: v[i].cpu() for k, v in out.items()}
+            if len(self.states) >= self.limit:  # too many distinct captions to keep: encode this batch directly
+                with torch.autocast(device.type, enabled=False):
+                    return self.encoder.encode(captions, device)
+        return {k: torch.stack([self.states[c][k] for c in captions]).to(device) for k in ("context", "context_mask", "pooled")}
+
+
 class PretrainedTextTower(nn.Module):
     """A text tower on a frozen pretrained encoder (CLIP's text tower with a pretrained base, as the unCLIP issue
     asks to measure): frozen token states -> Linear to `width` -> trainable transformer layers -> LayerNorm; pooled is
@@ -192,8 +212,6 @@ class PretrainedTextTower(nn.Module):
                                            norm_first=True)
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
-        from ..train.tasks.text2image import FrozenTextCache
-
         self.cache = FrozenTextCache(self.frozen[0], cache_limit)
 
     def _apply(self, fn, recurse=True):

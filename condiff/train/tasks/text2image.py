@@ -9,6 +9,7 @@ from torch import nn
 from ...config import ConfigError
 from ...diffusion.loss import diffusion_loss, hybrid_loss, min_snr_weight, sample_timesteps
 from ...diffusion.schedule import NoiseSchedule
+from ...nets.pretrained_text import FrozenTextCache  # noqa: F401  (re-exported: the upsampler and layout-prior tasks use it)
 from ...nets.text import TextEncoder
 from ...nets.unet import UNet
 from ..config import LossWeighting, TrainConfig
@@ -27,26 +28,6 @@ class TextToImageModel(nn.Module):
         super().__init__()
         self.text_encoder = TextEncoder(cfg.text) if cfg.pretrained_text is None else None
         self.unet = UNet(cfg.unet)
-
-
-class FrozenTextCache:
-    """A frozen encoder's states per caption, computed once (world captions repeat): {context, context_mask, pooled}."""
-
-    def __init__(self, encoder: nn.Module, limit: int = 50000):
-        self.encoder, self.limit, self.states = encoder, limit, {}
-
-    def encode(self, captions: list[str], device) -> dict[str, torch.Tensor]:
-        new = [c for c in dict.fromkeys(captions) if c not in self.states]
-        if new:
-            with torch.autocast(device.type, enabled=False):
-                out = self.encoder.encode(new, device)
-            for i, c in enumerate(new):
-                if len(self.states) < self.limit:
-                    self.states[c] = {k: v[i].cpu() for k, v in out.items()}
-            if len(self.states) >= self.limit:  # too many distinct captions to keep: encode this batch directly
-                with torch.autocast(device.type, enabled=False):
-                    return self.encoder.encode(captions, device)
-        return {k: torch.stack([self.states[c][k] for c in captions]).to(device) for k in ("context", "context_mask", "pooled")}
 
 
 class Text2ImageTask:
