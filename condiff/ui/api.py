@@ -146,11 +146,15 @@ def _decode(field: str, text: str | None) -> bytes | None:
 def create_api(service: GenerationService) -> FastAPI:
     app = FastAPI(title="condiff API", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
 
+    methods_by_path: dict[str, set[str]] = {}  # filled on the first request, once every route is registered
+
     @app.middleware("http")
     async def method_not_allowed(request: Request, call_next):
         """An /api/ path asked with a method it does not take: 405 with Allow (not the web page's 404)."""
-        allowed = {m for r in app.routes if getattr(r, "path", None) == request.url.path
-                   for m in getattr(r, "methods", None) or ()}
+        if not methods_by_path:
+            for r in app.routes:
+                methods_by_path.setdefault(getattr(r, "path", None), set()).update(getattr(r, "methods", None) or ())
+        allowed = methods_by_path.get(request.url.path)
         if allowed and request.method not in allowed:
             return JSONResponse(status_code=405, content={"detail": f"method {request.method[:20]} not allowed"},
                                 headers={"Allow": ", ".join(sorted(allowed))})
