@@ -4,13 +4,16 @@ without the prior, and the diversity the paper claims.
     python benchmarks/unclip.py --model condiff/weights/unclip --default condiff/weights/layout64 \\
         --prompts-per-category 8 --n-per-prompt 4 --out-dir docs/unclip
 
-- Variations bar: 8 scenes drawn by code (4 with one object, 4 with two); 4 variations each (no caption, seeds 0-3).
+- Variations bar: 8 scenes drawn by code (4 with one object, 4 with two); 4 variations each (no caption, seeds 0-3),
+  from the scene's DDIM-inverted noise with --eta at CFG --edit-scale (as shipped), and from the seeds' noise at the
+  decoder's CFG (the baseline).
   A variation keeps the scene when the oracle reads exactly the scene's objects ((shape, colour) multiset). A scene
   passes with >= 3 of 4 kept; the bar is >= 7 of 8 scenes. The 4 images' mean pairwise pixel distance is reported.
-- Interpolation bar: 8 pairs of one-object scenes (shape and colour both differ); 5 frames along the slerp from one
-  fixed decoder noise. A frame passes when the oracle reads at least one object and every object it reads has a
+- Interpolation bar: 8 pairs of one-object scenes (shape and colour both differ); 5 frames along the slerp, the
+  decoder noise slerped between the ends' inverted noises (as shipped) or one fixed seed's (the baseline). A frame passes when the oracle reads at least one object and every object it reads has a
   shape and a colour of the two ends (an end, or a mix). A pair passes when all its frames do; the bar is >= 7 of 8.
-  The ends avoid the held-out (colour, shape) combinations.
+  The ends avoid the held-out (colour, shape) combinations. Reported too: how many end frames the oracle reads as
+  their input, and the end frames' mean pixel distance (0-255) from the inputs.
 - Shapes-bench rows, same prompts and seeds, DDIM at the same steps: the default; unCLIP with its diffusion prior;
   unCLIP without it (the decoder fed the caption's CLIP text embedding). Each at the given decoder CFG scales.
 - Diversity: per prompt, the mean pairwise distance among its n images (pixels, mean |a - b| in 0-255, and CLIP
@@ -31,7 +34,7 @@ import torch
 from condiff.eval.bench import MAIN, summarize
 from condiff.io import json_safe
 from condiff.pipelines.base import load_pipeline
-from condiff.pipelines.unclip import image_embeddings, interpolate, variations
+from condiff.pipelines.unclip import VARIATION_ETA, VARIATION_GUIDANCE, image_embeddings, interpolate, variations
 from condiff.png import image_grid, save_png
 from condiff.world.bench import SUITES, suite_prompts
 from condiff.world.grammar import COLOURS, HELD_OUT, SHAPES, Category, sample_prompt
@@ -69,17 +72,18 @@ def code_scenes(n: int, seed: int, res: int) -> tuple[torch.Tensor, list[list[tu
     return torch.cat(images), truth
 
 
-def variations_bar(pipe, clip, opts, n: int, seed: int, out_dir: Path) -> dict:
+def variations_bar(pipe, clip, opts, n: int, seed: int, out_dir: Path, eta: float | None = None,
+                   name: str = "variations") -> dict:
     scenes, truth = code_scenes(n, seed, pipe.resolution)
     rows, grid = [], []
     for x, want in zip(scenes, truth):
-        px = to_uint8(variations(pipe, clip, x[None], 4, 0, opts)).numpy()
+        px = to_uint8(variations(pipe, clip, x[None], 4, 0, opts, eta=eta)).numpy()
         kept = [objects_of(p) == want for p in px]
         rows.append({"objects": want, "kept": sum(kept), "distance": round(pairwise_pixels(px), 2)})
         grid += [to_uint8(x[None]).numpy()[0], *px]
-    save_png(image_grid(np.stack(grid), columns=5), out_dir / "variations.png", "unCLIP variations: scene, 4 variations")
+    save_png(image_grid(np.stack(grid), columns=5), out_dir / f"{name}.png", "unCLIP variations: scene, 4 variations")
     passed = sum(r["kept"] >= 3 for r in rows)
-    return {"scenes": rows, "scenes_passed": passed, "of": n, "bar_met": passed >= n - 1,
+    return {"eta": eta, "guidance_scale": opts.guidance_scale, "scenes": rows, "scenes_passed": passed, "of": n, "bar_met": passed >= n - 1,
             "mean_pairwise_pixel_distance": round(float(np.mean([r["distance"] for r in rows])), 2)}
 
 
@@ -95,20 +99,25 @@ def one_object_pairs(n: int, seed: int) -> list[tuple[PlacedObject, PlacedObject
     return pairs
 
 
-def interpolation_bar(pipe, clip, opts, n: int, seed: int, frames: int, out_dir: Path) -> dict:
+def interpolation_bar(pipe, clip, opts, n: int, seed: int, frames: int, out_dir: Path, inverted: bool = True,
+                      name: str = "interpolation") -> dict:
     rows, grid = [], []
     for k, (a, b) in enumerate(one_object_pairs(n, seed)):
         xa, xb = render([[a]], pipe.resolution), render([[b]], pipe.resolution)
-        px = to_uint8(interpolate(pipe, clip, xa, xb, frames, k, opts)).numpy()
+        px = to_uint8(interpolate(pipe, clip, xa, xb, frames, k, opts, inverted=inverted)).numpy()
         shapes, colours = {a.shape, b.shape}, {a.colour, b.colour}
         read = [objects_of(p) for p in px]
         ok = [bool(r) and all(s in shapes and c in colours for s, c in r) for r in read]
         rows.append({"a": [a.shape, a.colour], "b": [b.shape, b.colour], "frames": read, "frames_ok": sum(ok),
-                     "ends_kept": [read[0] == [(a.shape, a.colour)], read[-1] == [(b.shape, b.colour)]]})
+                     "ends_kept": [read[0] == [(a.shape, a.colour)], read[-1] == [(b.shape, b.colour)]],
+                     "end_distance": round(float(np.mean([np.abs(px[i].astype(np.float32) - to_uint8(x).numpy()[0]).mean()
+                                                          for i, x in ((0, xa), (-1, xb))])), 2)})
         grid += [to_uint8(xa).numpy()[0], *px, to_uint8(xb).numpy()[0]]
-    save_png(image_grid(np.stack(grid), columns=frames + 2), out_dir / "interpolation.png", "unCLIP interpolation: A, frames, B")
+    save_png(image_grid(np.stack(grid), columns=frames + 2), out_dir / f"{name}.png", "unCLIP interpolation: A, frames, B")
     passed = sum(r["frames_ok"] == frames for r in rows)
-    return {"pairs": rows, "pairs_passed": passed, "of": n, "bar_met": passed >= n - 1}
+    return {"inverted": inverted, "guidance_scale": opts.guidance_scale, "pairs": rows,
+            "ends_kept": sum(sum(r["ends_kept"]) for r in rows),
+            "mean_end_pixel_distance": round(float(np.mean([r["end_distance"] for r in rows])), 2), "pairs_passed": passed, "of": n, "bar_met": passed >= n - 1}
 
 
 def bench_row(pipe, opts, prompts, suites, seeds, n_per_prompt: int, clip, batch: int) -> dict:
@@ -158,6 +167,9 @@ def main() -> None:
     ap.add_argument("--n-per-prompt", type=int, default=4)
     ap.add_argument("--rows", default="default,unclip,unclip_no_prior")
     ap.add_argument("--bars", type=int, default=8, help="scenes (variations) and pairs (interpolation); 0: skip")
+    ap.add_argument("--eta", type=float, default=VARIATION_ETA, help="variations' DDIM eta from the inverted noise")
+    ap.add_argument("--edit-scale", type=float, default=VARIATION_GUIDANCE,
+                    help="decoder CFG of the variations from inverted noise (the rest use the decoder's own)")
     ap.add_argument("--batch-size", type=int, default=40)
     ap.add_argument("--out-dir", default="docs/unclip")
     args = ap.parse_args()
@@ -167,11 +179,16 @@ def main() -> None:
     pipe = load_pipeline(args.model)
     report = {"model": args.model, "default": args.default, "steps": args.steps, "args": vars(args)}
     opts = pipe.defaults.replace(steps=args.steps)
-    if args.bars:
-        report["variations"] = variations_bar(pipe, pipe.clip, opts, args.bars, 0, out_dir)
-        print("variations:", {k: v for k, v in report["variations"].items() if k != "scenes"}, flush=True)
-        report["interpolation"] = interpolation_bar(pipe, pipe.clip, opts, args.bars, 1, 5, out_dir)
-        print("interpolation:", {k: v for k, v in report["interpolation"].items() if k != "pairs"}, flush=True)
+    if args.bars:  # each edit as shipped (from the inverted noise) and from the seeds' noise, the baseline
+        inv = opts.replace(guidance_scale=args.edit_scale)
+        for key, run in (("variations", lambda: variations_bar(pipe, pipe.clip, inv, args.bars, 0, out_dir, args.eta)),
+                         ("variations_from_noise", lambda: variations_bar(pipe, pipe.clip, opts, args.bars, 0, out_dir,
+                                                                          None, "variations_from_noise")),
+                         ("interpolation", lambda: interpolation_bar(pipe, pipe.clip, opts, args.bars, 1, 5, out_dir)),
+                         ("interpolation_from_noise", lambda: interpolation_bar(
+                             pipe, pipe.clip, opts, args.bars, 1, 5, out_dir, False, "interpolation_from_noise"))):
+            report[key] = run()
+            print(f"{key}:", {k: v for k, v in report[key].items() if k not in ("scenes", "pairs")}, flush=True)
     jobs = [(s, p) for s in SUITES for p in suite_prompts(s, args.prompts_per_category) for _ in range(args.n_per_prompt)]
     suites, prompts, seeds = [s for s, _ in jobs], [p for _, p in jobs], list(range(len(jobs)))
     models = {"default": lambda: load_pipeline(args.default), "unclip": lambda: pipe, "unclip_no_prior": pipe.without_prior}

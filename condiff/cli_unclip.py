@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .cli_args import positive_int
 from .pipelines.text2image import WEIGHTS, model_folder
+from .pipelines.unclip import VARIATION_ETA, VARIATION_GUIDANCE
 
 DECODER, CLIP64 = WEIGHTS / "unclip64", WEIGHTS / "clip64"
 
@@ -56,10 +57,16 @@ def _variations(args) -> None:
 
     if not 1 <= args.num_images <= 64:
         raise ValueError(f"--num-images: must be between 1 and 64, got {args.num_images}")
+    eta = None if args.from_noise else args.eta
+    if eta is not None and not 0 < eta <= 1:
+        raise ValueError(f"--eta: must be in (0, 1], got {eta}")
+    if eta is not None and args.guidance_scale is None:
+        args.guidance_scale = VARIATION_GUIDANCE
     pipe, clip, opts, (x,), model = _setup(args, [args.input], [args.prompt])
     t = time.time()
-    out = variations(pipe, clip, x, args.num_images, args.seed, opts, args.prompt)
-    _write(args, out, model, opts, {"Edit": "unCLIP variations", "Prompt": args.prompt})
+    out = variations(pipe, clip, x, args.num_images, args.seed, opts, args.prompt, eta=eta)
+    how = {"Eta": eta, "Noise": "inverted"} if eta is not None else {"Noise": "seeds"}
+    _write(args, out, model, opts, {"Edit": "unCLIP variations", "Prompt": args.prompt, **how})
     print(f"{args.num_images} variations in {time.time() - t:.1f} s", file=sys.stderr)
 
 
@@ -73,8 +80,9 @@ def _interpolate(args) -> None:
 
     _steps(args.frames)
     pipe, clip, opts, (a, b), model = _setup(args, [args.a, args.b], [args.prompt])
-    out = interpolate(pipe, clip, a, b, args.frames, args.seed, opts, args.prompt)
-    _write(args, out, model, opts, {"Edit": "unCLIP interpolation", "Prompt": args.prompt, "Frames": args.frames})
+    out = interpolate(pipe, clip, a, b, args.frames, args.seed, opts, args.prompt, inverted=not args.from_noise)
+    _write(args, out, model, opts, {"Edit": "unCLIP interpolation", "Prompt": args.prompt, "Frames": args.frames,
+                                    "Noise": "seed" if args.from_noise else "inverted"})
 
 
 def _textdiff(args) -> None:
@@ -103,6 +111,10 @@ def add_unclip_parsers(esub) -> None:
     v.add_argument("input", metavar="IN")
     v.add_argument("--num-images", type=positive_int, default=4)
     v.add_argument("--prompt", default="", help="also condition on a caption (default: none)")
+    v.add_argument("--eta", type=float, default=VARIATION_ETA,
+                   help=f"DDIM eta from IN's inverted noise: near 0 gives IN back, 1 the most varied (default {VARIATION_ETA})")
+    v.add_argument("--from-noise", action="store_true",
+                   help="each image from its seed's noise instead (the embedding alone; --eta is not used)")
     common(v, "variations.png")
     v.set_defaults(func=_variations)
     i = esub.add_parser("interpolate", help="unCLIP: slerp from A's image embedding to B's, one decoder noise")
@@ -110,6 +122,8 @@ def add_unclip_parsers(esub) -> None:
     i.add_argument("b", metavar="B")
     i.add_argument("--steps", dest="frames", type=int, default=5, help="images along the path, ends included")
     i.add_argument("--prompt", default="")
+    i.add_argument("--from-noise", action="store_true",
+                   help="every frame from the seed's noise, not the slerp between A's and B's inverted noise")
     common(i, "interpolation.png")
     i.set_defaults(func=_interpolate)
     t = esub.add_parser("textdiff", help="unCLIP's text diff: move IN's embedding along CLIP(--to) - CLIP(--from)")

@@ -15,7 +15,7 @@ from condiff.cli import main
 from condiff.diffusion.samplers import PerSampleNoise
 from condiff.nets.clip import load_clip
 from condiff.pipelines.text2image import Text2ImagePipeline
-from condiff.pipelines.unclip import decode, image_embeddings, interpolate, slerp, variations
+from condiff.pipelines.unclip import decode, image_embeddings, interpolate, invert, slerp, slerp_noise, variations
 from condiff.png import read_parameters
 
 CLIP = {"model": "clip", "clip": {"image": {"patch_size": 2, "model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
@@ -57,12 +57,47 @@ def test_the_decoder_reads_the_embedding_and_zero_is_the_dropped_one(decoder):
     assert not torch.allclose(decode(pipe, e, [""], [0], opts), decode(pipe, -e, [""], [0], opts))
     torch.testing.assert_close(decode(pipe, torch.zeros_like(e), ["a red circle"], [0], opts),
                                pipe(["a red circle"], [0], opts))  # no embedding given: the zero (dropped) one
-    three = variations(pipe, clip, x, 3, 5, opts)
+    three = variations(pipe, clip, x, 3, 5, opts, eta=None)
     torch.testing.assert_close(three[1:2], decode(pipe, image_embeddings(clip, x), [""], [6], opts), rtol=1e-4, atol=1e-5)
-    path = interpolate(pipe, clip, x, -x, 3, 0, opts)
+    path = interpolate(pipe, clip, x, -x, 3, 0, opts, inverted=False)
     noise = PerSampleNoise([0])((1, *pipe.sample_shape))  # every frame starts from seed 0's noise
     ends = decode(pipe, image_embeddings(clip, torch.cat([x, -x])), [""] * 2, [0, 0], opts, x=torch.cat([noise, noise]))
     torch.testing.assert_close(path[[0, 2]], ends, rtol=1e-4, atol=1e-5)  # the path's ends are the two embeddings
+
+
+def test_slerp_noise_keeps_the_ends_and_interpolates_the_norm():
+    a, b = torch.randn(1, 2, 3, 3), 2 * torch.randn(1, 2, 3, 3)
+    torch.testing.assert_close(slerp_noise(a, b, 0.0), a)
+    torch.testing.assert_close(slerp_noise(a, b, 1.0), b)
+    mid = slerp_noise(a, b, 0.5)
+    torch.testing.assert_close(mid.norm(), (a.norm() + b.norm()) / 2)
+    cos = lambda u, v: (u.flatten() @ v.flatten()) / (u.norm() * v.norm())  # noqa: E731
+    torch.testing.assert_close(cos(mid, a), cos(mid, b))  # halfway along the arc
+
+
+def test_variations_and_interpolation_from_the_inverted_noise(decoder):
+    """The paper's variations: DDIM from the image's inverted x_T with eta, each image's fresh noise from its seed
+    alone; interpolation slerps the two inverted x_T and decodes by eta 0, so its ends regenerate the inputs."""
+    folder, clip_dir = decoder
+    pipe, clip = Text2ImagePipeline.from_pretrained(folder), load_clip(clip_dir)
+    with torch.no_grad():
+        pipe.unet.image_embed_proj.weight.normal_()
+    x, y = torch.rand(1, 3, 16, 16) * 2 - 1, torch.rand(1, 3, 16, 16) * 2 - 1
+    opts = pipe.defaults.replace(steps=3, guidance_scale=2.0)
+    e = image_embeddings(clip, x)
+    x_T = invert(pipe, e, x, opts)
+    torch.testing.assert_close(invert(pipe, e, x, opts.replace(guidance_scale=7.0)), x_T)  # always CFG 1
+    assert not torch.allclose(invert(pipe, -e, x, opts), x_T)  # under the image's embedding
+    three = variations(pipe, clip, x, 3, 5, opts, eta=0.7)
+    one = decode(pipe, e, [""], [6], opts.replace(sampler="ddim", eta=0.7), x=x_T)
+    torch.testing.assert_close(three[1:2], one, rtol=1e-4, atol=1e-5)  # image 1: seed 6, from x's own x_T
+    assert (three[0] - three[2]).abs().mean() > 1e-3  # the seeds' fresh noise differs
+    with pytest.raises(ValueError, match="eta"):
+        variations(pipe, clip, x, 2, 0, opts, eta=0.0)
+    path = interpolate(pipe, clip, x, y, 3, 0, opts)
+    ends = [decode(pipe, image_embeddings(clip, im), [""], [0], opts.replace(eta=0.0, sampler="ddim"),
+                   x=invert(pipe, image_embeddings(clip, im), im, opts)) for im in (x, y)]
+    torch.testing.assert_close(path[[0, 2]], torch.cat(ends), rtol=1e-3, atol=1e-4)  # slerp_noise renormalises
 
 
 def test_edit_variations_interpolate_textdiff_write_grids(decoder, tmp_path, capsys):
@@ -72,7 +107,10 @@ def test_edit_variations_interpolate_textdiff_write_grids(decoder, tmp_path, cap
     common = ["--model", str(folder), "--clip", str(clip_dir), "--sample-steps", "2"]
     assert main(["edit", "variations", str(src), *common, "--num-images", "3", "--out", str(tmp_path / "v.png")]) == 0
     assert Image.open(tmp_path / "v.png").size == (48, 16)
-    assert read_parameters(tmp_path / "v.png")["Edit"] == "unCLIP variations"
+    params = read_parameters(tmp_path / "v.png")
+    assert params["Edit"] == "unCLIP variations" and params["Noise"] == "inverted" and params["CFG scale"] == "1.0"
+    assert main(["edit", "variations", str(src), *common, "--from-noise", "--out", str(tmp_path / "n.png")]) == 0
+    assert read_parameters(tmp_path / "n.png")["Noise"] == "seeds"
     assert main(["edit", "interpolate", str(src), str(src), *common, "--steps", "4", "--out", str(tmp_path / "i.png")]) == 0
     assert Image.open(tmp_path / "i.png").size == (64, 16)
     assert main(["edit", "textdiff", str(src), *common, "--from", "a red circle", "--to", "a blue circle",
@@ -80,7 +118,8 @@ def test_edit_variations_interpolate_textdiff_write_grids(decoder, tmp_path, cap
     capsys.readouterr()
     for argv, message in ((["variations", str(src), "--num-images", "0"], "--num-images"),
                           (["textdiff", str(src), "--from", "a red circle", "--to", "a crimson circle"], "crimson"),
-                          (["variations", str(tmp_path / "none.png")], "no such file")):
+                          (["variations", str(tmp_path / "none.png")], "no such file"),
+                          (["variations", str(src), "--eta", "0"], "--eta")):
         try:
             code = main(["edit", *argv, *common, "--out", str(tmp_path / "bad.png")])
         except SystemExit as e:  # argparse refuses --num-images 0 (its usage line comes first)
@@ -224,13 +263,15 @@ def test_api_variations_draws_the_images_embedding_and_refuses_bad_input(compose
     body = r.json()
     assert body["seeds"] == [3, 4] and all("unCLIP variations" in p for p in body["parameters"])
     got = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(im)))) for im in body["images"]])
-    opts = service.pipe.defaults.replace(steps=2)
-    want = variations(service.pipe, service.pipe.clip, image_tensor(src), 2, 3, opts)
+    opts = service.pipe.defaults.replace(steps=2, guidance_scale=1.0)  # the endpoint's defaults: CFG 1, eta 0.5
+    want = variations(service.pipe, service.pipe.clip, image_tensor(src), 2, 3, opts, eta=0.5)
     expect = ((want.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
     assert np.abs(got.astype(float) - expect).max() <= 1  # the same images as the library's variations
     for bad, status, field in (({"image": png, "num_images": 0}, 422, "num_images"),
                                ({"image": "bm90IGFuIGltYWdl", "num_images": 1}, 400, "image"),
-                               ({"image": png, "steps": 2, "sampler": "nope"}, 422, "sampler")):
+                               ({"image": png, "steps": 2, "sampler": "nope"}, 422, "sampler"),
+                               ({"image": png, "steps": 2, "eta": 0}, 422, "eta"),
+                               ({"image": png, "steps": 2, "sampler": "euler"}, 400, "sampler")):
         r = client.post("/api/variations", json=bad)
         assert r.status_code in (status, 400) and field in r.json()["detail"], r.text
 
@@ -248,6 +289,8 @@ def test_the_unclip_benchmark_runs_end_to_end(composed, tiny_model, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "unclip.json").read_text())
     assert report["variations"]["of"] == 2 and report["interpolation"]["of"] == 2
+    assert report["variations"]["eta"] == 0.5 and report["variations_from_noise"]["eta"] is None
+    assert report["interpolation"]["inverted"] and not report["interpolation_from_noise"]["inverted"]
     assert set(report["rows"]) == {"default@3", "unclip@3", "unclip_no_prior@3"}
     assert all(0 <= row["overall"]["accuracy"] <= 1 and row["diversity_pixels"] > 0 for row in report["rows"].values())
     assert (tmp_path / "diversity.png").is_file() and (tmp_path / "variations.png").is_file()

@@ -46,11 +46,40 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     return (torch.sin((1 - w) * omega) * a + torch.sin(w * omega) * b) / torch.sin(omega)
 
 
+def invert(pipe, embeds: torch.Tensor, images: torch.Tensor, opts: SamplingOptions, prompt: str = "") -> torch.Tensor:
+    """x_T of the decoder's eta = 0 DDIM chain that ends at the images, given their embeddings (and caption): with
+    the embedding, DALL-E 2's bipartite latent (z_i, x_T) of an image. It inverts the conditional model (CFG 1):
+    the guided chain does not retrace its way back (measured in the README)."""
+    from ..diffusion.samplers import ddim_invert
+    from ..diffusion.sampling import sampling_timesteps
+    from .editing import inversion_options, to_model_space
+
+    opts, embeds = inversion_options(opts).replace(guidance_scale=1.0), embeds.to(pipe.device)
+    model = pipe.guided_model([prompt] * len(embeds), opts, {"image_embed": embeds},
+                              {"image_embed": torch.zeros_like(embeds)})
+    with torch.no_grad():
+        return ddim_invert(model, to_model_space(pipe, images), pipe.schedule, sampling_timesteps(pipe.schedule, opts))
+
+
+VARIATION_ETA = 0.5  # the default eta of variations from an inverted image (README: kept scenes against distance)
+VARIATION_GUIDANCE = 1.0  # their default CFG scale: the inverted x_T is the conditional model's (README)
+
+
 def variations(pipe, clip, image: torch.Tensor, n: int, seed: int, opts: SamplingOptions, prompt: str = "",
-               **kw) -> torch.Tensor:
-    """n images from one image's embedding, seeds seed .. seed + n - 1 (DALL-E 2's variations); kw: callback=."""
-    e = image_embeddings(clip, image[:1]).expand(n, -1)
-    return decode(pipe, e, [prompt] * n, list(range(seed, seed + n)), opts, **kw)
+               eta: float | None = VARIATION_ETA, **kw) -> torch.Tensor:
+    """n images from one image's embedding (DALL-E 2's variations), image i from seed + i; kw: callback=.
+
+    eta in (0, 1] (the paper's way): from the image's own x_T (DDIM inversion under its embedding) by DDIM with
+    that eta, the seeds drawing each step's fresh noise. eta -> 0 gives the image back; the larger eta, the more of
+    each image comes from the embedding alone. eta None: each image from its seed's noise, the embedding alone."""
+    e = image_embeddings(clip, image[:1])
+    seeds = list(range(seed, seed + n))
+    if eta is None:
+        return decode(pipe, e.expand(n, -1), [prompt] * n, seeds, opts, **kw)
+    if not 0 < eta <= 1:
+        raise ValueError(f"eta: must be in (0, 1] for variations of an inverted image, got {eta}")
+    x_T = invert(pipe, e, image[:1], opts, prompt).expand(n, -1, -1, -1).contiguous()
+    return decode(pipe, e.expand(n, -1), [prompt] * n, seeds, opts.replace(sampler="ddim", eta=eta), x=x_T, **kw)
 
 
 def _fixed_noise(pipe, n: int, seed: int) -> torch.Tensor:
@@ -59,13 +88,27 @@ def _fixed_noise(pipe, n: int, seed: int) -> torch.Tensor:
     return PerSampleNoise([seed])((1, *pipe.sample_shape)).expand(n, -1, -1, -1).contiguous()
 
 
+def slerp_noise(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+    """Spherical interpolation of two Gaussian noises as flat vectors, keeping their norm (as the DDIM paper's
+    interpolations of x_T do)."""
+    flat = slerp(a.flatten(1), b.flatten(1), w) * (a.flatten(1).norm(dim=1, keepdim=True) * (1 - w)
+                                                   + b.flatten(1).norm(dim=1, keepdim=True) * w)
+    return flat.view_as(a)
+
+
 def interpolate(pipe, clip, a: torch.Tensor, b: torch.Tensor, steps: int, seed: int, opts: SamplingOptions,
-                prompt: str = "") -> torch.Tensor:
-    """`steps` images along the slerp from a's embedding to b's, all from the same decoder noise."""
+                prompt: str = "", inverted: bool = True) -> torch.Tensor:
+    """`steps` images along the slerp from a's embedding to b's. inverted: the decoder noise x_T slerps too, from
+    a's DDIM-inverted x_T to b's, decoded by eta = 0 DDIM, so the path starts and ends at the inputs (up to the
+    inversion's error at the CFG scale); else every frame from the seed's one noise (the paper's fixed seed)."""
     ea, eb = image_embeddings(clip, a[:1]), image_embeddings(clip, b[:1])
     ws = [i / (steps - 1) for i in range(steps)] if steps > 1 else [0.0]
     e = torch.cat([slerp(ea, eb, w) for w in ws])
-    return decode(pipe, e, [prompt] * steps, [seed] * steps, opts, x=_fixed_noise(pipe, steps, seed))
+    if not inverted:
+        return decode(pipe, e, [prompt] * steps, [seed] * steps, opts, x=_fixed_noise(pipe, steps, seed))
+    xa, xb = invert(pipe, ea, a[:1], opts, prompt), invert(pipe, eb, b[:1], opts, prompt)
+    x_T = torch.cat([slerp_noise(xa, xb, w) for w in ws])
+    return decode(pipe, e, [prompt] * steps, [seed] * steps, opts.replace(sampler="ddim", eta=0.0), x=x_T)
 
 
 def textdiff(pipe, clip, image: torch.Tensor, source: str, target: str, steps: int, seed: int, opts: SamplingOptions,

@@ -120,8 +120,11 @@ class VariationsBody(BaseModel):
     num_images: int = bounded(4, 1, MAX_IMAGES)
     seed: int = bounded(-1, -1, MAX_SEED, "-1 (random) or")
     steps: int = bounded(25, 1, MAX_STEPS)
-    guidance_scale: float = bounded(3.0, 0, MAX_SCALE)
-    sampler: str = one_of("ddim", SAMPLERS, "see GET /api/samplers")
+    guidance_scale: float = bounded(1.0, 0, MAX_SCALE)
+    sampler: str = one_of("ddim", SAMPLERS, "see GET /api/samplers; from_noise for other than ddim")
+    eta: float = Field(0.5, gt=0, le=1, description="DDIM eta from the image's inverted noise (near 0: the image "
+                                                    "back; 1: the most varied)")
+    from_noise: bool = Field(False, description="each image from its seed's noise instead (eta unused)")
 
 
 class UpscaleBody(BaseModel):

@@ -17,8 +17,10 @@ class VariationsRequest:
     prompt: str = ""  # also condition the decoder on a caption; empty: the embedding alone
     seed: int = -1
     steps: int = 25
-    guidance_scale: float = 3.0
+    guidance_scale: float = 1.0  # pipelines.unclip.VARIATION_GUIDANCE
     sampler: str = "ddim"
+    eta: float = 0.5  # pipelines.unclip.VARIATION_ETA: DDIM eta from the image's inverted noise
+    from_noise: bool = False  # each image from its seed's noise instead (any sampler; eta unused)
 
 
 def unclip_parts(service: GenerationService):
@@ -48,6 +50,12 @@ def variations(service: GenerationService, req: VariationsRequest,
 
     check_counts(req.steps, req.guidance_scale, req.num_images, req.seed)
     sampler = sampler_of(req.sampler)
+    eta = None if req.from_noise else float(req.eta)
+    if eta is not None and not 0 < eta <= 1:
+        raise RequestError(f"eta: must be in (0, 1] (variations from the image's inverted noise), got {req.eta}")
+    if eta is not None and sampler.value != "ddim":
+        raise RequestError(f"sampler: variations from the image's inverted noise use ddim (set from_noise for "
+                           f"{sampler.value})")
     try:
         if not isinstance(req.image, bytes) or not req.image:
             raise ValueError("image: missing")
@@ -66,6 +74,7 @@ def variations(service: GenerationService, req: VariationsRequest,
     x = image_tensor(to_model_size(img, decoder.resolution))
     check = service.step_check(cancel)
     with service.turn():
-        out = unclip.variations(decoder, clip, x, int(req.num_images), seed, opts, req.prompt, callback=check)
-    return service._png(out, seed, req.prompt, "", opts, {"Edit": "unCLIP variations",
+        out = unclip.variations(decoder, clip, x, int(req.num_images), seed, opts, req.prompt, eta=eta, callback=check)
+    how = {"Eta": eta, "Noise": "inverted"} if eta is not None else {"Noise": "seeds"}
+    return service._png(out, seed, req.prompt, "", opts, {"Edit": "unCLIP variations", **how,
                                                           "Input size": f"{img.width}x{img.height}"})
