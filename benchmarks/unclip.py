@@ -157,6 +157,23 @@ def plot(rows: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+SAME_ROWS = ("default", "steps", "prompts_per_category", "n_per_prompt")  # what makes a row the same measurement
+
+
+def reused_rows(args) -> dict:
+    """Rows of an earlier report measured with the same default model, steps, prompts and seeds (--reuse-rows),
+    named by --reuse: e.g. the default's rows when only the unCLIP model changed."""
+    if not args.reuse_rows:
+        return {}
+    old = json.loads(Path(args.reuse_rows).read_text())
+    for key in SAME_ROWS:
+        if old["args"][key] != getattr(args, key):
+            raise SystemExit(f"--reuse-rows: {args.reuse_rows} was measured with {key}={old['args'][key]}, "
+                             f"not {getattr(args, key)}")
+    names = set(filter(None, args.reuse.split(",")))
+    return {k: v for k, v in old["rows"].items() if v["row"] in names}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="condiff/weights/unclip", help="an unclip pipeline (decoder, CLIP, prior)")
@@ -170,6 +187,9 @@ def main() -> None:
     ap.add_argument("--eta", type=float, default=VARIATION_ETA, help="variations' DDIM eta from the inverted noise")
     ap.add_argument("--edit-scale", type=float, default=VARIATION_GUIDANCE,
                     help="decoder CFG of the variations from inverted noise (the rest use the decoder's own)")
+    ap.add_argument("--reuse-rows", help="an earlier unclip.json whose --reuse rows (same default, steps, prompts) "
+                                         "are copied instead of measured again")
+    ap.add_argument("--reuse", default="default", help="which rows --reuse-rows gives (default: the default model's)")
     ap.add_argument("--batch-size", type=int, default=40)
     ap.add_argument("--out-dir", default="docs/unclip")
     args = ap.parse_args()
@@ -192,10 +212,14 @@ def main() -> None:
     jobs = [(s, p) for s in SUITES for p in suite_prompts(s, args.prompts_per_category) for _ in range(args.n_per_prompt)]
     suites, prompts, seeds = [s for s, _ in jobs], [p for _, p in jobs], list(range(len(jobs)))
     models = {"default": lambda: load_pipeline(args.default), "unclip": lambda: pipe, "unclip_no_prior": pipe.without_prior}
-    report["rows"] = {}
+    report["rows"], reused = {}, reused_rows(args)
     for name in filter(None, args.rows.split(",")):
-        model = models[name]()
+        model = None
         for scale in args.scales:
+            if f"{name}@{scale:g}" in reused:
+                report["rows"][f"{name}@{scale:g}"] = reused[f"{name}@{scale:g}"] | {"reused_from": args.reuse_rows}
+                continue
+            model = model or models[name]()
             o = model.defaults.replace(steps=args.steps, guidance_scale=scale)
             row = bench_row(model, o, prompts, suites, seeds, args.n_per_prompt, pipe.clip, args.batch_size)
             report["rows"][f"{name}@{scale:g}"] = row | {"row": name, "guidance_scale": scale}

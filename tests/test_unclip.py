@@ -294,3 +294,13 @@ def test_the_unclip_benchmark_runs_end_to_end(composed, tiny_model, tmp_path):
     assert set(report["rows"]) == {"default@3", "unclip@3", "unclip_no_prior@3"}
     assert all(0 <= row["overall"]["accuracy"] <= 1 and row["diversity_pixels"] > 0 for row in report["rows"].values())
     assert (tmp_path / "diversity.png").is_file() and (tmp_path / "variations.png").is_file()
+    again = tmp_path / "again"
+    base = [sys.executable, str(script), "--model", str(composed), "--default", str(tiny_model), "--bars", "0",
+            "--prompts-per-category", "1", "--n-per-prompt", "2", "--rows", "default", "--out-dir", str(again),
+            "--reuse-rows", str(tmp_path / "unclip.json")]
+    r = subprocess.run(base + ["--steps", "2"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]  # the default's row is copied, not measured again
+    row = json.loads((again / "unclip.json").read_text())["rows"]["default@3"]
+    assert row["overall"] == report["rows"]["default@3"]["overall"] and row["reused_from"].endswith("unclip.json")
+    r = subprocess.run(base + ["--steps", "3"], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "steps=2" in r.stderr  # another measurement: refused
