@@ -5,8 +5,8 @@ without the prior, and the diversity the paper claims.
         --prompts-per-category 8 --n-per-prompt 4 --out-dir docs/unclip
 
 - Variations bar: 8 scenes drawn by code (4 with one object, 4 with two); 4 variations each (no caption, seeds 0-3),
-  from the scene's DDIM-inverted noise with --eta at CFG --edit-scale (as shipped), and from the seeds' noise at the
-  decoder's CFG (the baseline).
+  from the scene's DDIM-inverted noise with --eta at CFG --edit-scale, each the best of --candidates by CLIP
+  similarity to the scene (as shipped), and from the seeds' noise at the decoder's CFG, one draw each (the baseline).
   A variation keeps the scene when the oracle reads exactly the scene's objects ((shape, colour) multiset). A scene
   passes with >= 3 of 4 kept; the bar is >= 7 of 8 scenes. The 4 images' mean pairwise pixel distance is reported.
 - Interpolation bar: 8 pairs of one-object scenes (shape and colour both differ); 5 frames along the slerp, the
@@ -34,7 +34,7 @@ import torch
 from condiff.eval.bench import MAIN, summarize
 from condiff.io import json_safe
 from condiff.pipelines.base import load_pipeline
-from condiff.pipelines.unclip import VARIATION_ETA, VARIATION_GUIDANCE, image_embeddings, interpolate, variations
+from condiff.pipelines.unclip import VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE, image_embeddings, interpolate, variations
 from condiff.png import image_grid, save_png
 from condiff.world.bench import SUITES, suite_prompts
 from condiff.world.grammar import COLOURS, HELD_OUT, SHAPES, Category, sample_prompt
@@ -73,17 +73,17 @@ def code_scenes(n: int, seed: int, res: int) -> tuple[torch.Tensor, list[list[tu
 
 
 def variations_bar(pipe, clip, opts, n: int, seed: int, out_dir: Path, eta: float | None = None,
-                   name: str = "variations") -> dict:
+                   name: str = "variations", candidates: int = 1) -> dict:
     scenes, truth = code_scenes(n, seed, pipe.resolution)
     rows, grid = [], []
     for x, want in zip(scenes, truth):
-        px = to_uint8(variations(pipe, clip, x[None], 4, 0, opts, eta=eta)).numpy()
+        px = to_uint8(variations(pipe, clip, x[None], 4, 0, opts, eta=eta, candidates=candidates)).numpy()
         kept = [objects_of(p) == want for p in px]
         rows.append({"objects": want, "kept": sum(kept), "distance": round(pairwise_pixels(px), 2)})
         grid += [to_uint8(x[None]).numpy()[0], *px]
     save_png(image_grid(np.stack(grid), columns=5), out_dir / f"{name}.png", "unCLIP variations: scene, 4 variations")
     passed = sum(r["kept"] >= 3 for r in rows)
-    return {"eta": eta, "guidance_scale": opts.guidance_scale, "scenes": rows, "scenes_passed": passed, "of": n, "bar_met": passed >= n - 1,
+    return {"eta": eta, "guidance_scale": opts.guidance_scale, "candidates": candidates, "scenes": rows, "scenes_passed": passed, "of": n, "bar_met": passed >= n - 1,
             "mean_pairwise_pixel_distance": round(float(np.mean([r["distance"] for r in rows])), 2)}
 
 
@@ -185,6 +185,8 @@ def main() -> None:
     ap.add_argument("--rows", default="default,unclip,unclip_no_prior")
     ap.add_argument("--bars", type=int, default=8, help="scenes (variations) and pairs (interpolation); 0: skip")
     ap.add_argument("--eta", type=float, default=VARIATION_ETA, help="variations' DDIM eta from the inverted noise")
+    ap.add_argument("--candidates", type=int, default=VARIATION_CANDIDATES,
+                    help="variations' draws per image, the nearest to the scene in CLIP kept (the baseline: 1)")
     ap.add_argument("--edit-scale", type=float, default=VARIATION_GUIDANCE,
                     help="decoder CFG of the variations from inverted noise (the rest use the decoder's own)")
     ap.add_argument("--reuse-rows", help="an earlier unclip.json whose --reuse rows (same default, steps, prompts) "
@@ -201,7 +203,8 @@ def main() -> None:
     opts = pipe.defaults.replace(steps=args.steps)
     if args.bars:  # each edit as shipped (from the inverted noise) and from the seeds' noise, the baseline
         inv = opts.replace(guidance_scale=args.edit_scale)
-        for key, run in (("variations", lambda: variations_bar(pipe, pipe.clip, inv, args.bars, 0, out_dir, args.eta)),
+        for key, run in (("variations", lambda: variations_bar(pipe, pipe.clip, inv, args.bars, 0, out_dir, args.eta,
+                                                                     "variations", args.candidates)),
                          ("variations_from_noise", lambda: variations_bar(pipe, pipe.clip, opts, args.bars, 0, out_dir,
                                                                           None, "variations_from_noise")),
                          ("interpolation", lambda: interpolation_bar(pipe, pipe.clip, opts, args.bars, 1, 5, out_dir)),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .cli_args import positive_int
 from .pipelines.text2image import WEIGHTS, model_folder
-from .pipelines.unclip import VARIATION_ETA, VARIATION_GUIDANCE
+from .pipelines.unclip import VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE
 
 DECODER, CLIP64 = WEIGHTS / "unclip64", WEIGHTS / "clip64"
 
@@ -57,6 +57,8 @@ def _variations(args) -> None:
 
     if not 1 <= args.num_images <= 64:
         raise ValueError(f"--num-images: must be between 1 and 64, got {args.num_images}")
+    if not 1 <= args.candidates <= 16:
+        raise ValueError(f"--candidates: must be between 1 and 16, got {args.candidates}")
     eta = None if args.from_noise else args.eta
     if eta is not None and not 0 < eta <= 1:
         raise ValueError(f"--eta: must be in (0, 1], got {eta}")
@@ -64,8 +66,9 @@ def _variations(args) -> None:
         args.guidance_scale = VARIATION_GUIDANCE
     pipe, clip, opts, (x,), model = _setup(args, [args.input], [args.prompt])
     t = time.time()
-    out = variations(pipe, clip, x, args.num_images, args.seed, opts, args.prompt, eta=eta)
+    out = variations(pipe, clip, x, args.num_images, args.seed, opts, args.prompt, eta=eta, candidates=args.candidates)
     how = {"Eta": eta, "Noise": "inverted"} if eta is not None else {"Noise": "seeds"}
+    how["Candidates"] = args.candidates
     _write(args, out, model, opts, {"Edit": "unCLIP variations", "Prompt": args.prompt, **how})
     print(f"{args.num_images} variations in {time.time() - t:.1f} s", file=sys.stderr)
 
@@ -113,6 +116,9 @@ def add_unclip_parsers(esub) -> None:
     v.add_argument("--prompt", default="", help="also condition on a caption (default: none)")
     v.add_argument("--eta", type=float, default=VARIATION_ETA,
                    help=f"DDIM eta from IN's inverted noise: near 0 gives IN back, 1 the most varied (default {VARIATION_ETA})")
+    v.add_argument("--candidates", type=int, default=VARIATION_CANDIDATES,
+                   help="draws per image, the one whose CLIP embedding is nearest IN's kept "
+                        f"(default {VARIATION_CANDIDATES}; 1: no reranking)")
     v.add_argument("--from-noise", action="store_true",
                    help="each image from its seed's noise instead (the embedding alone; --eta is not used)")
     common(v, "variations.png")

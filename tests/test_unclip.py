@@ -57,7 +57,7 @@ def test_the_decoder_reads_the_embedding_and_zero_is_the_dropped_one(decoder):
     assert not torch.allclose(decode(pipe, e, [""], [0], opts), decode(pipe, -e, [""], [0], opts))
     torch.testing.assert_close(decode(pipe, torch.zeros_like(e), ["a red circle"], [0], opts),
                                pipe(["a red circle"], [0], opts))  # no embedding given: the zero (dropped) one
-    three = variations(pipe, clip, x, 3, 5, opts, eta=None)
+    three = variations(pipe, clip, x, 3, 5, opts, eta=None, candidates=1)
     torch.testing.assert_close(three[1:2], decode(pipe, image_embeddings(clip, x), [""], [6], opts), rtol=1e-4, atol=1e-5)
     path = interpolate(pipe, clip, x, -x, 3, 0, opts, inverted=False)
     noise = PerSampleNoise([0])((1, *pipe.sample_shape))  # every frame starts from seed 0's noise
@@ -88,12 +88,23 @@ def test_variations_and_interpolation_from_the_inverted_noise(decoder):
     x_T = invert(pipe, e, x, opts)
     torch.testing.assert_close(invert(pipe, e, x, opts.replace(guidance_scale=7.0)), x_T)  # always CFG 1
     assert not torch.allclose(invert(pipe, -e, x, opts), x_T)  # under the image's embedding
-    three = variations(pipe, clip, x, 3, 5, opts, eta=0.7)
+    three = variations(pipe, clip, x, 3, 5, opts, eta=0.7, candidates=1)
     one = decode(pipe, e, [""], [6], opts.replace(sampler="ddim", eta=0.7), x=x_T)
     torch.testing.assert_close(three[1:2], one, rtol=1e-4, atol=1e-5)  # image 1: seed 6, from x's own x_T
     assert (three[0] - three[2]).abs().mean() > 1e-3  # the seeds' fresh noise differs
     with pytest.raises(ValueError, match="eta"):
         variations(pipe, clip, x, 2, 0, opts, eta=0.0)
+    with pytest.raises(ValueError, match="candidates"):
+        variations(pipe, clip, x, 2, 0, opts, candidates=0)
+    # reranking: each image is, of its seed's candidates (seed + k 2^32), the one nearest x's embedding in CLIP
+    two = variations(pipe, clip, x, 2, 5, opts, eta=0.7, candidates=3)
+    o = opts.replace(sampler="ddim", eta=0.7)
+    for i, s in enumerate((5, 6)):
+        cands = decode(pipe, e.expand(3, -1), [""] * 3, [s + k * 2 ** 32 for k in range(3)], o, x=x_T.expand(3, -1, -1, -1))
+        best = (image_embeddings(clip, cands) @ e.T).squeeze(1).argmax()
+        torch.testing.assert_close(two[i], cands[best], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(variations(pipe, clip, x, 1, 6, opts, eta=0.7, candidates=3)[0], two[1],
+                               rtol=1e-4, atol=1e-4)  # image i depends on its seed alone
     path = interpolate(pipe, clip, x, y, 3, 0, opts)
     ends = [decode(pipe, image_embeddings(clip, im), [""], [0], opts.replace(eta=0.0, sampler="ddim"),
                    x=invert(pipe, image_embeddings(clip, im), im, opts)) for im in (x, y)]
@@ -263,14 +274,15 @@ def test_api_variations_draws_the_images_embedding_and_refuses_bad_input(compose
     body = r.json()
     assert body["seeds"] == [3, 4] and all("unCLIP variations" in p for p in body["parameters"])
     got = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(im)))) for im in body["images"]])
-    opts = service.pipe.defaults.replace(steps=2, guidance_scale=1.0)  # the endpoint's defaults: CFG 1, eta 0.5
-    want = variations(service.pipe, service.pipe.clip, image_tensor(src), 2, 3, opts, eta=0.5)
+    opts = service.pipe.defaults.replace(steps=2, guidance_scale=1.0)  # the endpoint's defaults: CFG 1, eta 0.5, 4
+    want = variations(service.pipe, service.pipe.clip, image_tensor(src), 2, 3, opts, eta=0.5, candidates=4)
     expect = ((want.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
     assert np.abs(got.astype(float) - expect).max() <= 1  # the same images as the library's variations
     for bad, status, field in (({"image": png, "num_images": 0}, 422, "num_images"),
                                ({"image": "bm90IGFuIGltYWdl", "num_images": 1}, 400, "image"),
                                ({"image": png, "steps": 2, "sampler": "nope"}, 422, "sampler"),
-                               ({"image": png, "steps": 2, "eta": 0}, 422, "eta"),
+                               ({"image": png, "steps": 2, "eta": 0}, 400, "eta"),
+                               ({"image": png, "steps": 2, "candidates": 17}, 400, "candidates"),
                                ({"image": png, "steps": 2, "sampler": "euler"}, 400, "sampler")):
         r = client.post("/api/variations", json=bad)
         assert r.status_code in (status, 400) and field in r.json()["detail"], r.text
@@ -290,6 +302,7 @@ def test_the_unclip_benchmark_runs_end_to_end(composed, tiny_model, tmp_path):
     report = json.loads((tmp_path / "unclip.json").read_text())
     assert report["variations"]["of"] == 2 and report["interpolation"]["of"] == 2
     assert report["variations"]["eta"] == 0.5 and report["variations_from_noise"]["eta"] is None
+    assert report["variations"]["candidates"] == 4 and report["variations_from_noise"]["candidates"] == 1
     assert report["interpolation"]["inverted"] and not report["interpolation_from_noise"]["inverted"]
     assert set(report["rows"]) == {"default@3", "unclip@3", "unclip_no_prior@3"}
     assert all(0 <= row["overall"]["accuracy"] <= 1 and row["diversity_pixels"] > 0 for row in report["rows"].values())

@@ -63,23 +63,34 @@ def invert(pipe, embeds: torch.Tensor, images: torch.Tensor, opts: SamplingOptio
 
 VARIATION_ETA = 0.5  # the default eta of variations from an inverted image (README: kept scenes against distance)
 VARIATION_GUIDANCE = 1.0  # their default CFG scale: the inverted x_T is the conditional model's (README)
+VARIATION_CANDIDATES = 4  # candidates drawn per variation, the one nearest the image's embedding kept (README)
+CANDIDATE_SEED_STRIDE = 2 ** 32  # candidate k of seed s draws from seed s + k * stride: candidate 0 is seed s itself
 
 
 def variations(pipe, clip, image: torch.Tensor, n: int, seed: int, opts: SamplingOptions, prompt: str = "",
-               eta: float | None = VARIATION_ETA, **kw) -> torch.Tensor:
+               eta: float | None = VARIATION_ETA, candidates: int = VARIATION_CANDIDATES, **kw) -> torch.Tensor:
     """n images from one image's embedding (DALL-E 2's variations), image i from seed + i; kw: callback=.
 
     eta in (0, 1] (the paper's way): from the image's own x_T (DDIM inversion under its embedding) by DDIM with
     that eta, the seeds drawing each step's fresh noise. eta -> 0 gives the image back; the larger eta, the more of
-    each image comes from the embedding alone. eta None: each image from its seed's noise, the embedding alone."""
+    each image comes from the embedding alone. eta None: each image from its seed's noise, the embedding alone.
+    candidates: each image is the one of that many draws (seed + i + k * 2^32) whose CLIP embedding is nearest the
+    image's, as the prior keeps the best of its candidates; image i still depends on its seed alone."""
+    if candidates < 1:
+        raise ValueError(f"candidates: must be at least 1, got {candidates}")
     e = image_embeddings(clip, image[:1])
-    seeds = list(range(seed, seed + n))
+    seeds = [s + k * CANDIDATE_SEED_STRIDE for s in range(seed, seed + n) for k in range(candidates)]
+    m = len(seeds)
     if eta is None:
-        return decode(pipe, e.expand(n, -1), [prompt] * n, seeds, opts, **kw)
-    if not 0 < eta <= 1:
-        raise ValueError(f"eta: must be in (0, 1] for variations of an inverted image, got {eta}")
-    x_T = invert(pipe, e, image[:1], opts, prompt).expand(n, -1, -1, -1).contiguous()
-    return decode(pipe, e.expand(n, -1), [prompt] * n, seeds, opts.replace(sampler="ddim", eta=eta), x=x_T, **kw)
+        out = decode(pipe, e.expand(m, -1), [prompt] * m, seeds, opts, **kw)
+    else:
+        if not 0 < eta <= 1:
+            raise ValueError(f"eta: must be in (0, 1] for variations of an inverted image, got {eta}")
+        x_T = invert(pipe, e, image[:1], opts, prompt).expand(m, -1, -1, -1).contiguous()
+        out = decode(pipe, e.expand(m, -1), [prompt] * m, seeds, opts.replace(sampler="ddim", eta=eta), x=x_T, **kw)
+    out = out.view(n, candidates, *out.shape[1:])
+    best = (image_embeddings(clip, out.flatten(0, 1)).cpu().view(n, candidates, -1) @ e.cpu().T).squeeze(-1).argmax(1)
+    return out[torch.arange(n), best]
 
 
 def _fixed_noise(pipe, n: int, seed: int) -> torch.Tensor:
@@ -125,7 +136,6 @@ def textdiff(pipe, clip, image: torch.Tensor, source: str, target: str, steps: i
     return decode(pipe, e, [target] * steps, [seed] * steps, opts, x=_fixed_noise(pipe, steps, seed))
 
 
-CANDIDATE_SEED_STRIDE = 2 ** 32  # candidate k of seed s draws from seed s + k * stride: candidate 0 is seed s itself
 PRIOR_SAMPLING = SamplingOptions(steps=64, guidance_scale=2.0, threshold="none", schedule="leading")  # DALL-E 2: 64
 
 

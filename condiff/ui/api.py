@@ -122,9 +122,10 @@ class VariationsBody(BaseModel):
     steps: int = bounded(25, 1, MAX_STEPS)
     guidance_scale: float = bounded(1.0, 0, MAX_SCALE)
     sampler: str = one_of("ddim", SAMPLERS, "see GET /api/samplers; from_noise for other than ddim")
-    eta: float = Field(0.5, gt=0, le=1, description="DDIM eta from the image's inverted noise (near 0: the image "
-                                                    "back; 1: the most varied)")
+    eta: float = bounded(0.5, 0, 1, "DDIM eta from the image's inverted noise (near 0: the image back; 1: the most "
+                                    "varied), above 0 and up to 1:")
     from_noise: bool = Field(False, description="each image from its seed's noise instead (eta unused)")
+    candidates: int = bounded(4, 1, 16, "draws per image, the one nearest the image in CLIP kept:")
 
 
 class UpscaleBody(BaseModel):

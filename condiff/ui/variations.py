@@ -10,6 +10,9 @@ from .service import (MAX_IMAGES, MAX_SEED, GeneratedImage, GenerationService, R
                       sampler_of)
 
 
+MAX_CANDIDATES = 16
+
+
 @dataclass
 class VariationsRequest:
     image: bytes  # PNG, JPEG, ... of any size: centre-cropped and resized to the decoder's
@@ -21,6 +24,7 @@ class VariationsRequest:
     sampler: str = "ddim"
     eta: float = 0.5  # pipelines.unclip.VARIATION_ETA: DDIM eta from the image's inverted noise
     from_noise: bool = False  # each image from its seed's noise instead (any sampler; eta unused)
+    candidates: int = 4  # pipelines.unclip.VARIATION_CANDIDATES: draws per image, the nearest in CLIP kept
 
 
 def unclip_parts(service: GenerationService):
@@ -50,6 +54,8 @@ def variations(service: GenerationService, req: VariationsRequest,
 
     check_counts(req.steps, req.guidance_scale, req.num_images, req.seed)
     sampler = sampler_of(req.sampler)
+    if not 1 <= int(req.candidates) <= MAX_CANDIDATES:
+        raise RequestError(f"candidates: must be between 1 and {MAX_CANDIDATES}, got {req.candidates}")
     eta = None if req.from_noise else float(req.eta)
     if eta is not None and not 0 < eta <= 1:
         raise RequestError(f"eta: must be in (0, 1] (variations from the image's inverted noise), got {req.eta}")
@@ -63,7 +69,7 @@ def variations(service: GenerationService, req: VariationsRequest,
     except ValueError as e:
         raise RequestError(str(e).splitlines()[0][:300]) from None
     decoder, clip = unclip_parts(service)
-    service.check_work(int(req.num_images), [(int(req.steps), decoder.resolution)])
+    service.check_work(int(req.num_images) * int(req.candidates), [(int(req.steps), decoder.resolution)])
     if req.prompt.strip():
         try:
             decoder.check([req.prompt], decoder.defaults)
@@ -74,7 +80,9 @@ def variations(service: GenerationService, req: VariationsRequest,
     x = image_tensor(to_model_size(img, decoder.resolution))
     check = service.step_check(cancel)
     with service.turn():
-        out = unclip.variations(decoder, clip, x, int(req.num_images), seed, opts, req.prompt, eta=eta, callback=check)
+        out = unclip.variations(decoder, clip, x, int(req.num_images), seed, opts, req.prompt, eta=eta,
+                                candidates=int(req.candidates), callback=check)
     how = {"Eta": eta, "Noise": "inverted"} if eta is not None else {"Noise": "seeds"}
+    how["Candidates"] = int(req.candidates)
     return service._png(out, seed, req.prompt, "", opts, {"Edit": "unCLIP variations", **how,
                                                           "Input size": f"{img.width}x{img.height}"})
