@@ -15,7 +15,7 @@ from condiff.cli import main
 from condiff.diffusion.samplers import PerSampleNoise
 from condiff.nets.clip import load_clip
 from condiff.pipelines.text2image import Text2ImagePipeline
-from condiff.pipelines.unclip import decode, image_embeddings, interpolate, invert, slerp, slerp_noise, variations
+from condiff.pipelines.unclip import candidate_seed, decode, image_embeddings, interpolate, invert, slerp, slerp_noise, variations
 from condiff.png import read_parameters
 
 CLIP = {"model": "clip", "clip": {"image": {"patch_size": 2, "model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
@@ -65,6 +65,17 @@ def test_the_decoder_reads_the_embedding_and_zero_is_the_dropped_one(decoder):
     torch.testing.assert_close(path[[0, 2]], ends, rtol=1e-4, atol=1e-5)  # the path's ends are the two embeddings
 
 
+def test_candidate_seeds_draw_different_noise():
+    """Candidate 0 is the seed itself; the others draw other noise (torch's CPU generator ignores a seed's high bits,
+    so seed + 2^32 would not), and none collides with the seeds of the batch around it."""
+    assert candidate_seed(7, 0) == 7
+    base = PerSampleNoise([7])((1, 8))
+    for k in (1, 2, 3):
+        assert not torch.allclose(PerSampleNoise([candidate_seed(7, k)])((1, 8)), base)
+    assert torch.allclose(PerSampleNoise([7 + 2 ** 32])((1, 8)), base)  # why a stride of 2^32 does not do
+    assert len({candidate_seed(s, k) for s in range(100) for k in range(4)}) == 400
+
+
 def test_slerp_noise_keeps_the_ends_and_interpolates_the_norm():
     a, b = torch.randn(1, 2, 3, 3), 2 * torch.randn(1, 2, 3, 3)
     torch.testing.assert_close(slerp_noise(a, b, 0.0), a)
@@ -96,11 +107,11 @@ def test_variations_and_interpolation_from_the_inverted_noise(decoder):
         variations(pipe, clip, x, 2, 0, opts, eta=0.0)
     with pytest.raises(ValueError, match="candidates"):
         variations(pipe, clip, x, 2, 0, opts, candidates=0)
-    # reranking: each image is, of its seed's candidates (seed + k 2^32), the one nearest x's embedding in CLIP
+    # reranking: each image is, of its seed's candidates, the one nearest x's embedding in CLIP
     two = variations(pipe, clip, x, 2, 5, opts, eta=0.7, candidates=3)
     o = opts.replace(sampler="ddim", eta=0.7)
     for i, s in enumerate((5, 6)):
-        cands = decode(pipe, e.expand(3, -1), [""] * 3, [s + k * 2 ** 32 for k in range(3)], o, x=x_T.expand(3, -1, -1, -1))
+        cands = decode(pipe, e.expand(3, -1), [""] * 3, [candidate_seed(s, k) for k in range(3)], o, x=x_T.expand(3, -1, -1, -1))
         best = (image_embeddings(clip, cands) @ e.T).squeeze(1).argmax()
         torch.testing.assert_close(two[i], cands[best], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(variations(pipe, clip, x, 1, 6, opts, eta=0.7, candidates=3)[0], two[1],

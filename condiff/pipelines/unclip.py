@@ -64,7 +64,16 @@ def invert(pipe, embeds: torch.Tensor, images: torch.Tensor, opts: SamplingOptio
 VARIATION_ETA = 0.5  # the default eta of variations from an inverted image (README: kept scenes against distance)
 VARIATION_GUIDANCE = 1.0  # their default CFG scale: the inverted x_T is the conditional model's (README)
 VARIATION_CANDIDATES = 4  # candidates drawn per variation, the one nearest the image's embedding kept (README)
-CANDIDATE_SEED_STRIDE = 2 ** 32  # candidate k of seed s draws from seed s + k * stride: candidate 0 is seed s itself
+
+
+def candidate_seed(seed: int, k: int) -> int:
+    """The seed candidate k of an image's seed draws from: the seed itself for k = 0, else a 32-bit hash of (seed,
+    k). torch's CPU generator reads only a seed's low 32 bits, so seed + k 2^32 would draw the seed's own noise again
+    (it did: the prior's two candidates were one sample twice)."""
+    import numpy as np
+
+    return int(seed) if k == 0 else int(np.random.SeedSequence([int(seed), k]).generate_state(1)[0])
+
 
 
 def variations(pipe, clip, image: torch.Tensor, n: int, seed: int, opts: SamplingOptions, prompt: str = "",
@@ -74,12 +83,12 @@ def variations(pipe, clip, image: torch.Tensor, n: int, seed: int, opts: Samplin
     eta in (0, 1] (the paper's way): from the image's own x_T (DDIM inversion under its embedding) by DDIM with
     that eta, the seeds drawing each step's fresh noise. eta -> 0 gives the image back; the larger eta, the more of
     each image comes from the embedding alone. eta None: each image from its seed's noise, the embedding alone.
-    candidates: each image is the one of that many draws (seed + i + k * 2^32) whose CLIP embedding is nearest the
+    candidates: each image is the one of that many draws (`candidate_seed`) whose CLIP embedding is nearest the
     image's, as the prior keeps the best of its candidates; image i still depends on its seed alone."""
     if candidates < 1:
         raise ValueError(f"candidates: must be at least 1, got {candidates}")
     e = image_embeddings(clip, image[:1])
-    seeds = [s + k * CANDIDATE_SEED_STRIDE for s in range(seed, seed + n) for k in range(candidates)]
+    seeds = [candidate_seed(s, k) for s in range(seed, seed + n) for k in range(candidates)]
     m = len(seeds)
     if eta is None:
         out = decode(pipe, e.expand(m, -1), [prompt] * m, seeds, opts, **kw)
@@ -162,7 +171,7 @@ def prior_embeddings(prior, diffusion, clip, prompts: list[str], seeds: list[int
     null = torch.ones(B * k, dtype=torch.bool, device=clip.device)
     denoiser = Denoiser.from_config(prior, diffusion)
     model = ClassifierFreeGuidance(denoiser, opts.guidance_scale, cond | {"drop": ~null}, cond | {"drop": null})
-    noise = PerSampleNoise([s + j * CANDIDATE_SEED_STRIDE for s in seeds for j in range(k)])
+    noise = PerSampleNoise([candidate_seed(s, j) for s in seeds for j in range(k)])
     x = noise((B * k, prior.cfg.embed_dim), clip.device)
     z = F.normalize(sample(model, denoiser.schedule, x, noise, opts).float(), dim=-1).view(B, k, -1)
     best = (z * text["embed"].view(B, k, -1)).sum(-1).argmax(1)  # (B,)
