@@ -101,7 +101,7 @@ def test_variations_and_interpolation_from_the_inverted_noise(decoder):
     assert not torch.allclose(invert(pipe, -e, x, opts), x_T)  # under the image's embedding
     three = variations(pipe, clip, x, 3, 5, opts, eta=0.7, candidates=1)
     one = decode(pipe, e, [""], [6], opts.replace(sampler="ddim", eta=0.7), x=x_T)
-    torch.testing.assert_close(three[1:2], one, rtol=1e-4, atol=1e-5)  # image 1: seed 6, from x's own x_T
+    torch.testing.assert_close(three[1:2], one, rtol=1e-3, atol=1e-4)  # image 1: seed 6, from x's own x_T
     assert (three[0] - three[2]).abs().mean() > 1e-3  # the seeds' fresh noise differs
     with pytest.raises(ValueError, match="eta"):
         variations(pipe, clip, x, 2, 0, opts, eta=0.0)
@@ -113,9 +113,9 @@ def test_variations_and_interpolation_from_the_inverted_noise(decoder):
     for i, s in enumerate((5, 6)):
         cands = decode(pipe, e.expand(3, -1), [""] * 3, [candidate_seed(s, k) for k in range(3)], o, x=x_T.expand(3, -1, -1, -1))
         best = (image_embeddings(clip, cands) @ e.T).squeeze(1).argmax()
-        torch.testing.assert_close(two[i], cands[best], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(two[i], cands[best], rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(variations(pipe, clip, x, 1, 6, opts, eta=0.7, candidates=3)[0], two[1],
-                               rtol=1e-4, atol=1e-4)  # image i depends on its seed alone
+                               rtol=1e-3, atol=1e-4)  # image i depends on its seed alone
     path = interpolate(pipe, clip, x, y, 3, 0, opts)
     ends = [decode(pipe, image_embeddings(clip, im), [""], [0], opts.replace(eta=0.0, sampler="ddim"),
                    x=invert(pipe, image_embeddings(clip, im), im, opts)) for im in (x, y)]
