@@ -75,7 +75,6 @@ def candidate_seed(seed: int, k: int) -> int:
     return int(seed) if k == 0 else int(np.random.SeedSequence([int(seed), k]).generate_state(1)[0])
 
 
-
 def variations(pipe, clip, image: torch.Tensor, n: int, seed: int, opts: SamplingOptions, prompt: str = "",
                eta: float | None = VARIATION_ETA, candidates: int = VARIATION_CANDIDATES, **kw) -> torch.Tensor:
     """n images from one image's embedding (DALL-E 2's variations), image i from seed + i; kw: callback=.
@@ -87,14 +86,14 @@ def variations(pipe, clip, image: torch.Tensor, n: int, seed: int, opts: Samplin
     image's, as the prior keeps the best of its candidates; image i still depends on its seed alone."""
     if candidates < 1:
         raise ValueError(f"candidates: must be at least 1, got {candidates}")
+    if eta is not None and not 0 < eta <= 1:
+        raise ValueError(f"eta: must be in (0, 1] for variations of an inverted image, got {eta}")
     e = image_embeddings(clip, image[:1])
     seeds = [candidate_seed(s, k) for s in range(seed, seed + n) for k in range(candidates)]
     m = len(seeds)
     if eta is None:
         out = decode(pipe, e.expand(m, -1), [prompt] * m, seeds, opts, **kw)
     else:
-        if not 0 < eta <= 1:
-            raise ValueError(f"eta: must be in (0, 1] for variations of an inverted image, got {eta}")
         x_T = invert(pipe, e, image[:1], opts, prompt).expand(m, -1, -1, -1).contiguous()
         out = decode(pipe, e.expand(m, -1), [prompt] * m, seeds, opts.replace(sampler="ddim", eta=eta), x=x_T, **kw)
     out = out.view(n, candidates, *out.shape[1:])
