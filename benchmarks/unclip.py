@@ -10,8 +10,9 @@ without the prior, and the diversity the paper claims.
   A variation keeps the scene when the oracle reads exactly the scene's objects ((shape, colour) multiset). A scene
   passes with >= 3 of 4 kept; the bar is >= 7 of 8 scenes. The 4 images' mean pairwise pixel distance is reported.
 - Interpolation bar: 8 pairs of one-object scenes (shape and colour both differ); 5 frames along the slerp, the
-  decoder noise slerped between the ends' inverted noises (as shipped) or one fixed seed's (the baseline). A frame passes when the oracle reads at least one object and every object it reads has a
-  shape and a colour of the two ends (an end, or a mix). A pair passes when all its frames do; the bar is >= 7 of 8.
+  decoder noise slerped between the ends' inverted noises (as shipped) or one fixed seed's (the baseline). A frame
+  passes when the oracle reads at least one object and every object it reads has a shape and a colour of the two
+  ends (an end, or a mix). A pair passes when all its frames do; the bar is >= 7 of 8.
   The ends avoid the held-out (colour, shape) combinations. Reported too: how many end frames the oracle reads as
   their input, and the end frames' mean pixel distance (0-255) from the inputs.
 - Shapes-bench rows, same prompts and seeds, DDIM at the same steps: the default; unCLIP with its diffusion prior;
@@ -34,7 +35,8 @@ import torch
 from condiff.eval.bench import MAIN, summarize
 from condiff.io import json_safe
 from condiff.pipelines.base import load_pipeline
-from condiff.pipelines.unclip import VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE, image_embeddings, interpolate, variations
+from condiff.pipelines.unclip import (VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE, image_embeddings,
+                                      interpolate, variations)
 from condiff.png import image_grid, save_png
 from condiff.world.bench import SUITES, suite_prompts
 from condiff.world.grammar import COLOURS, HELD_OUT, SHAPES, Category, sample_prompt
@@ -83,7 +85,8 @@ def variations_bar(pipe, clip, opts, n: int, seed: int, out_dir: Path, eta: floa
         grid += [to_uint8(x[None]).numpy()[0], *px]
     save_png(image_grid(np.stack(grid), columns=5), out_dir / f"{name}.png", "unCLIP variations: scene, 4 variations")
     passed = sum(r["kept"] >= 3 for r in rows)
-    return {"eta": eta, "guidance_scale": opts.guidance_scale, "candidates": candidates, "scenes": rows, "scenes_passed": passed, "of": n, "bar_met": passed >= n - 1,
+    return {"eta": eta, "guidance_scale": opts.guidance_scale, "candidates": candidates, "scenes": rows,
+            "scenes_passed": passed, "of": n, "bar_met": passed >= n - 1,
             "mean_pairwise_pixel_distance": round(float(np.mean([r["distance"] for r in rows])), 2)}
 
 
@@ -104,20 +107,22 @@ def interpolation_bar(pipe, clip, opts, n: int, seed: int, frames: int, out_dir:
     rows, grid = [], []
     for k, (a, b) in enumerate(one_object_pairs(n, seed)):
         xa, xb = render([[a]], pipe.resolution), render([[b]], pipe.resolution)
+        ua, ub = to_uint8(xa).numpy()[0], to_uint8(xb).numpy()[0]
         px = to_uint8(interpolate(pipe, clip, xa, xb, frames, k, opts, inverted=inverted)).numpy()
         shapes, colours = {a.shape, b.shape}, {a.colour, b.colour}
         read = [objects_of(p) for p in px]
         ok = [bool(r) and all(s in shapes and c in colours for s, c in r) for r in read]
         rows.append({"a": [a.shape, a.colour], "b": [b.shape, b.colour], "frames": read, "frames_ok": sum(ok),
                      "ends_kept": [read[0] == [(a.shape, a.colour)], read[-1] == [(b.shape, b.colour)]],
-                     "end_distance": round(float(np.mean([np.abs(px[i].astype(np.float32) - to_uint8(x).numpy()[0]).mean()
-                                                          for i, x in ((0, xa), (-1, xb))])), 2)})
-        grid += [to_uint8(xa).numpy()[0], *px, to_uint8(xb).numpy()[0]]
+                     "end_distance": round(float(np.mean([np.abs(px[i].astype(np.float32) - u).mean()
+                                                          for i, u in ((0, ua), (-1, ub))])), 2)})
+        grid += [ua, *px, ub]
     save_png(image_grid(np.stack(grid), columns=frames + 2), out_dir / f"{name}.png", "unCLIP interpolation: A, frames, B")
     passed = sum(r["frames_ok"] == frames for r in rows)
     return {"inverted": inverted, "guidance_scale": opts.guidance_scale, "pairs": rows,
             "ends_kept": sum(sum(r["ends_kept"]) for r in rows),
-            "mean_end_pixel_distance": round(float(np.mean([r["end_distance"] for r in rows])), 2), "pairs_passed": passed, "of": n, "bar_met": passed >= n - 1}
+            "mean_end_pixel_distance": round(float(np.mean([r["end_distance"] for r in rows])), 2),
+            "pairs_passed": passed, "of": n, "bar_met": passed >= n - 1}
 
 
 def bench_row(pipe, opts, prompts, suites, seeds, n_per_prompt: int, clip, batch: int) -> dict:

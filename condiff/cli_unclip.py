@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .cli_args import positive_int
 from .pipelines.text2image import WEIGHTS, model_folder
-from .pipelines.unclip import VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE
+from .pipelines.unclip import MAX_VARIATION_CANDIDATES, VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE
 
 DECODER, CLIP64 = WEIGHTS / "unclip64", WEIGHTS / "clip64"
 
@@ -53,12 +53,12 @@ def _write(args, out, model, opts, info: dict) -> None:
 
 
 def _variations(args) -> None:
-    from .pipelines.unclip import variations
+    from .pipelines.unclip import variation_parameters, variations
 
     if not 1 <= args.num_images <= 64:
         raise ValueError(f"--num-images: must be between 1 and 64, got {args.num_images}")
-    if not 1 <= args.candidates <= 16:
-        raise ValueError(f"--candidates: must be between 1 and 16, got {args.candidates}")
+    if not 1 <= args.candidates <= MAX_VARIATION_CANDIDATES:
+        raise ValueError(f"--candidates: must be between 1 and {MAX_VARIATION_CANDIDATES}, got {args.candidates}")
     eta = None if args.from_noise else args.eta
     if eta is not None and not 0 < eta <= 1:
         raise ValueError(f"--eta: must be in (0, 1], got {eta}")
@@ -67,9 +67,8 @@ def _variations(args) -> None:
     pipe, clip, opts, (x,), model = _setup(args, [args.input], [args.prompt])
     t = time.time()
     out = variations(pipe, clip, x, args.num_images, args.seed, opts, args.prompt, eta=eta, candidates=args.candidates)
-    how = {"Eta": eta, "Noise": "inverted"} if eta is not None else {"Noise": "seeds"}
-    how["Candidates"] = args.candidates
-    _write(args, out, model, opts, {"Edit": "unCLIP variations", "Prompt": args.prompt, **how})
+    _write(args, out, model, opts, {"Edit": "unCLIP variations", "Prompt": args.prompt,
+                                    **variation_parameters(eta, args.candidates)})
     print(f"{args.num_images} variations in {time.time() - t:.1f} s", file=sys.stderr)
 
 

@@ -64,6 +64,13 @@ def invert(pipe, embeds: torch.Tensor, images: torch.Tensor, opts: SamplingOptio
 VARIATION_ETA = 0.5  # the default eta of variations from an inverted image (README: kept scenes against distance)
 VARIATION_GUIDANCE = 1.0  # their default CFG scale: the inverted x_T is the conditional model's (README)
 VARIATION_CANDIDATES = 4  # candidates drawn per variation, the one nearest the image's embedding kept (README)
+MAX_VARIATION_CANDIDATES = 16  # the most the CLI and the API accept
+
+
+def variation_parameters(eta: float | None, candidates: int) -> dict:
+    """What a variations image's infotext records of how it was drawn."""
+    how = {"Eta": eta, "Noise": "inverted"} if eta is not None else {"Noise": "seeds"}
+    return how | {"Candidates": candidates}
 
 
 def candidate_seed(seed: int, k: int) -> int:
@@ -125,7 +132,7 @@ def interpolate(pipe, clip, a: torch.Tensor, b: torch.Tensor, steps: int, seed: 
     e = torch.cat([slerp(ea, eb, w) for w in ws])
     if not inverted:
         return decode(pipe, e, [prompt] * steps, [seed] * steps, opts, x=_fixed_noise(pipe, steps, seed))
-    xa, xb = invert(pipe, ea, a[:1], opts, prompt), invert(pipe, eb, b[:1], opts, prompt)
+    xa, xb = invert(pipe, torch.cat([ea, eb]), torch.cat([a[:1], b[:1]]), opts, prompt).chunk(2)
     x_T = torch.cat([slerp_noise(xa, xb, w) for w in ws])
     return decode(pipe, e, [prompt] * steps, [seed] * steps, opts.replace(sampler="ddim", eta=0.0), x=x_T)
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..diffusion.sampling import SAMPLER_INFO
+from ..pipelines.unclip import MAX_VARIATION_CANDIDATES, VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE
 from starlette.concurrency import run_in_threadpool
 
 from .service import (GUIDES, MAX_GUIDE_SCALE, MAX_IMAGES, MAX_SCALE, MAX_SEED, MAX_STEPS, Busy, Cancelled,
@@ -120,12 +121,13 @@ class VariationsBody(BaseModel):
     num_images: int = bounded(4, 1, MAX_IMAGES)
     seed: int = bounded(-1, -1, MAX_SEED, "-1 (random) or")
     steps: int = bounded(25, 1, MAX_STEPS)
-    guidance_scale: float = bounded(1.0, 0, MAX_SCALE)
+    guidance_scale: float = bounded(VARIATION_GUIDANCE, 0, MAX_SCALE)
     sampler: str = one_of("ddim", SAMPLERS, "see GET /api/samplers; from_noise for other than ddim")
-    eta: float = bounded(0.5, 0, 1, "DDIM eta from the image's inverted noise (near 0: the image back; 1: the most "
+    eta: float = bounded(VARIATION_ETA, 0, 1, "DDIM eta from the image's inverted noise (near 0: the image back; 1: the most "
                                     "varied), above 0 and up to 1:")
     from_noise: bool = Field(False, description="each image from its seed's noise instead (eta unused)")
-    candidates: int = bounded(4, 1, 16, "draws per image, the one nearest the image in CLIP kept:")
+    candidates: int = bounded(VARIATION_CANDIDATES, 1, MAX_VARIATION_CANDIDATES,
+                              "draws per image, the one nearest the image in CLIP kept:")
 
 
 class UpscaleBody(BaseModel):

@@ -6,11 +6,10 @@ import random
 import threading
 from dataclasses import dataclass
 
+from ..pipelines.unclip import (MAX_VARIATION_CANDIDATES, VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE,
+                                variation_parameters)
 from .service import (MAX_IMAGES, MAX_SEED, GeneratedImage, GenerationService, RequestError, check_counts,
                       sampler_of)
-
-
-MAX_CANDIDATES = 16
 
 
 @dataclass
@@ -20,11 +19,11 @@ class VariationsRequest:
     prompt: str = ""  # also condition the decoder on a caption; empty: the embedding alone
     seed: int = -1
     steps: int = 25
-    guidance_scale: float = 1.0  # pipelines.unclip.VARIATION_GUIDANCE
+    guidance_scale: float = VARIATION_GUIDANCE
     sampler: str = "ddim"
-    eta: float = 0.5  # pipelines.unclip.VARIATION_ETA: DDIM eta from the image's inverted noise
+    eta: float = VARIATION_ETA  # DDIM eta from the image's inverted noise
     from_noise: bool = False  # each image from its seed's noise instead (any sampler; eta unused)
-    candidates: int = 4  # pipelines.unclip.VARIATION_CANDIDATES: draws per image, the nearest in CLIP kept
+    candidates: int = VARIATION_CANDIDATES  # draws per image, the one nearest the image in CLIP kept
 
 
 def unclip_parts(service: GenerationService):
@@ -54,8 +53,8 @@ def variations(service: GenerationService, req: VariationsRequest,
 
     check_counts(req.steps, req.guidance_scale, req.num_images, req.seed)
     sampler = sampler_of(req.sampler)
-    if not 1 <= int(req.candidates) <= MAX_CANDIDATES:
-        raise RequestError(f"candidates: must be between 1 and {MAX_CANDIDATES}, got {req.candidates}")
+    if not 1 <= int(req.candidates) <= MAX_VARIATION_CANDIDATES:
+        raise RequestError(f"candidates: must be between 1 and {MAX_VARIATION_CANDIDATES}, got {req.candidates}")
     eta = None if req.from_noise else float(req.eta)
     if eta is not None and not 0 < eta <= 1:
         raise RequestError(f"eta: must be in (0, 1] (variations from the image's inverted noise), got {req.eta}")
@@ -82,7 +81,6 @@ def variations(service: GenerationService, req: VariationsRequest,
     with service.turn():
         out = unclip.variations(decoder, clip, x, int(req.num_images), seed, opts, req.prompt, eta=eta,
                                 candidates=int(req.candidates), callback=check)
-    how = {"Eta": eta, "Noise": "inverted"} if eta is not None else {"Noise": "seeds"}
-    how["Candidates"] = int(req.candidates)
-    return service._png(out, seed, req.prompt, "", opts, {"Edit": "unCLIP variations", **how,
+    return service._png(out, seed, req.prompt, "", opts, {"Edit": "unCLIP variations",
+                                                          **variation_parameters(eta, int(req.candidates)),
                                                           "Input size": f"{img.width}x{img.height}"})
