@@ -20,6 +20,14 @@ def downsample(images: torch.Tensor, factor: int) -> torch.Tensor:
     return F.avg_pool2d(images, factor) if factor > 1 else images
 
 
+def at_resolution(images: torch.Tensor, res: int) -> torch.Tensor:
+    """Images at a judge's side (res): box-filtered down by a whole factor (as the world renders), else resized bilinearly."""
+    side = images.shape[-1]
+    if side >= res and side % res == 0:
+        return downsample(images, side // res)
+    return F.interpolate(images, size=(res, res), mode="bilinear", align_corners=False, antialias=side > res)
+
+
 def upsample(low_res: torch.Tensor, size: int) -> torch.Tensor:
     """The low-res image at the output size, as concatenated to x_t (guided-diffusion's SuperResModel: bilinear)."""
     if low_res.shape[-1] == size:

@@ -84,7 +84,7 @@ def run_eval_autoencoder(args) -> dict:
     from .. import components
     from ..eval.grid import save_grid
     from ..nets.clip import load_clip
-    from ..pipelines.guidance import DEFAULT_JUDGES
+    from ..catalogue import DEFAULT_JUDGES
 
     if args.n < 2:
         raise ValueError(f"--n: need at least 2 scenes per category, got {args.n}")

@@ -11,7 +11,8 @@ import torch
 
 from ..diffusion.sampling import SamplingOptions
 from ..io import json_safe
-from ..pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+from ..pipelines.text2image import Text2ImagePipeline
+from ..catalogue import DEFAULT_MODEL
 from ..world.bench import SUITES, suite_prompts
 from ..world.oracle import judge
 from ..world.render import to_uint8

@@ -14,9 +14,10 @@ import torch
 from ..diffusion.sampling import SamplingOptions
 from ..nets.classifier import load_classifier
 from ..nets.clip import load_clip
-from ..pipelines.guidance import (DEFAULT_JUDGES, GuidanceMethod, GuidanceOptions, NoiseOptimization, make_guide,
-                                  make_initializer)
-from ..pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+from ..pipelines.guidance import GuidanceMethod, GuidanceOptions, NoiseOptimization, make_guide, make_initializer
+from ..catalogue import DEFAULT_JUDGES
+from ..pipelines.text2image import Text2ImagePipeline
+from ..catalogue import DEFAULT_MODEL
 from ..world.bench import SUITES, suite_prompts
 from ..world.grammar import parse_caption
 from ..world.oracle import judge

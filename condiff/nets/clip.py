@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..diffusion.augment import at_resolution
 from .encoder import ImageEncoder, ImageEncoderConfig
 from .pretrained_text import PretrainedTextConfig
 from .text import TextEncoder, TextEncoderConfig
@@ -96,3 +97,9 @@ def load_clip(folder) -> CLIP:
     from ..io import load_component
 
     return load_component(CLIP, CLIPConfig, folder)
+
+
+def image_embeddings(clip: "CLIP", images: torch.Tensor) -> torch.Tensor:
+    """The frozen CLIP's unit image embeddings of images in [-1, 1] at any size (resized to CLIP's)."""
+    with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+        return clip.encode_image(at_resolution(images.float().to(clip.device), clip.cfg.image.resolution))

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..diffusion.denoiser import DiffusionConfig, Prediction
+from ..diffusion.schedule import ScheduleConfig
 from .unet import timestep_embedding
 
 
@@ -96,3 +98,8 @@ def clip_text(clip, prompts: list[str]) -> dict:
     embedding z_t."""
     enc = clip.text_encoder.encode(prompts, clip.device)  # one pass of the tower gives both
     return {"tokens": enc["context"], "mask": enc["context_mask"], "embed": clip.text_embedding(enc["pooled"])}
+
+
+def prior_diffusion() -> DiffusionConfig:
+    """The prior's diffusion: cosine schedule, predicting the clean embedding x0 (DALL-E 2, sec. 2.1)."""
+    return DiffusionConfig(ScheduleConfig(num_timesteps=1000, beta_schedule="cosine"), Prediction.X0)

@@ -11,6 +11,7 @@ read_spec converts it.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -77,7 +78,22 @@ def read_spec(folder: Path) -> PipelineSpec:
     return from_dict(PipelineSpec, data, SPEC)
 
 
-PIPELINES: dict[str, type["Pipeline"]] = {}
+KINDS = {  # pipeline kind -> the module that defines it, imported when a spec names it (base imports none of them)
+    "text2image": "condiff.pipelines.text2image",
+    "layout2image": "condiff.pipelines.layout2image",
+    "upsample": "condiff.pipelines.upsample",
+    "unclip": "condiff.pipelines.unclip",
+}
+PIPELINES: dict[str, type["Pipeline"]] = {}  # kind -> class, filled as each class is defined
+
+
+def pipeline_class(kind: str, where: str = SPEC) -> type["Pipeline"]:
+    """The Pipeline class of a kind: already defined, or defined by importing the module KINDS names for it."""
+    if kind not in PIPELINES and kind in KINDS:
+        importlib.import_module(KINDS[kind])
+    if kind not in PIPELINES:
+        raise ConfigError(f"{where}: unknown pipeline kind '{kind}' (known: {', '.join(sorted({*KINDS, *PIPELINES}))})")
+    return PIPELINES[kind]
 
 
 class Pipeline:
@@ -123,16 +139,13 @@ class Pipeline:
 
 def load_pipeline(folder: str | Path) -> Pipeline:
     """The pipeline saved in folder, as the class its spec's kind names."""
-    from . import layout2image, text2image, unclip, upsample  # noqa: F401  (registers the built-in kinds)
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"missing model folder '{folder}'")
     spec = read_spec(folder)
-    if spec.kind not in PIPELINES:
-        raise ConfigError(f"{folder / SPEC}: unknown pipeline kind '{spec.kind}' (known: {', '.join(PIPELINES)})")
+    cls = pipeline_class(spec.kind, str(folder / SPEC))
     names = [c.name for c in spec.components]
     if len(set(names)) != len(names):
         raise ConfigError(f"{folder / SPEC}: component names repeat: {names}")
     parts = {c.name: components.load(c.type, folder / (c.path or c.name)) for c in spec.components}
-    return PIPELINES[spec.kind].from_parts(parts, spec)
+    return cls.from_parts(parts, spec)

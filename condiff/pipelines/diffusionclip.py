@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..diffusion.augment import downsample
+from ..diffusion.augment import at_resolution
 from ..diffusion.samplers import ddim_invert
 from ..diffusion.sampling import SamplingOptions, sampling_timesteps, start_step
 from .editing import image_holds_layout, to_model_space
@@ -77,14 +77,6 @@ def regenerate_from(pipe: Text2ImagePipeline, x_k: torch.Tensor, k: int, prompts
     with torch.no_grad():
         return pipe.decode(pipe.denoise(prompts, list(range(len(prompts))), chain_options(cfg), x=x_k, start=k,
                                         **image_holds_layout(pipe, len(prompts), {}))).cpu()
-
-
-def at_resolution(images: torch.Tensor, res: int) -> torch.Tensor:
-    """Images at CLIP's side: box-filtered down by a whole factor (as the world renders), else resized bilinearly."""
-    side = images.shape[-1]
-    if side >= res and side % res == 0:
-        return downsample(images, side // res)
-    return F.interpolate(images, size=(res, res), mode="bilinear", align_corners=False, antialias=side > res)
 
 
 def clip_view(clip, images: torch.Tensor, augmentations: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -114,7 +114,7 @@ def inpainting_pipeline(pipe: Text2ImagePipeline, folder: Path, method: str = "a
     """The pipeline that inpaints for `pipe` (loaded from `folder`): itself if it has inpainting inputs or the method
     is RePaint; for the shipped default, the shipped inpainting model where it is installed (as A1111 switches to an
     inpainting checkpoint); else itself."""
-    from .text2image import DEFAULT_MODEL, INPAINT_MODEL
+    from ..catalogue import DEFAULT_MODEL, INPAINT_MODEL
 
     if pipe.inpainting or method == "repaint" or Path(folder).resolve() != DEFAULT_MODEL or not INPAINT_MODEL.is_dir():
         return pipe

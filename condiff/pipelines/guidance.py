@@ -15,12 +15,10 @@ from pathlib import Path
 
 import torch
 
+from ..catalogue import DEFAULT_JUDGES
 from ..diffusion.guidance import GradientGuidance
 from ..world.distractors import distractor_captions
 
-WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_JUDGES = {"clip": WEIGHTS / "clip32", "noisy_clip": WEIGHTS / "noisy_clip32",
-                  "classifier": WEIGHTS / "classifier32"}
 
 
 class GuidanceMethod(str, enum.Enum):

@@ -16,22 +16,11 @@ from ..diffusion.guidance import ClassifierFreeGuidance
 from ..diffusion.samplers import PerSampleNoise, Variance
 from ..diffusion.sampling import Replace, Resample, SamplingOptions, sample
 from ..diffusion.thresholding import Threshold
+from ..catalogue import DEFAULT_MODEL
 from .base import ComponentSpec, Pipeline, PipelineSpec, StageSpec, load_pipeline
 
 Guide = Callable[..., tuple]
-WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_MODEL = WEIGHTS / "layout64"  # text -> boxes -> 64 px latent image (the first release's default: base32)
-INPAINT_MODEL = WEIGHTS / "inpaint64"  # GLIDE-style inpainting fine-tune of latent64: what inpaints for the default
-BASE32 = WEIGHTS / "base32"  # the 32 px pixel model with its 29-word vocabulary
 PipelineConfig = DiffusionConfig  # the name of the first releases
-
-
-def model_folder(name: str | Path | None) -> Path:
-    """A model argument as a folder: a path, or the name of a shipped model (`unclip`: condiff/weights/unclip)."""
-    if not name:
-        return DEFAULT_MODEL
-    path = Path(name)
-    return WEIGHTS / path if not path.exists() and len(path.parts) == 1 and (WEIGHTS / path).is_dir() else path
 
 
 def default_sampling(latent: bool) -> SamplingOptions:

@@ -11,15 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion.sampling import SamplingOptions
+from ..nets.clip import image_embeddings
+from ..nets.embedding_prior import prior_diffusion
 from .text2image import Text2ImagePipeline
-
-
-def image_embeddings(clip, images: torch.Tensor) -> torch.Tensor:
-    """The frozen CLIP's unit image embeddings of images in [-1, 1] at any size (resized to CLIP's)."""
-    from .diffusionclip import at_resolution
-
-    with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
-        return clip.encode_image(at_resolution(images.float().to(clip.device), clip.cfg.image.resolution))
 
 
 def check_decoder(pipe: Text2ImagePipeline, clip) -> None:
@@ -207,8 +201,6 @@ class UnCLIPPipeline(Text2ImagePipeline):
         self.parts["clip"] = clip
         self.spec.components.append(ComponentSpec("clip", ComponentType.CLIP))
         if prior is not None:
-            from ..train.tasks.embedding_prior import prior_diffusion
-
             self.parts["prior"] = prior
             self.spec.components.append(ComponentSpec("prior", ComponentType.EMBEDDING_PRIOR))
             self.spec.stages.append(StageSpec("prior", "prior", prior_cfg or prior_diffusion(),

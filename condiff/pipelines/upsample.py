@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..catalogue import UPSAMPLERS
 from ..components import ComponentType
 from ..diffusion.augment import upsample
 from ..diffusion.denoiser import Denoiser, DiffusionConfig
@@ -21,9 +22,7 @@ from ..diffusion.guidance import ClassifierFreeGuidance
 from ..diffusion.samplers import PerSampleNoise
 from ..diffusion.sampling import SamplingOptions, sample
 from .base import ComponentSpec, Pipeline, PipelineSpec, StageSpec, UpscaleSettings, load_pipeline
-from .text2image import WEIGHTS
 
-UPSAMPLERS = {128: WEIGHTS / "sr128", 256: WEIGHTS / "sr256"}  # output side -> the shipped stage that makes it
 UPSCALE_INPUT = 64  # `condiff upscale` and /api/upscale resize a square input to this, the shipped chain's first input
 STAGE_SEED = 7919  # stage k's noise uses seed + k * STAGE_SEED: independent of the base model's noise
 

@@ -77,7 +77,7 @@ class GroundingConfig:
 @dataclass
 class UnclipConfig:
     """unCLIP's decoder (DALL-E 2): the UNet also reads the frozen CLIP's image embedding of the training image."""
-    clip: str = "condiff/weights/clip64"  # a condiff CLIP folder
+    clip: str = "condiff/weights/clip64"  # a condiff CLIP folder (shipped names resolve in the package)
     p_drop_embed: float = 0.1  # the embedding zeroed (CFG's null), as the paper trains
     p_drop_caption: float = 0.5  # the caption dropped (replaces optim.p_uncond)
 

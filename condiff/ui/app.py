@@ -225,9 +225,9 @@ def _edit_outputs(prefix: str):
 
 
 def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
-    from ..cli_unclip import DECODER
+    from ..catalogue import UNCLIP_DECODER as DECODER
     from ..pipelines.unclip import UnCLIPPipeline
-    from ..pipelines.upsample import UPSAMPLERS
+    from ..catalogue import UPSAMPLERS
 
     generate, restore = make_handlers(service, out_dir)
     img2img, inpaint, upscale = make_edit_handlers(service, out_dir)

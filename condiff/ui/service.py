@@ -19,9 +19,13 @@ from typing import Callable
 
 import numpy as np
 
+from PIL import Image, PngImagePlugin
+
+from ..catalogue import UPSAMPLERS
 from ..diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions
-from ..pipelines.guidance import GuidanceMethod
-from ..png import format_parameters
+from ..pipelines import requests
+from ..pipelines.guidance import GuidanceMethod, GuidanceOptions, load_judge
+from ..pipelines.upsample import StageRun
 
 MAX_IMAGES, MAX_STEPS, MAX_SCALE, MAX_SEED, MAX_GUIDE_SCALE = 16, 1000, 50.0, 2 ** 32 - 1, 100.0
 SAMPLER_BY_LABEL = {label: s for s, (label, _) in SAMPLER_INFO.items()}
@@ -132,7 +136,8 @@ def check_counts(steps, guidance_scale, num_images, seed) -> None:
 
 class GenerationService:
     def __init__(self, model: str | Path | None = None, device: str = "cpu", limits: ServeLimits | None = None):
-        from ..pipelines.text2image import Text2ImagePipeline, model_folder
+        from ..pipelines.text2image import Text2ImagePipeline
+        from ..catalogue import model_folder
 
         self.model_path = model_folder(model)
         self.pipe = Text2ImagePipeline.from_pretrained(self.model_path).to(device)
@@ -201,16 +206,23 @@ class GenerationService:
                 raise RequestError(str(e)) from None
         return self._upsamplers[base, size]
 
-    def guide_for(self, req: Txt2ImgRequest):
-        """The pipeline guide of req.guide (None for 'none'); each judge is loaded once."""
-        from ..pipelines.guidance import GuidanceOptions, load_judge, make_guide
-
+    def guide_for(self, req: Txt2ImgRequest) -> tuple[GuidanceOptions | None, object]:
+        """The guidance options of req.guide and its judge (None, None for 'none'); each judge is loaded once."""
         if req.guide == "none":
-            return None
+            return None, None
         opts = GuidanceOptions(GuidanceMethod(req.guide), float(req.guide_scale))
         if opts.method not in self._judges:
             self._judges[opts.method] = load_judge(opts).to(self.pipe.device)
-        return make_guide(opts, self._judges[opts.method])
+        return opts, self._judges[opts.method]
+
+    def upscale_to(self, size: int, base: int | None = None, steps: int | None = None) -> requests.Upscale | None:
+        """The shipped upsampler stages from base (the model's side) to size, with their saved settings."""
+        base = base or self.pipe.resolution
+        if size in (0, base):
+            return None
+        stages = self.upsamplers(base, size)
+        runs = [StageRun(st.defaults if steps is None else st.defaults.replace(steps=steps)) for st in stages]
+        return requests.Upscale(stages, runs, [UPSAMPLERS[base * 2 ** (k + 1)] for k in range(len(stages))])
 
     def validate(self, req: Txt2ImgRequest) -> tuple[SamplingOptions, int]:
         """SamplingOptions and the seed to use; RequestError naming the first bad field."""
@@ -263,21 +275,11 @@ class GenerationService:
         prompts = [req.prompt] * len(seeds)
         callback = self.step_check(cancel, callback)
         with self.turn():
-            guide = self.guide_for(req)
-            boxes = [layout] * len(seeds) if layout is not None else \
-                self.pipe.layouts(prompts, seeds) if hasattr(self.pipe, "layouts") else None
-            kw = {"boxes": boxes} if boxes is not None else {}
-            images = self.pipe(prompts, seeds, opts, callback=callback, guide=guide, **kw).cpu()
-            stages = self.upsamplers(self.pipe.resolution, int(req.size)) if req.size not in (0, self.pipe.resolution) else []
-            if stages:
-                from ..pipelines.upsample import cascade
-
-                images = cascade(images, prompts, seeds, stages, callback=callback)
-        return self._png(images, seed, req.prompt, req.negative_prompt, opts, {
-            **({"Upscale stages": len(stages)} if stages else {}),
-            **({"Guidance rescale": opts.guidance_rescale} if opts.guidance_rescale else {}),
-            **({"Guidance": req.guide, "Guidance scale": float(req.guide_scale)} if guide is not None else {})},
-            layouts=boxes)
+            guide, judge = self.guide_for(req)
+            request = requests.Txt2ImgRequest(prompts, seeds, opts, guide, judge, layout=layout,
+                                              upscale=self.upscale_to(int(req.size)), batch_size=MAX_IMAGES)
+            return [self._png(g) for batch in requests.txt2img(self.pipe, request, self.model_path.name,
+                                                               callback=callback) for g in batch]
 
     def check_layout(self, req: Txt2ImgRequest) -> list[dict] | None:
         """req.layout checked (boxes in [0, 1], phrases in the prompt, at most the model's slots), or RequestError."""
@@ -337,14 +339,14 @@ class GenerationService:
                 out = img2img(self.pipe, [req.prompt], x, [seed], opts, float(req.strength), callback=check)
         extra = {"Edit": f"inpaint ({method})", "Mask pixels": int(mask.sum())} if inpaint else \
             {"Edit": "img2img", "Denoising strength": float(req.strength)}
-        return self._png(out, seed, req.prompt, req.negative_prompt, opts, extra)[0]
+        return self._png(requests.results(out, [req.prompt], [seed], opts, self.model_path.name, extra)[0])
 
     def upscale(self, req: UpscaleRequest, cancel: threading.Event | None = None) -> GeneratedImage:
         """The shipped cascade's upsamplers on one square image; RequestError naming a bad field, before any work."""
         from PIL import Image
 
         from ..images import image_tensor, open_image
-        from ..pipelines.upsample import UPSCALE_INPUT, StageRun, cascade
+        from ..pipelines.upsample import UPSCALE_INPUT
 
         if req.scale not in (2, 4):
             raise RequestError(f"scale: must be 2 or 4, got {req.scale}")
@@ -360,41 +362,25 @@ class GenerationService:
                 raise ValueError(f"image: it is {img.width}x{img.height}; upscale takes square images")
         except ValueError as e:
             raise RequestError(str(e).splitlines()[0][:300]) from None
-        stages = self.upsamplers(UPSCALE_INPUT, UPSCALE_INPUT * req.scale)
-        runs = [StageRun(st.defaults.replace(steps=int(req.steps))) for st in stages]
+        up = self.upscale_to(UPSCALE_INPUT * req.scale, UPSCALE_INPUT, int(req.steps))
         try:
-            for st, run in zip(stages, runs):
+            for st, run in zip(up.stages, up.runs):
                 st.check([req.prompt], run.opts)
         except ValueError as e:
             raise RequestError(f"prompt: {e}"[:300]) from None
-        self.check_work(1, [(run.opts.steps, UPSCALE_INPUT * 2 ** (k + 1)) for k, run in enumerate(runs)])
+        self.check_work(1, [(run.opts.steps, UPSCALE_INPUT * 2 ** (k + 1)) for k, run in enumerate(up.runs)])
         seed = random.randint(0, MAX_SEED) if int(req.seed) == -1 else int(req.seed)
         x = image_tensor(img.resize((UPSCALE_INPUT, UPSCALE_INPUT), Image.BICUBIC) if img.width != UPSCALE_INPUT else img)
         check = self.step_check(cancel)
         with self.turn():
-            out = cascade(x, [req.prompt], [seed], stages, runs, callback=check)
-        return self._png(out, seed, req.prompt, "", runs[-1].opts,
-                         {"Input size": f"{img.width}x{img.height}", "Upscale stages": len(stages)})[0]
+            return self._png(requests.upscale(x, req.prompt, seed, up, img.size, callback=check))
 
-    def _png(self, images, seed: int, prompt: str, negative: str, opts: SamplingOptions, extra: dict,
-             layouts: list | None = None) -> list[GeneratedImage]:
-        import json
-
-        from PIL import Image, PngImagePlugin
-
-        from ..world.render import to_uint8
-
-        out = []
-        for i, px in enumerate(to_uint8(images).numpy()):
-            layout = [{"phrase": b["phrase"], "box": [round(c, 4) for c in b["box"]]} for b in layouts[i]] if layouts else None
-            params = format_parameters(prompt, negative, {
-                "Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "CFG scale": opts.guidance_scale,
-                "Seed": seed + i, "Size": f"{px.shape[1]}x{px.shape[0]}", "Model": self.model_path.name, **extra,
-                **({"Layout": json.dumps(layout)} if layout is not None else {})})
-            info = PngImagePlugin.PngInfo()
-            info.add_text("parameters", params)
-            buf = io.BytesIO()
-            Image.fromarray(px).save(buf, format="PNG", pnginfo=info)
-            out.append(GeneratedImage(buf.getvalue(), params, seed + i, px, layout))
-        return out
-
+    @staticmethod
+    def _png(image: requests.Generated) -> GeneratedImage:
+        """A generated image as the PNG file the page and the API hand out (its infotext in the parameters chunk)."""
+        info = PngImagePlugin.PngInfo()
+        text = image.infotext()
+        info.add_text("parameters", text)
+        buf = io.BytesIO()
+        Image.fromarray(image.pixels).save(buf, format="PNG", pnginfo=info)
+        return GeneratedImage(buf.getvalue(), text, image.seed, image.pixels, image.layout)

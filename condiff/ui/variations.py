@@ -6,6 +6,8 @@ import random
 import threading
 from dataclasses import dataclass
 
+from ..catalogue import UNCLIP_DECODER
+from ..pipelines.requests import results
 from ..pipelines.unclip import (MAX_VARIATION_CANDIDATES, VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE,
                                 variation_parameters)
 from .service import (MAX_IMAGES, MAX_SEED, GeneratedImage, GenerationService, RequestError, check_counts,
@@ -34,7 +36,7 @@ def unclip_parts(service: GenerationService):
     if isinstance(service.pipe, UnCLIPPipeline):
         return service.pipe, service.pipe.clip
     if service._unclip is None:
-        from ..cli_unclip import CLIP64, DECODER
+        from ..catalogue import CLIP64, UNCLIP_DECODER as DECODER
         from ..nets.clip import load_clip
         from ..pipelines.text2image import Text2ImagePipeline
 
@@ -81,6 +83,8 @@ def variations(service: GenerationService, req: VariationsRequest,
     with service.turn():
         out = unclip.variations(decoder, clip, x, int(req.num_images), seed, opts, req.prompt, eta=eta,
                                 candidates=int(req.candidates), callback=check)
-    return service._png(out, seed, req.prompt, "", opts, {"Edit": "unCLIP variations",
-                                                          **variation_parameters(eta, int(req.candidates)),
-                                                          "Input size": f"{img.width}x{img.height}"})
+    extra = {"Edit": "unCLIP variations", **variation_parameters(eta, int(req.candidates)),
+             "Input size": f"{img.width}x{img.height}"}
+    seeds = [seed + i for i in range(len(out))]
+    model = service.model_path.name if decoder is service.pipe else UNCLIP_DECODER.name
+    return [service._png(g) for g in results(out, [req.prompt] * len(out), seeds, opts, model, extra)]

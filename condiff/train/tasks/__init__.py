@@ -4,8 +4,10 @@ A training config names its kind in "model" (absent: text2image, the configs' or
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from ...catalogue import PACKAGE_PREFIX, model_folder
 from ...config import ConfigError, from_dict, read_json
 
 
@@ -39,4 +41,15 @@ def load_train_config(path: str | Path):
     """The config at path, parsed by its kind's config class."""
     data = read_json(path)
     kind = data.get("model", "text2image") if isinstance(data, dict) else "text2image"
-    return from_dict(task_named(str(kind)).config_cls, data, Path(path).name)
+    return resolve_shipped(from_dict(task_named(str(kind)).config_cls, data, Path(path).name))
+
+
+def resolve_shipped(cfg):
+    """cfg with every `condiff/weights/NAME` folder (a shipped model) resolved inside the installed package."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            resolve_shipped(value)
+        elif isinstance(value, str) and Path(value).parts[:2] == PACKAGE_PREFIX:
+            setattr(cfg, f.name, str(model_folder(value)))
+    return cfg

@@ -11,14 +11,10 @@ from torch import nn
 from ...config import ConfigError, load_json
 from ...data import DataConfig
 from ...diffusion.denoiser import DiffusionConfig, Prediction
-from ...diffusion.schedule import NoiseSchedule, ScheduleConfig
+from ...diffusion.schedule import NoiseSchedule
 from ...io import replace_dir, save_component
-from ...nets.embedding_prior import EmbeddingPrior, EmbeddingPriorConfig, clip_text
+from ...nets.embedding_prior import EmbeddingPrior, EmbeddingPriorConfig, clip_text, prior_diffusion
 from ..config import OptimConfig, RunSettings
-
-
-def prior_diffusion() -> DiffusionConfig:
-    return DiffusionConfig(ScheduleConfig(num_timesteps=1000, beta_schedule="cosine"), Prediction.X0)
 
 
 @dataclass
@@ -26,7 +22,7 @@ class EmbeddingPriorTrainConfig(RunSettings):
     model: str = "embedding_prior"
     seed: int = 0
     data: DataConfig = field(default_factory=lambda: DataConfig(resolution=64))
-    clip: str = "condiff/weights/clip64"  # the frozen CLIP whose embeddings the prior maps between
+    clip: str = "condiff/weights/clip64"  # the frozen CLIP the prior maps between (in the package)
     prior: EmbeddingPriorConfig = field(default_factory=EmbeddingPriorConfig)
     diffusion: DiffusionConfig = field(default_factory=prior_diffusion)  # DALL-E 2 predicts x0 (the clean z_i)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=3000, batch_size=128, lr=3e-4,
@@ -57,7 +53,7 @@ class EmbeddingPriorTask:
         run.state["schedule"] = NoiseSchedule.from_config(run.cfg.diffusion.schedule)
 
     def loss(self, run, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        from ...pipelines.unclip import image_embeddings
+        from ...nets.clip import image_embeddings
 
         clip = run.state["clip"]
         with torch.no_grad(), torch.autocast(run.device.type, enabled=False):

@@ -113,7 +113,7 @@ class Text2ImageTask:
         t = sample_timesteps(B, schedule.T, generator, device)
         cond = {}
         if cfg.unclip is not None:  # DALL-E 2's decoder: the CLIP image embedding, zeroed with p_drop_embed
-            from ...pipelines.unclip import image_embeddings
+            from ...nets.clip import image_embeddings
 
             cond["image_embed"] = image_embeddings(run.state["clip"], images)
             keep = (torch.rand(B, generator=generator) >= cfg.unclip.p_drop_embed).to(device)

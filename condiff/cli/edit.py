@@ -6,10 +6,17 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from ..pipelines.requests import results
+from ..png import check_writable
+from .args import positive_int
+from .output import checked_paths, write_images
+
 
 def read_mask(args, size: tuple[int, int]):
     """The 'L' mask at IN's size (255 = repaint) from --box or --mask."""
-    from .images import box_mask, mask_image
+    from ..images import box_mask, mask_image
 
     if (args.box is None) == (args.mask is None):
         raise ValueError("inpaint: give exactly one of --box X0,Y0,X1,Y1 and --mask MASK.png")
@@ -18,23 +25,24 @@ def read_mask(args, size: tuple[int, int]):
 
 def _prepare(args, needs_prompt: bool = True):
     """Everything checked before the model loads: options, the output path, the input image."""
-    from .diffusion.sampling import SamplingOptions
-    from .png import check_writable
+    from ..diffusion.sampling import SamplingOptions
 
     opts = SamplingOptions.from_args(args)
     if needs_prompt and not args.prompt.strip():
         raise ValueError("--prompt: must not be empty")
-    check_writable([Path(args.out)] + ([Path(args.save_noise)] if getattr(args, "save_noise", None) else []))
+    checked_paths(args.out, getattr(args, "num_images", 1))
+    check_writable([Path(args.save_noise)] if getattr(args, "save_noise", None) else [])
     if args.seed < 0:
         raise ValueError(f"--seed: must be a non-negative integer, got {args.seed}")
-    from .images import open_image
+    from ..images import open_image
 
     return opts, open_image(args.input)
 
 
 def _load(args, prompts, **overrides):
-    from .diffusion.sampling import SamplingOptions
-    from .pipelines.text2image import Text2ImagePipeline, model_folder
+    from ..diffusion.sampling import SamplingOptions
+    from ..pipelines.text2image import Text2ImagePipeline
+    from ..catalogue import model_folder
 
     model = model_folder(args.model)
     pipe = Text2ImagePipeline.from_pretrained(model)
@@ -45,43 +53,43 @@ def _load(args, prompts, **overrides):
     return pipe, model, opts
 
 
-def _save(args, out, prompt, opts, model, params: dict) -> None:
-    from .diffusion.sampling import SAMPLER_INFO
-    from .png import format_parameters, save_png
-    from .world.render import to_uint8
+def _save(args, out, prompt, opts, model, params: dict, seeds: list[int] | None = None) -> None:
+    """Each image (seed --seed + i) to OUT-NNN.png with its parameters and a grid at OUT; one image to OUT."""
+    seeds = seeds or [args.seed + i for i in range(len(out))]
+    write_images([results(out, [prompt] * len(out), seeds, opts, model.name, params)], args.out, len(out))
 
-    px = to_uint8(out).numpy()[0]
-    info = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
-            "CFG scale": opts.guidance_scale, "Seed": args.seed, "Size": f"{px.shape[1]}x{px.shape[0]}",
-            "Model": model.name, **params}
-    save_png(px, Path(args.out), format_parameters(prompt, opts.negative_prompt, info))
-    print(args.out)
+
+def _batches(seeds: list[int], size: int) -> list[list[int]]:
+    """The seeds in batches of --batch-size, indexable as slices of the images they make."""
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
 
 
 def _img2img(args) -> None:
-    from .diffusion.sampling import start_step
-    from .images import image_tensor, to_model_size
-    from .pipelines.editing import img2img
+    from ..diffusion.sampling import start_step
+    from ..images import image_tensor, to_model_size
+    from ..pipelines.editing import img2img
 
     opts, img = _prepare(args)
     start_step(opts, args.strength)  # --strength outside [0, 1] or NaN fails here
     pipe, model, opts = _load(args, [args.prompt])
-    x = image_tensor(to_model_size(img, pipe.resolution))
+    n, seeds = args.num_images, [args.seed + i for i in range(args.num_images)]
+    x = image_tensor(to_model_size(img, pipe.resolution)).expand(n, -1, -1, -1)
     t = time.time()
-    out = img2img(pipe, [args.prompt], x, [args.seed], opts, args.strength)
+    out = torch.cat([img2img(pipe, [args.prompt] * len(b), x[:len(b)], b, opts, args.strength)
+                     for b in _batches(seeds, args.batch_size)])
     _save(args, out, args.prompt, opts, model, {"Denoising strength": args.strength, "Edit": "img2img"})
     print(f"img2img in {time.time() - t:.1f} s", file=sys.stderr)
 
 
 def _inpaint(args) -> None:
-    from .diffusion.sampling import Resample
-    from .images import image_tensor, mask_tensor, to_model_size
-    from .pipelines.editing import inpaint, leakage
+    from ..diffusion.sampling import Resample
+    from ..images import image_tensor, mask_tensor, to_model_size
+    from ..pipelines.editing import inpaint, leakage
 
     opts, img = _prepare(args)
     mask = read_mask(args, img.size)
     resample = Resample(args.jump_length, args.jump_n_sample)
-    from .pipelines.text2image import INPAINT_MODEL
+    from ..catalogue import INPAINT_MODEL
 
     if args.model is None and args.method != "repaint" and INPAINT_MODEL.is_dir():
         args.model = str(INPAINT_MODEL)  # inpainting_pipeline's choice for the default, without loading the default
@@ -90,21 +98,24 @@ def _inpaint(args) -> None:
         raise ValueError(f"--method model: '{model}' has no inpainting inputs (mask, masked image); "
                          "use --method repaint or an inpainting model")
     x, m = image_tensor(to_model_size(img, pipe.resolution)), mask_tensor(mask, pipe.resolution)
+    seeds = [args.seed + i for i in range(args.num_images)]
     t = time.time()
-    raw, method = inpaint(pipe, [args.prompt], x, m, [args.seed], opts, args.method, paste_back=False, resample=resample)
+    runs = [inpaint(pipe, [args.prompt] * len(b), x.expand(len(b), -1, -1, -1), m.expand(len(b), -1, -1, -1), b, opts,
+                    args.method, paste_back=False, resample=resample) for b in _batches(seeds, args.batch_size)]
+    raw, method = torch.cat([r for r, _ in runs]), runs[0][1]
     out = raw if args.no_paste_back else m * raw + (~m) * x
     params = {"Edit": f"inpaint ({method})", "Mask pixels": int(m.sum()), "Paste back": not args.no_paste_back}
     if resample.jump_n_sample > 1 and method == "RePaint":
         params |= {"Jump length": resample.jump_length, "Jump samples": resample.jump_n_sample}
     if pipe.autoencoder is not None:
-        params["Outside PSNR before paste-back"] = round(leakage(x, raw, m), 2)
+        params["Outside PSNR before paste-back"] = round(leakage(x, raw[:1], m), 2)  # of the first image
     _save(args, out, args.prompt, opts, model, params)
     print(f"inpaint in {time.time() - t:.1f} s", file=sys.stderr)
 
 
 def _invert(args) -> None:
-    from .images import image_tensor, to_model_size
-    from .pipelines.editing import inversion_options, invert, leakage, regenerate
+    from ..images import image_tensor, to_model_size
+    from ..pipelines.editing import inversion_options, invert, leakage, regenerate
 
     opts, img = _prepare(args)
     pipe, model, opts = _load(args, [args.prompt], threshold="none")
@@ -115,7 +126,7 @@ def _invert(args) -> None:
     if args.save_noise:
         from safetensors.torch import save
 
-        from .fs import atomic_write_bytes
+        from ..fs import atomic_write_bytes
 
         atomic_write_bytes(Path(args.save_noise), save({"x_T": x_T.float().cpu().contiguous()}))
         print(args.save_noise)
@@ -136,15 +147,18 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
         p.add_argument("--prompt", required=True, help="what the result shows")
         add_sampling_arguments(p, steps=50, full=True)
         add_run_arguments(p, batch_size=1, seed_help="seed of the noise")
-        p.add_argument("--out", default=out, help="PNG path (with the edit's parameters as infotext)")
+        p.add_argument("--out", default=out, help="PNG path (with the edit's parameters as infotext); with several "
+                                                  "images OUT-000.png, OUT-001.png, ... and a grid at OUT")
 
     i = esub.add_parser("img2img", help="SDEdit: noise IN to --strength, denoise with --prompt")
     common(i, "img2img.png")
+    i.add_argument("-n", "--num-images", type=positive_int, default=1, help="results, image i with seed --seed + i")
     i.add_argument("--strength", type=float, default=0.5, help="0 returns IN, 1 is text-to-image (denoising strength)")
     i.set_defaults(func=_img2img)
 
     p = esub.add_parser("inpaint", help="repaint a box or a mask of IN with --prompt (inpainting model or RePaint)")
     common(p, "inpaint.png")
+    p.add_argument("-n", "--num-images", type=positive_int, default=1, help="results, image i with seed --seed + i")
     p.add_argument("--box", help="X0,Y0,X1,Y1 in pixels of IN, X1/Y1 exclusive (0,0,64,64 is a whole 64 px image)")
     p.add_argument("--mask", help="mask image of IN's size, white = repaint")
     p.add_argument("--no-paste-back", action="store_true",
@@ -164,15 +178,15 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
     v.add_argument("--regenerate-prompt", help="regenerate from x_T with this prompt instead (an edit)")
     v.set_defaults(func=_invert)
 
-    from .cli_diffusionclip import add_clip_parser
-    from .cli_unclip import add_unclip_parsers
+    from .diffusionclip import add_clip_parser
+    from .unclip import add_unclip_parsers
 
     add_clip_parser(esub)
     add_unclip_parsers(esub)
 
 
 def _export_shards(args) -> None:
-    from .data.shards import folder_samples, world_samples, write_shards
+    from ..data.shards import folder_samples, world_samples, write_shards
 
     if args.count < 1 or args.per_shard < 1 or args.resolution < 8:
         raise ValueError("export-shards: --count and --per-shard must be positive and --resolution at least 8")

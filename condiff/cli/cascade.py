@@ -5,17 +5,24 @@ Each super-resolution stage has its own sampler settings (A1111's hires-fix nami
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
+
+from PIL import Image
+
+from ..catalogue import UPSAMPLERS
+from ..diffusion.sampling import Sampler
+from ..images import image_tensor, open_image
+from ..pipelines.requests import Upscale, upscale
+from ..pipelines.upsample import UPSCALE_INPUT, StageRun, upsampler_chain
+from ..png import check_writable
+from .output import write_images
 
 SCALES = (2, 4)
 
 
 def add_sr_arguments(p) -> None:
-    from .diffusion.sampling import Sampler
-
     p.add_argument("--sr-model", action="append", help="upsampler folder, one per stage in order (default: the shipped "
                                                        "sr128 and sr256 as the size needs)")
     p.add_argument("--sr-steps", type=int, help="steps of each upsampler (default: the stage's, 20)")
@@ -32,8 +39,6 @@ def _sr_option(e: ValueError) -> ValueError:
 
 def stage_runs(args, stages, prompts: list[str]) -> list:
     """Each stage's options: its saved defaults, overridden by the --sr-* arguments; checked before any work."""
-    from .pipelines.upsample import StageRun
-
     runs = []
     for st in stages:
         changes = {k: v for k, v in (("steps", args.sr_steps), ("sampler", args.sr_sampler),
@@ -48,34 +53,17 @@ def stage_runs(args, stages, prompts: list[str]) -> list:
     return runs
 
 
-def stage_parameters(stages, runs, folders) -> dict:
-    """Infotext of every super-resolution stage (one JSON list under 'Upscale stages')."""
-    from .diffusion.sampling import SAMPLER_INFO
-
-    rows = [{"model": Path(str(f)).name, "scale": st.scale, "steps": r.opts.steps, "sampler": SAMPLER_INFO[r.opts.sampler][0],
-             "cfg": r.opts.guidance_scale, "noise_level": st.noise_level if r.noise_level is None else r.noise_level}
-            for st, r, f in zip(stages, runs, folders)]
-    return {"Upscale stages": json.dumps(rows)} if rows else {}
-
-
-def cascade_from_args(args, base_size: int, prompts: list[str]):
-    """(stages, runs, folders) that take the base model's images to --size (none when --size is the base's)."""
-    from .pipelines.upsample import UPSAMPLERS, upsampler_chain
-
+def upscale_from_args(args, base_size: int, prompts: list[str]) -> Upscale | None:
+    """The stages that take the base model's images to --size (None when --size is the base's), checked."""
     size = args.size or base_size
     if size == base_size and not args.sr_model:
-        return [], [], []
+        return None
     stages = upsampler_chain(base_size, size, args.sr_model)
     folders = args.sr_model or [UPSAMPLERS[base_size * 2 ** (k + 1)] for k in range(len(stages))]
-    return stages, stage_runs(args, stages, prompts), folders
+    return Upscale(stages, stage_runs(args, stages, prompts), folders)
 
 
 def _upscale(args) -> None:
-    from .images import image_tensor, open_image
-    from .pipelines.upsample import UPSAMPLERS, UPSCALE_INPUT, cascade, upsampler_chain
-    from .png import check_writable, format_parameters, save_png
-    from .world.render import to_uint8
-
     if args.scale not in SCALES:
         raise ValueError(f"--scale: must be 2 or 4, got {args.scale}")
     check_writable([Path(args.out)])
@@ -86,24 +74,17 @@ def _upscale(args) -> None:
         raise ValueError(f"IN: the image is {img.width}x{img.height}; upscale takes square images (crop it first)")
     first = img.width if args.sr_model else UPSCALE_INPUT  # the shipped chain: 64 -> 128 (-> 256)
     stages = upsampler_chain(first, first * args.scale, args.sr_model)
-    runs = stage_runs(args, stages, [args.prompt])
+    up = Upscale(stages, stage_runs(args, stages, [args.prompt]),
+                 args.sr_model or [UPSAMPLERS[first * 2 ** (k + 1)] for k in range(len(stages))])
     if img.width != first:
-        from PIL import Image
-
         print(f"note: IN is {img.width}x{img.height}; resized to {first}x{first}, the first stage's input", file=sys.stderr)
         img = img.resize((first, first), Image.BICUBIC)
-    folders = args.sr_model or [UPSAMPLERS[first * 2 ** (k + 1)] for k in range(len(stages))]
     if args.device:
         for st in stages:
             st.to(args.device)
     start = time.time()
-    out = cascade(image_tensor(img), [args.prompt], [args.seed], stages, runs)
-    px = to_uint8(out).numpy()[0]
-    params = {"Seed": args.seed, "Size": f"{px.shape[1]}x{px.shape[0]}", "Input size": f"{first}x{first}",
-              **stage_parameters(stages, runs, folders)}
-    save_png(px, Path(args.out), format_parameters(args.prompt, "", params))
-    print(args.out)
-    print(f"upscaled x{px.shape[1] // first} in {time.time() - start:.1f} s", file=sys.stderr)
+    write_images([[upscale(image_tensor(img), args.prompt, args.seed, up, (first, first))]], args.out, 1)
+    print(f"upscaled x{args.scale} in {time.time() - start:.1f} s", file=sys.stderr)
 
 
 def add_upscale_parser(sub) -> None:

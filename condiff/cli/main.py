@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from .cli_args import (GUIDANCE_FORM_NAMES, GUIDANCE_METHOD_NAMES, GUIDE_NAMES, SAMPLER_NAMES,  # noqa: F401
+from .generate import generate
+from .args import (GUIDANCE_FORM_NAMES, GUIDANCE_METHOD_NAMES, GUIDE_NAMES, SAMPLER_NAMES,  # noqa: F401
                        SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, add_run_arguments, add_sampling_arguments,
                        positive_int)
 
 
 def _train(args) -> None:
-    from .data import source_of
-    from .train.tasks import load_train_config
-    from .train.trainer import train
+    from ..data import source_of
+    from ..train.tasks import load_train_config
+    from ..train.trainer import train
 
     cfg = load_train_config(args.config)  # its "model" names the kind: text2image (default), clip, classifier, autoencoder
     if args.seed is not None:
@@ -28,113 +28,11 @@ def _train(args) -> None:
     print(run.summary())
 
 
-def _output_paths(out: Path, n: int) -> list[Path]:
-    if n == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{i:03d}{out.suffix or '.png'}") for i in range(n)] + [out]  # + the grid
-
-
-def _read_noise(path: str, n: int, shape: tuple[int, ...]):
-    """--from-noise: x_T from a safetensors file (key x_T, as edit invert --save-noise writes), one per image."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--from-noise: no such file '{path}'")
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"--from-noise: '{path}' is not a readable safetensors file ({e})") from None
-    if "x_T" not in tensors:
-        raise ValueError(f"--from-noise: '{path}' holds no tensor named x_T (it has {', '.join(tensors) or 'none'})")
-    x = tensors["x_T"].float()
-    if tuple(x.shape[1:]) != tuple(shape) or x.shape[0] not in (1, n) or not x.isfinite().all():
-        raise ValueError(f"--from-noise: x_T of shape {tuple(x.shape)} does not fit this model "
-                         f"(needs (1 or {n}, {', '.join(map(str, shape))}), finite)")
-    return x.expand(n, *shape).clone()
-
-
-def _generate(args) -> None:
-    from .diffusion.sampling import SAMPLER_INFO, SamplingOptions
-    from .diffusion.thresholding import Threshold
-    from .pipelines.text2image import Text2ImagePipeline, model_folder
-    from .png import check_writable, format_parameters, save_png
-    from .cli_cascade import cascade_from_args, stage_parameters
-    from .cli_layout import layout_from_args
-    from .pipelines.upsample import cascade
-    from .world.render import to_uint8
-
-    opts = SamplingOptions.from_args(args)  # bad option values fail here, before any model is loaded
-    model = model_folder(args.model)
-    prompts = [p for p in args.prompts for _ in range(args.num_images)]
-    boxes = layout_from_args(args, prompts)
-    paths = _output_paths(Path(args.out), len(prompts))
-    check_writable(paths)
-    pipe = Text2ImagePipeline.from_pretrained(model)
-    opts = SamplingOptions.from_args(args, base=pipe.defaults)  # what the command line leaves out: the model's
-    pipe.check(prompts, opts, *([args.clip_xt_chain] if args.clip_xt_iters else []))
-    x_T = _read_noise(args.from_noise, len(prompts), pipe.sample_shape) if args.from_noise else None
-    stages, runs, folders = cascade_from_args(args, pipe.resolution, prompts)  # --size: upsamplers after the base
-    if args.seed == -1:  # as in the web UI: a random seed, reported in each PNG's parameters
-        import random
-
-        args.seed = random.randint(0, 2 ** 32 - 1 - len(prompts))
-        print(f"seed: {args.seed}", file=sys.stderr)
-    elif args.seed < 0:
-        raise ValueError(f"--seed: must be -1 (random) or a non-negative integer, got {args.seed}")
-    seeds = [args.seed + i for i in range(len(prompts))]
-    guide, guide_params = None, {}
-    if args.guide:
-        from .pipelines.guidance import GuidanceForm, GuidanceMethod, GuidanceOptions, check_prompts, make_guide
-
-        gopts = GuidanceOptions(GuidanceMethod(args.guide), args.guide_scale, GuidanceForm(args.guide_form), args.guide_model)
-        check_prompts(gopts.method, prompts)
-        guide = make_guide(gopts)
-        guide_params = {"Guidance": gopts.method.value, "Guidance scale": gopts.scale, "Guidance form": gopts.form.value}
-    init = None
-    if args.clip_xt_iters:
-        from .pipelines.guidance import NoiseOptimization, make_initializer
-
-        init = make_initializer(NoiseOptimization(args.clip_xt_iters, args.clip_xt_chain, judge=args.clip_xt_model))
-        guide_params.update({"CLIP x_T iterations": args.clip_xt_iters, "CLIP x_T chain": args.clip_xt_chain})
-    start = time.time()
-    if boxes is not None:
-        boxes = [boxes] * len(prompts)
-    elif x_T is not None and pipe.unet.cfg.grounding_dim:  # an inverted x_T: no boxes, as `edit invert` used
-        boxes = [[] for _ in prompts]
-    elif hasattr(pipe, "layouts"):  # a layout2image pipeline: its layout stage predicts the boxes (recorded below)
-        boxes = pipe.layouts(prompts, seeds)
-    images = pipe.generate(prompts, seeds, opts, batch_size=args.batch_size, progress=True, guide=guide, init=init,
-                           boxes=boxes, boxes_in_uncond=args.boxes_in_uncond, x=x_T)
-    images = to_uint8(cascade(images, prompts, seeds, stages, runs, progress=True) if stages else images).numpy()
-    guide_params.update(stage_parameters(stages, runs, folders))
-    for i, (path, px, prompt, seed) in enumerate(zip(paths, images, prompts, seeds)):  # the grid's path is not zipped
-        params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
-                  "Threshold": opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else ""),
-                  "CFG scale": opts.guidance_scale, "Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}",
-                  "Model": model.name, "Eta": opts.eta, **guide_params}
-        if boxes is not None:
-            import json
-
-            params["Layout"] = json.dumps([{"phrase": b["phrase"], "box": [round(c, 4) for c in b["box"]]} for b in boxes[i]])
-        if opts.guidance_rescale:
-            params["Guidance rescale"] = opts.guidance_rescale
-        save_png(px, path, format_parameters(prompt, opts.negative_prompt, params))
-        print(path)
-    if len(images) > 1:  # as A1111 does: the images also as one grid at --out
-        from .png import image_grid
-
-        save_png(image_grid(images, columns=args.num_images if len(args.prompts) > 1 else None), Path(args.out),
-                 format_parameters(prompts[0], opts.negative_prompt, {**params, "Seed": seeds[0], "Grid": len(images)}))
-        print(args.out)
-    print(f"{len(images)} image(s) in {time.time() - start:.1f} s", file=sys.stderr)
-
-
 def _export(args) -> None:
     import torch
 
-    from . import components
-    from .pipelines.base import SPEC, load_pipeline
+    from .. import components
+    from ..pipelines.base import SPEC, load_pipeline
 
     dtype = torch.float16 if args.fp16 else None
     if (Path(args.model) / SPEC).is_file():
@@ -148,11 +46,11 @@ def _compose(args) -> None:
     if (args.layout_prior is None) == (args.clip is None):
         raise ValueError("compose: give --layout-prior (layout2image) or --clip (unclip), not both or neither")
     if args.layout_prior is not None:
-        from .pipelines.layout2image import Layout2ImagePipeline
+        from ..pipelines.layout2image import Layout2ImagePipeline
 
         pipe, parts = Layout2ImagePipeline.compose(args.text2image, args.layout_prior), [args.layout_prior]
     else:
-        from .pipelines.unclip import UnCLIPPipeline
+        from ..pipelines.unclip import UnCLIPPipeline
 
         pipe = UnCLIPPipeline.compose(args.text2image, args.clip, args.embedding_prior)
         parts = [args.clip] + ([args.embedding_prior] if args.embedding_prior else [])
@@ -161,13 +59,13 @@ def _compose(args) -> None:
 
 
 def _samplers(args) -> None:
-    from .diffusion.sampling import SAMPLER_INFO, SigmaSchedule
+    from ..diffusion.sampling import SAMPLER_INFO, SigmaSchedule
 
     print(f"{'--sampler':14s} {'A1111 name':14s} description")
     for sampler, (a1111, description) in SAMPLER_INFO.items():
         print(f"{sampler.value:14s} {a1111:14s} {description}")
     print("--schedule: " + ", ".join(s.value for s in SigmaSchedule) + " (karras, exponential: sigma samplers only)")
-    from .pipelines.guidance import METHOD_INFO
+    from ..pipelines.guidance import METHOD_INFO
 
     print(f"\n{'--guide':14s} description")
     for method, description in METHOD_INFO.items():
@@ -180,15 +78,15 @@ def _serve(args) -> None:
 
     if importlib.util.find_spec("gradio") is None:
         raise ValueError("condiff serve needs the web UI extra: pip install 'condiff[ui]'")
-    from .ui.app import serve
-    from .ui.service import ServeLimits
+    from ..ui.app import serve
+    from ..ui.service import ServeLimits
 
     limits = ServeLimits(args.max_work, args.max_queue, args.max_wait)  # checked before the model loads
     serve(args.host, args.port, args.model, args.device or "cpu", limits)
 
 
 def _eval_sweep(args) -> None:
-    from .eval.sweep import run_sweep
+    from ..eval.sweep import run_sweep
 
     run_sweep(args)
 
@@ -196,10 +94,10 @@ def _eval_sweep(args) -> None:
 def _eval_clip(args) -> None:
     import json
 
-    from .diffusion.schedule import NoiseSchedule, ScheduleConfig
-    from .eval.retrieval import retrieval_table
-    from .nets.clip import load_clip
-    from .pipelines.guidance import DEFAULT_JUDGES
+    from ..diffusion.schedule import NoiseSchedule, ScheduleConfig
+    from ..eval.retrieval import retrieval_table
+    from ..nets.clip import load_clip
+    from ..catalogue import DEFAULT_JUDGES
 
     clip = load_clip(args.model or DEFAULT_JUDGES["clip"])
     timesteps = [int(t) for t in args.timesteps.split(",")] if clip.noise_aware else [0]
@@ -214,25 +112,25 @@ def _eval_clip(args) -> None:
 
 
 def _eval_autoencoder(args) -> None:
-    from .eval.autoencoder import run_eval_autoencoder
+    from ..eval.autoencoder import run_eval_autoencoder
 
     run_eval_autoencoder(args)
 
 
 def _eval_layouts(args) -> None:
-    from .eval.layouts import run_eval_layouts
+    from ..eval.layouts import run_eval_layouts
 
     run_eval_layouts(args)
 
 
 def _eval_bench(args) -> None:
-    from .eval.bench import run_bench
+    from ..eval.bench import run_bench
 
     run_bench(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli_cascade import add_sr_arguments
+    from .cascade import add_sr_arguments
 
     parser = argparse.ArgumentParser(prog="condiff", description="Text-to-image diffusion on the shapes world and your own images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,13 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--boxes", help='grounding (a model trained with boxes): JSON [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...] in [0, 1]')
     g.add_argument("--boxes-in-uncond", action="store_true", help="CFG's unconditional branch sees the boxes too")
     g.add_argument("--from-noise", help="start from a saved x_T (edit invert --save-noise) instead of the seed's noise")
-    g.add_argument("--num-images", type=positive_int, default=1, help="images per prompt")
+    g.add_argument("-n", "--num-images", type=positive_int, default=1, help="images per prompt")
     g.add_argument("--size", type=int, help="output side: the model's (64) or, through the upsampler cascade, 128 or 256")
     add_sr_arguments(g)
     add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i; -1: random")
     g.add_argument("--out", default="out.png",
                    help="PNG path; with several images, OUT-000.png, OUT-001.png, ... and a grid of all at OUT")
-    g.set_defaults(func=_generate)
+    g.set_defaults(func=generate)
 
     x = sub.add_parser("export", help="copy a model folder, optionally with fp16 weights (as shipped)")
     x.add_argument("model", help="model folder, e.g. runs/base32/model")
@@ -347,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="also write the table as JSON here")
     c.set_defaults(func=_eval_clip)
 
-    from .cli_cascade import add_upscale_parser
-    from .cli_edit import add_data_parser, add_edit_parser
-    from .cli_layout import add_layout_parser
+    from .cascade import add_upscale_parser
+    from .edit import add_data_parser, add_edit_parser
+    from .layout import add_layout_parser
 
     add_edit_parser(sub, add_sampling_arguments, add_run_arguments)
     add_layout_parser(sub)
@@ -360,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .errors import USER_ERRORS
+    from ..errors import USER_ERRORS
 
     try:
         args.func(args)
@@ -368,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"condiff: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # training has saved its checkpoint by now
-        from .train.trainer import Terminated
+        from ..train.trainer import Terminated
 
         print("condiff: interrupted" + (" (SIGTERM)" if isinstance(e, Terminated) else ""), file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130

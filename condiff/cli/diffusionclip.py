@@ -11,7 +11,7 @@ SETTINGS = "diffusionclip.json"  # beside a saved fine-tuned model: how it was m
 
 
 def _settings(args):
-    from .pipelines.diffusionclip import DiffusionCLIPConfig
+    from ..pipelines.diffusionclip import DiffusionCLIPConfig
 
     if args.apply:
         path = Path(args.apply) / SETTINGS
@@ -27,13 +27,14 @@ def _settings(args):
 
 
 def _edit_clip(args) -> None:
-    from .images import image_tensor, open_image, to_model_size
-    from .nets.clip import load_clip
-    from .pipelines.diffusionclip import apply, check, fine_tune
-    from .pipelines.guidance import DEFAULT_JUDGES
-    from .pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
-    from .png import check_writable, format_parameters, save_png
-    from .world.render import to_uint8
+    from ..images import image_tensor, open_image, to_model_size
+    from ..nets.clip import load_clip
+    from ..pipelines.diffusionclip import apply, check, fine_tune
+    from ..catalogue import DEFAULT_JUDGES
+    from ..pipelines.text2image import Text2ImagePipeline
+    from ..catalogue import DEFAULT_MODEL
+    from ..png import check_writable, format_parameters, save_png
+    from ..world.render import to_uint8
 
     for name in ("source", "target"):
         if not getattr(args, name).strip():
@@ -75,7 +76,7 @@ def _edit_clip(args) -> None:
 
 
 def add_clip_parser(esub) -> None:
-    from .pipelines.diffusionclip import DiffusionCLIPConfig
+    from ..pipelines.diffusionclip import DiffusionCLIPConfig
 
     d = DiffusionCLIPConfig()
     c = esub.add_parser("clip", help="DiffusionCLIP: fine-tune a copy of the model from --source to --target, then edit IN")

@@ -1,0 +1,41 @@
+"""The shipped models: names -> folders inside the installed package, never relative to the working directory.
+
+    model_folder("unclip")            # condiff/weights/unclip, wherever condiff is installed
+    model_folder("runs/x/model")      # a path is a path
+    model_folder(None)                # the default model
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+DEFAULT_MODEL = WEIGHTS / "layout64"  # text -> boxes -> 64 px latent image (the first release's default: base32)
+BASE32 = WEIGHTS / "base32"  # the 32 px pixel model with its 29-word vocabulary
+INPAINT_MODEL = WEIGHTS / "inpaint64"  # GLIDE-style inpainting fine-tune of latent64: what inpaints for the default
+UNCLIP_DECODER = WEIGHTS / "unclip64"  # decodes clip64 image embeddings (variations, interpolation, text diffs)
+CLIP64 = WEIGHTS / "clip64"  # the CLIP the unCLIP decoder and prior read
+DEFAULT_JUDGES = {"clip": WEIGHTS / "clip32", "noisy_clip": WEIGHTS / "noisy_clip32",
+                  "classifier": WEIGHTS / "classifier32"}  # guidance and metric judges
+UPSAMPLERS = {128: WEIGHTS / "sr128", 256: WEIGHTS / "sr256"}  # output side -> the shipped stage that makes it
+PACKAGE_PREFIX = ("condiff", "weights")  # configs written before the catalogue name shipped folders this way
+
+
+def shipped_names() -> list[str]:
+    """The names `--model NAME` accepts for the models shipped with this installation."""
+    return sorted(p.name for p in WEIGHTS.iterdir() if p.is_dir()) if WEIGHTS.is_dir() else []
+
+
+def model_folder(name: str | Path | None) -> Path:
+    """A model argument as a folder: an existing path, a shipped model's name (`unclip`), or None for the default.
+
+    `condiff/weights/NAME` (how older configs name a shipped folder) resolves inside the package as well.
+    """
+    if not name:
+        return DEFAULT_MODEL
+    path = Path(name)
+    if path.parts[:2] == PACKAGE_PREFIX and len(path.parts) > 2 and not path.is_absolute():
+        return WEIGHTS.joinpath(*path.parts[2:])
+    if not path.exists() and len(path.parts) == 1 and (WEIGHTS / path).is_dir():
+        return WEIGHTS / path
+    return path

@@ -1,0 +1,154 @@
+"""The assembly layer the command line and the web service share: a typed request -> images with their infotext.
+
+    for batch in txt2img(pipe, Txt2ImgRequest(prompts, seeds, opts), model="layout64"):
+        for image in batch:          # Generated: uint8 pixels, the prompt, the A1111 parameters
+            save(image.pixels, image.infotext())
+
+A front end parses its input into a request, calls one function here and presents what comes back (files, JSON,
+a gallery). It knows nothing of which pipeline kinds exist: the layout stage of a layout2image model, the
+upsampler cascade to `size`, judge guidance and CLIP-optimised x_T are composed here. Results come one batch at a
+time, so a caller that writes them as they arrive holds one batch in memory whatever the number of images.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..diffusion.sampling import SAMPLER_INFO, SamplingOptions
+from ..diffusion.thresholding import Threshold
+from ..png import format_parameters
+from ..world.render import to_uint8
+from .guidance import GuidanceOptions, NoiseOptimization, make_guide, make_initializer
+from .text2image import Text2ImagePipeline
+from .upsample import StageRun, UpsamplePipeline, cascade
+
+
+@dataclass
+class Generated:
+    """One image and what made it: the A1111 `parameters` text is `infotext()`."""
+    pixels: np.ndarray = field(repr=False)  # (H, W, 3) uint8
+    prompt: str
+    negative_prompt: str
+    parameters: dict  # "Steps", "Sampler", "Seed", ... in A1111's names and order
+    seed: int
+    layout: list | None = None  # the boxes it was drawn from, rounded as recorded
+
+    def infotext(self) -> str:
+        return format_parameters(self.prompt, self.negative_prompt, self.parameters)
+
+
+@dataclass
+class Upscale:
+    """The super-resolution stages after the base model, each with its run settings and the folder it came from."""
+    stages: list[UpsamplePipeline]
+    runs: list[StageRun]
+    folders: list[str | Path]
+
+    def parameters(self) -> dict:
+        """Infotext of every stage (one JSON list under 'Upscale stages')."""
+        rows = [{"model": Path(str(f)).name, "scale": st.scale, "steps": r.opts.steps,
+                 "sampler": SAMPLER_INFO[r.opts.sampler][0], "cfg": r.opts.guidance_scale,
+                 "noise_level": st.noise_level if r.noise_level is None else r.noise_level}
+                for st, r, f in zip(self.stages, self.runs, self.folders)]
+        return {"Upscale stages": json.dumps(rows)} if rows else {}
+
+
+@dataclass
+class Txt2ImgRequest:
+    """Text to image: image i is prompts[i] drawn from seeds[i] (its own noise generator)."""
+    prompts: list[str]
+    seeds: list[int]
+    opts: SamplingOptions
+    guide: GuidanceOptions | None = None  # gradient guidance by a judge, on top of CFG
+    judge: torch.nn.Module | None = None  # the guide's judge, already loaded (default: load the guide's)
+    noise_optimization: NoiseOptimization | None = None  # CLIP-optimised x_T
+    layout: list[dict] | None = None  # the same boxes for every image; None: the model's layout stage, if any
+    boxes_in_uncond: bool = False
+    x_T: torch.Tensor | None = None  # (B, C, h, w) initial noise, e.g. DDIM-inverted; no boxes then
+    upscale: Upscale | None = None
+    batch_size: int = 32
+
+
+def sampling_parameters(opts: SamplingOptions, seed: int, pixels: np.ndarray, model: str) -> dict:
+    """The infotext fields every sampled image carries."""
+    threshold = opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else "")
+    params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
+              "Threshold": threshold, "CFG scale": opts.guidance_scale, "Seed": seed,
+              "Size": f"{pixels.shape[1]}x{pixels.shape[0]}", "Model": model, "Eta": opts.eta}
+    if opts.guidance_rescale:
+        params["Guidance rescale"] = opts.guidance_rescale
+    return params
+
+
+def rounded_layout(boxes: list[dict]) -> list[dict]:
+    return [{"phrase": b["phrase"], "box": [round(c, 4) for c in b["box"]]} for b in boxes]
+
+
+def results(images: torch.Tensor, prompts: list[str], seeds: list[int], opts: SamplingOptions, model: str,
+            extra: dict, layouts: list[list[dict]] | None = None) -> list[Generated]:
+    """Images in [-1, 1] (B, 3, H, W) as Generated, each with its seed's parameters plus `extra`."""
+    out = []
+    for i, px in enumerate(to_uint8(images.cpu()).numpy()):
+        layout = rounded_layout(layouts[i]) if layouts is not None else None
+        params = {**sampling_parameters(opts, seeds[i], px, model), **extra,
+                  **({"Layout": json.dumps(layout)} if layout is not None else {})}
+        out.append(Generated(px, prompts[i], opts.negative_prompt, params, seeds[i], layout))
+    return out
+
+
+def guidance_parameters(req: Txt2ImgRequest) -> dict:
+    params = {}
+    if req.guide is not None:
+        params.update({"Guidance": req.guide.method.value, "Guidance scale": req.guide.scale,
+                       "Guidance form": req.guide.form.value})
+    if req.noise_optimization is not None:
+        params.update({"CLIP x_T iterations": req.noise_optimization.iters,
+                       "CLIP x_T chain": req.noise_optimization.chain_steps})
+    return params
+
+
+def boxes_for(pipe: Text2ImagePipeline, req: Txt2ImgRequest) -> list[list[dict]] | None:
+    """Each image's boxes: the request's layout, none for an inverted x_T, else the model's layout stage (if any)."""
+    if req.layout is not None:
+        return [req.layout] * len(req.prompts)
+    if req.x_T is not None and pipe.unet.cfg.grounding_dim:  # an inverted x_T: no boxes, as `edit invert` used
+        return [[] for _ in req.prompts]
+    if hasattr(pipe, "layouts"):  # a layout2image pipeline: its layout stage predicts the boxes (recorded)
+        return pipe.layouts(req.prompts, req.seeds)
+    return None
+
+
+def txt2img(pipe: Text2ImagePipeline, req: Txt2ImgRequest, model: str, progress: bool = False,
+            callback: Callable[[dict], None] | None = None) -> Iterator[list[Generated]]:
+    """The request's images, one batch of at most req.batch_size at a time."""
+    guide = make_guide(req.guide, req.judge) if req.guide is not None else None
+    init = make_initializer(req.noise_optimization) if req.noise_optimization is not None else None
+    extra = {**guidance_parameters(req), **(req.upscale.parameters() if req.upscale else {})}
+    n = len(req.prompts)
+    for i in tqdm(range(0, n, req.batch_size), disable=not progress, desc="generating", unit="batch"):
+        prompts, seeds = req.prompts[i:i + req.batch_size], req.seeds[i:i + req.batch_size]
+        batch = replace(req, prompts=prompts, seeds=seeds, x_T=None if req.x_T is None else req.x_T[i:i + len(seeds)])
+        boxes = boxes_for(pipe, batch)
+        g = {} if boxes is None else {"boxes": boxes, "boxes_in_uncond": req.boxes_in_uncond}
+        if batch.x_T is not None:
+            g["x"] = batch.x_T.to(pipe.device)
+        images = pipe(prompts, seeds, req.opts, callback=callback, guide=guide, init=init, **g).cpu()
+        if req.upscale:
+            images = cascade(images, prompts, seeds, req.upscale.stages, req.upscale.runs, progress=progress,
+                             callback=callback)
+        yield results(images, prompts, seeds, req.opts, model, extra, boxes)
+
+
+def upscale(image: torch.Tensor, prompt: str, seed: int, up: Upscale, input_size: tuple[int, int],
+            callback: Callable[[dict], None] | None = None) -> Generated:
+    """One image (1, 3, h, w) in [-1, 1] through the upsampler stages; input_size: the user's image's (W, H)."""
+    px = to_uint8(cascade(image, [prompt], [seed], up.stages, up.runs, callback=callback)).numpy()[0]
+    params = {"Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}", "Input size": "x".join(map(str, input_size)),
+              **up.parameters()}
+    return Generated(px, prompt, "", params, seed)
