@@ -27,8 +27,10 @@ from condiff.eval.bench import MAIN, summarize
 from condiff.eval.fd import fd, patch_features
 from condiff.eval.grid import save_grid
 from condiff.io import json_safe
-from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
-from condiff.pipelines.upsample import UPSAMPLERS, StageRun, UpsamplePipeline, cascade
+from condiff.pipelines.text2image import Text2ImagePipeline
+from condiff.catalogue import DEFAULT_MODEL
+from condiff.pipelines.upsample import StageRun, UpsamplePipeline, cascade
+from condiff.catalogue import UPSAMPLERS
 from condiff.world.bench import SUITES, suite_prompts
 from condiff.world.grammar import parse_caption
 from condiff.world.oracle import judge

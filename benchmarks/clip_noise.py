@@ -17,7 +17,7 @@ import torch
 from condiff.diffusion.denoiser import x0_from_eps
 from condiff.eval.retrieval import retrieval_table
 from condiff.nets.clip import load_clip
-from condiff.pipelines.guidance import DEFAULT_JUDGES
+from condiff.catalogue import DEFAULT_JUDGES
 from condiff.pipelines.text2image import Text2ImagePipeline
 
 

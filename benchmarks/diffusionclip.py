@@ -21,8 +21,9 @@ import torch
 from condiff.eval.grid import save_grid
 from condiff.nets.clip import load_clip
 from condiff.pipelines.diffusionclip import DiffusionCLIPConfig, apply, fine_tune, invert_to_t0, regenerate_from
-from condiff.pipelines.guidance import DEFAULT_JUDGES
-from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+from condiff.catalogue import DEFAULT_JUDGES
+from condiff.pipelines.text2image import Text2ImagePipeline
+from condiff.catalogue import DEFAULT_MODEL
 from condiff.world.grammar import parse_caption
 from condiff.world.oracle import detect, judge
 from condiff.world.render import layout, render, to_uint8

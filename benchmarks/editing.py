@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from condiff.diffusion.sampling import SamplingOptions
 from condiff.pipelines.editing import img2img, invert, leakage, regenerate, repaint
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.world.bench import suite_prompts

@@ -26,7 +26,8 @@ from editing import inpaint_cases, ok  # noqa: E402
 from condiff.diffusion.sampling import Resample  # noqa: E402
 from condiff.eval.grid import save_grid  # noqa: E402
 from condiff.pipelines.editing import inpaint, leakage  # noqa: E402
-from condiff.pipelines.text2image import DEFAULT_MODEL, INPAINT_MODEL, WEIGHTS, Text2ImagePipeline  # noqa: E402
+from condiff.pipelines.text2image import Text2ImagePipeline  # noqa: E402
+from condiff.catalogue import DEFAULT_MODEL, INPAINT_MODEL, WEIGHTS
 
 
 def run(pipe, method: str, resample, cases, steps: int, scale: float, batch: int = 8) -> tuple[dict, torch.Tensor]:

@@ -16,7 +16,8 @@ import torch
 from condiff.diffusion.guidance import Conditioned
 from condiff.diffusion.samplers import ddim_invert, sample_ddim
 from condiff.diffusion.schedule import Spacing
-from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+from condiff.pipelines.text2image import Text2ImagePipeline
+from condiff.catalogue import DEFAULT_MODEL
 from condiff.world.bench import SUITES, suite_prompts
 from condiff.world.grammar import parse_caption
 from condiff.world.render import layout, render, to_uint8

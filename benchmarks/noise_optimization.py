@@ -22,7 +22,8 @@ from condiff.diffusion.noise_optimization import (Checkpointed, ddim_chain, opti
 from condiff.diffusion.samplers import PerSampleNoise
 from condiff.diffusion.sampling import SamplingOptions
 from condiff.nets.clip import load_clip
-from condiff.pipelines.guidance import DEFAULT_JUDGES, clip_log_prob
+from condiff.pipelines.guidance import clip_log_prob
+from condiff.catalogue import DEFAULT_JUDGES
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.world.bench import suite_prompts
 from condiff.world.oracle import judge

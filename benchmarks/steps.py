@@ -24,7 +24,8 @@ from condiff.diffusion.sampling import SIGMA_SAMPLERS, SIGMA_SCHEDULES, Sampler,
 from condiff.eval.bench import bench_samples, summarize
 from condiff.eval.bench import MAIN
 from condiff.eval.fd import fd, pixel_features
-from condiff.pipelines.text2image import DEFAULT_MODEL, Text2ImagePipeline
+from condiff.pipelines.text2image import Text2ImagePipeline
+from condiff.catalogue import DEFAULT_MODEL
 from condiff.world.grammar import parse_caption
 from condiff.world.render import layout, render
 
@@ -81,7 +82,7 @@ def main() -> None:
     if args.features == "clip":
         from condiff.eval.metrics import clip_metric_features
         from condiff.nets.clip import load_clip
-        from condiff.pipelines.guidance import DEFAULT_JUDGES
+        from condiff.catalogue import DEFAULT_JUDGES
 
         clip = load_clip(DEFAULT_JUDGES["clip"]).to(args.device)
         features = lambda x: clip_metric_features(clip, x)  # noqa: E731

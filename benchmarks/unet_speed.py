@@ -21,7 +21,7 @@ import torch
 
 from condiff.config import load_json
 from condiff.nets.unet import UNet, UNetConfig
-from condiff.pipelines.text2image import WEIGHTS
+from condiff.catalogue import WEIGHTS
 
 
 def diffusers_unet():

@@ -14,8 +14,9 @@ from PIL import Image
 from condiff.cli import main
 from condiff.diffusion.augment import downsample, gaussian_blur, upsample
 from condiff.pipelines import upsample as upsample_module
-from condiff.pipelines.text2image import BASE32
-from condiff.pipelines.upsample import UPSAMPLERS, UpsamplePipeline, cascade
+from condiff.catalogue import BASE32
+from condiff.pipelines.upsample import UpsamplePipeline, cascade
+from condiff.catalogue import UPSAMPLERS
 
 SHIPPED = all((p / "pipeline.json").is_file() for p in UPSAMPLERS.values())
 

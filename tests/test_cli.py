@@ -7,8 +7,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from condiff.cli import main
-from condiff.diffusion.sampling import SamplingOptions
-from condiff.pipelines.text2image import BASE32, DEFAULT_MODEL, Text2ImagePipeline
+from condiff.pipelines.text2image import Text2ImagePipeline
+from condiff.catalogue import BASE32, DEFAULT_MODEL
 from condiff.png import format_parameters, parse_parameters, read_parameters
 from condiff.world.oracle import judge
 from condiff.world.render import to_uint8

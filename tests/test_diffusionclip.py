@@ -12,7 +12,7 @@ from condiff.cli import main
 from condiff.nets.clip import load_clip
 from condiff.pipelines.diffusionclip import (DiffusionCLIPConfig, apply, clip_view, directional_loss, fine_tune,
                                              invert_to_t0, regenerate_from)
-from condiff.pipelines.guidance import DEFAULT_JUDGES
+from condiff.catalogue import DEFAULT_JUDGES
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.png import read_parameters
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from condiff.cli_layout import parse_boxes
+from condiff.cli.layout import parse_boxes
 from condiff.images import box_mask, mask_image, open_image
 from condiff.world.grammar import PromptError, parse_caption
 

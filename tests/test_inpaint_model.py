@@ -145,7 +145,7 @@ def test_shipped_inpaint64_inpaints_a_new_object_into_scenes_drawn_by_code():
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from editing import inpaint_cases, ok
 
-    from condiff.pipelines.text2image import INPAINT_MODEL
+    from condiff.catalogue import INPAINT_MODEL
 
     pipe = Text2ImagePipeline.from_pretrained(INPAINT_MODEL)
     cases = inpaint_cases(8, 64, 0)

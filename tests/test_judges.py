@@ -2,7 +2,7 @@
 and CLIP-optimised x_T with gradient checkpointing."""
 import json
 
-from condiff.pipelines.text2image import BASE32
+from condiff.catalogue import BASE32
 
 import pytest
 import torch

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from condiff import components
 from condiff.cli import main
-from condiff.nets.autoencoder import Autoencoder, AutoencoderConfig, VectorQuantizer, gaussian_kl, perplexity
+from condiff.nets.autoencoder import VectorQuantizer, gaussian_kl, perplexity
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.train.tasks import load_train_config
 from condiff.nets.pretrained_text import FrozenTextCache

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from condiff import components
 from condiff.cli import main

@@ -5,7 +5,8 @@ from condiff.cli import SAMPLER_NAMES, SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE
 from condiff.diffusion.samplers import Variance
 from condiff.diffusion.thresholding import Threshold
 from condiff.diffusion.sampling import Sampler, SamplingOptions, SigmaSchedule, sampling_sigmas
-from condiff.pipelines.text2image import BASE32, Text2ImagePipeline
+from condiff.pipelines.text2image import Text2ImagePipeline
+from condiff.catalogue import BASE32
 from condiff.world.oracle import judge
 from condiff.world.render import to_uint8
 

@@ -16,7 +16,8 @@ from condiff.diffusion.sampling import SamplingOptions, noise_to, plan_alpha_bar
 from condiff.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from condiff.pipelines.base import Pipeline, load_pipeline, read_spec
 from condiff.pipelines.guidance import make_guide
-from condiff.pipelines.text2image import BASE32, Text2ImagePipeline
+from condiff.pipelines.text2image import Text2ImagePipeline
+from condiff.catalogue import BASE32
 
 GOLDEN = Path(__file__).parent / "golden"
 PACKAGE = Path(__file__).parent.parent / "condiff"

@@ -92,7 +92,7 @@ def test_service_guides_with_the_shipped_judges():
     """The page's and API's guide field: the shipped base32 with the shipped classifier, loaded once and reused."""
     from condiff.ui.service import GenerationService, Txt2ImgRequest
 
-    from condiff.pipelines.text2image import BASE32
+    from condiff.catalogue import BASE32
 
     service = GenerationService(BASE32)
     plain, = service.txt2img(Txt2ImgRequest("two red triangles", seed=3, steps=3))

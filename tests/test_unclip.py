@@ -190,7 +190,7 @@ def test_the_prior_is_causal_and_reads_the_text_through_its_null_tokens(prior):
 def test_prior_embeddings_are_unit_per_seed_and_keep_the_best_candidate(prior):
     from condiff.pipelines.unclip import PRIOR_SAMPLING, prior_embeddings
     from condiff.nets.embedding_prior import clip_text
-    from condiff.train.tasks.embedding_prior import prior_diffusion
+    from condiff.nets.embedding_prior import prior_diffusion
 
     net, clip, _ = prior
     opts = PRIOR_SAMPLING.replace(steps=4)
