@@ -34,7 +34,7 @@ def model_folder(name: str | Path | None) -> Path:
     if not name:
         return DEFAULT_MODEL
     path = Path(name)
-    if path.parts[:2] == PACKAGE_PREFIX and len(path.parts) > 2 and not path.is_absolute():
+    if path.parts[:2] == PACKAGE_PREFIX and len(path.parts) > 2:
         return WEIGHTS.joinpath(*path.parts[2:])
     if not path.exists() and len(path.parts) == 1 and (WEIGHTS / path).is_dir():
         return WEIGHTS / path

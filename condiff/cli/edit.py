@@ -53,14 +53,14 @@ def _load(args, prompts, **overrides):
     return pipe, model, opts
 
 
-def _save(args, out, prompt, opts, model, params: dict, seeds: list[int] | None = None) -> None:
+def _save(args, out, prompt, opts, model, params: dict) -> None:
     """Each image (seed --seed + i) to OUT-NNN.png with its parameters and a grid at OUT; one image to OUT."""
-    seeds = seeds or [args.seed + i for i in range(len(out))]
+    seeds = [args.seed + i for i in range(len(out))]
     write_images([results(out, [prompt] * len(out), seeds, opts, model.name, params)], args.out, len(out))
 
 
 def _batches(seeds: list[int], size: int) -> list[list[int]]:
-    """The seeds in batches of --batch-size, indexable as slices of the images they make."""
+    """The seeds in batches of --batch-size: each batch is one call, its images in the seeds' order."""
     return [seeds[i:i + size] for i in range(0, len(seeds), size)]
 
 
@@ -72,10 +72,9 @@ def _img2img(args) -> None:
     opts, img = _prepare(args)
     start_step(opts, args.strength)  # --strength outside [0, 1] or NaN fails here
     pipe, model, opts = _load(args, [args.prompt])
-    n, seeds = args.num_images, [args.seed + i for i in range(args.num_images)]
-    x = image_tensor(to_model_size(img, pipe.resolution)).expand(n, -1, -1, -1)
+    x, seeds = image_tensor(to_model_size(img, pipe.resolution)), [args.seed + i for i in range(args.num_images)]
     t = time.time()
-    out = torch.cat([img2img(pipe, [args.prompt] * len(b), x[:len(b)], b, opts, args.strength)
+    out = torch.cat([img2img(pipe, [args.prompt] * len(b), x.expand(len(b), -1, -1, -1), b, opts, args.strength)
                      for b in _batches(seeds, args.batch_size)])
     _save(args, out, args.prompt, opts, model, {"Denoising strength": args.strength, "Edit": "img2img"})
     print(f"img2img in {time.time() - t:.1f} s", file=sys.stderr)
