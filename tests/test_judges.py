@@ -164,7 +164,7 @@ def test_noise_optimisation_never_lowers_the_objective(tiny_model):
 
 
 def test_clip_trains_on_a_captioned_image_folder(tmp_path):
-    from tests.test_train import _make_folder
+    from test_train import _make_folder
 
     folder = _make_folder(tmp_path / "data")
     out = tmp_path / "clip"

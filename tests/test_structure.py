@@ -11,11 +11,10 @@ from safetensors.torch import load_file
 from condiff import components
 from condiff.diffusion.denoiser import Denoiser, Prediction
 from condiff.diffusion.guidance import ClassifierFreeGuidance, Conditioned
-from condiff.diffusion.samplers import PerSampleNoise, ddim_invert
+from condiff.diffusion.samplers import PerSampleNoise
 from condiff.diffusion.sampling import SamplingOptions, noise_to, plan_alpha_bars, sample, start_step
 from condiff.diffusion.schedule import NoiseSchedule, ScheduleConfig
 from condiff.pipelines.base import Pipeline, load_pipeline, read_spec
-from condiff.pipelines.guidance import make_guide
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.catalogue import BASE32
 

@@ -11,11 +11,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..catalogue import UPSAMPLERS
 from ..diffusion.sampling import Sampler
 from ..images import image_tensor, open_image
 from ..pipelines.requests import Upscale, upscale
-from ..pipelines.upsample import UPSCALE_INPUT, StageRun, upsampler_chain
+from ..pipelines.upsample import UPSCALE_INPUT, StageRun, shipped_upsamplers, upsampler_chain
 from ..png import check_writable
 from .output import write_images
 
@@ -59,8 +58,7 @@ def upscale_from_args(args, base_size: int, prompts: list[str]) -> Upscale | Non
     if size == base_size and not args.sr_model:
         return None
     stages = upsampler_chain(base_size, size, args.sr_model)
-    folders = args.sr_model or [UPSAMPLERS[base_size * 2 ** (k + 1)] for k in range(len(stages))]
-    return Upscale(stages, stage_runs(args, stages, prompts), folders)
+    return Upscale(stages, stage_runs(args, stages, prompts), args.sr_model or shipped_upsamplers(base_size, size))
 
 
 def _upscale(args) -> None:
@@ -75,7 +73,7 @@ def _upscale(args) -> None:
     first = img.width if args.sr_model else UPSCALE_INPUT  # the shipped chain: 64 -> 128 (-> 256)
     stages = upsampler_chain(first, first * args.scale, args.sr_model)
     up = Upscale(stages, stage_runs(args, stages, [args.prompt]),
-                 args.sr_model or [UPSAMPLERS[first * 2 ** (k + 1)] for k in range(len(stages))])
+                 args.sr_model or shipped_upsamplers(first, first * args.scale))
     if img.width != first:
         print(f"note: IN is {img.width}x{img.height}; resized to {first}x{first}, the first stage's input", file=sys.stderr)
         img = img.resize((first, first), Image.BICUBIC)

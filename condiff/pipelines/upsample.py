@@ -112,20 +112,21 @@ class StageRun:
     noise_level: int | None = None
 
 
+def shipped_upsamplers(base_size: int, size: int) -> list[Path]:
+    """The folders of the shipped upsampler stages that take base_size to size, one per doubling; ValueError if none."""
+    if size < base_size or size & (size - 1) or base_size & (base_size - 1):
+        raise ValueError(f"size: must be the model's {base_size} or a power of two above it, got {size}")
+    sides = [base_size * 2 ** (k + 1) for k in range(int(math.log2(size // base_size)))]
+    missing = [s for s in sides if s not in UPSAMPLERS]
+    if missing:
+        raise ValueError(f"size: no shipped upsampler makes {missing[0]} px (shipped: {', '.join(map(str, UPSAMPLERS))}); "
+                         "give --sr-model folders")
+    return [UPSAMPLERS[s] for s in sides]
+
+
 def upsampler_chain(base_size: int, size: int, folders: list[str | Path] | None = None) -> list[UpsamplePipeline]:
     """The upsamplers that take base_size to size: the given folders, else the shipped stage for each doubling."""
-    if folders:
-        stages = [UpsamplePipeline.from_pretrained(f) for f in folders]
-    else:
-        if size < base_size or size & (size - 1) or base_size & (base_size - 1):
-            raise ValueError(f"size: must be the model's {base_size} or a power of two above it, got {size}")
-        missing = [s for s in (base_size * 2 ** (k + 1) for k in range(int(math.log2(size // base_size))))
-                   if s not in UPSAMPLERS]
-        if missing:
-            raise ValueError(f"size: no shipped upsampler makes {missing[0]} px (shipped: {', '.join(map(str, UPSAMPLERS))}); "
-                             "give --sr-model folders")
-        stages = [UpsamplePipeline.from_pretrained(UPSAMPLERS[base_size * 2 ** (k + 1)])
-                  for k in range(int(math.log2(size // base_size)))]
+    stages = [UpsamplePipeline.from_pretrained(f) for f in folders or shipped_upsamplers(base_size, size)]
     side = base_size
     for st in stages:
         side *= st.scale

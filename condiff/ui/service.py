@@ -21,11 +21,10 @@ import numpy as np
 
 from PIL import Image, PngImagePlugin
 
-from ..catalogue import UPSAMPLERS
 from ..diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions
 from ..pipelines import requests
 from ..pipelines.guidance import GuidanceMethod, GuidanceOptions, load_judge
-from ..pipelines.upsample import StageRun
+from ..pipelines.upsample import StageRun, shipped_upsamplers
 
 MAX_IMAGES, MAX_STEPS, MAX_SCALE, MAX_SEED, MAX_GUIDE_SCALE = 16, 1000, 50.0, 2 ** 32 - 1, 100.0
 SAMPLER_BY_LABEL = {label: s for s, (label, _) in SAMPLER_INFO.items()}
@@ -222,7 +221,7 @@ class GenerationService:
             return None
         stages = self.upsamplers(base, size)
         runs = [StageRun(st.defaults if steps is None else st.defaults.replace(steps=steps)) for st in stages]
-        return requests.Upscale(stages, runs, [UPSAMPLERS[base * 2 ** (k + 1)] for k in range(len(stages))])
+        return requests.Upscale(stages, runs, shipped_upsamplers(base, size))
 
     def validate(self, req: Txt2ImgRequest) -> tuple[SamplingOptions, int]:
         """SamplingOptions and the seed to use; RequestError naming the first bad field."""
