@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -82,7 +83,28 @@ def _serve(args) -> None:
     from ..ui.service import ServeLimits
 
     limits = ServeLimits(args.max_work, args.max_queue, args.max_wait)  # checked before the model loads
-    serve(args.host, args.port, args.model, args.device or "cpu", limits)
+    token = args.token if args.token is not None else os.environ.get("CONDIFF_TOKEN")
+    auth = args.auth if args.auth is not None else os.environ.get("CONDIFF_AUTH")
+    serve(args.host, args.port, args.model, args.device or "cpu", limits, token=_token(token), auth=_login(auth))
+
+
+def _token(text: str | None) -> str | None:
+    """--token / CONDIFF_TOKEN: at least 8 printable characters without spaces (never echoed in an error)."""
+    if text is None:
+        return None
+    if len(text) < 8 or not text.isprintable() or any(c.isspace() for c in text):
+        raise ValueError("--token / CONDIFF_TOKEN: must be at least 8 printable characters without spaces")
+    return text
+
+
+def _login(text: str | None) -> tuple[str, str] | None:
+    """--auth / CONDIFF_AUTH USER:PASS (never echoed in an error)."""
+    if text is None:
+        return None
+    user, colon, password = text.partition(":")
+    if not colon or not user or not password:
+        raise ValueError("--auth / CONDIFF_AUTH: must be USER:PASSWORD, both non-empty")
+    return user, password
 
 
 def _eval_sweep(args) -> None:
@@ -198,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-work", type=int, default=4_000_000, help="per request: images x steps x side^2 summed over stages")
     v.add_argument("--max-queue", type=int, default=8, help="requests running or waiting; past it: 429 with Retry-After")
     v.add_argument("--max-wait", type=float, default=25.0, help="seconds a request may wait for its turn; then 503")
+    v.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on the API (401 otherwise) and TOKEN as the "
+                                   "page's password; default: $CONDIFF_TOKEN (prefer it: arguments show in ps)")
+    v.add_argument("--auth", metavar="USER:PASS", help="the page's login (gradio auth); default: $CONDIFF_AUTH")
     v.set_defaults(func=_serve)
 
     e = sub.add_parser("eval", help="evaluate a model")

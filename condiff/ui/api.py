@@ -1,15 +1,20 @@
 """The HTTP JSON API (A1111-like): POST /api/txt2img, /api/img2img, /api/inpaint, /api/upscale,
 /api/variations, GET /api/samplers; bad values get
-a 4xx with one clear line. Images travel as base64 (PNG, JPEG, ...), as in A1111's API."""
+a 4xx with one clear line. Images travel as base64 (PNG, JPEG, ...), as in A1111's API.
+
+With a token (`condiff serve --token T` or CONDIFF_TOKEN) every /api/ route but the docs needs
+`Authorization: Bearer T` (401 otherwise, before the body is read); the schema states it as an HTTP bearer scheme."""
 from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import threading
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..diffusion.sampling import SAMPLER_INFO
@@ -20,6 +25,8 @@ from .service import (GUIDES, MAX_GUIDE_SCALE, MAX_IMAGES, MAX_SCALE, MAX_SEED, 
                       EditRequest, GenerationService, RequestError, Txt2ImgRequest, UpscaleRequest)
 
 MAX_DETAIL = 300  # an error message quotes at most this much (a 100k-character prompt is not echoed back)
+MAX_BODY = 32 * 2 ** 20  # bytes of a request body (Content-Length); past it: 413 before it is read
+OPEN_PATHS = ("/api/docs", "/api/openapi.json")  # readable without the token: how to call the API, no generation
 
 
 def bounded(default, lo, hi, what: str = ""):
@@ -48,6 +55,15 @@ ERRORS = {400: {"model": ErrorBody, "description": "a value out of range or unus
           429: {"model": ErrorBody, "description": "the queue is full; retry after the Retry-After header's seconds"},
           503: {"model": ErrorBody, "description": "no turn within the server's max wait, or the server is stopping; "
                                                    "Retry-After says when to try again"}}
+
+
+UNAUTHORIZED = {401: {"model": ErrorBody, "description": "no `Authorization: Bearer <token>` header, or a wrong token"}}
+
+
+def token_matches(header: str | None, token: str) -> bool:
+    """An `Authorization: Bearer <token>` header holding token, compared in constant time."""
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 async def serve_request(request: Request, fn, *args):
@@ -149,8 +165,16 @@ def _decode(field: str, text: str | None) -> bytes | None:
         raise HTTPException(status_code=400, detail=f"{field}: not base64") from None
 
 
-def create_api(service: GenerationService) -> FastAPI:
-    app = FastAPI(title="condiff API", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+def create_api(service: GenerationService, token: str | None = None) -> FastAPI:
+    """The API over service; with token, every route but the docs needs `Authorization: Bearer <token>`."""
+    bearer = HTTPBearer(auto_error=False, description="the server's token: `condiff serve --token T` or CONDIFF_TOKEN")
+
+    def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        """States the scheme in the schema; the guard middleware has already refused a wrong token."""
+
+    guarded = dict(dependencies=[Depends(authorized)]) if token else {}
+    app = FastAPI(title="condiff API", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None,
+                  responses=UNAUTHORIZED if token else None, **guarded)
 
     methods_by_path: dict[str, set[str]] = {}  # filled on the first request, once every route is registered
 
@@ -164,6 +188,19 @@ def create_api(service: GenerationService) -> FastAPI:
         if allowed and request.method not in allowed:
             return JSONResponse(status_code=405, content={"detail": f"method {request.method[:20]} not allowed"},
                                 headers={"Allow": ", ".join(sorted(allowed))})
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """(Outermost) 401 without the token, 413 for a body over MAX_BODY, both before the body is read."""
+        path = request.url.path
+        if token and path.startswith("/api/") and path not in OPEN_PATHS and \
+                not token_matches(request.headers.get("authorization"), token):
+            return JSONResponse(status_code=401, content={"detail": "authorization: a valid 'Bearer <token>' is required"},
+                                headers={"WWW-Authenticate": "Bearer"})
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            return JSONResponse(status_code=413, content={"detail": f"body: at most {MAX_BODY // 2 ** 20} MiB"})
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)

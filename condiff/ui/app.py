@@ -3,6 +3,7 @@ an output size through the upsampler cascade, Upscale and (unCLIP) Variations ac
 (RePaint, with a brush mask or a box) and upscaling."""
 from __future__ import annotations
 
+import hmac
 import os
 import tempfile
 import threading
@@ -20,6 +21,7 @@ from ..png import read_parameters  # noqa: E402
 from .service import (GUIDES, MAX_IMAGES, Busy, Cancelled, EditRequest, GenerationService, RequestError,  # noqa: E402
                       ServeLimits, Txt2ImgRequest, UpscaleRequest)
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SAMPLER_LABELS = [label for label, _ in SAMPLER_INFO.values()]
 PREVIEW_SIDE = 128
 CSS = "#gallery img, .preview img { image-rendering: pixelated; }"
@@ -334,32 +336,56 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
 
 
 def create_app(model: str | None = None, device: str = "cpu", out_dir: str | None = None,
-               limits: ServeLimits | None = None):
-    """FastAPI app: the JSON API under /api and the page at /; app.state.service is the generation service."""
+               limits: ServeLimits | None = None, token: str | None = None, auth: tuple[str, str] | None = None):
+    """FastAPI app: the JSON API under /api and the page at /; app.state.service is the generation service.
+    token guards the API (Bearer); auth (user, password) guards the page, whose login otherwise takes the token as
+    its password when there is one."""
     from .api import create_api
 
     service = GenerationService(model, device, limits)
     out = Path(out_dir or tempfile.mkdtemp(prefix="condiff-serve-"))
     out.mkdir(parents=True, exist_ok=True)
-    app = create_api(service)
+    app = create_api(service, token)
     page = build_page(service, out)
     page.queue(default_concurrency_limit=1)
     app.state.service = service
     return gr.mount_gradio_app(app, page, path="/", allowed_paths=[str(out)], ssr_mode=False, theme=THEME, css=CSS,
-                               footer_links=["api"])
+                               footer_links=["api"], auth=page_login(token, auth))
+
+
+def page_login(token: str | None, auth: tuple[str, str] | None):
+    """Gradio's auth: the (user, password) pair; else, with a token, any user name and the token as password."""
+    if auth is not None:
+        return [auth]
+    if token:
+        return lambda user, password: hmac.compare_digest(password.encode(), token.encode())
+    return None
+
+
+def exposure_warning(host: str, token: str | None, auth: tuple[str, str] | None) -> str | None:
+    """The warning for a non-loopback bind that leaves the API or the page open; None when both are guarded."""
+    if host in LOOPBACK:
+        return None
+    open_parts = ([] if token else ["the API (add --token T or CONDIFF_TOKEN)"]) + \
+                 ([] if token or auth else ["the page (add --auth USER:PASS)"])
+    if not open_parts:
+        return None
+    return (f"condiff serve: WARNING: bound to {host} without authentication for {' and '.join(open_parts)}: anyone "
+            "who can reach this address can generate (see SECURITY.md)")
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, device: str = "cpu",
-          limits: ServeLimits | None = None) -> None:
-    """Serve until SIGINT / SIGTERM, which end running sampling at its next step (so the process exits in ~a step)."""
+          limits: ServeLimits | None = None, token: str | None = None, auth: tuple[str, str] | None = None) -> None:
+    """Serve until SIGINT / SIGTERM, which end running sampling at its next step (so the process exits in ~a step).
+    The token and password are never printed or logged."""
     import uvicorn
 
     import sys
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"condiff serve: WARNING: bound to {host}: anyone who can reach this address can use the API and "
-              "the page (no authentication; see SECURITY.md)", file=sys.stderr, flush=True)
-    app = create_app(model, device, limits=limits)
+    warning = exposure_warning(host, token, auth)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    app = create_app(model, device, limits=limits, token=token, auth=auth)
     service = app.state.service
 
     class Server(uvicorn.Server):
@@ -367,9 +393,11 @@ def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, d
             service.stopping.set()  # running work raises Cancelled at its next step; its client gets a 503
             super().handle_exit(sig, frame)
 
-    print(f"condiff serve: http://{host}:{port}  (API: POST /api/txt2img, /api/img2img, /api/inpaint, /api/upscale; docs /api/docs)",
-          flush=True)
+    guard = f"; API token required, page {'login' if token or auth else 'open'}" if token else \
+        ("; page login required, API open" if auth else "")
+    print(f"condiff serve: http://{host}:{port}  (API: POST /api/txt2img, /api/img2img, /api/inpaint, /api/upscale; "
+          f"docs /api/docs{guard})", flush=True)
     Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)).run()
 
 
-__all__ = ["build_page", "create_app", "serve"]
+__all__ = ["build_page", "create_app", "exposure_warning", "page_login", "serve"]
