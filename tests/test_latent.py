@@ -196,3 +196,26 @@ def test_clip_optimised_x_T_on_a_latent_model(tiny_latent):
     init = make_initializer(NoiseOptimization(iters=2, chain_steps=2))
     out = pipe(["a red circle"], [0], SamplingOptions(steps=2), init=init)
     assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
+
+
+def test_autoencoder_fine_tunes_from_a_saved_one(tmp_path):
+    """init.from_model starts an autoencoder run from saved weights; another architecture is one ConfigError."""
+    from condiff.config import ConfigError
+    from condiff.io import save_component
+    from condiff.nets.autoencoder import Autoencoder, AutoencoderConfig
+    from condiff.train.tasks.autoencoder import AutoencoderTask, AutoencoderTrainConfig
+
+    ae_cfg = AutoencoderConfig(resolution=16, channels=8, channel_mult=[1, 2], num_res_blocks=1)
+    saved = Autoencoder(ae_cfg)
+    save_component(saved, ae_cfg, tmp_path / "ae")
+    cfg = AutoencoderTrainConfig(autoencoder=AutoencoderConfig(resolution=16, channels=8, channel_mult=[1, 2],
+                                                               num_res_blocks=1))
+    cfg.data.resolution = 16
+    cfg.init.from_model = str(tmp_path / "ae")
+    model = AutoencoderTask().build(cfg, None, resume=False)
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in model.state_dict().items())
+    fresh = AutoencoderTask().build(cfg, None, resume=True)  # a resumed run loads its own checkpoint instead
+    assert not all(torch.equal(v, saved.state_dict()[k]) for k, v in fresh.state_dict().items())
+    cfg.autoencoder.channels = 16
+    with pytest.raises(ConfigError, match="differs .* in channels"):
+        AutoencoderTask().build(cfg, None, resume=False)

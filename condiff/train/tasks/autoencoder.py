@@ -18,9 +18,9 @@ from torch import nn
 
 from ...config import ConfigError
 from ...data import DataConfig
-from ...io import replace_dir, save_component
+from ...io import load_component, replace_dir, save_component
 from ...nets.autoencoder import Autoencoder, AutoencoderConfig, AutoencoderKind, gaussian_kl, perplexity
-from ..config import OptimConfig, RunSettings
+from ..config import InitConfig, OptimConfig, RunSettings
 
 
 @dataclass
@@ -46,6 +46,7 @@ class AutoencoderTrainConfig(RunSettings):
     optim: OptimConfig = field(default_factory=autoencoder_optim)
     scale_images: int = 256  # images encoded at each export to measure the latent scale factor
     sample_every: int = 1000  # reconstruction grids; 0: never
+    init: InitConfig = field(default_factory=InitConfig)  # fine-tune a saved autoencoder of the same architecture
 
 
 def reconstruction_loss(cfg: AutoencoderLossConfig, x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
@@ -79,6 +80,20 @@ def measure_scale_factor(model: Autoencoder, images: torch.Tensor) -> float:
     return float(1.0 / z.float().std())
 
 
+def init_from_saved(model: Autoencoder, folder: Path) -> None:
+    """Load a saved autoencoder's weights into model; every architecture field must match (not the resolution or the
+    scale factor, which the run measures again)."""
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"init.from_model: '{folder}' is not a saved autoencoder (no config.json)")
+    saved = load_component(Autoencoder, AutoencoderConfig, folder)
+    same = lambda a, b: list(a) == list(b) if isinstance(a, (list, tuple)) else a == b  # noqa: E731  (JSON: lists)
+    diff = [k for k in vars(model.cfg) if k not in ("resolution", "scale_factor")
+            and not same(getattr(model.cfg, k), getattr(saved.cfg, k))]
+    if diff:
+        raise ConfigError(f"init.from_model: '{folder}' differs from the run's autoencoder in {', '.join(diff)}")
+    model.load_state_dict({k: v.float() for k, v in saved.state_dict().items()})
+
+
 class AutoencoderTask:
     name, config_cls = "autoencoder", AutoencoderTrainConfig
 
@@ -89,7 +104,10 @@ class AutoencoderTask:
             raise ConfigError(f"data.resolution {cfg.data.resolution} is not divisible by the autoencoder's factor {ae.factor}")
         if AutoencoderKind(ae.kind) is AutoencoderKind.VQ and ae.codebook_size < 2:
             raise ConfigError(f"autoencoder.codebook_size must be at least 2, got {ae.codebook_size}")
-        return Autoencoder(ae)
+        model = Autoencoder(ae)
+        if cfg.init.from_model and not resume:
+            init_from_saved(model, Path(cfg.init.from_model))
+        return model
 
     def prepare(self, run) -> None:
         pass
