@@ -41,7 +41,11 @@ def _coerce(tp, value, where: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _coerce(next(a for a in args if a is not type(None)), value, where)
+        options = [a for a in args if a is not type(None)]
+        for tp_ in options[1:]:  # a value of a later member (e.g. "auto" of int | str) is kept as it is
+            if isinstance(tp_, type) and isinstance(value, tp_) and not isinstance(value, bool):
+                return value
+        return _coerce(options[0], value, where)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {short(value)}")
@@ -54,7 +58,7 @@ def _coerce(tp, value, where: str):
             raise ConfigError(f"{where}: {short(value)} is not one of {[e.value for e in tp]}") from None
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, str, bool) and not isinstance(value, tp):
+    if tp in (int, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {short(value)}")
     return value
 

@@ -88,3 +88,46 @@ def test_the_page_and_gradios_api_need_a_login(tiny_model, tmp_path):
     assert client.post("/login", data={"username": "ada", "password": "lovelace"}).status_code == 200
     assert client.get("/config").status_code == 200
     assert client.get("/api/samplers").status_code == 401  # the page's login is not the API's token
+
+
+# --- any config on any process count -----------------------------------------------------------------------------
+
+def test_auto_shards_follow_the_process_count():
+    from condiff.train.distributed import resolve_shards
+
+    assert {w: resolve_shards("auto", 12, w) for w in (1, 2, 3, 4, 6, 12)} == {1: 1, 2: 2, 3: 3, 4: 4, 6: 6, 12: 12}
+    assert resolve_shards(4, 8, 3) == 4  # a number stays as given (my_shards refuses 4 shards over 3 processes)
+    with pytest.raises(ValueError, match="optim.batch_size: 8 cannot be split over 3 processes"):
+        resolve_shards("auto", 8, 3)
+
+
+def test_a_config_without_micro_batches_runs_on_two_processes_as_one_with_two_shards(tiny_config_path, tmp_path):
+    """The README's torchrun line with a config that names no micro_batches: auto resolves to 2 shards, and one
+    process given micro_batches 2 trains the same weights; the first line states the batch and the shards."""
+    import json
+
+    from test_distributed import _same, _torchrun, _weights
+
+    done = _torchrun(["train", "--config", str(tiny_config_path), "--out", str(tmp_path / "two"), "--workers", "0"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == ("training text2image on 2 processes: global batch 4, 2 per process, "
+                                           "2 shards of 2 (optim.micro_batches auto); from step 0 to 2")
+    cfg = json.loads(tiny_config_path.read_text())
+    cfg["optim"] |= {"micro_batches": 2}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "one"), "--workers", "0"]) == 0
+    _same(_weights(tmp_path / "one"), _weights(tmp_path / "two"))
+    saved = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert saved["optim"]["micro_batches"] == "auto"  # resumed on another count, it follows that count
+
+
+@pytest.mark.parametrize("value, said", [("four", "micro_batches: 'auto' or a positive integer, got 'four'"),
+                                         (True, "expected int, got True")])
+def test_bad_micro_batches_are_one_line(tmp_path, capsys, value, said):
+    import json
+
+    from conftest import TINY
+
+    (tmp_path / "c.json").write_text(json.dumps(TINY | {"optim": TINY["optim"] | {"micro_batches": value}}))
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r"), "--workers", "0"]) == 2
+    assert said in capsys.readouterr().err

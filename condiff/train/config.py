@@ -49,9 +49,14 @@ class OptimConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9995
     p_uncond: float = 0.1  # condition dropout for classifier-free guidance
-    micro_batches: int = 1  # the global batch_size split into this many shards: gradient accumulation on one process,
-    # split over the processes of a launched run (train/distributed.py); the same value trains the same weights on any
-    # process count that divides it
+    micro_batches: int | str = "auto"  # the global batch_size split into this many shards: gradient accumulation on
+    # one process, split over the processes of a launched run (train/distributed.py); the same number trains the same
+    # weights on any process count that divides it. "auto": the process count, or its smallest multiple that divides
+    # batch_size (1 on one process)
+
+    def __post_init__(self):
+        if isinstance(self.micro_batches, str) and self.micro_batches != "auto":
+            raise ValueError(f"micro_batches: 'auto' or a positive integer, got {self.micro_batches[:20]!r}")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Many processes, one run: torch.distributed under `torchrun` or `accelerate launch` (both set RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT), gloo on CPU and nccl on CUDA.
 
-The config's batch size is the global batch. It is split into `optim.micro_batches` equal shards; shard s of step k
+The config's batch size is the global batch. It is split into `optim.micro_batches` equal shards ("auto", the
+default: one per process, or the smallest multiple of the process count that divides the batch); shard s of step k
 draws its randomness (timesteps, noise, condition dropout, masks) from its own generator, seeded by (seed, k, s),
 and rank r computes shards r, r + W, ... of them. The gradient is the mean over all shards, summed across ranks by
 an all-reduce, so the same config trains the same weights on 1 process (gradient accumulation over the shards) as on
@@ -49,6 +50,17 @@ def local_device(device: str | None, world: World) -> str | None:
     if world.size > 1 and (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
         return f"cuda:{world.local_rank}"
     return device
+
+
+def resolve_shards(micro_batches: int | str, batch_size: int, processes: int) -> int:
+    """optim.micro_batches as a number: "auto" is the process count, or its smallest multiple dividing the batch."""
+    if micro_batches != "auto":
+        return micro_batches
+    for shards in range(processes, batch_size + 1, processes):
+        if batch_size % shards == 0:
+            return shards
+    raise ValueError(f"optim.batch_size: {batch_size} cannot be split over {processes} processes; make it a multiple "
+                     f"of {processes}, or launch a process count that divides it")
 
 
 def shard_slices(batch_size: int, shards: int) -> list[slice]:

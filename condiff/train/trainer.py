@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, load_json, save_json
-from ..io import CheckpointError
 from ..data import make_dataset
+from ..io import CheckpointError
 from . import distributed
 from .config import Precision
 from .distributed import World
@@ -60,6 +60,7 @@ class Run:
     state: dict = field(default_factory=dict)  # task-owned extras (e.g. the noise schedule)
     logs: dict = field(default_factory=dict)  # task-reported figures of the last step (e.g. codebook perplexity)
     world: World = field(default_factory=World)  # the launched processes (rank 0 of 1 when not launched)
+    shards: int = 1  # optim.micro_batches resolved for this world (train/distributed.py)
 
     def summary(self) -> str:
         skipped = getattr(self.data, "skipped", 0)
@@ -117,6 +118,7 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
         steps = cfg.optim.steps
         cfg = load_json(task.config_cls, folder / "config.json")
         cfg.optim.steps = max(steps, cfg.optim.steps)
+    shards = check_shards(task, cfg, world)  # before any work
     device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     data = make_dataset(cfg.data)
@@ -126,13 +128,7 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
     ema = EMA(model, cfg.optim.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
-    run = Run(task, cfg, folder, data, model, ema, opt, generator, device, world=world)
-    if cfg.optim.micro_batches != 1 or world.size > 1:
-        distributed.my_shards(world, cfg.optim.micro_batches)  # the shards must split over the processes
-        distributed.shard_slices(cfg.optim.batch_size, cfg.optim.micro_batches)
-        if getattr(task, "batch_coupled", False):
-            raise ConfigError(f"optim.micro_batches: a {task.name} loss couples the whole batch (in-batch negatives); "
-                              "train it as one shard on one process")
+    run = Run(task, cfg, folder, data, model, ema, opt, generator, device, world=world, shards=shards)
     task.prepare(run)
     if getattr(cfg, "compile", False):  # after EMA and optimizer hold the parameters; Module.compile keeps their names
         for module in model.children():
@@ -143,6 +139,31 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
         save_json(cfg, folder / "config.json")
     distributed.barrier(world)
     return run
+
+
+def check_shards(task, cfg, world: World) -> int:
+    """optim.micro_batches resolved for this world, or a one-line error: the shards must divide the batch and split
+    evenly over the processes."""
+    try:
+        shards = distributed.resolve_shards(cfg.optim.micro_batches, cfg.optim.batch_size, world.size)
+        if shards != 1 or world.size > 1:
+            distributed.my_shards(world, shards)
+            distributed.shard_slices(cfg.optim.batch_size, shards)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if (shards != 1 or world.size > 1) and getattr(task, "batch_coupled", False):
+        raise ConfigError(f"optim.micro_batches: a {task.name} loss couples the whole batch (in-batch negatives); "
+                          "train it as one shard on one process")
+    return shards
+
+
+def batch_line(run: Run) -> str:
+    """The run's first line: the global batch, what each process computes of it, and the shards."""
+    batch, world, shards = run.cfg.optim.batch_size, run.world, run.shards
+    where = f"{world.size} processes" if world.size > 1 else "1 process"
+    return (f"training {run.task.name} on {where}: global batch {batch}, {batch // world.size} per process, "
+            f"{shards} shard{'s' if shards > 1 else ''} of {batch // shards} (optim.micro_batches "
+            f"{run.cfg.optim.micro_batches}); from step {run.step} to {run.cfg.optim.steps}")
 
 
 def lr_at(cfg, step: int) -> float:
@@ -178,7 +199,7 @@ def train_step(run: Run, batch=None) -> float:
     for group in run.opt.param_groups:
         group["lr"] = lr_at(cfg, run.step)
     run.opt.zero_grad(set_to_none=True)
-    if cfg.optim.micro_batches == 1 and run.world.size == 1:
+    if run.shards == 1 and run.world.size == 1:
         loss = _backward(run, raw, 1.0).item()
     else:
         loss = _sharded_backward(run, raw)
@@ -205,10 +226,10 @@ def _sharded_backward(run: Run, raw) -> float:
     """This rank's shards of the global batch, each with its own (seed, step, shard) generator; then the gradients
     (each shard weighted by its share of the batch) summed across ranks: the mean gradient of the whole batch."""
     cfg, world, own = run.cfg, run.world, run.generator
-    slices = distributed.shard_slices(cfg.optim.batch_size, cfg.optim.micro_batches)
+    slices = distributed.shard_slices(cfg.optim.batch_size, run.shards)
     total = torch.zeros((), device=run.device)
     try:
-        for s in distributed.my_shards(world, cfg.optim.micro_batches):
+        for s in distributed.my_shards(world, run.shards):
             run.generator = distributed.shard_generator(cfg.seed, run.step, s)
             total += _backward(run, run.data.shard(raw, slices[s]), 1 / len(slices)) / len(slices)
     finally:
@@ -253,6 +274,8 @@ def _train(cfg, folder, resume, device, workers, overwrite, world) -> Run:
     if world.main and slow_bf16(run.device, getattr(cfg, "precision", Precision.FP32)):
         print("warning: precision bf16 on a CPU without native bf16 (no avx512_bf16/amx_bf16 in /proc/cpuinfo) is "
               "emulated and can be 10x slower than fp32; set \"precision\": \"fp32\"", file=sys.stderr)
+    if world.main:
+        print(batch_line(run), flush=True)
     bar = tqdm(total=cfg.optim.steps, initial=run.step, desc=f"training {run.task.name}", unit="step", dynamic_ncols=True,
                disable=not world.main)
     start, start_step, loss_avg = time.time(), run.step, None

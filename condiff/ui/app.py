@@ -364,11 +364,9 @@ def page_login(token: str | None, auth: tuple[str, str] | None):
 
 def exposure_warning(host: str, token: str | None, auth: tuple[str, str] | None) -> str | None:
     """The warning for a non-loopback bind that leaves the API or the page open; None when both are guarded."""
-    if host in LOOPBACK:
-        return None
     open_parts = ([] if token else ["the API (add --token T or CONDIFF_TOKEN)"]) + \
                  ([] if token or auth else ["the page (add --auth USER:PASS)"])
-    if not open_parts:
+    if host in LOOPBACK or not open_parts:
         return None
     return (f"condiff serve: WARNING: bound to {host} without authentication for {' and '.join(open_parts)}: anyone "
             "who can reach this address can generate (see SECURITY.md)")
@@ -378,12 +376,11 @@ def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, d
           limits: ServeLimits | None = None, token: str | None = None, auth: tuple[str, str] | None = None) -> None:
     """Serve until SIGINT / SIGTERM, which end running sampling at its next step (so the process exits in ~a step).
     The token and password are never printed or logged."""
-    import uvicorn
-
     import sys
 
-    warning = exposure_warning(host, token, auth)
-    if warning:
+    import uvicorn
+
+    if warning := exposure_warning(host, token, auth):
         print(warning, file=sys.stderr, flush=True)
     app = create_app(model, device, limits=limits, token=token, auth=auth)
     service = app.state.service
