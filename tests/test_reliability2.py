@@ -131,3 +131,66 @@ def test_bad_micro_batches_are_one_line(tmp_path, capsys, value, said):
     (tmp_path / "c.json").write_text(json.dumps(TINY | {"optim": TINY["optim"] | {"micro_batches": value}}))
     assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r"), "--workers", "0"]) == 2
     assert said in capsys.readouterr().err
+
+
+# --- every signal path -------------------------------------------------------------------------------------------
+
+def _start_training(tmp_path, name: str, workers: int, steps: int = 12):
+    """A tiny training run as its own process group (as a shell job is), stopped once its first checkpoint exists."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import TINY
+
+    cfg = json.loads(json.dumps(TINY)) | {"checkpoint_every": 4}
+    cfg["optim"] |= {"steps": steps}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "condiff.cli", "train", "--config", str(tmp_path / "c.json"), "--workers", str(workers)]
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / name)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    latest = tmp_path / name / "checkpoints" / "latest"
+    while not latest.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    return proc, cmd
+
+
+@pytest.mark.parametrize("signame, workers, code", [("SIGTERM", 2, 143), ("SIGINT", 2, 130)])
+def test_a_signal_to_the_whole_group_saves_once_and_resumes_exactly(tmp_path, signame, workers, code):
+    """What `timeout`, `docker stop` and Ctrl-C in a shell send: the signal reaches the data workers too, which leave
+    it to the main process; one checkpoint, one line, the exit code of the signal, no traceback."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    proc, cmd = _start_training(tmp_path, "killed", workers)
+    os.killpg(proc.pid, getattr(signal, signame))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err[-1500:]
+    assert "Traceback" not in err and "killed by signal" not in err and out.count("interrupted: saved step") == 1
+    assert err.strip().splitlines()[-1] == "condiff: interrupted" + (" (SIGTERM)" if code == 143 else "")
+    if signame != "SIGTERM":
+        return
+    assert main(cmd[3:-1] + ["0", "--out", str(tmp_path / "killed"), "--resume"]) == 0  # in-process: no start-up
+    assert main(cmd[3:-1] + ["0", "--out", str(tmp_path / "straight")]) == 0
+    a, b = (load_file(str(tmp_path / r / "model" / "unet" / "model.safetensors")) for r in ("killed", "straight"))
+    assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_a_second_signal_exits_at_once_and_keeps_the_last_complete_checkpoint(tmp_path):
+    import os
+    import signal
+    import time
+
+    from condiff.train.state import latest_checkpoint
+
+    proc, _ = _start_training(tmp_path, "run", workers=2, steps=400)
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err, err[-1500:]
+    assert latest_checkpoint(tmp_path / "run").is_dir() and not list((tmp_path / "run" / "checkpoints").glob("*tmp*"))

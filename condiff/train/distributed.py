@@ -94,6 +94,15 @@ def all_reduce_(tensors: list[torch.Tensor], world: World) -> None:
         i += t.numel()
 
 
+def agree_on_stop(signum: int, world: World, device: torch.device) -> int:
+    """The signal any rank noted during this step (0: none), the same on every rank, so all stop at one boundary."""
+    if world.size == 1:
+        return signum
+    flag = torch.tensor([signum], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()

@@ -61,6 +61,7 @@ class Run:
     logs: dict = field(default_factory=dict)  # task-reported figures of the last step (e.g. codebook perplexity)
     world: World = field(default_factory=World)  # the launched processes (rank 0 of 1 when not launched)
     shards: int = 1  # optim.micro_batches resolved for this world (train/distributed.py)
+    saved_step: int = -1  # the step save() last wrote (a signal right after a periodic save does not save twice)
 
     def summary(self) -> str:
         skipped = getattr(self.data, "skipped", 0)
@@ -184,13 +185,33 @@ class StepBatches(torch.utils.data.Dataset):
         return self.data.raw(self.seed, step, self.batch_size)
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A data worker's init: SIGINT and SIGTERM sent to the whole process group (Ctrl-C, `timeout`, `docker stop`)
+    are left to the main process, which saves and then ends the workers."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 def batches(run: Run, workers: int):
-    """Raw batches for steps run.step .. steps-1, made ahead of time by `workers` processes (0: in this one)."""
+    """An iterator of raw batches for steps run.step .. steps-1, made ahead of time by `workers` processes (0: in
+    this one). The workers start with SIGINT and SIGTERM blocked and ignore them from their init on, so a signal to
+    the group in that window neither kills them nor is lost in the main process (it is delivered when unblocked)."""
     steps = range(run.step, run.cfg.optim.steps)
     ds = StepBatches(run.data, run.cfg.seed, run.cfg.optim.batch_size)
-    extra = {"prefetch_factor": 4} if workers else {}
+    extra = {"prefetch_factor": 4, "worker_init_fn": ignore_stop_signals} if workers else {}
     own = torch.Generator().manual_seed(0)  # worker seeding must not consume the global RNG
-    return torch.utils.data.DataLoader(ds, batch_size=None, sampler=steps, num_workers=workers, generator=own, **extra)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=steps, num_workers=workers, generator=own, **extra)
+    if not workers or not hasattr(signal, "pthread_sigmask"):
+        return iter(loader)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(loader)  # forks the workers
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def train_step(run: Run, batch=None) -> float:
@@ -241,8 +262,9 @@ def _sharded_backward(run: Run, raw) -> float:
 
 def save(run: Run) -> None:
     """An atomic checkpoint (model, EMA, optimizer, RNG) and the exported EMA model in <run>/model (rank 0 only)."""
-    if not run.world.main:
+    if not run.world.main or run.saved_step == run.step:
         return
+    run.saved_step = run.step
     save_state(run.folder, run.step, run.model, run.ema.model, run.opt, run.generator, run.cfg.keep_checkpoints)
     try:
         run.task.export(run, run.folder / "model")
@@ -289,14 +311,18 @@ def _train(cfg, folder, resume, device, workers, overwrite, world) -> Run:
                 rate = (run.step - start_step) / (time.time() - start)
                 bar.set_postfix(loss=f"{loss_avg:.4f}", img_s=f"{rate * cfg.optim.batch_size:.0f}", **run.logs)
             evaluate(run, bar)
-            if stop:  # Ctrl-C or SIGTERM arrived during the step: act on it now, at a step boundary
-                raise Terminated if stop[0] == signal.SIGTERM else KeyboardInterrupt
+            signum = distributed.agree_on_stop(stop[0] if stop else 0, run.world, run.device)
+            if signum:  # Ctrl-C or SIGTERM arrived during the step (on any rank): act on it now, at a step boundary
+                raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         if run.step == start_step:  # nothing to train: export the initialised model (e.g. init.from_model +
             save(run)               # grounding), or again a finished run's, whose export may have failed (disk full)
-    except KeyboardInterrupt:
-        if run.step > start_step:
+    except KeyboardInterrupt as e:
+        if isinstance(e, Again):
+            bar.write(f"interrupted again: not saved; {run.folder} keeps its last complete checkpoint")
+        elif run.step > start_step:
             save(run)
-            bar.write(f"interrupted: saved step {run.step} in {run.folder}; continue with --resume")
+            if world.main:
+                bar.write(f"interrupted: saved step {run.step} in {run.folder}; continue with --resume")
         raise
     finally:
         bar.close()
@@ -309,6 +335,18 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that both save the run the same way."""
 
 
+class Again:
+    """A second signal: exit at once, without saving (the checkpoint being written, if any, is discarded whole)."""
+
+
+class InterruptedAgain(Again, KeyboardInterrupt):
+    pass
+
+
+class TerminatedAgain(Again, Terminated):
+    pass
+
+
 def _interrupt_between_steps():
     """Ctrl-C and SIGTERM are noted and acted on after the running step, so the checkpoint that save() writes is a
     step boundary (an interrupt between opt.step() and the step count would save a state that --resume repeats a
@@ -318,7 +356,7 @@ def _interrupt_between_steps():
 
     def handler(signum, frame):
         if stop:
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            raise TerminatedAgain if signum == signal.SIGTERM else InterruptedAgain
         stop.append(signum)
 
     previous = {}
