@@ -52,6 +52,9 @@ def classes(kind: ComponentType | str) -> tuple[type, type]:
 def guess_type(folder: str | Path) -> ComponentType:
     """The type of a component folder, from the keys its config.json alone has."""
     cfg = read_json(Path(folder) / CONFIG)
+    if isinstance(cfg, dict) and "_class_name" in cfg:  # diffusers' configs name their class; condiff's never do
+        raise ValueError(f"'{folder}': a diffusers {cfg['_class_name']} config, not a condiff component "
+                         "(give the whole Stable Diffusion folder, with its model_index.json, as --model)")
     marks = [("source", ComponentType.PRETRAINED_TEXT_ENCODER), ("bins", ComponentType.LAYOUT_PRIOR),
              ("text_width", ComponentType.EMBEDDING_PRIOR),
              ("latent_channels", ComponentType.AUTOENCODER), ("vocab", ComponentType.TEXT_ENCODER),

@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 
 from ..catalogue import model_folder
 from ..diffusion.sampling import SamplingOptions
+from ..formats import detect
 from ..pipelines.guidance import (GuidanceForm, GuidanceMethod, GuidanceOptions, NoiseOptimization, check_prompts)
 from ..pipelines.requests import Txt2ImgRequest, txt2img
+from ..pipelines.stable_diffusion import check_size
 from ..pipelines.text2image import Text2ImagePipeline
 from .cascade import upscale_from_args
 from .layout import layout_from_args
@@ -57,17 +59,33 @@ def guidance_from_args(args, prompts: list[str]) -> tuple[GuidanceOptions | None
     return guide, noise
 
 
+def sd_size_from_args(args, model: Path) -> tuple[int | None, int | None]:
+    """(width, height) of a Stable Diffusion model's images (--size, or --width/--height), checked before loading."""
+    width, height = args.width or args.size, args.height or args.size
+    if detect(model) is None:
+        if args.width or args.height:
+            raise ValueError("--width/--height: only for a Stable Diffusion model (a condiff model's --size is its side)")
+        return None, None
+    check_size(width, height)
+    return width, height
+
+
 def generate(args) -> None:
     SamplingOptions.from_args(args)  # bad option values fail here, before any model is loaded
     model = model_folder(args.model)
     prompts = [p for p in args.prompts for _ in range(args.num_images)]
     layout = layout_from_args(args, prompts)
     checked_paths(args.out, len(prompts))
-    pipe = Text2ImagePipeline.from_pretrained(model)
+    sd_size = sd_size_from_args(args, model)  # before loading: a Stable Diffusion model's side in pixels
+    pipe = Text2ImagePipeline.from_pretrained(model, args.prediction)
     opts = SamplingOptions.from_args(args, base=pipe.defaults)  # what the command line leaves out: the model's
     pipe.check(prompts, opts, *([args.clip_xt_chain] if args.clip_xt_iters else []))
+    if getattr(pipe, "variable_size", False):
+        pipe.at_size(*sd_size)
+        upscale = None
+    else:
+        upscale = upscale_from_args(args, pipe.resolution, prompts)  # --size: upsamplers after the base
     x_T = read_noise(args.from_noise, len(prompts), pipe.sample_shape) if args.from_noise else None
-    upscale = upscale_from_args(args, pipe.resolution, prompts)  # --size: upsamplers after the base
     guide, noise = guidance_from_args(args, prompts)
     req = Txt2ImgRequest(prompts, seeds_from_args(args.seed, len(prompts)), opts, guide, None, noise, layout,
                          args.boxes_in_uncond, x_T, upscale, args.batch_size)

@@ -153,6 +153,7 @@ def _eval_bench(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .cascade import add_sr_arguments
+    from .convert import add_sd_arguments
 
     parser = argparse.ArgumentParser(prog="condiff", description="Text-to-image diffusion on the shapes world and your own images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--boxes-in-uncond", action="store_true", help="CFG's unconditional branch sees the boxes too")
     g.add_argument("--from-noise", help="start from a saved x_T (edit invert --save-noise) instead of the seed's noise")
     g.add_argument("-n", "--num-images", type=positive_int, default=1, help="images per prompt")
-    g.add_argument("--size", type=int, help="output side: the model's (64) or, through the upsampler cascade, 128 or 256")
+    g.add_argument("--size", type=int, help="output side: the model's (64) or, through the upsampler cascade, 128 or 256; "
+                                            "for a Stable Diffusion model, any multiple of 8 pixels")
+    add_sd_arguments(g)
     add_sr_arguments(g)
     add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i; -1: random")
     g.add_argument("--out", default="out.png",
@@ -271,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_eval_clip)
 
     from .cascade import add_upscale_parser
+    from .convert import add_convert_parser
     from .data import add_data_parser
     from .edit import add_edit_parser
     from .layout import add_layout_parser
@@ -278,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_edit_parser(sub, add_sampling_arguments, add_run_arguments)
     add_layout_parser(sub)
     add_upscale_parser(sub)
+    add_convert_parser(sub)
     add_data_parser(sub)
     return parser
 

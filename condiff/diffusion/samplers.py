@@ -47,11 +47,12 @@ def _predict(model: Model, schedule: NoiseSchedule, x, t: int, x0_fn: X0Fn | Non
     return eps, x0, v
 
 
-def _alpha_bar_after(ab: torch.Tensor, timesteps: Sequence[int], i: int, t_end: int | None) -> float:
-    """alpha_bar of the level step i goes to: the next timestep, else t_end's, else 1 (clean)."""
+def _alpha_bar_after(ab: torch.Tensor, timesteps: Sequence[int], i: int, t_end: int | None,
+                     final: float = 1.0) -> float:
+    """alpha_bar of the level step i goes to: the next timestep, else t_end's, else `final` (1: clean)."""
     if i + 1 < len(timesteps):
         return ab[timesteps[i + 1]].item()
-    return ab[t_end].item() if t_end is not None else 1.0
+    return ab[t_end].item() if t_end is not None else final
 
 
 def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
@@ -59,12 +60,13 @@ def sample_ddim(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
                 callback: Callback | None = None, t_end: int | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) over descending timesteps; eta=1 is DDPM's posterior variance.
 
-    t_end: the timestep the last step goes to (None: t = -1, the clean image), for a chain stopped part-way."""
+    t_end: the timestep the last step goes to (None: t = -1, the clean image, at the schedule's final_alpha_bar: 1, or
+    alpha_bar_0 for Stable Diffusion's set_alpha_to_one=False), for a chain stopped part-way."""
     ab = schedule.alpha_bar
     for i, t in enumerate(timesteps):
         eps, x0, _ = _predict(model, schedule, x, t, x0_fn)
         ab_t = ab[t].item()
-        ab_prev = _alpha_bar_after(ab, timesteps, i, t_end)
+        ab_prev = _alpha_bar_after(ab, timesteps, i, t_end, schedule.final_alpha_bar)
         sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)) ** 0.5
         x = ab_prev ** 0.5 * x0 + (1 - ab_prev - sigma ** 2) ** 0.5 * eps
         if sigma > 0:

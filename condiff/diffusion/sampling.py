@@ -151,7 +151,8 @@ def plan_alpha_bars(schedule: NoiseSchedule, opts: SamplingOptions) -> list[floa
     """alpha_bar of x before each step of the plan, then 1.0 (clean): the noise levels the hooks see."""
     if Sampler(opts.sampler) in SIGMA_SAMPLERS:
         return [1 / (1 + s ** 2) for s in sampling_sigmas(schedule, opts).tolist()]
-    return [schedule.alpha_bar[t].item() for t in sampling_timesteps(schedule, opts)] + [1.0]
+    final = schedule.final_alpha_bar if Sampler(opts.sampler) is Sampler.DDIM else 1.0  # DDIM may stop at alpha_bar_0
+    return [schedule.alpha_bar[t].item() for t in sampling_timesteps(schedule, opts)] + [final]
 
 
 def start_step(opts: SamplingOptions, strength: float) -> int:

@@ -11,6 +11,7 @@ import torch
 class BetaSchedule(str, enum.Enum):
     LINEAR = "linear"
     COSINE = "cosine"
+    SCALED_LINEAR = "scaled_linear"  # Stable Diffusion's: sqrt(beta) linear (diffusers' name)
 
 
 class Spacing(str, enum.Enum):
@@ -25,6 +26,12 @@ def linear_betas(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Te
     return torch.linspace(scale * beta_1, scale * beta_T, T, dtype=torch.float64)
 
 
+def scaled_linear_betas(T: int, beta_1: float = 0.00085, beta_T: float = 0.012) -> torch.Tensor:
+    """Latent diffusion / Stable Diffusion: sqrt(beta_t) linear from sqrt(beta_1) to sqrt(beta_T), computed in float32
+    as diffusers' schedulers do (so its betas are theirs to the bit)."""
+    return (torch.linspace(beta_1 ** 0.5, beta_T ** 0.5, T, dtype=torch.float32) ** 2).double()
+
+
 def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2)."""
     f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
@@ -35,13 +42,18 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
 class ScheduleConfig:
     num_timesteps: int = 1000
     beta_schedule: BetaSchedule = BetaSchedule.COSINE
+    beta_start: float | None = None  # linear / scaled_linear: beta_1 and beta_T (None: the family's defaults)
+    beta_end: float | None = None
+    steps_offset: int = 0  # added to 'leading' timesteps (Stable Diffusion's configs: 1)
+    set_alpha_to_one: bool = True  # DDIM's last step goes to alpha_bar = 1; False: to alpha_bar_0 (SD's configs)
 
 
 class NoiseSchedule:
     """Precomputed alpha_bar and posterior coefficients for t = 0..T-1 (float64)."""
 
-    def __init__(self, betas: torch.Tensor):
+    def __init__(self, betas: torch.Tensor, steps_offset: int = 0, set_alpha_to_one: bool = True):
         self.betas = betas.double()
+        self.steps_offset = steps_offset
         self.T = len(betas)
         self.alphas = 1 - self.betas
         self.alpha_bar = torch.cumprod(self.alphas, 0)
@@ -49,11 +61,21 @@ class NoiseSchedule:
         self.posterior_variance = self.betas * (1 - self.alpha_bar_prev) / (1 - self.alpha_bar)  # beta_tilde
         # log beta_tilde with beta_tilde_0 = 0 replaced by beta_tilde_1 (improved DDPM)
         self.posterior_log_variance_clipped = torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]).log()
+        self.final_alpha_bar = 1.0 if set_alpha_to_one else self.alpha_bar[0].item()  # where DDIM's last step goes
 
     @classmethod
     def from_config(cls, cfg: ScheduleConfig) -> "NoiseSchedule":
-        make = {BetaSchedule.LINEAR: linear_betas, BetaSchedule.COSINE: cosine_betas}
-        return cls(make[BetaSchedule(cfg.beta_schedule)](cfg.num_timesteps))
+        kind = BetaSchedule(cfg.beta_schedule)
+        ends = (cfg.beta_start, cfg.beta_end) if None not in (cfg.beta_start, cfg.beta_end) else ()
+        if kind is BetaSchedule.COSINE:
+            betas = cosine_betas(cfg.num_timesteps)
+        elif kind is BetaSchedule.SCALED_LINEAR:
+            betas = scaled_linear_betas(cfg.num_timesteps, *ends)
+        elif ends:  # diffusers' 'linear' with explicit ends: no rescaling by 1000 / T
+            betas = torch.linspace(*ends, cfg.num_timesteps, dtype=torch.float32).double()
+        else:
+            betas = linear_betas(cfg.num_timesteps)
+        return cls(betas, cfg.steps_offset, cfg.set_alpha_to_one)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Eq. 4 of Ho et al.: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
@@ -86,7 +108,7 @@ class NoiseSchedule:
         if spacing is Spacing.UNIFORM:
             ts = [round(i * (T - 1) / max(steps - 1, 1)) for i in range(steps)]
         elif spacing is Spacing.LEADING:
-            ts = [i * (T // steps) for i in range(steps)]
+            ts = [min(i * (T // steps) + self.steps_offset, T - 1) for i in range(steps)]
         else:
             ts = [round(T - i * T / steps) - 1 for i in range(steps)][::-1]
         return sorted(set(ts), reverse=True)

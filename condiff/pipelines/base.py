@@ -83,7 +83,9 @@ KINDS = {  # pipeline kind -> the module that defines it, imported when a spec n
     "layout2image": "condiff.pipelines.layout2image",
     "upsample": "condiff.pipelines.upsample",
     "unclip": "condiff.pipelines.unclip",
+    "stable_diffusion": "condiff.pipelines.stable_diffusion",  # built by condiff.formats, never from a pipeline.json
 }
+FOREIGN = "condiff.formats"  # models in other toolkits' formats (diffusers folders, SD single files), read at the door
 PIPELINES: dict[str, type["Pipeline"]] = {}  # kind -> class, filled as each class is defined
 
 
@@ -137,9 +139,15 @@ class Pipeline:
         replace_dir(tmp, folder)
 
 
-def load_pipeline(folder: str | Path) -> Pipeline:
-    """The pipeline saved in folder, as the class its spec's kind names."""
+def load_pipeline(folder: str | Path, prediction: str | None = None) -> Pipeline:
+    """The pipeline saved in folder, as the class its spec's kind names; a foreign model (a diffusers folder, a single
+    file) through condiff.formats. prediction: what a single file's UNet predicts ('epsilon' or 'v')."""
     folder = Path(folder)
+    formats = importlib.import_module(FOREIGN)
+    if not (folder / SPEC).is_file() and formats.detect(folder) is not None:
+        return formats.load(folder, prediction)
+    if prediction is not None:
+        raise ValueError("--prediction: only for a Stable Diffusion single file (a condiff model's pipeline.json says)")
     if not folder.is_dir():
         raise ConfigError(f"missing model folder '{folder}'")
     spec = read_spec(folder)

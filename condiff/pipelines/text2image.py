@@ -52,8 +52,9 @@ class Text2ImagePipeline(Pipeline):
         return cls(parts["text_encoder"], parts[base.unet], base.diffusion, parts.get("autoencoder"), base.sampling)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path = DEFAULT_MODEL) -> "Text2ImagePipeline":
-        pipe = load_pipeline(folder)
+    def from_pretrained(cls, folder: str | Path = DEFAULT_MODEL, prediction: str | None = None) -> "Text2ImagePipeline":
+        """A condiff model folder, or a Stable Diffusion diffusers folder / single file (prediction: the file's)."""
+        pipe = load_pipeline(folder, prediction)
         if not isinstance(pipe, cls):
             raise ValueError(f"'{folder}' holds a {pipe.spec.kind} pipeline, not {cls.kind}")
         return pipe

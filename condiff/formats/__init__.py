@@ -1,0 +1,79 @@
+"""Foreign formats, converted at the door: Stable Diffusion as a diffusers folder (model_index.json) or as one
+original-layout single file (A1111 / ComfyUI's .safetensors), and transformers CLIP folders.
+
+    detect(path)              # Format.DIFFUSERS, Format.SINGLE_FILE, Format.PICKLE or None (a condiff folder)
+    load(path)                # -> pipelines.stable_diffusion.SDPipeline, whose parts keep condiff's contracts
+
+Past this package nothing knows where a weight came from: the UNet is a denoiser net(x_t, t, **cond), the VAE an
+autoencoder encode/decode, the text model a text encoder encode(texts) -> {"context"}. This module imports neither
+diffusers nor transformers (the `sd` extra); the modules it loads for a foreign model do.
+"""
+from __future__ import annotations
+
+import enum
+import importlib
+import importlib.util
+from pathlib import Path
+
+from ..config import ConfigError
+
+MODEL_INDEX = "model_index.json"  # a diffusers pipeline folder's table of components
+SINGLE_FILE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")  # never unpickled: torch.load runs the file's code
+
+
+class Format(str, enum.Enum):
+    DIFFUSERS = "diffusers"  # a folder with model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/
+    SINGLE_FILE = "single_file"  # the original (CompVis / A1111) layout in one safetensors file
+    PICKLE = "pickle"  # a .ckpt / .pt: refused
+
+
+def detect(path: str | Path) -> Format | None:
+    """The foreign format at path, from its name and folder alone (nothing is read); None: not a foreign model."""
+    path = Path(path)
+    if path.is_dir():
+        return Format.DIFFUSERS if (path / MODEL_INDEX).is_file() else None
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return Format.SINGLE_FILE
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return Format.PICKLE
+    return None
+
+
+def require_sd() -> None:
+    """ValueError naming the extra when diffusers or transformers is missing (they are imported only for SD)."""
+    missing = [m for m in ("diffusers", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"Stable Diffusion models need {' and '.join(missing)}: pip install 'condiff[sd]'")
+
+
+def refuse_pickle(path: Path) -> None:
+    raise ConfigError(f"'{path}': a pickle checkpoint ({path.suffix}) is never unpickled (loading it runs its code); "
+                      "convert it to .safetensors with the tool that made it, then use condiff on that file")
+
+
+def load(path: str | Path, prediction: str | None = None):
+    """The Stable Diffusion pipeline at path (a diffusers folder or a single file), weights loaded where they lie.
+
+    prediction ('epsilon' or 'v'): what a single file's UNet predicts, which the file cannot say (default: SD1's
+    epsilon, or v for an SD2-768 file); a diffusers folder's scheduler_config.json says it.
+    """
+    path = Path(path)
+    kind = detect(path)
+    if kind is None:
+        raise ConfigError(f"'{path}': not a diffusers folder ({MODEL_INDEX}) or a .safetensors single file")
+    if kind is Format.PICKLE:
+        refuse_pickle(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such model file '{path}'")
+    require_sd()
+    if kind is Format.DIFFUSERS:
+        if prediction is not None:
+            raise ValueError("--prediction: a diffusers folder's scheduler_config.json says what its UNet predicts")
+        return importlib.import_module("condiff.formats.diffusers_sd").load_folder(path)
+    return importlib.import_module("condiff.formats.single_file").load_single_file(path, prediction)
+
+
+def convert(source: str | Path, out: str | Path, prediction: str | None = None) -> None:
+    """Write the Stable Diffusion model at source (folder or single file) as a diffusers folder at out."""
+    load(source, prediction).save_pretrained(out)
