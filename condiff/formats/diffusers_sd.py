@@ -25,7 +25,7 @@ from transformers.utils import logging as transformers_logging
 from ..config import ConfigError
 from ..diffusion.denoiser import DiffusionConfig, Prediction
 from ..diffusion.sampling import SamplingOptions
-from ..diffusion.schedule import ScheduleConfig
+from ..diffusion.schedule import BetaSchedule, ScheduleConfig
 from ..pipelines.stable_diffusion import SDPipeline
 
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
@@ -122,7 +122,7 @@ def diffusion_config(raw: dict, where: str) -> tuple[DiffusionConfig, SamplingOp
                           f"is not supported (linear, scaled_linear; {', '.join(PREDICTIONS)})")
     if c["timestep_spacing"] not in SPACINGS:
         raise ConfigError(f"{where}: timestep_spacing {c['timestep_spacing']!r} (known: {', '.join(SPACINGS)})")
-    schedule = ScheduleConfig(c["num_train_timesteps"], c["beta_schedule"], c["beta_start"], c["beta_end"],
+    schedule = ScheduleConfig(c["num_train_timesteps"], BetaSchedule(c["beta_schedule"]), c["beta_start"], c["beta_end"],
                               c["steps_offset"], c["set_alpha_to_one"])
     sampler = SAMPLERS.get(raw.get("_class_name"), "ddim")
     spacing = "karras" if raw.get("use_karras_sigmas") and sampler != "ddim" else SPACINGS[c["timestep_spacing"]]
@@ -198,7 +198,7 @@ def scheduler_config(cfg: DiffusionConfig, opts: SamplingOptions) -> dict:
     prediction = {v: k for k, v in PREDICTIONS.items()}[Prediction(cfg.prediction)]
     spacing = {v: k for k, v in SPACINGS.items()}.get(opts.schedule.value, "leading")
     return {"_class_name": "DDIMScheduler", "num_train_timesteps": s.num_timesteps,
-            "beta_schedule": s.beta_schedule.value, "beta_start": s.beta_start, "beta_end": s.beta_end,
+            "beta_schedule": BetaSchedule(s.beta_schedule).value, "beta_start": s.beta_start, "beta_end": s.beta_end,
             "steps_offset": s.steps_offset, "set_alpha_to_one": s.set_alpha_to_one, "clip_sample": False,
             "prediction_type": prediction, "timestep_spacing": spacing}
 
