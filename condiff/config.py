@@ -94,14 +94,25 @@ def save_json(cfg, path: Path) -> None:
     atomic_write_bytes(Path(path), (json.dumps(to_dict(cfg), indent=2) + "\n").encode())
 
 
+MAX_JSON = 16 * 2 ** 20  # bytes of a config file; a larger one is refused unread
+
+
 def read_json(path: Path) -> dict:
+    """A JSON file's value; one ConfigError line for a missing, oversized, undecodable, malformed or too deeply
+    nested file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"missing file '{path}'")
+    if path.stat().st_size > MAX_JSON:
+        raise ConfigError(f"'{path}' is {path.stat().st_size:,} bytes, over the {MAX_JSON // 2 ** 20} MiB a config may be")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"corrupt JSON in '{path}': not UTF-8 (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"corrupt JSON in '{path}': {e}") from None
+    except RecursionError:
+        raise ConfigError(f"corrupt JSON in '{path}': nested too deeply") from None
 
 
 def load_json(cls, path: Path):

@@ -1,6 +1,8 @@
 """Atomic writes and safetensors components (weights + JSON config in one folder). Never unpickles."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -9,7 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, load_json, save_json
+from .config import ConfigError, load_json, save_json, short
 from .fs import atomic_write_bytes, remove_quietly, replace_dir
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -41,10 +43,60 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise
 
 
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+MAX_HEADER = 100 * 2 ** 20  # bytes of a safetensors JSON header (the format's own limit)
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this machine (a large number where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2 ** 50
+
+
+def check_safetensors(path: Path, limit: int | None = None) -> None:
+    """Read a safetensors file's header alone and refuse, before anything is allocated, a file whose header is not
+    the format's or whose tensors would need more than `limit` bytes (default: this machine's RAM), or more than the
+    file holds: a sparse 1 TB file must not become a 1 TB allocation."""
+    limit = physical_memory() if limit is None else limit
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= n <= min(MAX_HEADER, size - 8):
+            raise CheckpointError(f"corrupt checkpoint '{path}': not a safetensors file (header length {n})")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, RecursionError):
+            raise CheckpointError(f"corrupt checkpoint '{path}': its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"corrupt checkpoint '{path}': its header is not a JSON object")
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        itemsize = DTYPE_BYTES.get(info.get("dtype")) if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape) or itemsize is None:
+            raise CheckpointError(f"corrupt checkpoint '{path}': tensor {short(name)} has no valid dtype and shape")
+        total += math.prod(shape) * itemsize
+    if total > size - 8 - n:
+        raise CheckpointError(f"corrupt checkpoint '{path}': its header declares {total:,} bytes of tensors, but the "
+                              f"file holds {size - 8 - n:,}")
+    if total > limit:
+        raise CheckpointError(f"checkpoint '{path}': its tensors need {total / 2 ** 30:,.1f} GiB, more than the "
+                              f"{limit / 2 ** 30:,.1f} GiB this machine has; refused before loading")
+
+
+def load_tensors(path: Path, limit: int | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, its header checked first (check_safetensors)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing file '{path}'")
+    check_safetensors(path, limit)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -86,5 +138,5 @@ def load_component(module_cls, cfg_cls, folder: Path) -> torch.nn.Module:
     return module.eval()
 
 
-__all__ = ["CheckpointError", "ConfigError", "atomic_write_bytes", "atomic_save_tensors", "load_tensors",
+__all__ = ["CheckpointError", "ConfigError", "atomic_write_bytes", "atomic_save_tensors", "check_safetensors", "load_tensors",
            "replace_dir", "save_component", "load_component"]

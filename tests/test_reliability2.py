@@ -194,3 +194,155 @@ def test_a_second_signal_exits_at_once_and_keeps_the_last_complete_checkpoint(tm
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "Traceback" not in err, err[-1500:]
     assert latest_checkpoint(tmp_path / "run").is_dir() and not list((tmp_path / "run" / "checkpoints").glob("*tmp*"))
+
+
+# --- bounded generation ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, said", [(["generate", "a red circle", "b", "-n", "5001"],
+                                         "--num-images: 10,002 images in one call is over --max-images 10,000"),
+                                        (["generate", "a red circle", "-n", "3", "--max-images", "2"],
+                                         "--num-images: 3 images in one call is over --max-images 2"),
+                                        (["eval", "bench", "--prompts-per-category", "1000", "--n-per-prompt", "100"],
+                                         "--prompts-per-category x --n-per-prompt: 500,000 images in one call")])
+def test_a_call_over_max_images_is_refused_at_once(argv, said, capsys):
+    import time
+
+    start = time.monotonic()
+    assert main(argv) == 2 and time.monotonic() - start < 1.0  # before any model loads
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1
+
+
+def test_many_images_are_written_as_they_come_and_only_the_grid_is_kept(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from condiff.cli.output import MAX_GRID, write_images
+    from condiff.pipelines.requests import Generated
+
+    made = []
+
+    def batches(n, size=8):
+        for i in range(0, n, size):
+            made.append(i)
+            yield [Generated(np.full((4, 4, 3), (i + k) % 256, np.uint8), "p", "", {"Seed": i + k}, i + k)
+                   for k in range(min(size, n - i))]
+
+    n = MAX_GRID + 8
+    done = write_images(batches(n), tmp_path / "o.png", n)
+    assert len(done) == n and all(p.is_file() for p in done)
+    assert Image.open(tmp_path / "o.png").info["parameters"].endswith(f"Grid: {MAX_GRID}")
+    assert f"shows the first {MAX_GRID} of {n} images" in capsys.readouterr().err
+
+
+def test_the_api_states_its_work_budget(tiny_model):
+    from condiff.ui.service import ServeLimits
+
+    client = TestClient(create_api(GenerationService(tiny_model, limits=ServeLimits(max_work=1000))))
+    op = client.get("/api/openapi.json").json()["paths"]["/api/txt2img"]["post"]
+    assert op["x-max-work"] == 1000 and "above 1,000 (condiff serve --max-work)" in op["responses"]["400"]["description"]
+    r = client.post("/api/txt2img", json=TXT2IMG | {"steps": 4, "num_images": 2})
+    assert r.status_code == 400 and r.json()["detail"].startswith("work: 2 image(s) x 4 steps x 16^2 = 2,048 is over")
+
+
+# --- hostile and broken files ------------------------------------------------------------------------------------
+
+def _safetensors(path, header: dict, data: bytes = b"", sparse_to: int = 0):
+    import json
+
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    if sparse_to:
+        with open(path, "r+b") as f:
+            f.truncate(sparse_to)  # a hole: no disk used, but the file claims every byte
+    return path
+
+
+def test_a_header_declaring_a_huge_tensor_is_refused_before_any_allocation(tmp_path):
+    from condiff.io import CheckpointError, load_tensors
+
+    huge = {"w": {"dtype": "F32", "shape": [2 ** 38], "data_offsets": [0, 2 ** 40]}}  # 1 TiB
+    with pytest.raises(CheckpointError, match=r"declares 1,099,511,627,776 bytes of tensors, but the file holds 0"):
+        load_tensors(_safetensors(tmp_path / "small.safetensors", huge))
+    try:
+        sparse = _safetensors(tmp_path / "sparse.safetensors", huge, sparse_to=2 ** 40 + 200)
+    except OSError:
+        pytest.skip("this file system has no sparse 1 TiB files")
+    with pytest.raises(CheckpointError, match=r"need 1,024.0 GiB, more than the .* GiB this machine has"):
+        load_tensors(sparse)
+    mid = {"w": {"dtype": "F32", "shape": [2 ** 20], "data_offsets": [0, 2 ** 22]}}
+    with pytest.raises(CheckpointError, match="refused before loading"):
+        load_tensors(_safetensors(tmp_path / "mid.safetensors", mid, sparse_to=2 ** 22 + 200), limit=2 ** 20)
+
+
+def test_a_training_run_with_a_booby_trapped_checkpoint_is_one_line(tiny_model, tiny_config_path, tmp_path, capsys):
+    """A run folder whose latest checkpoint header was swapped for a hostile one: --resume ends in one line."""
+    import shutil
+
+    shutil.copytree(tiny_model.parent, tmp_path / "r")
+    ckpt = tmp_path / "r" / "checkpoints" / (tmp_path / "r" / "checkpoints" / "latest").read_text().strip()
+    _safetensors(ckpt / "state.safetensors", {"w": {"dtype": "F32", "shape": [2 ** 38], "data_offsets": [0, 2 ** 40]}})
+    capsys.readouterr()
+    assert main(["train", "--config", str(tiny_config_path), "--out", str(tmp_path / "r"), "--workers", "0",
+                 "--resume", "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "declares 1,099,511,627,776 bytes of tensors" in err and err.count("\n") == 1
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+json_leaf = st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=6)
+json_any = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6),
+                                                                                               inner, max_size=3),
+                        max_leaves=12)
+tensor_info = st.fixed_dictionaries({"dtype": st.sampled_from(["F32", "F16", "I64", "BF16", "F99", 3]),
+                                     "shape": st.lists(st.integers(-1, 2 ** 40) | st.booleans() | st.text(max_size=2),
+                                                       max_size=4),
+                                     "data_offsets": st.lists(st.integers(-1, 2 ** 41), max_size=3)}) | json_any
+
+
+def _one_line_user_error(exc: BaseException) -> None:
+    from condiff.errors import USER_ERRORS
+
+    assert isinstance(exc, USER_ERRORS), repr(exc)
+    assert "\n" not in str(exc) and 0 < len(str(exc)) < 1000
+
+
+@FUZZ
+@given(header=st.dictionaries(st.text(max_size=8), tensor_info, max_size=4) | json_any,
+       data=st.binary(max_size=64), length=st.none() | st.integers(0, 2 ** 64 - 1), cut=st.integers(0, 200))
+def test_fuzz_safetensors_headers(tmp_path_factory, header, data, length, cut):
+    """Any header (random JSON, random tensor entries, a lying length prefix, a truncated file): tensors or one line."""
+    import json
+
+    from condiff.io import load_tensors
+
+    path = tmp_path_factory.mktemp("st") / "model.safetensors"
+    raw = json.dumps(header).encode()
+    blob = (len(raw) if length is None else length).to_bytes(8, "little") + raw + data
+    path.write_bytes(blob[:len(blob) - cut] if cut < len(blob) else b"")
+    try:
+        load_tensors(path)
+    except Exception as e:  # noqa: BLE001 - the property is about which exceptions escape
+        _one_line_user_error(e)
+
+
+@FUZZ
+@given(content=json_any.map(lambda v: __import__("json").dumps(v)) | st.text(max_size=40).map(str)
+       | st.binary(max_size=40) | st.integers(1, 3000).map(lambda n: "[" * n * 10 + "]" * n * 10))
+def test_fuzz_pipeline_config_json(tiny_model, tmp_path_factory, content):
+    """A pipeline folder whose config.json (the UNet's) is replaced by anything: the model or one line."""
+    import shutil
+
+    from condiff.pipelines.text2image import Text2ImagePipeline
+
+    folder = tmp_path_factory.mktemp("pipe") / "model"
+    shutil.copytree(tiny_model, folder)
+    target = folder / "unet" / "config.json"
+    target.write_bytes(content if isinstance(content, bytes) else content.encode())
+    try:
+        Text2ImagePipeline.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001
+        _one_line_user_error(e)

@@ -16,6 +16,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+MAX_IMAGES = 10_000  # default --max-images: images one call may make (memory stays flat; time and disk do not)
+
+
+def add_image_bound(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-images", type=positive_int, default=MAX_IMAGES,
+                   help=f"refuse a call that would make more images than this (default {MAX_IMAGES:,})")
+
+
+def check_image_count(n: int, limit: int, what: str = "--num-images") -> None:
+    """One line, before any model loads, for a call over --max-images."""
+    if n > limit:
+        raise ValueError(f"{what}: {n:,} images in one call is over --max-images {limit:,}; split the call or "
+                         "raise --max-images")
+
+
 # The enums' values, spelled out so that building the parser does not import torch (tested to match).
 SAMPLER_NAMES = ["ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde"]
 SCHEDULE_NAMES = ["uniform", "leading", "trailing", "karras", "exponential"]

@@ -16,6 +16,7 @@ from ..pipelines.guidance import (GuidanceForm, GuidanceMethod, GuidanceOptions,
 from ..pipelines.requests import Txt2ImgRequest, txt2img
 from ..pipelines.stable_diffusion import check_size
 from ..pipelines.text2image import Text2ImagePipeline
+from .args import check_image_count
 from .cascade import upscale_from_args
 from .layout import layout_from_args
 from .output import checked_paths, write_images
@@ -72,6 +73,7 @@ def sd_size_from_args(args, model: Path) -> tuple[int | None, int | None]:
 
 def generate(args) -> None:
     SamplingOptions.from_args(args)  # bad option values fail here, before any model is loaded
+    check_image_count(len(args.prompts) * args.num_images, args.max_images)
     model = model_folder(args.model)
     prompts = [p for p in args.prompts for _ in range(args.num_images)]
     layout = layout_from_args(args, prompts)

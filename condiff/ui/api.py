@@ -176,6 +176,11 @@ def create_api(service: GenerationService, token: str | None = None) -> FastAPI:
     app = FastAPI(title="condiff API", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None,
                   responses=UNAUTHORIZED if token else None, **guarded)
 
+    max_work = service.limits.max_work
+    budget = {"x-max-work": max_work}  # the cost budget of one request, as a schema extension and in the 400's text
+    errors = {**ERRORS, 400: {"model": ErrorBody, "description": "a value out of range or unusable by the model, or "
+                              f"over the work budget: num_images x steps x side^2, summed over the stages, above "
+                              f"{max_work:,} (condiff serve --max-work)"}}
     methods_by_path: dict[str, set[str]] = {}  # filled on the first request, once every route is registered
 
     @app.middleware("http")
@@ -209,7 +214,7 @@ def create_api(service: GenerationService, token: str | None = None) -> FastAPI:
         field = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
         return JSONResponse(status_code=422, content={"detail": f"{field}: {err['msg']}"[:MAX_DETAIL]})
 
-    @app.post("/api/txt2img", responses=ERRORS)
+    @app.post("/api/txt2img", responses=errors, openapi_extra=budget)
     async def txt2img(body: Txt2ImgBody, request: Request) -> dict:
         """Generate; returns base64 PNGs (each with its 'parameters' text chunk), their parameters and seeds."""
         images = await serve_request(request, lambda req, cancel: service.txt2img(req, cancel=cancel),
@@ -224,17 +229,17 @@ def create_api(service: GenerationService, token: str | None = None) -> FastAPI:
         im = await serve_request(request, service.edit, EditRequest(**fields), inpaint)
         return {"images": [base64.b64encode(im.png).decode()], "parameters": [im.parameters], "seeds": [im.seed]}
 
-    @app.post("/api/img2img", responses=ERRORS)
+    @app.post("/api/img2img", responses=errors, openapi_extra=budget)
     async def img2img(body: Img2ImgBody, request: Request) -> dict:
         """SDEdit: the image noised to `strength` and denoised with the prompt; returns one base64 PNG."""
         return await edit(body, False, request)
 
-    @app.post("/api/inpaint", responses=ERRORS)
+    @app.post("/api/inpaint", responses=errors, openapi_extra=budget)
     async def inpaint(body: InpaintBody, request: Request) -> dict:
         """RePaint: the mask (or box) repainted with the prompt, the input's pixels kept outside it."""
         return await edit(body, True, request)
 
-    @app.post("/api/upscale", responses=ERRORS)
+    @app.post("/api/upscale", responses=errors, openapi_extra=budget)
     async def upscale(body: UpscaleBody, request: Request) -> dict:
         """The diffusion upsamplers (x2: 64 -> 128 px, x4: -> 256 px) on one square image; returns one base64 PNG."""
         fields = body.model_dump()
@@ -242,7 +247,7 @@ def create_api(service: GenerationService, token: str | None = None) -> FastAPI:
         im = await serve_request(request, service.upscale, UpscaleRequest(**fields))
         return {"images": [base64.b64encode(im.png).decode()], "parameters": [im.parameters], "seeds": [im.seed]}
 
-    @app.post("/api/variations", responses=ERRORS)
+    @app.post("/api/variations", responses=errors, openapi_extra=budget)
     async def variations(body: VariationsBody, request: Request) -> dict:
         """unCLIP: num_images images from the image's CLIP embedding (seeds seed + i); returns base64 PNGs."""
         from .variations import VariationsRequest, variations
