@@ -346,3 +346,18 @@ def test_fuzz_pipeline_config_json(tiny_model, tmp_path_factory, content):
         Text2ImagePipeline.from_pretrained(folder)
     except Exception as e:  # noqa: BLE001
         _one_line_user_error(e)
+
+
+@FUZZ
+@given(lines=st.lists(json_any.map(lambda v: __import__("json").dumps(v)) | st.text(max_size=30)
+                      | st.integers(1, 3000).map(lambda n: "[" * n * 10), max_size=4) | st.binary(max_size=40))
+def test_fuzz_image_folder_metadata(tmp_path_factory, lines):
+    """metadata.jsonl of any content (random JSON, text, bytes, deep nesting): rows or one line."""
+    from condiff.data.imagefolder import read_metadata
+
+    folder = tmp_path_factory.mktemp("folder")
+    (folder / "metadata.jsonl").write_bytes(lines if isinstance(lines, bytes) else "\n".join(lines).encode())
+    try:
+        read_metadata(folder)
+    except Exception as e:  # noqa: BLE001
+        _one_line_user_error(e)

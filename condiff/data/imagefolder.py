@@ -56,13 +56,17 @@ def read_metadata(folder: Path) -> list[dict]:
     if not meta.is_file():
         raise DataError(f"missing file '{meta}' (one JSON object per line with 'file_name' and 'text')")
     rows = []
-    for n, line in enumerate(meta.read_text().splitlines(), 1):
+    try:
+        text = meta.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"'{meta}' is not UTF-8 text (byte {e.start})") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             rows.append({"file_name": str(row["file_name"]), "text": str(row["text"])})
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deeply
             raise DataError(f"{meta}:{n}: expected a JSON object with 'file_name' and 'text'") from None
         if "boxes" in row:
             rows[-1]["boxes"] = check_boxes(row["boxes"], f"{meta}:{n}")
