@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .fs import replace_dir
 from .config import load_json, read_json, save_json
+from .fs import replace_dir
 from .io import CONFIG, load_component, save_component
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from .fs import atomic_write_bytes
+
 
 def format_parameters(prompt: str, negative_prompt: str, params: dict) -> str:
     """A1111 format: prompt, 'Negative prompt: ...', then 'Key: value, Key: value'."""
@@ -71,8 +73,6 @@ def image_grid(pixels: np.ndarray, columns: int | None = None) -> np.ndarray:
 def save_png(pixels: np.ndarray, path: Path, parameters: str) -> None:
     """(H, W, 3) uint8 -> PNG with a tEXt 'parameters' chunk, written atomically."""
     import io
-
-    from .fs import atomic_write_bytes
 
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters)

@@ -6,12 +6,10 @@ import sys
 import time
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
 from ..catalogue import model_folder
 from ..diffusion.sampling import SamplingOptions
 from ..formats import detect
+from ..io import CheckpointError, load_tensors
 from ..pipelines.guidance import (GuidanceForm, GuidanceMethod, GuidanceOptions, NoiseOptimization, check_prompts)
 from ..pipelines.requests import Txt2ImgRequest, txt2img
 from ..pipelines.stable_diffusion import check_size
@@ -29,9 +27,9 @@ def read_noise(path: str, n: int, shape: tuple[int, ...]):
     if not Path(path).is_file():
         raise FileNotFoundError(f"--from-noise: no such file '{path}'")
     try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"--from-noise: '{path}' is not a readable safetensors file ({e})") from None
+        tensors = load_tensors(Path(path))
+    except CheckpointError as e:
+        raise ValueError(f"--from-noise: {e}") from None
     if "x_T" not in tensors:
         raise ValueError(f"--from-noise: '{path}' holds no tensor named x_T (it has {', '.join(tensors) or 'none'})")
     x = tensors["x_T"].float()

@@ -8,6 +8,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .imagefolder import ImageFolder
+from .shards import ShardDataset
+from .world import WorldStream
+
 
 class Source(str, enum.Enum):
     WORLD = "world"
@@ -30,15 +34,10 @@ def source_of(path: str) -> Source:
 
 
 def make_dataset(cfg: DataConfig):
-    from .imagefolder import ImageFolder
-    from .world import WorldStream
-
     if Source(cfg.source) is Source.WORLD:
         return WorldStream(cfg.resolution, cfg.exclude_held_out)
     if not cfg.path:
         raise ValueError(f"data.path is required for source '{Source(cfg.source).value}'")
     if Source(cfg.source) is Source.SHARDS:
-        from .shards import ShardDataset
-
         return ShardDataset(cfg.path, cfg.resolution)
     return ImageFolder(cfg.path, cfg.resolution, cfg.memory_limit_mb)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..images import image_tensor, open_image, to_model_size
 from ..nets.text import words_of
 
 
@@ -18,8 +19,6 @@ def decode_image(source: Path | bytes, resolution: int) -> torch.Tensor | None:
     """A training image, centre-cropped to a square and resized -> (3, H, W) in [-1, 1]; None when it cannot be used:
     unreadable, truncated, empty, a mode with no RGB conversion, or more pixels than images.MAX_PIXELS (checked
     before decoding, so a decompression bomb costs nothing)."""
-    from ..images import image_tensor, open_image, to_model_size
-
     try:
         return image_tensor(to_model_size(open_image(source), resolution))[0]
     except (ValueError, OSError):

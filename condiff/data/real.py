@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..fs import replace_dir
+from .shards import write_shards
+
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 INSTALL = "pip install 'condiff[data]'"
 
@@ -123,8 +126,6 @@ def write_folder(samples, tmp: Path) -> int:
 
 def write_tar_shards(samples, tmp: Path, per_shard: int) -> int:
     """The samples as WebDataset shards in tmp (data/shards.py's writer); returns how many."""
-    from .shards import write_shards
-
     count = [0]
 
     def shard_samples():
@@ -139,8 +140,6 @@ def write_tar_shards(samples, tmp: Path, per_shard: int) -> int:
 
 def write(samples, out: Path, license_text: str, shards: bool, per_shard: int = 1000) -> int:
     """Write samples to OUT atomically (OUT.tmp, then rename) with LICENSE.md; returns the image count."""
-    from ..fs import replace_dir
-
     samples = iter(samples)
     first = next(samples, None)  # a missing package fails here, before anything is written
     out = check_out(out)

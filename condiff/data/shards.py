@@ -18,7 +18,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .imagefolder import DataError, IndexedSource, check_boxes, decode_image
+from ..nets.text import words_of
+from .imagefolder import (
+    DataError,
+    IndexedSource,
+    check_boxes,
+    decode_image,
+    read_metadata,
+)
+from .world import WorldStream
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -53,8 +61,6 @@ class ShardDataset(IndexedSource):
             self._index(n, path)
         if not self.records:
             raise DataError(f"'{pattern}' holds no samples with an image and a .txt caption")
-        from ..nets.text import words_of
-
         self.vocab = sorted({w for c in self.captions for w in words_of(c)})
         self._files: dict[int, object] = {}
 
@@ -109,8 +115,6 @@ def write_shards(samples, folder: str, per_shard: int, name: str = "shard") -> s
 
 def world_samples(count: int, resolution: int, seed: int = 0):
     """World scenes as shard samples: PNG, caption and exact boxes."""
-    from .world import WorldStream
-
     world, k = WorldStream(resolution), 0
     for step in range((count + 255) // 256):
         raw = world.raw(seed, step, 256)
@@ -127,8 +131,6 @@ def world_samples(count: int, resolution: int, seed: int = 0):
 
 def folder_samples(path: str):
     """An image folder (metadata.jsonl) as shard samples, its image files' bytes as they are."""
-    from .imagefolder import read_metadata
-
     folder = Path(path)
     for k, row in enumerate(read_metadata(folder)):
         file = folder / row["file_name"]

@@ -13,7 +13,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import components
+from ..catalogue import DEFAULT_JUDGES
+from ..eval.grid import save_grid
+from ..eval.metrics import clip_metric_features
+from ..eval.retrieval import scenes
+from ..nets.autoencoder import perplexity
+from ..nets.clip import load_clip
 from ..world.grammar import Category
+from ..world.render import to_uint8
 
 
 @torch.no_grad()
@@ -36,12 +44,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def evaluate(ae, n: int, seed: int = 0, clip=None) -> tuple[dict, dict]:
     """(report, {category: (originals, reconstructions, verdicts)}) on n fresh scenes per category."""
     from ..eval.fd import fd, pixel_features
-    from ..eval.metrics import clip_metric_features
-    from ..eval.retrieval import scenes
-    from ..nets.autoencoder import perplexity
     from ..world.oracle import judge
-    from ..world.render import to_uint8
-
     res = ae.cfg.resolution
     rows, shown, all_orig, all_rec, all_z = {}, {}, [], [], []
     for cat in Category:
@@ -81,11 +84,6 @@ def markdown(reports: dict) -> str:
 
 
 def run_eval_autoencoder(args) -> dict:
-    from .. import components
-    from ..eval.grid import save_grid
-    from ..nets.clip import load_clip
-    from ..catalogue import DEFAULT_JUDGES
-
     if args.n < 2:
         raise ValueError(f"--n: need at least 2 scenes per category, got {args.n}")
     folders = [Path(m) for m in args.model]

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..world.grammar import PromptError
 from ..world.render import to_uint8
 
 CELL = 128  # each image is upscaled (nearest) to this side
@@ -39,7 +40,6 @@ def save_grid(images: torch.Tensor, labels: list[str], path: Path, verdicts: lis
 
 def save_judged_grid(images: torch.Tensor, captions: list[str], path: Path) -> Path:
     """save_grid framed by the oracle's verdicts when the captions are world captions (unframed otherwise)."""
-    from ..world.grammar import PromptError
     from ..world.oracle import judge
 
     try:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io import CheckpointError, load_tensors
+
 
 class BasicConv2d(nn.Module):
     def __init__(self, cin: int, cout: int, kernel, stride=1, padding=0):
@@ -152,8 +154,6 @@ class FIDInception(nn.Module):
 
 def load_inception(path: str | Path) -> FIDInception:
     """FIDInception with weights from a safetensors file (pytorch-fid's key names; its 'fc.*' is not needed)."""
-    from ..io import CheckpointError, load_tensors
-
     state = {k: v for k, v in load_tensors(Path(path)).items() if not k.startswith(("fc.", "AuxLogits."))}
     model = FIDInception()
     expected = model.state_dict()

@@ -11,6 +11,9 @@ import json
 import statistics
 from pathlib import Path
 
+from .. import components
+from ..nets.layout_prior import sample_layouts
+from ..nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
 from ..world.bench import SUITES, suite_prompts
 from ..world.grammar import Category, parse_caption
 from ..world.oracle import relation_holds
@@ -46,8 +49,6 @@ def judge_layout(caption: str, layout: list[dict]) -> dict:
 
 
 def layout_report(prior, text_encoder, prompts_per_suite: int, seeds_per_prompt: int, temperature: float = 1.0) -> dict:
-    from ..nets.layout_prior import sample_layouts
-
     report = {}
     for suite in SUITES:
         prompts = suite_prompts(suite, prompts_per_suite)
@@ -71,9 +72,6 @@ def layout_report(prior, text_encoder, prompts_per_suite: int, seeds_per_prompt:
 
 
 def run_eval_layouts(args) -> dict:
-    from .. import components
-    from ..nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
-
     prior = components.load("layout_prior", args.model)
     encoder = PretrainedTextEncoder(PretrainedTextConfig(source=args.text_source, max_length=prior.cfg.max_text,
                                                          width=prior.cfg.context_dim))

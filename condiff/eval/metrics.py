@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..nets.clip import clip_score
+
 
 def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """KID's kernel (Binkowski et al. 2018): k(x, y) = (x.y / d + 1)^3."""
@@ -80,8 +82,6 @@ def clip_metric_features(clip, images: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def clip_scores(clip, images: torch.Tensor, prompts: list[str], batch_size: int = 256) -> np.ndarray:
     """CLIPScore (Hessel et al.) of each (image, prompt) pair with condiff CLIP: 100 max(cos, 0)."""
-    from ..nets.clip import clip_score
-
     img = torch.from_numpy(clip_image_features(clip, images, batch_size)).float()
     txt = torch.cat([clip.encode_text(prompts[i:i + batch_size]).cpu() for i in range(0, len(prompts), batch_size)])
     return clip_score(img, txt).numpy()

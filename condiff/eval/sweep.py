@@ -11,19 +11,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..catalogue import DEFAULT_JUDGES, DEFAULT_MODEL
 from ..diffusion.sampling import SamplingOptions
 from ..nets.classifier import load_classifier
 from ..nets.clip import load_clip
-from ..pipelines.guidance import GuidanceMethod, GuidanceOptions, NoiseOptimization, make_guide, make_initializer
-from ..catalogue import DEFAULT_JUDGES
+from ..pipelines.guidance import (
+    GuidanceMethod,
+    GuidanceOptions,
+    NoiseOptimization,
+    make_guide,
+    make_initializer,
+)
 from ..pipelines.text2image import Text2ImagePipeline
-from ..catalogue import DEFAULT_MODEL
 from ..world.bench import SUITES, suite_prompts
 from ..world.grammar import parse_caption
 from ..world.oracle import judge
 from ..world.render import layout, render, to_uint8
 from .bench import MAIN
 from .fd import feature_stats, frechet_distance
+from .inception import inception_features, load_inception
 from .metrics import clip_metric_features, clip_scores, kid, precision_recall
 
 CFG = "cfg"
@@ -171,8 +177,6 @@ def run_sweep(args) -> dict:
     opts = SamplingOptions.from_args(args, base=pipe.defaults)
     work = workload(args.prompts_per_category, args.n_per_prompt, args.seed)
     if args.inception:
-        from .inception import inception_features, load_inception
-
         inception = load_inception(args.inception).to(device)
         features, feature_name = (lambda x: inception_features(inception, x)), "Inception pool3 (pytorch-fid)"
     else:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io import load_component
 from ..world.grammar import COLOURS, SHAPES, PromptSpec, parse_caption
 from .encoder import ImageEncoder, ImageEncoderConfig
 
@@ -60,6 +61,4 @@ class NoisyClassifier(nn.Module):
 
 
 def load_classifier(folder) -> NoisyClassifier:
-    from ..io import load_component
-
     return load_component(NoisyClassifier, ClassifierConfig, folder)

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion.augment import at_resolution
+from ..io import load_component
 from .encoder import ImageEncoder, ImageEncoderConfig
-from .pretrained_text import PretrainedTextConfig
+from .pretrained_text import PretrainedTextConfig, PretrainedTextTower
 from .text import TextEncoder, TextEncoderConfig
 
 
@@ -41,8 +42,6 @@ class CLIP(nn.Module):
         if cfg.pretrained_text is None:
             self.text_encoder = TextEncoder(cfg.text)
         else:
-            from .pretrained_text import PretrainedTextTower
-
             self.text_encoder = PretrainedTextTower(cfg.pretrained_text, cfg.text.width, cfg.text.layers, cfg.text.heads)
         self.text_proj = nn.Linear(cfg.text.width, cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
@@ -94,8 +93,6 @@ def clip_score(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
 
 def load_clip(folder) -> CLIP:
     """A trained condiff CLIP from folder/{config.json, model.safetensors}."""
-    from ..io import load_component
-
     return load_component(CLIP, CLIPConfig, folder)
 
 

@@ -20,7 +20,12 @@ import torch.nn.functional as F
 
 from ..diffusion.augment import at_resolution
 from ..diffusion.samplers import ddim_invert
-from ..diffusion.sampling import SamplingOptions, sampling_timesteps, start_step
+from ..diffusion.sampling import (
+    SamplingOptions,
+    _finite,
+    sampling_timesteps,
+    start_step,
+)
 from .editing import image_holds_layout, to_model_space
 from .text2image import Text2ImagePipeline
 
@@ -37,8 +42,6 @@ class DiffusionCLIPConfig:
     augmentations: int = 4  # CLIP sees this many random shifts and flips of each image (curbs adversarial edits)
 
     def validate(self) -> None:
-        from ..diffusion.sampling import _finite
-
         _finite("t0", self.t0, 0.05, 1.0)
         _finite("lr", self.lr, 1e-9, 1.0)
         _finite("clip_weight", self.clip_weight, 0.0, 1e3)

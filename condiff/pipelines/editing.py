@@ -16,9 +16,18 @@ from pathlib import Path
 
 import torch
 
+from ..catalogue import DEFAULT_MODEL, INPAINT_MODEL
 from ..data.masks import latent_mask
 from ..diffusion.samplers import PerSampleNoise, ddim_invert
-from ..diffusion.sampling import Resample, Sampler, SamplingOptions, noise_to, plan_alpha_bars, sampling_timesteps, start_step
+from ..diffusion.sampling import (
+    Resample,
+    Sampler,
+    SamplingOptions,
+    noise_to,
+    plan_alpha_bars,
+    sampling_timesteps,
+    start_step,
+)
 from .text2image import Text2ImagePipeline
 
 KNOWN_NOISE_SEED = 0x5EED_0F_0A  # RePaint's per-step noise of the known region: seed + this, apart from the sampler's
@@ -114,8 +123,6 @@ def inpainting_pipeline(pipe: Text2ImagePipeline, folder: Path, method: str = "a
     """The pipeline that inpaints for `pipe` (loaded from `folder`): itself if it has inpainting inputs or the method
     is RePaint; for the shipped default, the shipped inpainting model where it is installed (as A1111 switches to an
     inpainting checkpoint); else itself."""
-    from ..catalogue import DEFAULT_MODEL, INPAINT_MODEL
-
     if pipe.inpainting or method == "repaint" or Path(folder).resolve() != DEFAULT_MODEL or not INPAINT_MODEL.is_dir():
         return pipe
     return Text2ImagePipeline.from_pretrained(INPAINT_MODEL).to(pipe.device)

@@ -17,8 +17,11 @@ import torch
 
 from ..catalogue import DEFAULT_JUDGES
 from ..diffusion.guidance import GradientGuidance
+from ..diffusion.noise_optimization import optimize_initial_noise
+from ..nets.classifier import batch_labels, load_classifier
+from ..nets.clip import load_clip
 from ..world.distractors import distractor_captions
-
+from ..world.grammar import parse_caption
 
 
 class GuidanceMethod(str, enum.Enum):
@@ -51,8 +54,6 @@ class GuidanceOptions:
 
 def classifier_log_prob(classifier, prompts: list[str]):
     """(x, t) -> log p(y | x_t) of each prompt's labels."""
-    from ..nets.classifier import batch_labels
-
     present, count = batch_labels(prompts, next(classifier.parameters()).device)
     return lambda x, t: classifier.log_prob(x, t, present, count)
 
@@ -105,9 +106,6 @@ def on_decoded(log_prob, decode, judge):
 
 
 def load_judge(opts: GuidanceOptions):
-    from ..nets.classifier import load_classifier
-    from ..nets.clip import load_clip
-
     method = GuidanceMethod(opts.method)
     if method is GuidanceMethod.CLASSIFIER:
         return load_classifier(opts.judge or DEFAULT_JUDGES["classifier"])
@@ -122,8 +120,6 @@ def load_judge(opts: GuidanceOptions):
 def check_prompts(method: GuidanceMethod | str, prompts: list[str]) -> None:
     """ValueError, before any work, for a prompt the judge cannot read: the classifier's labels come from parsing it."""
     if GuidanceMethod(method) is GuidanceMethod.CLASSIFIER:
-        from ..world.grammar import parse_caption
-
         for p in set(prompts):
             parse_caption(p)
 
@@ -159,9 +155,6 @@ class NoiseOptimization:
 
 def make_initializer(opts: NoiseOptimization, clip=None):
     """init(model, schedule, z, prompts) -> x_T raised in clean-CLIP logit of its chain's x_0 (per image, never lower)."""
-    from ..diffusion.noise_optimization import optimize_initial_noise
-    from ..nets.clip import load_clip
-
     if opts.iters < 1 or opts.chain_steps < 1:
         raise ValueError(f"CLIP-optimised x_T needs iters >= 1 and chain steps >= 1, got {opts.iters}, {opts.chain_steps}")
     clip = clip if clip is not None else load_clip(opts.judge or DEFAULT_JUDGES["clip"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .. import components
 from ..components import ComponentType
 from ..nets.layout_prior import sample_layouts
 from .base import ComponentSpec, PipelineSpec
@@ -37,8 +38,6 @@ class Layout2ImagePipeline(Text2ImagePipeline):
     @classmethod
     def compose(cls, text2image: str | Path, layout_prior: str | Path) -> "Layout2ImagePipeline":
         """A grounded text2image pipeline folder and a layout prior folder, as one pipeline."""
-        from .. import components
-
         t2i = Text2ImagePipeline.from_pretrained(text2image)
         prior = components.load("layout_prior", layout_prior)
         return cls(t2i.text_encoder, t2i.unet, t2i.cfg, prior, t2i.autoencoder, t2i.defaults)

@@ -10,9 +10,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..diffusion.sampling import SamplingOptions
+from .. import components
+from ..components import ComponentType
+from ..diffusion.denoiser import Denoiser
+from ..diffusion.guidance import ClassifierFreeGuidance
+from ..diffusion.samplers import PerSampleNoise, ddim_invert
+from ..diffusion.sampling import SamplingOptions, sample, sampling_timesteps
 from ..nets.clip import image_embeddings
-from ..nets.embedding_prior import prior_diffusion
+from ..nets.embedding_prior import clip_text, prior_diffusion
+from .base import ComponentSpec, StageSpec
+from .editing import inversion_options, to_model_space
 from .text2image import Text2ImagePipeline
 
 
@@ -44,10 +51,6 @@ def invert(pipe, embeds: torch.Tensor, images: torch.Tensor, opts: SamplingOptio
     """x_T of the decoder's eta = 0 DDIM chain that ends at the images, given their embeddings (and caption): with
     the embedding, DALL-E 2's bipartite latent (z_i, x_T) of an image. It inverts the conditional model (CFG 1):
     the guided chain does not retrace its way back (measured in the README)."""
-    from ..diffusion.samplers import ddim_invert
-    from ..diffusion.sampling import sampling_timesteps
-    from .editing import inversion_options, to_model_space
-
     opts, embeds = inversion_options(opts).replace(guidance_scale=1.0), embeds.to(pipe.device)
     model = pipe.guided_model([prompt] * len(embeds), opts, {"image_embed": embeds},
                               {"image_embed": torch.zeros_like(embeds)})
@@ -103,8 +106,6 @@ def variations(pipe, clip, image: torch.Tensor, n: int, seed: int, opts: Samplin
 
 
 def _fixed_noise(pipe, n: int, seed: int) -> torch.Tensor:
-    from ..diffusion.samplers import PerSampleNoise
-
     return PerSampleNoise([seed])((1, *pipe.sample_shape)).expand(n, -1, -1, -1).contiguous()
 
 
@@ -155,12 +156,6 @@ def prior_embeddings(prior, diffusion, clip, prompts: list[str], seeds: list[int
     sampler with classifier-free guidance over the text. DALL-E 2's trick: sample `candidates` per caption and keep
     the one with the higher dot product with the caption's text embedding z_t. Embedding i depends on prompts[i]
     and seeds[i] alone."""
-    from ..diffusion.denoiser import Denoiser
-    from ..diffusion.guidance import ClassifierFreeGuidance
-    from ..diffusion.sampling import sample
-    from ..diffusion.samplers import PerSampleNoise
-    from ..nets.embedding_prior import clip_text
-
     if candidates < 1:
         raise ValueError(f"candidates: must be at least 1, got {candidates}")
     if opts.threshold.value != "none":
@@ -189,9 +184,6 @@ class UnCLIPPipeline(Text2ImagePipeline):
 
     def __init__(self, text_encoder, unet, cfg, clip, prior=None, prior_cfg=None, autoencoder=None, sampling=None,
                  prior_sampling: SamplingOptions | None = None, candidates: int = 2):
-        from ..components import ComponentType
-        from .base import ComponentSpec, StageSpec
-
         super().__init__(text_encoder, unet, cfg, autoencoder, sampling)
         check_decoder(self, clip)
         if prior is not None and prior.cfg.embed_dim != clip.cfg.embed_dim:
@@ -216,8 +208,6 @@ class UnCLIPPipeline(Text2ImagePipeline):
     @classmethod
     def compose(cls, decoder, clip, prior=None) -> "UnCLIPPipeline":
         """An unCLIP decoder folder, the CLIP folder it reads and (optionally) a diffusion prior folder, as one."""
-        from .. import components
-
         dec = Text2ImagePipeline.from_pretrained(decoder)
         p = components.load("embedding_prior", prior) if prior is not None else None
         return cls(dec.text_encoder, dec.unet, dec.cfg, components.load("clip", clip), p, None, dec.autoencoder,

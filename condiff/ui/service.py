@@ -18,13 +18,35 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
 from PIL import Image, PngImagePlugin
 
-from ..diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions
+from ..catalogue import model_folder
+from ..data.imagefolder import check_boxes, check_phrases
+from ..diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions, start_step
+from ..images import (
+    box_mask,
+    image_tensor,
+    mask_image,
+    mask_tensor,
+    open_image,
+    to_model_size,
+)
 from ..pipelines import requests
-from ..pipelines.guidance import GuidanceMethod, GuidanceOptions, load_judge
-from ..pipelines.upsample import StageRun, shipped_upsamplers
+from ..pipelines.editing import img2img, inpainting_pipeline
+from ..pipelines.editing import inpaint as inpaint_fn
+from ..pipelines.guidance import (
+    GuidanceMethod,
+    GuidanceOptions,
+    check_prompts,
+    load_judge,
+)
+from ..pipelines.text2image import Text2ImagePipeline
+from ..pipelines.upsample import (
+    UPSCALE_INPUT,
+    StageRun,
+    shipped_upsamplers,
+    upsampler_chain,
+)
 
 MAX_IMAGES, MAX_STEPS, MAX_SCALE, MAX_SEED, MAX_GUIDE_SCALE = 16, 1000, 50.0, 2 ** 32 - 1, 100.0
 SAMPLER_BY_LABEL = {label: s for s, (label, _) in SAMPLER_INFO.items()}
@@ -135,9 +157,6 @@ def check_counts(steps, guidance_scale, num_images, seed) -> None:
 
 class GenerationService:
     def __init__(self, model: str | Path | None = None, device: str = "cpu", limits: ServeLimits | None = None):
-        from ..pipelines.text2image import Text2ImagePipeline
-        from ..catalogue import model_folder
-
         self.model_path = model_folder(model)
         self.pipe = Text2ImagePipeline.from_pretrained(self.model_path).to(device)
         self.limits = limits or ServeLimits()
@@ -196,8 +215,6 @@ class GenerationService:
 
     def upsamplers(self, base: int, size: int) -> list:
         """The shipped upsampler chain from base to size px (loaded once), or RequestError."""
-        from ..pipelines.upsample import upsampler_chain
-
         if (base, size) not in self._upsamplers:
             try:
                 self._upsamplers[base, size] = [st.to(self.pipe.device) for st in upsampler_chain(base, size)]
@@ -233,8 +250,6 @@ class GenerationService:
             except ValueError as e:
                 raise RequestError(f"{name}: {e}") from None
         check_counts(req.steps, req.guidance_scale, req.num_images, req.seed)
-        from ..pipelines.guidance import check_prompts
-
         if req.guide not in GUIDES:
             raise RequestError(f"guide: unknown guide '{req.guide}' (known: {', '.join(GUIDES)})")
         if req.guide != "none":
@@ -284,8 +299,6 @@ class GenerationService:
         """req.layout checked (boxes in [0, 1], phrases in the prompt, at most the model's slots), or RequestError."""
         if req.layout is None:
             return None
-        from ..data.imagefolder import check_boxes, check_phrases
-
         try:
             boxes = check_boxes(req.layout, "layout")
         except ValueError as e:
@@ -303,9 +316,6 @@ class GenerationService:
 
     def _edit_inputs(self, req: EditRequest, inpaint: bool):
         """(options, seed, image tensor, mask tensor or None), or RequestError naming the bad field."""
-        from ..diffusion.sampling import start_step
-        from ..images import box_mask, image_tensor, mask_image, mask_tensor, open_image, to_model_size
-
         opts, seed = self.validate(Txt2ImgRequest(req.prompt, req.negative_prompt, req.seed, req.steps,
                                                   req.guidance_scale, req.sampler))
         try:
@@ -326,8 +336,6 @@ class GenerationService:
 
     def edit(self, req: EditRequest, inpaint: bool, cancel: threading.Event | None = None) -> GeneratedImage:
         """img2img (SDEdit) or RePaint inpainting with the input's pixels pasted back outside the mask."""
-        from ..pipelines.editing import img2img, inpaint as inpaint_fn, inpainting_pipeline
-
         opts, seed, x, mask = self._edit_inputs(req, inpaint)
         check = self.step_check(cancel)
         with self.turn():
@@ -343,9 +351,6 @@ class GenerationService:
     def upscale(self, req: UpscaleRequest, cancel: threading.Event | None = None) -> GeneratedImage:
         """The shipped cascade's upsamplers on one square image; RequestError naming a bad field, before any work."""
         from PIL import Image
-
-        from ..images import image_tensor, open_image
-        from ..pipelines.upsample import UPSCALE_INPUT
 
         if req.scale not in (2, 4):
             raise RequestError(f"scale: must be 2 or 4, got {req.scale}")

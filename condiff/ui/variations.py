@@ -6,12 +6,30 @@ import random
 import threading
 from dataclasses import dataclass
 
-from ..catalogue import UNCLIP_DECODER
+from ..catalogue import CLIP64, UNCLIP_DECODER
+from ..catalogue import UNCLIP_DECODER as DECODER
+from ..images import image_tensor, open_image, to_model_size
+from ..nets.clip import load_clip
+from ..pipelines import unclip
 from ..pipelines.requests import results
-from ..pipelines.unclip import (MAX_VARIATION_CANDIDATES, VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE,
-                                variation_parameters)
-from .service import (MAX_IMAGES, MAX_SEED, GeneratedImage, GenerationService, RequestError, check_counts,
-                      sampler_of)
+from ..pipelines.text2image import Text2ImagePipeline
+from ..pipelines.unclip import (
+    MAX_VARIATION_CANDIDATES,
+    VARIATION_CANDIDATES,
+    VARIATION_ETA,
+    VARIATION_GUIDANCE,
+    UnCLIPPipeline,
+    variation_parameters,
+)
+from .service import (
+    MAX_IMAGES,
+    MAX_SEED,
+    GeneratedImage,
+    GenerationService,
+    RequestError,
+    check_counts,
+    sampler_of,
+)
 
 
 @dataclass
@@ -31,15 +49,9 @@ class VariationsRequest:
 def unclip_parts(service: GenerationService):
     """(decoder pipeline, CLIP), loaded once: the served pipeline if it reads CLIP embeddings, else the shipped
     unclip64 decoder and clip64; RequestError if neither is there."""
-    from ..pipelines.unclip import UnCLIPPipeline
-
     if isinstance(service.pipe, UnCLIPPipeline):
         return service.pipe, service.pipe.clip
     if service._unclip is None:
-        from ..catalogue import CLIP64, UNCLIP_DECODER as DECODER
-        from ..nets.clip import load_clip
-        from ..pipelines.text2image import Text2ImagePipeline
-
         if not (DECODER / "pipeline.json").is_file() or not (CLIP64 / "config.json").is_file():
             raise RequestError(f"variations: this server has no unCLIP decoder ({DECODER.name}) and CLIP ({CLIP64.name})")
         service._unclip = (Text2ImagePipeline.from_pretrained(DECODER).to(service.pipe.device),
@@ -50,9 +62,6 @@ def unclip_parts(service: GenerationService):
 def variations(service: GenerationService, req: VariationsRequest,
                cancel: threading.Event | None = None) -> list[GeneratedImage]:
     """num_images variations, seeds seed .. seed + n - 1; RequestError naming the first bad field before any work."""
-    from ..images import image_tensor, open_image, to_model_size
-    from ..pipelines import unclip
-
     check_counts(req.steps, req.guidance_scale, req.num_images, req.seed)
     sampler = sampler_of(req.sampler)
     if not 1 <= int(req.candidates) <= MAX_VARIATION_CANDIDATES:

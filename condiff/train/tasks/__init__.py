@@ -9,16 +9,15 @@ from pathlib import Path
 
 from ...catalogue import PACKAGE_PREFIX, model_folder
 from ...config import ConfigError, from_dict, read_json
+from .autoencoder import AutoencoderTask
+from .embedding_prior import EmbeddingPriorTask
+from .judges import JudgeTask
+from .layout_prior import LayoutPriorTask
+from .text2image import Text2ImageTask
+from .upsampler import UpsamplerTask
 
 
 def tasks() -> dict:
-    from .autoencoder import AutoencoderTask
-    from .embedding_prior import EmbeddingPriorTask
-    from .judges import JudgeTask
-    from .layout_prior import LayoutPriorTask
-    from .text2image import Text2ImageTask
-    from .upsampler import UpsamplerTask
-
     return {"text2image": Text2ImageTask(), "clip": JudgeTask("clip"), "classifier": JudgeTask("classifier"),
             "autoencoder": AutoencoderTask(), "layout_prior": LayoutPriorTask(),
             "upsampler": UpsamplerTask(), "embedding_prior": EmbeddingPriorTask()}

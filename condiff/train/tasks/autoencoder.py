@@ -18,8 +18,17 @@ from torch import nn
 
 from ...config import ConfigError
 from ...data import DataConfig
+from ...eval.grid import save_grid
 from ...io import load_component, replace_dir, save_component
-from ...nets.autoencoder import Autoencoder, AutoencoderConfig, AutoencoderKind, gaussian_kl, perplexity
+from ...nets.autoencoder import (
+    Autoencoder,
+    AutoencoderConfig,
+    AutoencoderKind,
+    gaussian_kl,
+    perplexity,
+)
+from ...world.grammar import PromptError
+from ...world.render import to_uint8
 from ..config import InitConfig, OptimConfig, RunSettings
 
 
@@ -133,11 +142,7 @@ class AutoencoderTask:
 
     def sample(self, run) -> Path:
         """Originals above their reconstructions, framed by the oracle's verdict on each reconstruction."""
-        from ...eval.grid import save_grid
-        from ...world.grammar import PromptError
         from ...world.oracle import judge
-        from ...world.render import to_uint8
-
         images, captions = self.scale_images(run)
         images, captions = images[:8], captions[:8]
         with torch.no_grad():

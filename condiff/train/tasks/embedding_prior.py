@@ -13,7 +13,13 @@ from ...data import DataConfig
 from ...diffusion.denoiser import DiffusionConfig, Prediction
 from ...diffusion.schedule import NoiseSchedule
 from ...io import replace_dir, save_component
-from ...nets.embedding_prior import EmbeddingPrior, EmbeddingPriorConfig, clip_text, prior_diffusion
+from ...nets.clip import CLIPConfig, image_embeddings, load_clip
+from ...nets.embedding_prior import (
+    EmbeddingPrior,
+    EmbeddingPriorConfig,
+    clip_text,
+    prior_diffusion,
+)
 from ..config import OptimConfig, RunSettings
 
 
@@ -33,8 +39,6 @@ class EmbeddingPriorTask:
     name, config_cls = "embedding_prior", EmbeddingPriorTrainConfig
 
     def build(self, cfg: EmbeddingPriorTrainConfig, data, resume: bool) -> nn.Module:
-        from ...nets.clip import CLIPConfig
-
         if not (Path(cfg.clip) / "config.json").is_file():
             raise ConfigError(f"clip: '{cfg.clip}' is not a condiff CLIP folder (no config.json)")
         if Prediction(cfg.diffusion.prediction) is not Prediction.X0 or cfg.diffusion.learn_sigma:
@@ -47,14 +51,10 @@ class EmbeddingPriorTask:
         return EmbeddingPrior(cfg.prior)
 
     def prepare(self, run) -> None:
-        from ...nets.clip import load_clip
-
         run.state["clip"] = load_clip(run.cfg.clip).to(run.device).eval().requires_grad_(False)
         run.state["schedule"] = NoiseSchedule.from_config(run.cfg.diffusion.schedule)
 
     def loss(self, run, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        from ...nets.clip import image_embeddings
-
         clip = run.state["clip"]
         with torch.no_grad(), torch.autocast(run.device.type, enabled=False):
             text = clip_text(clip, captions)

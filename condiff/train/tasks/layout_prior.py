@@ -17,8 +17,9 @@ from ...config import ConfigError
 from ...data import DataConfig
 from ...io import replace_dir, save_component
 from ...nets.layout_prior import LayoutPrior, LayoutPriorConfig, target_sequence
-from ...nets.pretrained_text import PretrainedTextConfig
+from ...nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
 from ..config import OptimConfig, RunSettings
+from .text2image import FrozenTextCache
 
 
 def prior_optim() -> OptimConfig:
@@ -77,9 +78,6 @@ class LayoutPriorTask:
         return LayoutPrior(cfg.prior)
 
     def prepare(self, run) -> None:
-        from ...nets.pretrained_text import PretrainedTextEncoder
-        from .text2image import FrozenTextCache
-
         run.state["text"] = FrozenTextCache(PretrainedTextEncoder(run.cfg.text).to(run.device))
 
     def extras(self, run, raw) -> dict:

@@ -6,12 +6,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...config import ConfigError
-from ...diffusion.loss import diffusion_loss, hybrid_loss, min_snr_weight, sample_timesteps
+from ... import components
+from ...config import ConfigError, load_json
+from ...data.masks import inpaint_inputs, training_masks
+from ...diffusion.loss import (
+    diffusion_loss,
+    hybrid_loss,
+    min_snr_weight,
+    sample_timesteps,
+)
+from ...diffusion.sampling import SamplingOptions
 from ...diffusion.schedule import NoiseSchedule
-from ...nets.pretrained_text import FrozenTextCache  # noqa: F401  (re-exported: the upsampler and layout-prior tasks use it)
+from ...eval.grid import save_judged_grid
+from ...nets.autoencoder import AutoencoderConfig
+from ...nets.clip import CLIPConfig, image_embeddings, load_clip
+from ...nets.grounding import grounding_inputs
+from ...nets.pretrained_text import (
+    FrozenTextCache,  # noqa: F401  (re-exported: the upsampler and layout-prior tasks use it)
+    PretrainedTextEncoder,
+)
 from ...nets.text import TextEncoder
 from ...nets.unet import UNet
+from ...pipelines.text2image import Text2ImagePipeline
 from ..config import LossWeighting, TrainConfig
 
 SAMPLE_PROMPTS = [
@@ -51,9 +67,6 @@ class Text2ImageTask:
                 raise ConfigError(str(e)) from None
             cfg.unet.extra_in_channels = cfg.unet.in_channels + 1
         if cfg.unclip is not None:
-            from ...config import load_json
-            from ...nets.clip import CLIPConfig
-
             if not (Path(cfg.unclip.clip) / "config.json").is_file():
                 raise ConfigError(f"unclip.clip: '{cfg.unclip.clip}' is not a condiff CLIP folder (no config.json)")
             cfg.unet.image_embed_dim = load_json(CLIPConfig, Path(cfg.unclip.clip) / "config.json").embed_dim
@@ -72,17 +85,11 @@ class Text2ImageTask:
         cfg = run.cfg
         run.state["schedule"] = NoiseSchedule.from_config(cfg.pipeline.schedule)
         if cfg.pretrained_text is not None:
-            from ...nets.pretrained_text import PretrainedTextEncoder
-
             run.state["text"] = FrozenTextCache(PretrainedTextEncoder(cfg.pretrained_text).to(run.device))
         if cfg.autoencoder:
-            from ... import components
-
             ae = components.load("autoencoder", cfg.autoencoder)  # the weights, once; build read only the config
             run.state["autoencoder"] = ae.to(run.device).requires_grad_(False)
         if cfg.unclip is not None:
-            from ...nets.clip import load_clip
-
             run.state["clip"] = load_clip(cfg.unclip.clip).to(run.device).eval().requires_grad_(False)
 
     def text_encoder(self, run, ema: bool = False):
@@ -97,8 +104,6 @@ class Text2ImageTask:
 
     def grounding(self, run, box_lists: list[list[dict]], device) -> dict:
         """GLIGEN's keywords; a scene's boxes are dropped with p_drop (its grounding-free, CFG-able branch)."""
-        from ...nets.grounding import grounding_inputs
-
         g = run.cfg.grounding
         drop = (torch.rand(len(box_lists), generator=run.generator) < g.p_drop).tolist()
         kept = [[] if d else boxes for boxes, d in zip(box_lists, drop)]
@@ -113,14 +118,10 @@ class Text2ImageTask:
         t = sample_timesteps(B, schedule.T, generator, device)
         cond = {}
         if cfg.unclip is not None:  # DALL-E 2's decoder: the CLIP image embedding, zeroed with p_drop_embed
-            from ...nets.clip import image_embeddings
-
             cond["image_embed"] = image_embeddings(run.state["clip"], images)
             keep = (torch.rand(B, generator=generator) >= cfg.unclip.p_drop_embed).to(device)
             cond["image_embed"] = cond["image_embed"] * keep[:, None].to(cond["image_embed"].dtype)
         if cfg.inpaint is not None:
-            from ...data.masks import inpaint_inputs, training_masks
-
             masks = training_masks(generator, B, images.shape[-1], cfg.inpaint, box_lists).to(device)
             with torch.no_grad():
                 cond = inpaint_inputs(images, masks, run.state["autoencoder"].encode if "autoencoder" in run.state else None)
@@ -138,8 +139,6 @@ class Text2ImageTask:
         return loss_fn(model.unet, schedule, cfg.pipeline.prediction, images, t, eps, weight=weight, **cond)
 
     def pipeline(self, run):
-        from ...pipelines.text2image import Text2ImagePipeline
-
         m = run.ema.model
         text = run.state["text"].encoder if "text" in run.state else m.text_encoder
         return Text2ImagePipeline(text, m.unet, run.cfg.pipeline, run.state.get("autoencoder"))
@@ -149,9 +148,6 @@ class Text2ImageTask:
 
     def sample(self, run, prompts: list[str] = SAMPLE_PROMPTS, steps: int = 25) -> Path:
         """EMA samples for fixed prompts and seeds; framed by the oracle's verdict when the prompts are world captions."""
-        from ...diffusion.sampling import SamplingOptions
-        from ...eval.grid import save_judged_grid
-
         pipe = self.pipeline(run)
         try:
             pipe.text_encoder.tokenizer(prompts)
@@ -163,9 +159,6 @@ class Text2ImageTask:
 
 def autoencoder_config(cfg: TrainConfig):
     """The run's autoencoder's config alone (build needs its shape, not its weights), checked against the data."""
-    from ...config import load_json
-    from ...nets.autoencoder import AutoencoderConfig
-
     folder = Path(cfg.autoencoder)
     if not (folder / "config.json").is_file():
         raise ConfigError(f"autoencoder: '{folder}' is not an autoencoder folder (no config.json)")
@@ -192,8 +185,6 @@ def widen_input_conv(state: dict, target: dict, at: int | None = None, count: in
 
 def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
     """Load a saved pipeline's text encoder and UNet into the fresh model; their configs must match the run's."""
-    from ...pipelines.text2image import Text2ImagePipeline
-
     folder = Path(cfg.init.from_model)
     if not (folder / "pipeline.json").exists():
         raise ConfigError(f"init.from_model: '{folder}' is not a saved pipeline (no pipeline.json)")

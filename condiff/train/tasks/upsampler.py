@@ -19,10 +19,12 @@ from ...diffusion.augment import downsample, gaussian_blur, upsample
 from ...diffusion.denoiser import DiffusionConfig, Prediction
 from ...diffusion.loss import diffusion_loss, min_snr_weight, sample_timesteps
 from ...diffusion.schedule import NoiseSchedule
-from ...nets.pretrained_text import PretrainedTextConfig
+from ...eval.grid import save_judged_grid
+from ...nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
 from ...nets.unet import UNet, UNetConfig
+from ...pipelines.upsample import UpsamplePipeline
 from ..config import LossConfig, LossWeighting, OptimConfig, RunSettings
-from .text2image import FrozenTextCache, SAMPLE_PROMPTS
+from .text2image import SAMPLE_PROMPTS, FrozenTextCache
 
 SCALES = (2, 4)
 
@@ -81,8 +83,6 @@ class UpsamplerTask:
         return UNet(cfg.unet)
 
     def prepare(self, run) -> None:
-        from ...nets.pretrained_text import PretrainedTextEncoder
-
         run.state["schedule"] = NoiseSchedule.from_config(run.cfg.pipeline.schedule)
         run.state["text"] = FrozenTextCache(PretrainedTextEncoder(run.cfg.pretrained_text).to(run.device))
 
@@ -125,8 +125,6 @@ class UpsamplerTask:
                               low_res=low, noise_level=level, **cond)
 
     def pipeline(self, run):
-        from ...pipelines.upsample import UpsamplePipeline
-
         return UpsamplePipeline(run.state["text"].encoder, run.ema.model, run.cfg.pipeline, run.cfg.scale)
 
     def export(self, run, folder: Path) -> None:
@@ -134,8 +132,6 @@ class UpsamplerTask:
 
     def sample(self, run, prompts: list[str] = SAMPLE_PROMPTS, steps: int = 20) -> Path:
         """Fixed scenes of the data, box-filtered down and upsampled by the EMA model, framed by the oracle."""
-        from ...eval.grid import save_judged_grid
-
         images, captions = run.data.batch(run.cfg.seed + 1, 0, 8)
         low = downsample(images, run.cfg.scale)
         out = self.pipeline(run).upscale(low, captions, list(range(len(captions))), steps=steps).cpu()
