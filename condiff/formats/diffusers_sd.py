@@ -189,7 +189,7 @@ def load_folder(folder: Path) -> SDPipeline:
     unet = _load("unet", lambda: UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True))
     vae = _load("vae", lambda: AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True))
     return SDPipeline(CLIPTextEncoder(text.float().eval(), tokenizer), SDUNet(unet.float().eval()), config,
-                      SDAutoencoder(vae.float().eval()), opts, source=folder)
+                      SDAutoencoder(vae.float().eval()), opts, source=folder, writer=save_folder)
 
 
 def scheduler_config(cfg: DiffusionConfig, opts: SamplingOptions) -> dict:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..config import ConfigError
-from .diffusers_sd import CLIPTextEncoder, SDAutoencoder, SDUNet, check_safetensors, diffusion_config, quiet
+from .diffusers_sd import CLIPTextEncoder, SDAutoencoder, SDUNet, check_safetensors, diffusion_config, quiet, save_folder
 from ..pipelines.stable_diffusion import SDPipeline
 
 UNET, VAE = "model.diffusion_model.", "first_stage_model."
@@ -172,4 +172,4 @@ def load_single_file(path: Path, prediction: str | None = None) -> SDPipeline:
     raw = SD_SCHEDULER | {"prediction_type": "v_prediction" if prediction == "v" else "epsilon"}
     config, opts = diffusion_config(raw, str(path))
     return SDPipeline(CLIPTextEncoder(text.eval(), clip_tokenizer(sd2)), SDUNet(unet.eval()), config,
-                      SDAutoencoder(vae.eval()), opts, source=path)
+                      SDAutoencoder(vae.eval()), opts, source=path, writer=save_folder)

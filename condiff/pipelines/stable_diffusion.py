@@ -32,8 +32,9 @@ class SDPipeline(Text2ImagePipeline):
     variable_size = True  # the output size is a per-run choice (at_size), not the model's
 
     def __init__(self, text_encoder: nn.Module, unet: nn.Module, cfg: DiffusionConfig, autoencoder: nn.Module,
-                 sampling: SamplingOptions, source: str | Path):
+                 sampling: SamplingOptions, source: str | Path, writer=None):
         super().__init__(text_encoder, unet, cfg, autoencoder, sampling)
+        self.writer = writer  # formats' diffusers-folder writer, given by the loader (pipelines import no format)
         self.source = Path(source)  # the folder or file the weights were read from (they stay there)
         side = unet.cfg.resolution * autoencoder.cfg.factor
         self.size = (side, side)  # (H, W) in pixels: the model's native size until at_size
@@ -64,8 +65,8 @@ class SDPipeline(Text2ImagePipeline):
 
     def save_pretrained(self, folder: str | Path, dtype=None) -> None:
         """Write a diffusers folder (model_index.json, unet/, vae/, ...) that diffusers itself reads."""
-        from ..formats.diffusers_sd import save_folder  # imports diffusers (the sd extra)
-
         if dtype is not None:
             raise ValueError("--fp16: a Stable Diffusion model is written as it is loaded (float32)")
-        save_folder(self, folder)
+        if self.writer is None:
+            raise ValueError("this Stable Diffusion pipeline was not loaded by condiff.formats; it has no writer")
+        self.writer(self, folder)

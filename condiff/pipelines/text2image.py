@@ -10,13 +10,15 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..catalogue import DEFAULT_MODEL
 from ..components import ComponentType
+from ..data.masks import inpaint_inputs
 from ..diffusion.denoiser import Denoiser, DiffusionConfig
 from ..diffusion.guidance import ClassifierFreeGuidance
 from ..diffusion.samplers import PerSampleNoise, Variance
 from ..diffusion.sampling import Replace, Resample, SamplingOptions, sample
 from ..diffusion.thresholding import Threshold
-from ..catalogue import DEFAULT_MODEL
+from ..nets.grounding import grounding_inputs
 from .base import ComponentSpec, Pipeline, PipelineSpec, StageSpec, load_pipeline
 
 Guide = Callable[..., tuple]
@@ -83,8 +85,6 @@ class Text2ImagePipeline(Pipeline):
     def inpaint_conditioning(self, images: torch.Tensor | None, masks: torch.Tensor | None, n: int = 1) -> dict:
         """mask= and masked_image= for an inpainting model; none given: the whole image masked, which is plain
         text-to-image (the model trains on it, with inpaint.p_full)."""
-        from ..data.masks import inpaint_inputs
-
         if images is None:
             side = self.resolution
             images, masks = torch.zeros(n, 3, side, side), torch.ones(n, 1, side, side)
@@ -127,8 +127,6 @@ class Text2ImagePipeline(Pipeline):
 
     def grounding(self, boxes: list[list[dict]], in_uncond: bool = False) -> tuple[dict, dict]:
         """GLIGEN keywords (cond branch, uncond branch): the boxes, and in the uncond branch the same boxes or none."""
-        from ..nets.grounding import grounding_inputs
-
         if not self.unet.cfg.grounding_dim:
             raise ValueError("boxes: this model has no grounding layers (train it with a \"grounding\" config)")
         slots = self.unet.cfg.grounding_max_boxes

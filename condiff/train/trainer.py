@@ -28,6 +28,7 @@ from .config import Precision
 from .distributed import World
 from .ema import EMA
 from .state import latest_checkpoint, load_state, save_state
+from .tasks import task_of
 
 
 class Task(Protocol):
@@ -99,8 +100,6 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
     A folder that already holds a run is refused unless resume (continue it) or overwrite (start it over) is given.
     In a launched world every rank builds the same run; rank 0 alone writes to the folder.
     """
-    from .tasks import task_of
-
     task, folder, world = task_of(cfg), Path(folder), world or World()
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
