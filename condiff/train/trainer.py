@@ -312,11 +312,13 @@ def _train(cfg, folder, resume, device, workers, overwrite, world) -> Run:
             evaluate(run, bar)
             signum = distributed.agree_on_stop(stop[0] if stop else 0, run.world, run.device)
             if signum:  # Ctrl-C or SIGTERM arrived during the step (on any rank): act on it now, at a step boundary
+                stop.quiet = True  # a second signal while the data workers shut down is noted, not raised in __del__
                 raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         if run.step == start_step:  # nothing to train: export the initialised model (e.g. init.from_model +
             save(run)               # grounding), or again a finished run's, whose export may have failed (disk full)
     except KeyboardInterrupt as e:
-        if isinstance(e, Again):
+        stop.quiet = False
+        if isinstance(e, Again) or len(stop) > 1:
             bar.write(f"interrupted again: not saved; {run.folder} keeps its last complete checkpoint")
         elif run.step > start_step:
             save(run)
@@ -346,15 +348,20 @@ class TerminatedAgain(Again, Terminated):
     pass
 
 
+class Signals(list):
+    """The signals noted so far; while quiet (the loop is already unwinding) a second one is noted, not raised."""
+    quiet = False
+
+
 def _interrupt_between_steps():
     """Ctrl-C and SIGTERM are noted and acted on after the running step, so the checkpoint that save() writes is a
     step boundary (an interrupt between opt.step() and the step count would save a state that --resume repeats a
     step from); a second signal interrupts at once. Returns (the noted signals, the old handlers to restore);
     off the main thread nothing is installed."""
-    stop: list[int] = []
+    stop = Signals()
 
     def handler(signum, frame):
-        if stop:
+        if stop and not stop.quiet:
             raise TerminatedAgain if signum == signal.SIGTERM else InterruptedAgain
         stop.append(signum)
 
