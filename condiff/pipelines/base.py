@@ -115,6 +115,14 @@ class Pipeline:
     def from_parts(cls, parts: dict[str, nn.Module], spec: PipelineSpec) -> "Pipeline":
         return cls(parts, spec)
 
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, prediction: str | None = None) -> "Pipeline":
+        """The pipeline saved in folder, which must be of this class (or a subclass); ValueError naming its kind."""
+        pipe = load_pipeline(folder, prediction)
+        if not isinstance(pipe, cls):
+            raise ValueError(f"'{folder}' holds a {pipe.spec.kind} pipeline, not {getattr(cls, 'kind', cls.__name__)}")
+        return pipe
+
     @property
     def device(self) -> torch.device:
         return next(next(iter(self.parts.values())).parameters()).device

@@ -19,7 +19,7 @@ from ..diffusion.samplers import PerSampleNoise, Variance
 from ..diffusion.sampling import Replace, Resample, SamplingOptions, sample
 from ..diffusion.thresholding import Threshold
 from ..nets.grounding import grounding_inputs
-from .base import ComponentSpec, Pipeline, PipelineSpec, StageSpec, load_pipeline
+from .base import ComponentSpec, Pipeline, PipelineSpec, StageSpec
 
 Guide = Callable[..., tuple]
 PipelineConfig = DiffusionConfig  # the name of the first releases
@@ -56,10 +56,7 @@ class Text2ImagePipeline(Pipeline):
     @classmethod
     def from_pretrained(cls, folder: str | Path = DEFAULT_MODEL, prediction: str | None = None) -> "Text2ImagePipeline":
         """A condiff model folder, or a Stable Diffusion diffusers folder / single file (prediction: the file's)."""
-        pipe = load_pipeline(folder, prediction)
-        if not isinstance(pipe, cls):
-            raise ValueError(f"'{folder}' holds a {pipe.spec.kind} pipeline, not {cls.kind}")
-        return pipe
+        return super().from_pretrained(folder, prediction)
 
     @property
     def defaults(self) -> SamplingOptions:

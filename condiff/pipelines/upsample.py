@@ -21,7 +21,7 @@ from ..diffusion.denoiser import Denoiser, DiffusionConfig
 from ..diffusion.guidance import ClassifierFreeGuidance
 from ..diffusion.samplers import PerSampleNoise
 from ..diffusion.sampling import SamplingOptions, sample
-from .base import ComponentSpec, Pipeline, PipelineSpec, StageSpec, UpscaleSettings, load_pipeline
+from .base import ComponentSpec, Pipeline, PipelineSpec, StageSpec, UpscaleSettings
 
 UPSCALE_INPUT = 64  # `condiff upscale` and /api/upscale resize a square input to this, the shipped chain's first input
 STAGE_SEED = 7919  # stage k's noise uses seed + k * STAGE_SEED: independent of the base model's noise
@@ -52,13 +52,6 @@ class UpsamplePipeline(Pipeline):
         st = spec.stage("sr")
         up = st.upscale or UpscaleSettings()
         return cls(parts["text_encoder"], parts[st.unet], st.diffusion, up.scale, st.sampling, up.noise_level)
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "UpsamplePipeline":
-        pipe = load_pipeline(folder)
-        if not isinstance(pipe, cls):
-            raise ValueError(f"'{folder}' holds a {pipe.spec.kind} pipeline, not an upsampler")
-        return pipe
 
     @property
     def defaults(self) -> SamplingOptions:
