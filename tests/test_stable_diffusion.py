@@ -25,28 +25,17 @@ from condiff.formats import Format, detect  # noqa: E402
 from condiff.formats.diffusers_sd import diffusion_config  # noqa: E402
 from condiff.formats.single_file import clip_tokenizer  # noqa: E402
 from condiff.pipelines.text2image import Text2ImagePipeline  # noqa: E402
+from condiff.formats.single_file import sfu_bytes_to_unicode  # noqa: E402
 from condiff.world.render import to_uint8  # noqa: E402
 
 PROMPT = "a photo of the cat"
 MERGES = [("t", "h"), ("th", "e</w>")]
 
 
-def bytes_to_unicode() -> list[str]:
-    """CLIP's byte-level BPE alphabet: printable bytes as themselves, the rest shifted past 255."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def tiny_tokenizer(folder: Path) -> CLIPTokenizer:
     """A 516-token CLIP BPE tokenizer (FINDINGS: vocab=/merges= paths, not vocab_file=, in transformers 5)."""
     folder.mkdir(parents=True, exist_ok=True)
-    chars = bytes_to_unicode()
+    chars = sfu_bytes_to_unicode()
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in MERGES] + ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in MERGES) + "\n")

@@ -227,6 +227,23 @@ def test_no_module_over_400_lines():
     assert not long, long
 
 
+def assert_acyclic(graph: dict) -> None:
+    """AssertionError naming the first circle found in graph (module -> the modules it imports)."""
+    state = {}
+
+    def visit(n, stack):
+        state[n] = "open"
+        for d in graph.get(n, ()):
+            if state.get(d) == "open":
+                raise AssertionError(" -> ".join(stack + [n, d]))
+            if d not in state:
+                visit(d, stack + [n])
+        state[n] = "done"
+    for n in list(graph):
+        if n not in state:
+            visit(n, [])
+
+
 def test_no_import_cycle_at_module_level():
     """Module-level imports inside condiff form a DAG (imports inside functions are lazy and allowed)."""
     graph = {}
@@ -241,19 +258,7 @@ def test_no_import_cycle_at_module_level():
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("condiff"):
                 deps.add(node.module)
         graph[name] = {d for d in deps if d != name}
-    state = {}
-
-    def visit(n, stack):
-        state[n] = "open"
-        for d in graph.get(n, ()):
-            if state.get(d) == "open":
-                raise AssertionError(" -> ".join(stack + [n, d]))
-            if d not in state:
-                visit(d, stack + [n])
-        state[n] = "done"
-    for n in graph:
-        if n not in state:
-            visit(n, [])
+    assert_acyclic(graph)
 
 
 def _imports():
@@ -306,19 +311,7 @@ def test_the_whole_import_graph_has_no_cycle_and_no_arrow_up():
     graph = {}
     for a, b, _ in edges:
         graph.setdefault(a, set()).add(b)
-    state = {}
-
-    def visit(n, stack):
-        state[n] = "open"
-        for d in graph.get(n, ()):
-            if state.get(d) == "open":
-                raise AssertionError(" -> ".join(stack + [n, d]))
-            if d not in state:
-                visit(d, stack + [n])
-        state[n] = "done"
-    for n in list(graph):
-        if n not in state:
-            visit(n, [])
+    assert_acyclic(graph)
 
 
 def test_imports_inside_functions_outside_the_cli_are_the_listed_ones():
