@@ -45,7 +45,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser, steps: int, guidance: boo
     """The sampler options shared by generate, eval bench and eval sweep (read back by SamplingOptions.from_args)."""
     p.add_argument("--steps", type=int, default=steps)
     if guidance:
-        p.add_argument("--guidance-scale", type=float, default=3.0)
+        p.add_argument("--guidance-scale", type=float,
+                       help="classifier-free guidance scale (default: the model's: 3 for condiff's models, 7.5 for "
+                            "Stable Diffusion)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="see 'condiff samplers'")
     p.add_argument("--schedule", choices=SCHEDULE_NAMES, help="step placement (default: the model's, e.g. uniform)")
     if not full:
