@@ -103,7 +103,12 @@ def add_unclip_parsers(esub) -> None:
         p.add_argument("--out", default=out, help="OUT-000.png, OUT-001.png, ... (each with its parameters) and a "
                                                   "grid of all at OUT")
 
-    v = esub.add_parser("variations", help="unCLIP: images from IN's CLIP image embedding")
+    def command(name: str, func, help: str):
+        p = esub.add_parser(name, help=help)
+        p.set_defaults(func=func)
+        return p
+
+    v = command("variations", _variations, "unCLIP: images from IN's CLIP image embedding")
     v.add_argument("input", metavar="IN")
     v.add_argument("-n", "--num-images", type=positive_int, default=4)
     v.add_argument("--prompt", default="", help="also condition on a caption (default: none)")
@@ -114,21 +119,17 @@ def add_unclip_parsers(esub) -> None:
                         f"(default {VARIATION_CANDIDATES}; 1: no reranking)")
     v.add_argument("--from-noise", action="store_true",
                    help="each image from its seed's noise instead (the embedding alone; --eta is not used)")
-    common(v, "variations.png")
-    v.set_defaults(func=_variations)
-    i = esub.add_parser("interpolate", help="unCLIP: slerp from A's image embedding to B's, one decoder noise")
+    i = command("interpolate", _interpolate, "unCLIP: slerp from A's image embedding to B's, one decoder noise")
     i.add_argument("a", metavar="A")
     i.add_argument("b", metavar="B")
     i.add_argument("--steps", dest="frames", type=int, default=5, help="images along the path, ends included")
     i.add_argument("--prompt", default="")
     i.add_argument("--from-noise", action="store_true",
                    help="every frame from the seed's noise, not the slerp between A's and B's inverted noise")
-    common(i, "interpolation.png")
-    i.set_defaults(func=_interpolate)
-    t = esub.add_parser("textdiff", help="unCLIP's text diff: move IN's embedding along CLIP(--to) - CLIP(--from)")
+    t = command("textdiff", _textdiff, "unCLIP's text diff: move IN's embedding along CLIP(--to) - CLIP(--from)")
     t.add_argument("input", metavar="IN")
     t.add_argument("--from", dest="source", required=True)
     t.add_argument("--to", dest="target", required=True)
     t.add_argument("--steps", dest="frames", type=int, default=5, help="images from IN towards --to (angles 0 .. 0.5)")
-    common(t, "textdiff.png")
-    t.set_defaults(func=_textdiff)
+    for p, out in ((v, "variations.png"), (i, "interpolation.png"), (t, "textdiff.png")):
+        common(p, out)

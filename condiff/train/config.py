@@ -26,6 +26,11 @@ class LossWeighting(str, enum.Enum):
     MIN_SNR = "min_snr"  # Min-SNR-gamma (Hang et al. 2023): w_t = min(SNR_t, gamma) / SNR_t for epsilon
 
 
+def defaults(cls, **values):
+    """A dataclass field whose default is cls(**values), built afresh for each config."""
+    return field(default_factory=lambda: cls(**values))
+
+
 @dataclass
 class LossConfig:
     weighting: LossWeighting = LossWeighting.UNIFORM

@@ -93,7 +93,8 @@ async def serve_request(request: Request, fn, *args):
         watcher.cancel()
 
 
-class Txt2ImgBody(BaseModel):
+class SamplingBody(BaseModel):
+    """What every text-conditioned request carries: the prompt and the sampling options."""
     model_config = ConfigDict(extra="forbid")
     prompt: str = PROMPT
     negative_prompt: str = Field("", max_length=MAX_DETAIL * 10)
@@ -101,6 +102,9 @@ class Txt2ImgBody(BaseModel):
     steps: int = bounded(25, 1, MAX_STEPS)
     guidance_scale: float = bounded(3.0, 0, MAX_SCALE)
     sampler: str = one_of("ddim", SAMPLERS, "see GET /api/samplers")
+
+
+class Txt2ImgBody(SamplingBody):
     num_images: int = bounded(1, 1, MAX_IMAGES)
     guide: str = one_of("none", GUIDES, "judge guidance")
     guide_scale: float = bounded(3.0, 0, MAX_GUIDE_SCALE)
@@ -110,15 +114,8 @@ class Txt2ImgBody(BaseModel):
                                      "otherwise 400", json_schema_extra={"enum": [0, 64, 128, 256]})
 
 
-class EditBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prompt: str = PROMPT
+class EditBody(SamplingBody):
     image: str = IMAGE
-    negative_prompt: str = Field("", max_length=MAX_DETAIL * 10)
-    seed: int = bounded(-1, -1, MAX_SEED, "-1 (random) or")
-    steps: int = bounded(25, 1, MAX_STEPS)
-    guidance_scale: float = bounded(3.0, 0, MAX_SCALE)
-    sampler: str = one_of("ddim", SAMPLERS, "see GET /api/samplers")
 
 
 class Img2ImgBody(EditBody):

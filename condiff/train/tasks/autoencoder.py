@@ -29,7 +29,7 @@ from ...nets.autoencoder import (
 )
 from ...world.grammar import PromptError
 from ...world.render import to_uint8
-from ..config import InitConfig, OptimConfig, RunSettings
+from ..config import defaults, InitConfig, OptimConfig, RunSettings
 
 
 @dataclass
@@ -40,19 +40,17 @@ class AutoencoderLossConfig:
     commitment: float = 0.25  # VQ only: beta of van den Oord et al.
 
 
-def autoencoder_optim() -> OptimConfig:
-    """LDM's base rate 4.5e-4 (it scales it with the batch; we do not); no condition dropout."""
-    return OptimConfig(steps=6000, batch_size=32, lr=4.5e-4, warmup_steps=200, ema_decay=0.999, p_uncond=0.0)
-
 
 @dataclass
 class AutoencoderTrainConfig(RunSettings):
     model: str = "autoencoder"
     seed: int = 0
-    data: DataConfig = field(default_factory=lambda: DataConfig(resolution=64))
+    data: DataConfig = defaults(DataConfig, resolution=64)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
-    optim: OptimConfig = field(default_factory=autoencoder_optim)
+    # LDM's base rate 4.5e-4 (it scales it with the batch; we do not); no condition dropout
+    optim: OptimConfig = defaults(OptimConfig, steps=6000, batch_size=32, lr=4.5e-4, warmup_steps=200,
+                                  ema_decay=0.999, p_uncond=0.0)
     scale_images: int = 256  # images encoded at each export to measure the latent scale factor
     sample_every: int = 1000  # reconstruction grids; 0: never
     init: InitConfig = field(default_factory=InitConfig)  # fine-tune a saved autoencoder of the same architecture

@@ -20,14 +20,14 @@ from ...nets.embedding_prior import (
     clip_text,
     prior_diffusion,
 )
-from ..config import OptimConfig, RunSettings
+from ..config import defaults, OptimConfig, RunSettings
 
 
 @dataclass
 class EmbeddingPriorTrainConfig(RunSettings):
     model: str = "embedding_prior"
     seed: int = 0
-    data: DataConfig = field(default_factory=lambda: DataConfig(resolution=64))
+    data: DataConfig = defaults(DataConfig, resolution=64)
     clip: str = "condiff/weights/clip64"  # the frozen CLIP the prior maps between (in the package)
     prior: EmbeddingPriorConfig = field(default_factory=EmbeddingPriorConfig)
     diffusion: DiffusionConfig = field(default_factory=prior_diffusion)  # DALL-E 2 predicts x0 (the clean z_i)

@@ -20,17 +20,13 @@ from ...nets.classifier import ClassifierConfig, NoisyClassifier, batch_labels
 from ...nets.clip import CLIP, CLIPConfig, contrastive_loss
 from ...world.distractors import distractor_captions
 from ...world.grammar import PromptError
-from ..config import OptimConfig
+from ..config import defaults, OptimConfig
 
 
 class AuxModel(str, enum.Enum):
     CLIP = "clip"
     CLASSIFIER = "classifier"
 
-
-def judge_optim() -> OptimConfig:
-    return OptimConfig(steps=3000, batch_size=256, lr=1e-3, warmup_steps=200, weight_decay=0.01, ema_decay=0.999,
-                       p_uncond=0.0)
 
 
 @dataclass
@@ -41,7 +37,8 @@ class AuxTrainConfig:
     clip: CLIPConfig = field(default_factory=CLIPConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # noise levels seen by a noise-aware tower
-    optim: OptimConfig = field(default_factory=judge_optim)
+    optim: OptimConfig = defaults(OptimConfig, steps=3000, batch_size=256, lr=1e-3, warmup_steps=200,
+                                  weight_decay=0.01, ema_decay=0.999, p_uncond=0.0)
     hard_negatives: bool = True  # CLIP: add one distractor caption per image as an extra negative (NegCLIP)
     log_every: int = 50
     checkpoint_every: int = 500

@@ -18,22 +18,20 @@ from ...data import DataConfig
 from ...io import replace_dir, save_component
 from ...nets.layout_prior import LayoutPrior, LayoutPriorConfig, target_sequence
 from ...nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
-from ..config import OptimConfig, RunSettings
+from ..config import defaults, OptimConfig, RunSettings
 from .text2image import FrozenTextCache
 
-
-def prior_optim() -> OptimConfig:
-    return OptimConfig(steps=3000, batch_size=128, lr=5e-4, warmup_steps=200, ema_decay=0.999, p_uncond=0.0)
 
 
 @dataclass
 class LayoutPriorTrainConfig(RunSettings):
     model: str = "layout_prior"
     seed: int = 0
-    data: DataConfig = field(default_factory=lambda: DataConfig(resolution=16))  # boxes do not need big renders
+    data: DataConfig = defaults(DataConfig, resolution=16)  # boxes do not need big renders
     text: PretrainedTextConfig = field(default_factory=PretrainedTextConfig)
     prior: LayoutPriorConfig = field(default_factory=LayoutPriorConfig)
-    optim: OptimConfig = field(default_factory=prior_optim)
+    optim: OptimConfig = defaults(OptimConfig, steps=3000, batch_size=128, lr=5e-4, warmup_steps=200,
+                                  ema_decay=0.999, p_uncond=0.0)
 
 
 def phrase_span(caption: str, phrase: str, offsets: list[tuple[int, int]], cursor: int) -> tuple[int, int, int] | None:

@@ -23,7 +23,7 @@ from ...eval.grid import save_judged_grid
 from ...nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
 from ...nets.unet import UNet, UNetConfig
 from ...pipelines.upsample import UpsamplePipeline
-from ..config import LossConfig, LossWeighting, OptimConfig, RunSettings
+from ..config import defaults, LossConfig, LossWeighting, OptimConfig, RunSettings
 from .text2image import SAMPLE_PROMPTS, FrozenTextCache
 
 SCALES = (2, 4)
@@ -42,22 +42,20 @@ def upsampler_unet() -> UNetConfig:
                       middle_attention=False, noise_level_embed=True)
 
 
-def upsampler_optim() -> OptimConfig:
-    return OptimConfig(steps=2000, batch_size=16, lr=2e-4, warmup_steps=100, ema_decay=0.999, p_uncond=0.1)
-
 
 @dataclass
 class UpsamplerTrainConfig(RunSettings):
     model: str = "upsampler"
     seed: int = 0
-    data: DataConfig = field(default_factory=lambda: DataConfig(resolution=128))  # the output size
+    data: DataConfig = defaults(DataConfig, resolution=128)  # the output size
     scale: int = 2  # output / input side
     crop: int = 64  # train on random crops this wide of the (output-size) pair; 0: whole images
     pretrained_text: PretrainedTextConfig = field(default_factory=PretrainedTextConfig)
     unet: UNetConfig = field(default_factory=upsampler_unet)
     pipeline: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(prediction=Prediction.V))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: OptimConfig = field(default_factory=upsampler_optim)
+    optim: OptimConfig = defaults(OptimConfig, steps=2000, batch_size=16, lr=2e-4, warmup_steps=100,
+                                  ema_decay=0.999, p_uncond=0.1)
     loss: LossConfig = field(default_factory=LossConfig)
     sample_every: int = 1000  # 0: never
     snapshot_every: int = 0  # also keep the EMA pipeline as snapshots/step_N every N steps (the ablation's equal-step point)
