@@ -54,3 +54,38 @@ def test_readme_relative_links_exist():
     assert targets, "README.md links nothing"
     missing = [t for t in targets if not (ROOT / t.split("#", 1)[0]).is_file()]
     assert not missing, f"README.md links files that do not exist: {missing}"
+
+
+def _documented_commands():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from docs_commands import documented_commands
+
+    return documented_commands(ROOT)
+
+
+def test_every_documented_command_parses_with_condiffs_own_parser():
+    """benchmarks/docs_commands.py runs them all (minutes to hours); this catches a renamed or removed option at
+    once: each `condiff ...` line of a fenced block, as the shell splits it, is accepted by the CLI's parser."""
+    import shlex
+
+    from condiff.cli.main import build_parser
+
+    parser = build_parser()
+    checked = 0
+    for c in _documented_commands():
+        lex = shlex.shlex(c.text, posix=True, punctuation_chars=True)
+        lex.whitespace_split = True
+        tokens, parts = list(lex), [[]]
+        for t in tokens:  # the commands of `a && b; c`
+            parts.append([]) if t in ("&&", ";", "||") else parts[-1].append(t)
+        for words in parts:
+            if "condiff.cli" in words:
+                words = ["condiff"] + words[words.index("condiff.cli") + 1:]
+            if words[:1] != ["condiff"]:
+                continue
+            try:
+                parser.parse_args(words[1:])
+            except SystemExit as e:
+                raise AssertionError(f"{c.where}: the parser refuses `{c.text}`") from e
+            checked += 1
+    assert checked >= 60, checked

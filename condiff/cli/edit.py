@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from ..pipelines.requests import results
 from ..png import check_writable
@@ -59,56 +58,41 @@ def _save(args, out, prompt, opts, model, params: dict) -> None:
     write_images([results(out, [prompt] * len(out), seeds, opts, model.name, params)], args.out, len(out))
 
 
-def _batches(seeds: list[int], size: int) -> list[list[int]]:
-    """The seeds in batches of --batch-size: each batch is one call, its images in the seeds' order."""
-    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
-
-
 def _img2img(args) -> None:
     from ..diffusion.sampling import start_step
     from ..images import image_tensor, to_model_size
-    from ..pipelines.editing import img2img
+    from ..pipelines.requests import Img2ImgRequest, edit_img2img
 
     opts, img = _prepare(args)
     start_step(opts, args.strength)  # --strength outside [0, 1] or NaN fails here
     pipe, model, opts = _load(args, [args.prompt])
-    x, seeds = image_tensor(to_model_size(img, pipe.resolution)), [args.seed + i for i in range(args.num_images)]
+    req = Img2ImgRequest(args.prompt, image_tensor(to_model_size(img, pipe.resolution)),
+                         [args.seed + i for i in range(args.num_images)], opts, args.strength, args.batch_size)
     t = time.time()
-    out = torch.cat([img2img(pipe, [args.prompt] * len(b), x.expand(len(b), -1, -1, -1), b, opts, args.strength)
-                     for b in _batches(seeds, args.batch_size)])
-    _save(args, out, args.prompt, opts, model, {"Denoising strength": args.strength, "Edit": "img2img"})
+    write_images(edit_img2img(pipe, req, model.name), args.out, args.num_images)
     print(f"img2img in {time.time() - t:.1f} s", file=sys.stderr)
 
 
 def _inpaint(args) -> None:
+    from ..catalogue import INPAINT_MODEL
     from ..diffusion.sampling import Resample
     from ..images import image_tensor, mask_tensor, to_model_size
-    from ..pipelines.editing import inpaint, leakage
+    from ..pipelines.requests import InpaintRequest, edit_inpaint
 
     opts, img = _prepare(args)
     mask = read_mask(args, img.size)
     resample = Resample(args.jump_length, args.jump_n_sample)
-    from ..catalogue import INPAINT_MODEL
-
     if args.model is None and args.method != "repaint" and INPAINT_MODEL.is_dir():
         args.model = str(INPAINT_MODEL)  # inpainting_pipeline's choice for the default, without loading the default
     pipe, model, opts = _load(args, [args.prompt])
     if args.method == "model" and not pipe.inpainting:
         raise ValueError(f"--method model: '{model}' has no inpainting inputs (mask, masked image); "
                          "use --method repaint or an inpainting model")
-    x, m = image_tensor(to_model_size(img, pipe.resolution)), mask_tensor(mask, pipe.resolution)
-    seeds = [args.seed + i for i in range(args.num_images)]
+    req = InpaintRequest(args.prompt, image_tensor(to_model_size(img, pipe.resolution)),
+                         mask_tensor(mask, pipe.resolution), [args.seed + i for i in range(args.num_images)], opts,
+                         args.method, resample, not args.no_paste_back, args.batch_size)
     t = time.time()
-    runs = [inpaint(pipe, [args.prompt] * len(b), x.expand(len(b), -1, -1, -1), m.expand(len(b), -1, -1, -1), b, opts,
-                    args.method, paste_back=False, resample=resample) for b in _batches(seeds, args.batch_size)]
-    raw, method = torch.cat([r for r, _ in runs]), runs[0][1]
-    out = raw if args.no_paste_back else m * raw + (~m) * x
-    params = {"Edit": f"inpaint ({method})", "Mask pixels": int(m.sum()), "Paste back": not args.no_paste_back}
-    if resample.jump_n_sample > 1 and method == "RePaint":
-        params |= {"Jump length": resample.jump_length, "Jump samples": resample.jump_n_sample}
-    if pipe.autoencoder is not None:
-        params["Outside PSNR before paste-back"] = round(leakage(x, raw[:1], m), 2)  # of the first image
-    _save(args, out, args.prompt, opts, model, params)
+    write_images(edit_inpaint(pipe, req, model.name), args.out, args.num_images)
     print(f"inpaint in {time.time() - t:.1f} s", file=sys.stderr)
 
 

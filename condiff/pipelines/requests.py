@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..diffusion.sampling import SAMPLER_INFO, SamplingOptions
+from ..diffusion.sampling import SAMPLER_INFO, Resample, SamplingOptions
 from ..diffusion.thresholding import Threshold
 from ..png import format_parameters
 from ..world.render import to_uint8
+from .editing import img2img, inpaint, leakage
 from .guidance import GuidanceOptions, NoiseOptimization, make_guide, make_initializer
 from .text2image import Text2ImagePipeline
 from .upsample import StageRun, UpsamplePipeline, cascade
@@ -72,6 +73,31 @@ class Txt2ImgRequest:
     boxes_in_uncond: bool = False
     x_T: torch.Tensor | None = None  # (B, C, h, w) initial noise, e.g. DDIM-inverted; no boxes then
     upscale: Upscale | None = None
+    batch_size: int = 32
+
+
+@dataclass
+class Img2ImgRequest:
+    """SDEdit: image i is `image` noised to `strength` with seeds[i]'s noise, then denoised with the prompt."""
+    prompt: str
+    image: torch.Tensor  # (1, 3, H, W) in [-1, 1] at the model's size
+    seeds: list[int]
+    opts: SamplingOptions
+    strength: float = 0.6  # 0 returns the input, 1 is text to image
+    batch_size: int = 32
+
+
+@dataclass
+class InpaintRequest:
+    """The mask's pixels of `image` drawn again with the prompt, image i from seeds[i]."""
+    prompt: str
+    image: torch.Tensor  # (1, 3, H, W) in [-1, 1] at the model's size
+    mask: torch.Tensor  # (1, 1, H, W) bool, True = repaint
+    seeds: list[int]
+    opts: SamplingOptions
+    method: str = "auto"  # editing.INPAINT_METHODS
+    resample: Resample = field(default_factory=Resample)  # RePaint's jumps
+    paste_back: bool = True  # the input's own pixels outside the mask
     batch_size: int = 32
 
 
@@ -152,3 +178,38 @@ def upscale(image: torch.Tensor, prompt: str, seed: int, up: Upscale, input_size
     params = {"Seed": seed, "Size": f"{px.shape[1]}x{px.shape[0]}", "Input size": "x".join(map(str, input_size)),
               **up.parameters()}
     return Generated(px, prompt, "", params, seed)
+
+
+def _batches(seeds: list[int], size: int) -> Iterator[list[int]]:
+    """The seeds in batches: each batch is one call, its images in the seeds' order."""
+    return (seeds[i:i + size] for i in range(0, len(seeds), size))
+
+
+def edit_img2img(pipe: Text2ImagePipeline, req: Img2ImgRequest, model: str,
+                 callback: Callable[[dict], None] | None = None) -> Iterator[list[Generated]]:
+    """The request's images, one batch at a time, each with its edit's parameters."""
+    extra = {"Denoising strength": req.strength, "Edit": "img2img"}
+    for seeds in _batches(req.seeds, req.batch_size):
+        x = req.image.expand(len(seeds), -1, -1, -1)
+        out = img2img(pipe, [req.prompt] * len(seeds), x, seeds, req.opts, req.strength, callback=callback)
+        yield results(out, [req.prompt] * len(seeds), seeds, req.opts, model, extra)
+
+
+def edit_inpaint(pipe: Text2ImagePipeline, req: InpaintRequest, model: str,
+                 callback: Callable[[dict], None] | None = None) -> Iterator[list[Generated]]:
+    """The request's images, one batch at a time; the infotext names the method that ran and, for a latent model, the
+    first image's PSNR outside the mask before paste-back (the autoencoder's round trip)."""
+    extra = None
+    for seeds in _batches(req.seeds, req.batch_size):
+        n = len(seeds)
+        x, m = req.image.expand(n, -1, -1, -1), req.mask.expand(n, -1, -1, -1)
+        raw, method = inpaint(pipe, [req.prompt] * n, x, m, seeds, req.opts, req.method, paste_back=False,
+                              resample=req.resample, callback=callback)
+        if extra is None:
+            extra = {"Edit": f"inpaint ({method})", "Mask pixels": int(req.mask.sum()), "Paste back": req.paste_back}
+            if req.resample.jump_n_sample > 1 and method == "RePaint":
+                extra |= {"Jump length": req.resample.jump_length, "Jump samples": req.resample.jump_n_sample}
+            if pipe.autoencoder is not None:
+                extra["Outside PSNR before paste-back"] = round(leakage(x[:1], raw[:1], m[:1]), 2)
+        out = m * raw + (~m) * x if req.paste_back else raw
+        yield results(out, [req.prompt] * n, seeds, req.opts, model, extra)

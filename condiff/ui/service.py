@@ -32,8 +32,7 @@ from ..images import (
     to_model_size,
 )
 from ..pipelines import requests
-from ..pipelines.editing import img2img, inpainting_pipeline
-from ..pipelines.editing import inpaint as inpaint_fn
+from ..pipelines.editing import inpainting_pipeline
 from ..pipelines.guidance import (
     GuidanceMethod,
     GuidanceOptions,
@@ -341,12 +340,14 @@ class GenerationService:
         with self.turn():
             if inpaint:
                 pipe = self._inpainter = getattr(self, "_inpainter", None) or inpainting_pipeline(self.pipe, self.model_path)
-                out, method = inpaint_fn(pipe, [req.prompt], x, mask, [seed], opts, callback=check)
+                run = requests.edit_inpaint(pipe, requests.InpaintRequest(req.prompt, x, mask, [seed], opts),
+                                            self.model_path.name, callback=check)
             else:
-                out = img2img(self.pipe, [req.prompt], x, [seed], opts, float(req.strength), callback=check)
-        extra = {"Edit": f"inpaint ({method})", "Mask pixels": int(mask.sum())} if inpaint else \
-            {"Edit": "img2img", "Denoising strength": float(req.strength)}
-        return self._png(requests.results(out, [req.prompt], [seed], opts, self.model_path.name, extra)[0])
+                run = requests.edit_img2img(self.pipe, requests.Img2ImgRequest(req.prompt, x, [seed], opts,
+                                                                               float(req.strength)),
+                                            self.model_path.name, callback=check)
+            (image,), = run
+        return self._png(image)
 
     def upscale(self, req: UpscaleRequest, cancel: threading.Event | None = None) -> GeneratedImage:
         """The shipped cascade's upsamplers on one square image; RequestError naming a bad field, before any work."""
