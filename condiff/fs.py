@@ -5,22 +5,29 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """The one way condiff writes a file: write(tmp) fills a temporary file beside `path`, which is flushed to disk
+    and renamed over `path`. A full disk, a crash or Ctrl-C mid-write leaves the old file, never half a new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide images and weights from other users
+    os.close(fd)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide images and weights from other users
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a full disk or Ctrl-C mid-write: no half-written file is left behind
+    except BaseException:
         remove_quietly(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def remove_quietly(path) -> None:

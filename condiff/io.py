@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -12,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, load_json, save_json, short
-from .fs import atomic_write_bytes, remove_quietly, replace_dir
+from .fs import atomic_write, atomic_write_bytes, replace_dir
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
@@ -31,16 +30,9 @@ def json_safe(obj):
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide weights from other users (as atomic_write_bytes does)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or Ctrl-C mid-write: no half-written file is left behind
-        remove_quietly(tmp)
-        raise
+    """safetensors streamed to a temporary file and swapped in (fs.atomic_write)."""
+    atomic_write(Path(path), lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                                                   str(tmp)))
 
 
 MAX_HEADER = 100 * 2 ** 20  # bytes of a safetensors JSON header (the format's own limit)
