@@ -71,6 +71,8 @@ class RunSettings:
     log_every: int = 50
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    sample_every: int = 0  # a grid of samples every N steps, for kinds that draw (0: never)
+    snapshot_every: int = 0  # also keep the EMA model as snapshots/step_N every N steps (learning curves); 0: never
     channels_last: bool = False  # NHWC memory layout for the convolutions (faster on GPUs with bf16)
     compile: bool = False  # torch.compile each trained module in place (state-dict keys unchanged)
 
@@ -93,7 +95,7 @@ class UnclipConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunSettings):
     """A text-to-image diffusion model (text encoder + UNet): configs/base32.json."""
     model: str = "text2image"
     seed: int = 0
@@ -109,11 +111,5 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     init: InitConfig = field(default_factory=InitConfig)
-    precision: Precision = Precision.FP32
-    log_every: int = 50
-    sample_every: int = 2000  # 0: never
+    sample_every: int = 2000  # (RunSettings' fields, with this kind's defaults)
     checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    snapshot_every: int = 0  # also keep the EMA pipeline as snapshots/step_N every N steps (learning curves); 0: never
-    channels_last: bool = False  # NHWC memory layout for the convolutions (faster on GPUs with bf16)
-    compile: bool = False  # torch.compile each trained module in place (state-dict keys unchanged)

@@ -7,15 +7,12 @@ checkpoints, exact --resume, and a save on Ctrl-C.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -28,51 +25,8 @@ from .config import Precision
 from .distributed import World
 from .ema import EMA
 from .state import latest_checkpoint, load_state, save_state
+from .task import Run
 from .tasks import task_of
-
-
-class Task(Protocol):
-    """What one model kind adds to the trainer."""
-
-    name: str
-    config_cls: type
-
-    def build(self, cfg, data, resume: bool) -> nn.Module: ...  # fills the config's derived fields (vocab, resolution)
-
-    def prepare(self, run: "Run") -> None: ...  # run.state extras, after the model exists
-
-    def loss(self, run: "Run", images: torch.Tensor, captions: list[str]) -> torch.Tensor: ...
-
-    def export(self, run: "Run", folder: Path) -> None: ...  # the EMA model as loadable component(s)
-
-
-@dataclass
-class Run:
-    task: Task
-    cfg: object
-    folder: Path
-    data: object
-    model: nn.Module
-    ema: EMA
-    opt: torch.optim.Optimizer
-    generator: torch.Generator
-    device: torch.device
-    step: int = 0
-    state: dict = field(default_factory=dict)  # task-owned extras (e.g. the noise schedule)
-    logs: dict = field(default_factory=dict)  # task-reported figures of the last step (e.g. codebook perplexity)
-    world: World = field(default_factory=World)  # the launched processes (rank 0 of 1 when not launched)
-    shards: int = 1  # optim.micro_batches resolved for this world (train/distributed.py)
-    saved_step: int = -1  # the step save() last wrote (a signal right after a periodic save does not save twice)
-
-    def summary(self) -> str:
-        skipped = getattr(self.data, "skipped", 0)
-        return (f"trained {self.task.name} for {self.step} steps; model in {self.folder / 'model'}"
-                + (f"; skipped {skipped} unusable images (unreadable, truncated, empty or too large)" if skipped else ""))
-
-    def autocast(self):
-        if Precision(getattr(self.cfg, "precision", Precision.FP32)) is Precision.BF16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
 
 def slow_bf16(device: torch.device, precision, cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -123,14 +77,14 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
     torch.manual_seed(cfg.seed)
     data = make_dataset(cfg.data)
     model = task.build(cfg, data, resume=resume).to(device)
-    if getattr(cfg, "channels_last", False):
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, cfg.optim.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     run = Run(task, cfg, folder, data, model, ema, opt, generator, device, world=world, shards=shards)
     task.prepare(run)
-    if getattr(cfg, "compile", False):  # after EMA and optimizer hold the parameters; Module.compile keeps their names
+    if cfg.compile:  # after EMA and optimizer hold the parameters; Module.compile keeps their names
         for module in model.children():
             module.compile()
     if resume:
@@ -151,7 +105,7 @@ def check_shards(task, cfg, world: World) -> int:
             distributed.shard_slices(cfg.optim.batch_size, shards)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if (shards != 1 or world.size > 1) and getattr(task, "batch_coupled", False):
+    if (shards != 1 or world.size > 1) and task.batch_coupled:
         raise ConfigError(f"optim.micro_batches: a {task.name} loss couples the whole batch (in-batch negatives); "
                           "train it as one shard on one process")
     return shards
@@ -233,7 +187,7 @@ def train_step(run: Run, batch=None) -> float:
 def _backward(run: Run, raw, weight: float) -> torch.Tensor:
     """The task's loss on one (part of a) batch, its gradient (times weight) accumulated."""
     images, captions = run.data.materialize(raw, run.device)
-    extras = run.task.extras(run, raw) if hasattr(run.task, "extras") else {}  # e.g. boxes, for tasks that use them
+    extras = run.task.extras(run, raw)  # e.g. boxes, for tasks that use them
     with run.autocast():
         loss = run.task.loss(run, images, captions, **extras)
     (loss * weight).backward()
@@ -292,7 +246,7 @@ def _train(cfg, folder, resume, device, workers, overwrite, world) -> Run:
     cfg = run.cfg
     if workers is None:
         workers = min(8, (os.cpu_count() or 1) // 2 // world.size)
-    if world.main and slow_bf16(run.device, getattr(cfg, "precision", Precision.FP32)):
+    if world.main and slow_bf16(run.device, cfg.precision):
         print("warning: precision bf16 on a CPU without native bf16 (no avx512_bf16/amx_bf16 in /proc/cpuinfo) is "
               "emulated and can be 10x slower than fp32; set \"precision\": \"fp32\"", file=sys.stderr)
     if world.main:
@@ -381,7 +335,7 @@ def evaluate(run: Run, bar) -> None:
         return
     if step % cfg.checkpoint_every == 0 or last:
         save(run)
-    if getattr(cfg, "snapshot_every", 0) and step % cfg.snapshot_every == 0:
+    if cfg.snapshot_every and step % cfg.snapshot_every == 0:
         run.task.export(run, run.folder / "snapshots" / f"step_{step:08d}")
-    if getattr(cfg, "sample_every", 0) and (step % cfg.sample_every == 0 or last) and hasattr(run.task, "sample"):
-        bar.write(f"step {step}: samples in {run.task.sample(run)}")
+    if cfg.sample_every and (step % cfg.sample_every == 0 or last) and (grid := run.task.sample(run)) is not None:
+        bar.write(f"step {step}: samples in {grid}")

@@ -30,6 +30,7 @@ from ...nets.autoencoder import (
 from ...world.grammar import PromptError
 from ...world.render import to_uint8
 from ..config import defaults, InitConfig, OptimConfig, RunSettings
+from ..task import TaskDefaults
 
 
 @dataclass
@@ -101,7 +102,7 @@ def init_from_saved(model: Autoencoder, folder: Path) -> None:
     model.load_state_dict({k: v.float() for k, v in saved.state_dict().items()})
 
 
-class AutoencoderTask:
+class AutoencoderTask(TaskDefaults):
     name, config_cls = "autoencoder", AutoencoderTrainConfig
 
     def build(self, cfg: AutoencoderTrainConfig, data, resume: bool) -> nn.Module:

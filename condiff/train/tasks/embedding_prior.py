@@ -21,6 +21,7 @@ from ...nets.embedding_prior import (
     prior_diffusion,
 )
 from ..config import defaults, OptimConfig, RunSettings
+from ..task import TaskDefaults
 
 
 @dataclass
@@ -35,7 +36,7 @@ class EmbeddingPriorTrainConfig(RunSettings):
                                                                   warmup_steps=200, ema_decay=0.999, p_uncond=0.1))
 
 
-class EmbeddingPriorTask:
+class EmbeddingPriorTask(TaskDefaults):
     name, config_cls = "embedding_prior", EmbeddingPriorTrainConfig
 
     def build(self, cfg: EmbeddingPriorTrainConfig, data, resume: bool) -> nn.Module:

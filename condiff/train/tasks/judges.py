@@ -20,7 +20,8 @@ from ...nets.classifier import ClassifierConfig, NoisyClassifier, batch_labels
 from ...nets.clip import CLIP, CLIPConfig, contrastive_loss
 from ...world.distractors import distractor_captions
 from ...world.grammar import PromptError
-from ..config import defaults, OptimConfig
+from ..config import defaults, OptimConfig, RunSettings
+from ..task import TaskDefaults
 
 
 class AuxModel(str, enum.Enum):
@@ -30,7 +31,7 @@ class AuxModel(str, enum.Enum):
 
 
 @dataclass
-class AuxTrainConfig:
+class AuxTrainConfig(RunSettings):
     model: AuxModel = AuxModel.CLIP
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -40,9 +41,6 @@ class AuxTrainConfig:
     optim: OptimConfig = defaults(OptimConfig, steps=3000, batch_size=256, lr=1e-3, warmup_steps=200,
                                   weight_decay=0.01, ema_decay=0.999, p_uncond=0.0)
     hard_negatives: bool = True  # CLIP: add one distractor caption per image as an extra negative (NegCLIP)
-    log_every: int = 50
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
 
 
 def hard_negatives(captions: list[str], generator: torch.Generator) -> list[str]:
@@ -58,7 +56,7 @@ def hard_negatives(captions: list[str], generator: torch.Generator) -> list[str]
     return out
 
 
-class JudgeTask:
+class JudgeTask(TaskDefaults):
     """CLIP: symmetric InfoNCE (+ hard negatives); classifier: -log p(y | x_t). Noise-aware models see x_t."""
 
     config_cls = AuxTrainConfig

@@ -19,6 +19,7 @@ from ...io import replace_dir, save_component
 from ...nets.layout_prior import LayoutPrior, LayoutPriorConfig, target_sequence
 from ...nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
 from ..config import defaults, OptimConfig, RunSettings
+from ..task import TaskDefaults
 from .text2image import FrozenTextCache
 
 
@@ -66,7 +67,7 @@ def targets(captions: list[str], box_lists: list[list[dict]], tokenizer, cfg: La
     return torch.tensor(rows, dtype=torch.long)
 
 
-class LayoutPriorTask:
+class LayoutPriorTask(TaskDefaults):
     name, config_cls = "layout_prior", LayoutPriorTrainConfig
 
     def build(self, cfg: LayoutPriorTrainConfig, data, resume: bool) -> nn.Module:

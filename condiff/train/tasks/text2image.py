@@ -29,6 +29,7 @@ from ...nets.text import TextEncoder
 from ...nets.unet import UNet
 from ...pipelines.text2image import Text2ImagePipeline
 from ..config import LossWeighting, TrainConfig
+from ..task import TaskDefaults
 
 SAMPLE_PROMPTS = [
     "a red circle", "a small blue square", "a large yellow triangle", "three green circles",
@@ -46,7 +47,7 @@ class TextToImageModel(nn.Module):
         self.unet = UNet(cfg.unet)
 
 
-class Text2ImageTask:
+class Text2ImageTask(TaskDefaults):
     name, config_cls = "text2image", TrainConfig
 
     def build(self, cfg: TrainConfig, data, resume: bool) -> nn.Module:

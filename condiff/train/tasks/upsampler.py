@@ -24,6 +24,7 @@ from ...nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
 from ...nets.unet import UNet, UNetConfig
 from ...pipelines.upsample import UpsamplePipeline
 from ..config import defaults, LossConfig, LossWeighting, OptimConfig, RunSettings
+from ..task import TaskDefaults
 from .text2image import SAMPLE_PROMPTS, FrozenTextCache
 
 SCALES = (2, 4)
@@ -58,10 +59,9 @@ class UpsamplerTrainConfig(RunSettings):
                                   ema_decay=0.999, p_uncond=0.1)
     loss: LossConfig = field(default_factory=LossConfig)
     sample_every: int = 1000  # 0: never
-    snapshot_every: int = 0  # also keep the EMA pipeline as snapshots/step_N every N steps (the ablation's equal-step point)
 
 
-class UpsamplerTask:
+class UpsamplerTask(TaskDefaults):
     name, config_cls = "upsampler", UpsamplerTrainConfig
 
     def build(self, cfg: UpsamplerTrainConfig, data, resume: bool) -> UNet:

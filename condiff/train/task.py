@@ -1,0 +1,79 @@
+"""The contract between the one trainer and a model kind (train/tasks/): the Run a kind is handed, what a kind must
+give (Task), and defaults for what it may leave out. The trainer calls every Task method without probing for it."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .config import Precision
+from .distributed import World
+from .ema import EMA
+
+
+class Task(Protocol):
+    """What one model kind adds to the trainer."""
+
+    name: str
+    config_cls: type  # a dataclass built on config.RunSettings
+    batch_coupled: bool  # its loss couples the whole batch (in-batch negatives): one shard on one process
+
+    def build(self, cfg, data, resume: bool) -> nn.Module: ...  # fills the config's derived fields (vocab, resolution)
+
+    def prepare(self, run: Run) -> None: ...  # run.state extras, after the model exists
+
+    def extras(self, run: Run, raw) -> dict: ...  # the loss's inputs besides images and captions (e.g. boxes)
+
+    def loss(self, run: Run, images: torch.Tensor, captions: list[str], **extras) -> torch.Tensor: ...
+
+    def sample(self, run: Run) -> Path | None: ...  # a grid of samples every cfg.sample_every steps (None: none)
+
+    def export(self, run: Run, folder: Path) -> None: ...  # the EMA model as loadable component(s)
+
+
+@dataclass
+class Run:
+    task: Task
+    cfg: object
+    folder: Path
+    data: object
+    model: nn.Module
+    ema: EMA
+    opt: torch.optim.Optimizer
+    generator: torch.Generator
+    device: torch.device
+    step: int = 0
+    state: dict = field(default_factory=dict)  # task-owned extras (e.g. the noise schedule)
+    logs: dict = field(default_factory=dict)  # task-reported figures of the last step (e.g. codebook perplexity)
+    world: World = field(default_factory=World)  # the launched processes (rank 0 of 1 when not launched)
+    shards: int = 1  # optim.micro_batches resolved for this world (train/distributed.py)
+    saved_step: int = -1  # the step save() last wrote (a signal right after a periodic save does not save twice)
+
+    def summary(self) -> str:
+        skipped = getattr(self.data, "skipped", 0)
+        return (f"trained {self.task.name} for {self.step} steps; model in {self.folder / 'model'}"
+                + (f"; skipped {skipped} unusable images (unreadable, truncated, empty or too large)" if skipped else ""))
+
+    def autocast(self):
+        if Precision(self.cfg.precision) is Precision.BF16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+class TaskDefaults:
+    """What a kind may leave out: no coupling across the batch, no extra loss inputs, no sample grids."""
+
+    batch_coupled = False
+
+    def prepare(self, run: Run) -> None:
+        pass
+
+    def extras(self, run: Run, raw) -> dict:
+        return {}
+
+    def sample(self, run: Run) -> Path | None:
+        return None
