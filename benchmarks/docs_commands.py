@@ -23,7 +23,7 @@ Outcomes:
   DiffusionCLIP's `--apply` its `--target`, and an edit by inversion (`generate --from-noise`) its prompt.
 
 Paths in the documents that stand for the user's own files are given stand-ins before the commands run:
-Stable Diffusion folders and single files are diffusers' tiny fast-test model (built by diffusers itself, as the
+Stable Diffusion folders and single files (SD1 CLIP and SD2 OpenCLIP layouts) are diffusers' tiny fast-test model (built by diffusers itself, as the
 tests build it; needs `.[test]`), and `path/to/folder` is an image folder of 24 shapes scenes.
 """
 from __future__ import annotations
@@ -95,10 +95,12 @@ def tiny_stable_diffusion(scratch: Path) -> dict[str, Path]:
     sys.path.insert(0, str(ROOT / "tests"))
     from test_stable_diffusion import folder_to_single_file, tiny_sd
 
-    folder = tiny_sd(scratch / "path" / "to" / "sd-folder", conventional=True)
+    folder = tiny_sd(scratch / "path" / "to" / "sd-folder", conventional=True, f8=True)
     shutil.copytree(folder, scratch / "path" / "to" / "sd-diffusers-folder")
     single = folder_to_single_file(folder, scratch / "v1-5.safetensors")
     shutil.copy(single, scratch / "v1-5-pruned-emaonly.safetensors")
+    sd2 = tiny_sd(scratch / "path" / "to" / "sd2-folder", v=True, conventional=True, f8=True)
+    folder_to_single_file(sd2, scratch / "sd2-768-v.safetensors", sd2=True)
     return {"sd": folder, "single": single}
 
 

@@ -42,24 +42,29 @@ def tiny_tokenizer(folder: Path) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"), model_max_length=77)
 
 
-def tiny_sd(folder: Path, v: bool = False, conventional: bool = False) -> Path:
+def tiny_sd(folder: Path, v: bool = False, conventional: bool = False, f8: bool = False) -> Path:
     """diffusers' fast-test SD (SD2-like with v: linear projections, gelu text model, v-prediction), saved.
 
     conventional: follows SD1's conventions as a single file must (32 groups, 64-dim text heads, CLIP's real
-    49,408-token tokenizer), so that the same weights also load from an original-layout file."""
+    49,408-token tokenizer), so that the same weights also load from an original-layout file.
+    f8: an autoencoder of four levels, which downsamples by 8 as SD's does (the fast-test one by 2 only, so that at
+    512 px its latent is 256 x 256 and one step takes minutes)."""
     torch.manual_seed(0)
     groups = 32 if conventional else 8
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
+    widths = (64, 64) if v and conventional else (32, 64)  # SD2's 64-dim heads need 64 channels at every level
+    unet = UNet2DConditionModel(block_out_channels=widths, layers_per_block=2, sample_size=32, in_channels=4,
                                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                norm_num_groups=groups, use_linear_projection=v, attention_head_dim=(2, 4) if v else 8)
-    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        norm_num_groups=groups)
+                                norm_num_groups=groups, use_linear_projection=v,
+                                attention_head_dim=((1, 1) if conventional else (2, 4)) if v else 8)
+    levels = [32, 32, 32, 64] if f8 else [32, 64]
+    vae = AutoencoderKL(block_out_channels=levels, in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * len(levels),
+                        up_block_types=["UpDecoderBlock2D"] * len(levels), norm_num_groups=groups)
     if conventional:
         text_cfg = dict(bos_token_id=49406, eos_token_id=49407, pad_token_id=1, hidden_size=32, num_attention_heads=1,
                         vocab_size=49408)
-        tokenizer = clip_tokenizer(sd2=False)
+        tokenizer = clip_tokenizer(sd2=v)
     else:
         text_cfg = dict(bos_token_id=514, eos_token_id=515, pad_token_id=515, hidden_size=32, num_attention_heads=4,
                         vocab_size=1000)
@@ -257,13 +262,38 @@ def vae_to_ldm(sd: dict, levels: int, nrb: int) -> dict:
 def text_to_ldm(sd: dict) -> dict:
     return {"cond_stage_model.transformer.text_model." + k.removeprefix("text_model."): v for k, v in sd.items()}
 
-def folder_to_single_file(folder: Path, out: Path) -> Path:
-    """A diffusers SD1 folder as one original-layout safetensors file."""
+def text_to_open_clip(sd: dict, width: int) -> dict:
+    """transformers CLIPTextModel keys -> SD2's OpenCLIP cond_stage_model.model.*, plus one random last layer, which
+    SD2 does not read (it takes the penultimate layer's states)."""
+    p, out = "cond_stage_model.model.", {}
+    sd = {k.removeprefix("text_model."): v for k, v in sd.items() if not k.endswith("position_ids")}
+    layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.layers\.(\d+)\.", k)))
+    out[p + "token_embedding.weight"] = sd.pop("embeddings.token_embedding.weight")
+    out[p + "positional_embedding"] = sd.pop("embeddings.position_embedding.weight")
+    out[p + "ln_final.weight"], out[p + "ln_final.bias"] = sd.pop("final_layer_norm.weight"), sd.pop("final_layer_norm.bias")
+    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}
+    for i in range(layers + 1):
+        r, e = f"{p}transformer.resblocks.{i}.", f"encoder.layers.{i}."
+        g = torch.Generator().manual_seed(i)
+        get = (lambda k: sd[e + k]) if i < layers else (lambda k: torch.randn(sd["encoder.layers.0." + k].shape, generator=g) * 0.02)
+        for part in ("weight", "bias"):
+            out[r + f"attn.in_proj_{part}"] = torch.cat([get(f"self_attn.{q}_proj.{part}") for q in "qkv"])
+            for new, old in names.items():
+                out[r + f"{old}.{part}"] = get(f"{new}.{part}")
+    out[p + "text_projection"] = torch.randn(width, width, generator=torch.Generator().manual_seed(99))
+    return out
+
+
+def folder_to_single_file(folder: Path, out: Path, sd2: bool = False) -> Path:
+    """A diffusers SD1 (or with sd2, SD2: OpenCLIP text layout) folder as one original-layout safetensors file."""
     unet = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
     vae = load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors"))
     text = load_file(str(folder / "text_encoder" / "model.safetensors"))
     uc = json.loads((folder / "unet" / "config.json").read_text()); vc = json.loads((folder / "vae" / "config.json").read_text())
-    sd = unet_to_ldm(unet, len(uc["block_out_channels"]), uc["layers_per_block"]) | vae_to_ldm(vae, len(vc["block_out_channels"]), vc["layers_per_block"]) | text_to_ldm(text)
+    sd = unet_to_ldm(unet, len(uc["block_out_channels"]), uc["layers_per_block"]) | vae_to_ldm(vae, len(vc["block_out_channels"]), vc["layers_per_block"])
+    tc = json.loads((folder / "text_encoder" / "config.json").read_text())
+    sd |= text_to_open_clip(text, tc["hidden_size"]) if sd2 else text_to_ldm(text)
     save_file({k: v.contiguous() for k, v in sd.items()}, str(out))
     return out
 
@@ -281,6 +311,18 @@ def test_a_single_file_draws_the_image_diffusers_draws_from_the_same_weights_as_
     assert main(["generate", PROMPT, "--model", str(single), "--seed", "0", "--sampler", "ddim", "--steps", "10",
                  "--guidance-scale", "7.5", "--size", "64", "--out", str(out)]) == 0
     assert np.abs(np.asarray(Image.open(out)).astype(int) - diffusers_image(folder)).max() <= 3
+
+
+def test_an_sd2_single_file_with_openclip_text_draws_the_image_diffusers_draws_from_the_folder(tmp_path):
+    """SD2's layout: OpenCLIP's fused in_proj attention, read at the penultimate of its layers (the last one, random
+    here, must be dropped), 64-dim UNet heads, v-prediction from --prediction v, the tokenizer padding with '!'."""
+    folder = tiny_sd(tmp_path / "sd2", v=True, conventional=True)
+    single = folder_to_single_file(folder, tmp_path / "sd2-v.safetensors", sd2=True)
+    out = tmp_path / "file.png"
+    assert main(["generate", PROMPT, "--model", str(single), "--prediction", "v", "--seed", "0", "--sampler", "ddim",
+                 "--steps", "10", "--guidance-scale", "7.5", "--size", "64", "--out", str(out)]) == 0
+    image = np.asarray(Image.open(out)).astype(int)
+    assert image.std() > 10 and np.abs(image - diffusers_image(folder)).max() <= 3
 
 
 def test_convert_writes_a_diffusers_folder_diffusers_reads(sd1_file, tmp_path):
