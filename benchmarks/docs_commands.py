@@ -66,6 +66,14 @@ class Result:
     detail: str = ""
 
 
+def command_key(text: str) -> str:
+    """The command without its trailing comment: the same command under two comments runs once."""
+    try:
+        return shlex.join(shlex.split(text, comments=True))
+    except ValueError:
+        return text
+
+
 def documented_commands(root: Path = ROOT) -> list[Command]:
     """The condiff command lines of every fenced shell block, README first, each once (first appearance)."""
     seen: dict[str, Command] = {}
@@ -84,8 +92,8 @@ def documented_commands(root: Path = ROOT) -> list[Command]:
                 i += 1
                 line = line[:-1] + " " + lines[i].strip()
             text = line.strip().removeprefix("$ ")
-            if fence in SHELLS and PROGRAMS.match(text) and text not in seen:
-                seen[text] = Command(text, f"{doc.relative_to(root)}:{start + 1}")
+            if fence in SHELLS and PROGRAMS.match(text) and command_key(text) not in seen:
+                seen[command_key(text)] = Command(text, f"{doc.relative_to(root)}:{start + 1}")
             i += 1
     return list(seen.values())
 
@@ -184,7 +192,9 @@ def run_training(text: str, cwd: Path, env: dict, seconds: float, full: bool, li
     folder = out_folder(text)
     saved = folder is not None and any((cwd / folder).glob("checkpoints/*"))
     steps = re.findall(r"(\d+)/\d+ \[", out)
-    if code == 143 and saved:
+    # torchrun's agent answers SIGTERM with its own SignalException and exit 1, after its workers saved and exited 143
+    launched = text.startswith("torchrun") and code == 1 and "SignalException" in last_line(out)
+    if (code == 143 or launched) and saved and out.count("interrupted: saved step") == 1:
         return "started", f"step {steps[-1] if steps else '?'} after {seconds:.0f} s; SIGTERM saved a checkpoint"
     return "failed", f"exit {code} on SIGTERM, checkpoint saved: {saved}: {last_line(out)}"
 
@@ -246,27 +256,29 @@ def oracle_says(text: str, cwd: Path) -> str | None:
     return None if verdict.correct else f"{image} is not '{caption}': {verdict.reason}"
 
 
-def waits_on(text: str, cwd: Path, trained: set[str]) -> str | None:
-    """A runs/NAME path made only by a training this run stopped early."""
+def waits_on(text: str, cwd: Path, pending: set[str]) -> str | None:
+    """A runs/NAME input that is not there yet because the documented command making it (a training, or a command
+    that itself waits) has not run to its end."""
     for path in re.findall(r"(runs/[\w.-]+)", text):
-        if path in trained and not (cwd / path / "model").exists() and path != out_folder(text):
+        ready = (cwd / path / "model").exists() or (cwd / path / "config.json").exists()
+        if path in pending and not ready and path != out_folder(text):
             return path
     return None
 
 
-def run_one(cmd: Command, cwd: Path, env: dict, a, trained: set[str]) -> Result:
+def run_one(cmd: Command, cwd: Path, env: dict, a, pending: set[str]) -> Result:
     t0 = time.time()
     k = kind(cmd.text)
     if k == "setup" and not a.setup:
         outcome, detail = "skipped", "the README's set-up command (--setup runs it in the repository root)"
     elif k == "accelerate" and _gpus() < (need := int(re.search(r"--num_processes (\d+)", cmd.text).group(1))):
         outcome, detail = "skipped", f"needs {need} GPUs"
-    elif (dep := waits_on(cmd.text, cwd, trained)) is not None:
-        outcome, detail = "waits", f"on {dep}/model, from a training stopped early (--full)"
+    elif (dep := waits_on(cmd.text, cwd, pending)) is not None:
+        outcome, detail = "waits", f"on {dep}, made by a documented training that has not run to its end (--full)"
+        if (folder := out_folder(cmd.text)) is not None:
+            pending.add(folder)
     elif k == "train":
         outcome, detail = run_training(cmd.text, cwd, env, a.train_seconds, a.full, a.limit)
-        if (folder := out_folder(cmd.text)) is not None and outcome == "started":
-            trained.add(folder)
     elif k == "serve":
         outcome, detail = run_server(cmd.text, cwd, env, a.limit)
     else:
@@ -311,10 +323,10 @@ def main(argv=None) -> int:
     if not (scratch / "configs").exists():
         scratch_folder(scratch)
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    trained: set[str] = set()
+    pending = {out_folder(c.text) for c in documented_commands() if kind(c.text) == "train"} - {None}
     results = []
     for c in cmds:
-        r = run_one(c, scratch, env, a, trained)
+        r = run_one(c, scratch, env, a, pending)
         results.append(r)
         print(f"{r.outcome:8s} {r.seconds:7.1f} s  {r.where:28s} {r.text[:100]}" + (f"\n{'':19s}{r.detail}"
                                                                                      if r.detail else ""), flush=True)

@@ -112,3 +112,31 @@ def test_kill_9_of_one_rank_ends_the_run_and_leaves_a_checkpoint_that_resumes(tm
     assert step >= 2 and step % 2 == 0  # an atomic checkpoint (checkpoint_every 2), readable:
     cfg = _config(tmp_path, step + 2)
     assert main(["train", "--config", cfg, "--out", str(run), "--workers", "0", "--resume"]) == 0
+
+
+def test_sigterm_to_a_torchrun_group_saves_once(tmp_path):
+    """`timeout` signals the whole group: torchrun's agent and both workers, and then the agent forwards SIGTERM to the
+    workers. That forwarded echo must not count as a second signal, which exits without saving: rank 0 saves once,
+    and the run resumes to the end. (torchrun itself then reports the signal as its SignalException, exit 1.)"""
+    import signal
+    import time
+
+    cfg = json.loads(json.dumps(TINY))
+    cfg["optim"] |= {"steps": 400, "batch_size": 128}  # a step long enough (about a second) for the echo to land in
+    cfg["data"] |= {"resolution": 32}
+    cfg["checkpoint_every"] = 2
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_port()}", "-m", "condiff.cli", "train", "--config", str(tmp_path / "c.json"),
+           "--workers", "0", "--out", str(tmp_path / "r")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    while not (tmp_path / "r" / "checkpoints" / "latest").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert out.count("interrupted: saved step") == 1 and "condiff: interrupted (SIGTERM)" in out, out[-2000:]
+    assert "interrupted again" not in out
+    step = int(out.split("interrupted: saved step ")[1].split()[0])
+    assert (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == f"step_{step:08d}"

@@ -135,7 +135,7 @@ def test_bad_micro_batches_are_one_line(tmp_path, capsys, value, said):
 
 # --- every signal path -------------------------------------------------------------------------------------------
 
-def _start_training(tmp_path, name: str, workers: int, steps: int = 12):
+def _start_training(tmp_path, name: str, workers: int, steps: int = 12, env: dict | None = None):
     """A tiny training run as its own process group (as a shell job is), stopped once its first checkpoint exists."""
     import json
     import os
@@ -150,7 +150,7 @@ def _start_training(tmp_path, name: str, workers: int, steps: int = 12):
     (tmp_path / "c.json").write_text(json.dumps(cfg))
     cmd = [sys.executable, "-m", "condiff.cli", "train", "--config", str(tmp_path / "c.json"), "--workers", str(workers)]
     proc = subprocess.Popen(cmd + ["--out", str(tmp_path / name)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            text=True, start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
     latest = tmp_path / name / "checkpoints" / "latest"
     while not latest.exists() and proc.poll() is None:
         time.sleep(0.02)
@@ -190,13 +190,30 @@ def test_a_second_signal_exits_at_once_and_keeps_the_last_complete_checkpoint(tm
 
     from condiff.train.state import latest_checkpoint
 
-    proc, _ = _start_training(tmp_path, "run", workers=2, steps=400)
+    proc, _ = _start_training(tmp_path, "run", workers=2, steps=400, env={"CONDIFF_SIGNAL_ECHO_S": "0"})
     os.killpg(proc.pid, signal.SIGTERM)
     time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "Traceback" not in err, err[-1500:]
+    assert "interrupted: saved step" not in out
     assert latest_checkpoint(tmp_path / "run").is_dir() and not list((tmp_path / "run" / "checkpoints").glob("*tmp*"))
+
+
+def test_the_echo_of_a_signal_still_saves(tmp_path):
+    """torchrun's agent forwards SIGTERM to workers that `timeout` has already signalled with the whole group, and
+    Ctrl-C under torchrun is SIGINT then the agent's SIGTERM: a second signal within a second is that echo."""
+    import os
+    import signal
+    import time
+
+    proc, _ = _start_training(tmp_path, "run", workers=0, steps=400)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-1500:]
+    assert out.count("interrupted: saved step") == 1
 
 
 # --- bounded generation ------------------------------------------------------------------------------------------

@@ -117,9 +117,9 @@ def check_out(out: Path) -> Path:
 def write_folder(samples, tmp: Path) -> int:
     """The samples as PNG files + metadata.jsonl in tmp; returns how many."""
     rows = []
-    for name, img, caption in samples:
+    for name, img, caption, *boxes in samples:  # world scenes also carry their exact boxes
         (tmp / name).write_bytes(png_bytes(img))
-        rows.append(json.dumps({"file_name": name, "text": caption}))
+        rows.append(json.dumps({"file_name": name, "text": caption} | ({"boxes": boxes[0]} if boxes else {})))
     (tmp / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     return len(rows)
 
@@ -129,9 +129,10 @@ def write_tar_shards(samples, tmp: Path, per_shard: int) -> int:
     count = [0]
 
     def shard_samples():
-        for k, (_, img, caption) in enumerate(samples):
+        for k, (_, img, caption, *boxes) in enumerate(samples):
             count[0] += 1
-            yield {"key": f"{k:08d}", "png": png_bytes(img), "txt": caption}
+            yield {"key": f"{k:08d}", "png": png_bytes(img), "txt": caption} | (
+                {"json": json.dumps({"boxes": boxes[0]})} if boxes else {})
 
     pattern = Path(write_shards(shard_samples(), str(tmp), per_shard)).name
     (tmp / "PATTERN").write_text(pattern + "\n")

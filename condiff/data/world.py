@@ -40,3 +40,26 @@ class WorldStream:
 
     def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
         return self.materialize(self.raw(seed, step, size), device)
+
+
+SHAPES_LICENSE = """# Shapes-world scenes
+
+Drawn by condiff's renderer (condiff/world, docs/WORLD.md) from their captions: no third-party content. The boxes in
+metadata.jsonl are exact (the renderer's own), WORLD.md v2's record.
+"""
+
+
+def scene_samples(count: int, resolution: int, seed: int = 0, caption: str | None = None):
+    """(file name, RGB PIL image, caption, boxes) of world scenes: `count` layouts of one caption, or random captions
+    of every category (held-out combinations excluded), both from random.Random(seed)."""
+    from PIL import Image
+
+    from ..world.render import to_uint8
+
+    rng = random.Random(seed)
+    spec = parse_caption(caption) if caption is not None else None
+    for k in range(count):
+        s = spec if spec is not None else sample_prompt(rng, list(Category)[k % len(Category)])
+        placed = layout(s, rng)
+        pixels = to_uint8(render([placed], resolution))[0].numpy()
+        yield f"{k:05d}.png", Image.fromarray(pixels), s.caption, scene_boxes(s, placed)

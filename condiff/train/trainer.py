@@ -302,21 +302,34 @@ class TerminatedAgain(Again, Terminated):
     pass
 
 
+ECHO_SECONDS = 1.0  # a signal this soon after the first is its echo, not a second request (CONDIFF_SIGNAL_ECHO_S)
+
+
 class Signals(list):
     """The signals noted so far; while quiet (the loop is already unwinding) a second one is noted, not raised."""
     quiet = False
+    first = 0.0  # time.monotonic() of the first signal
 
 
 def _interrupt_between_steps():
     """Ctrl-C and SIGTERM are noted and acted on after the running step, so the checkpoint that save() writes is a
     step boundary (an interrupt between opt.step() and the step count would save a state that --resume repeats a
-    step from); a second signal interrupts at once. Returns (the noted signals, the old handlers to restore);
-    off the main thread nothing is installed."""
+    step from); a second signal interrupts at once. One request often arrives twice within milliseconds: `timeout`
+    or Ctrl-C signal the whole group, and torchrun's agent, signalled too, then forwards SIGTERM to its workers. A
+    signal within ECHO_SECONDS of the first (the environment's CONDIFF_SIGNAL_ECHO_S, if set) is taken as that echo
+    and dropped, so the run still saves. Returns (the
+    noted signals, the old handlers to restore); off the main thread nothing is installed."""
     stop = Signals()
+    echo = float(os.environ.get("CONDIFF_SIGNAL_ECHO_S", ECHO_SECONDS))
 
     def handler(signum, frame):
+        now = time.monotonic()
+        if stop and now - stop.first < echo:
+            return
         if stop and not stop.quiet:
             raise TerminatedAgain if signum == signal.SIGTERM else InterruptedAgain
+        if not stop:
+            stop.first = now
         stop.append(signum)
 
     previous = {}
