@@ -145,6 +145,14 @@ def _eval_layouts(args) -> None:
     run_eval_layouts(args)
 
 
+def _eval_real(args) -> None:
+    from ..eval.real import run_eval_real
+
+    if not 1 <= args.n <= 1000:
+        raise ValueError(f"--n: must be between 1 and 1000, got {args.n}")
+    run_eval_real(args)
+
+
 def _eval_bench(args) -> None:
     from ..eval.bench import run_bench
     from ..world.bench import SUITES
@@ -278,6 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timesteps", default="0,250,500,750", help="noise levels for a noise-aware CLIP")
     c.add_argument("--out", help="also write the table as JSON here")
     c.set_defaults(func=_eval_clip)
+
+    r = esub.add_parser("real", help="a real-data model judged on real images: digits read by an SVM trained on "
+                                     "real MNIST, emoji by the retrieval rank of the real emoji of each name")
+    r.add_argument("judge", choices=["digits", "emoji"])
+    r.add_argument("--model", help="model folder or shipped name (default: the shipped one of the judge's name)")
+    r.add_argument("--n", type=int, default=4, help="digits: images per class")
+    r.add_argument("--names", nargs="+", default=["red apple", "grinning face", "red heart", "sun", "fire",
+                                                 "green apple", "banana", "cherries", "snowman", "ghost",
+                                                 "four leaf clover", "blue heart"],
+                   help="emoji: the names to draw, once each")
+    r.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(r, steps=50)
+    r.add_argument("--out", help="also write the report as JSON here")
+    r.set_defaults(func=_eval_real)
 
     from .cascade import add_upscale_parser
     from .convert import add_convert_parser

