@@ -45,3 +45,50 @@ def replace_dir(tmp: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+WEIGHT_SUFFIXES = (".safetensors",)
+
+
+def hash_cache() -> Path:
+    """Where model hashes are remembered: $XDG_CACHE_HOME/condiff/hashes.json (~/.cache by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "condiff" / "hashes.json"
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The weight files that make a model: the file itself, or a folder's .safetensors files in path order."""
+    path = Path(path)
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
+
+
+def model_hash(path: Path, cache: Path | None | bool = True) -> str:
+    """The first 10 hex digits of the SHA-256 of a model's weights, as A1111 writes `Model hash` (for a single file
+    its 'AutoV2' hash, the same digits). A folder hashes its .safetensors files in path order. Hashes are cached by
+    path, size and modification time (as A1111 caches them), so a 4 GB checkpoint is read once."""
+    import hashlib
+    import json
+
+    cache = hash_cache() if cache is True else cache or None
+    files = weight_files(path)
+    key = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+    known = {}
+    if cache is not None and cache.is_file():
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), str):
+        return known[key]
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    short = digest.hexdigest()[:10]
+    if cache is not None:
+        try:
+            known = known if isinstance(known, dict) else {}
+            atomic_write_bytes(cache, json.dumps(dict(list(known.items())[-999:]) | {key: short}).encode())
+        except OSError:  # a read-only home: the hash is still right, only not remembered
+            pass
+    return short

@@ -159,3 +159,22 @@ def test_undeclared_methods_get_405_with_allow(service):
     r = client.request("TRACE", "/api/txt2img")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert client.put("/api/samplers").status_code == 405 and client.get("/api/nowhere").status_code == 404
+
+
+def test_the_model_endpoint_names_the_served_model_as_its_images_do(service):
+    """GET /api/model: name and A1111 hash as every image's infotext gives them, family, kind and native size."""
+    import hashlib
+
+    from condiff.fs import weight_files
+
+    client = TestClient(create_api(service))
+    info = client.get("/api/model").json()
+    digest = hashlib.sha256()
+    for f in weight_files(service.model_path):
+        digest.update(f.read_bytes())
+    assert info == {"name": service.model_path.name, "hash": digest.hexdigest()[:10],
+                    "family": f"condiff {service.pipe.kind}", "kind": service.pipe.kind,
+                    "resolution": service.pipe.resolution}
+    r = client.post("/api/txt2img", json={"prompt": "a red circle", "steps": 2})
+    assert r.status_code == 200
+    assert f"Model hash: {info['hash']}, Model: {info['name']}," in r.json()["parameters"][0]  # A1111's infotext

@@ -313,6 +313,29 @@ def test_a_single_file_draws_the_image_diffusers_draws_from_the_same_weights_as_
     assert np.abs(np.asarray(Image.open(out)).astype(int) - diffusers_image(folder)).max() <= 3
 
 
+def test_the_infotext_names_the_checkpoint_and_its_a1111_hash(sd1_file, tmp_path, monkeypatch):
+    """A1111's `Model hash` of a single file is the first 10 hex digits of its SHA-256 ('AutoV2'); the name is the
+    file's stem. The hash is remembered by path, size and mtime: a changed file is hashed again."""
+    import hashlib
+
+    from condiff.fs import model_hash
+    from condiff.png import read_parameters
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _, single = sd1_file
+    out = tmp_path / "h.png"
+    assert main(["generate", PROMPT, "--model", str(single), "--steps", "2", "--size", "32", "--out", str(out)]) == 0
+    params = read_parameters(out)
+    assert params["Model hash"] == hashlib.sha256(single.read_bytes()).hexdigest()[:10]
+    assert params["Model"] == single.stem
+    assert params["Model hash"] in (tmp_path / "cache" / "condiff" / "hashes.json").read_text()
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(single.read_bytes() + b"")
+    assert model_hash(copy) == params["Model hash"]
+    copy.write_bytes(single.read_bytes()[:-1] + b"x")  # same size, new content and mtime
+    assert model_hash(copy) == hashlib.sha256(copy.read_bytes()).hexdigest()[:10] != params["Model hash"]
+
+
 def test_an_sd2_single_file_with_openclip_text_draws_the_image_diffusers_draws_from_the_folder(tmp_path):
     """SD2's layout: OpenCLIP's fused in_proj attention, read at the penultimate of its layers (the last one, random
     here, must be dropped), 64-dim UNet heads, v-prediction from --prediction v, the tokenizer padding with '!'."""

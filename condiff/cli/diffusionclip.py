@@ -33,6 +33,7 @@ def _edit_clip(args) -> None:
     from ..catalogue import DEFAULT_JUDGES
     from ..pipelines.text2image import Text2ImagePipeline
     from ..catalogue import DEFAULT_MODEL
+    from ..pipelines.requests import ModelTag
     from ..png import check_writable, format_parameters, save_png
     from ..world.render import to_uint8
 
@@ -68,7 +69,7 @@ def _edit_clip(args) -> None:
     out = apply(pipe, edited, x, [args.source], [args.target], cfg)
     px = to_uint8(out).numpy()[0]
     info = {"Edit": "DiffusionCLIP", "Source": args.source, "Target": args.target, "t0": cfg.t0, "Steps": cfg.steps,
-            "Size": f"{px.shape[1]}x{px.shape[0]}", "Model": model.name}
+            "Size": f"{px.shape[1]}x{px.shape[0]}", **ModelTag.of(model).parameters()}
     info |= ({"Fine-tune iterations": cfg.iterations, "Fine-tune lr": cfg.lr, "L1 weight": cfg.l1_weight}
              if saved is None else {"Fine-tuned model": Path(args.apply).name})
     save_png(px, Path(args.out), format_parameters(args.target, "", info))

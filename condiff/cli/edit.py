@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 
-from ..pipelines.requests import results
+from ..pipelines.requests import ModelTag, results
 from ..png import check_writable
 from .args import positive_int
 from .output import checked_paths, write_images
@@ -55,7 +55,7 @@ def _load(args, prompts, **overrides):
 def _save(args, out, prompt, opts, model, params: dict) -> None:
     """Each image (seed --seed + i) to OUT-NNN.png with its parameters and a grid at OUT; one image to OUT."""
     seeds = [args.seed + i for i in range(len(out))]
-    write_images([results(out, [prompt] * len(out), seeds, opts, model.name, params)], args.out, len(out))
+    write_images([results(out, [prompt] * len(out), seeds, opts, ModelTag.of(model), params)], args.out, len(out))
 
 
 def _img2img(args) -> None:
@@ -69,7 +69,7 @@ def _img2img(args) -> None:
     req = Img2ImgRequest(args.prompt, image_tensor(to_model_size(img, pipe.resolution)),
                          [args.seed + i for i in range(args.num_images)], opts, args.strength, args.batch_size)
     t = time.time()
-    write_images(edit_img2img(pipe, req, model.name), args.out, args.num_images)
+    write_images(edit_img2img(pipe, req, ModelTag.of(model)), args.out, args.num_images)
     print(f"img2img in {time.time() - t:.1f} s", file=sys.stderr)
 
 
@@ -92,7 +92,7 @@ def _inpaint(args) -> None:
                          mask_tensor(mask, pipe.resolution), [args.seed + i for i in range(args.num_images)], opts,
                          args.method, resample, not args.no_paste_back, args.batch_size)
     t = time.time()
-    write_images(edit_inpaint(pipe, req, model.name), args.out, args.num_images)
+    write_images(edit_inpaint(pipe, req, ModelTag.of(model)), args.out, args.num_images)
     print(f"inpaint in {time.time() - t:.1f} s", file=sys.stderr)
 
 
@@ -136,7 +136,9 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
     i = esub.add_parser("img2img", help="SDEdit: noise IN to --strength, denoise with --prompt")
     common(i, "img2img.png")
     i.add_argument("-n", "--num-images", type=positive_int, default=1, help="results, image i with seed --seed + i")
-    i.add_argument("--strength", type=float, default=0.5, help="0 returns IN, 1 is text-to-image (denoising strength)")
+    i.add_argument("--strength", type=float, default=0.5,
+                   help="0 returns IN, 1 is text-to-image (denoising strength; on a Stable Diffusion model, as in "
+                        "diffusers, 1 is IN noised to the first step)")
     i.set_defaults(func=_img2img)
 
     p = esub.add_parser("inpaint", help="repaint a box or a mask of IN with --prompt (inpainting model or RePaint)")

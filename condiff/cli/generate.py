@@ -11,7 +11,7 @@ from ..diffusion.sampling import SamplingOptions
 from ..formats import detect
 from ..io import CheckpointError, load_tensors
 from ..pipelines.guidance import (GuidanceForm, GuidanceMethod, GuidanceOptions, NoiseOptimization, check_prompts)
-from ..pipelines.requests import Txt2ImgRequest, txt2img
+from ..pipelines.requests import ModelTag, Txt2ImgRequest, txt2img
 from ..pipelines.stable_diffusion import check_size
 from ..pipelines.text2image import Text2ImagePipeline
 from .args import check_image_count
@@ -90,6 +90,6 @@ def generate(args) -> None:
     req = Txt2ImgRequest(prompts, seeds_from_args(args.seed, len(prompts)), opts, guide, None, noise, layout,
                          args.boxes_in_uncond, x_T, upscale, args.batch_size)
     start = time.time()
-    done = write_images(txt2img(pipe, req, model.name, progress=True), args.out, len(prompts),
+    done = write_images(txt2img(pipe, req, ModelTag.of(model), progress=True), args.out, len(prompts),
                         columns=args.num_images if len(args.prompts) > 1 else None)
     print(f"{len(done)} image(s) in {time.time() - start:.1f} s", file=sys.stderr)

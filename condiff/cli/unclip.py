@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from ..pipelines.requests import results
+from ..pipelines.requests import ModelTag, results
 from .args import positive_int
 from .output import checked_paths, write_images
 from ..catalogue import CLIP64, UNCLIP_DECODER as DECODER, model_folder
@@ -42,7 +42,7 @@ def _setup(args, images: list[str], texts: list[str], n: int):
 
 def _write(args, out, model, opts, seeds: list[int], prompt: str, info: dict) -> None:
     """Each image to OUT-NNN.png with its parameters, and all of them in one row at OUT."""
-    write_images([results(out, [prompt] * len(out), seeds, opts, model.name, info)], args.out, len(out), columns=len(out))
+    write_images([results(out, [prompt] * len(out), seeds, opts, ModelTag.of(model), info)], args.out, len(out), columns=len(out))
 
 
 def _variations(args) -> None:

@@ -99,22 +99,26 @@ def training_masks(g: torch.Generator, n: int, size: int, cfg: InpaintConfig,
     return torch.stack(out)[:, None]
 
 
-def latent_mask(mask: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def latent_mask(mask: torch.Tensor, shape: tuple[int, ...], nearest: bool = False) -> torch.Tensor:
     """A pixel mask at the sampler's size: a cell is repainted if any of its pixels is (max-pooling), so that the
-    known latent cells are those whose pixels are all kept."""
+    known latent cells are those whose pixels are all kept; nearest: if its nearest pixel is (diffusers' F.interpolate,
+    the top-left pixel of each cell)."""
     h, w = shape[-2:]
     m = mask.float()
     if m.shape[-2:] != (h, w):
-        m = torch.nn.functional.adaptive_max_pool2d(m, (h, w))
+        pool = torch.nn.functional.interpolate if nearest else torch.nn.functional.adaptive_max_pool2d
+        m = pool(m, (h, w))
     return m
 
 
-def inpaint_inputs(images: torch.Tensor, masks: torch.Tensor, encode=None) -> dict[str, torch.Tensor]:
+def inpaint_inputs(images: torch.Tensor, masks: torch.Tensor, encode=None,
+                   nearest: bool = False) -> dict[str, torch.Tensor]:
     """An inpainting UNet's keywords: masked_image= the image with its masked pixels set to 0 (grey), in the sampling
     space (encode: an autoencoder's, for a latent model), and mask= at that space's size (Stable Diffusion's and
-    GLIDE's inpainting inputs). images (B, 3, H, W) in [-1, 1]; masks (B, 1, H, W), 1 = repaint."""
+    GLIDE's inpainting inputs; nearest: as `latent_mask`). images (B, 3, H, W) in [-1, 1]; masks (B, 1, H, W),
+    1 = repaint."""
     masks = masks.to(images.device, images.dtype)
     masked = images * (1 - masks)
     if encode is not None:
         masked = encode(masked)
-    return {"mask": latent_mask(masks, masked.shape), "masked_image": masked}
+    return {"mask": latent_mask(masks, masked.shape, nearest), "masked_image": masked}

@@ -6,7 +6,7 @@ import random
 import torch
 
 from ..world.grammar import VOCABULARY, Category, parse_caption, sample_prompt
-from ..world.render import layout, render, scene_boxes
+from ..world.render import layout, render, scene_boxes, to_uint8
 
 
 class WorldStream:
@@ -53,8 +53,6 @@ def scene_samples(count: int, resolution: int, seed: int = 0, caption: str | Non
     """(file name, RGB PIL image, caption, boxes) of world scenes: `count` layouts of one caption, or random captions
     of every category (held-out combinations excluded), both from random.Random(seed)."""
     from PIL import Image
-
-    from ..world.render import to_uint8
 
     rng = random.Random(seed)
     spec = parse_caption(caption) if caption is not None else None

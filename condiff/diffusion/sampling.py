@@ -155,10 +155,12 @@ def plan_alpha_bars(schedule: NoiseSchedule, opts: SamplingOptions) -> list[floa
     return [schedule.alpha_bar[t].item() for t in sampling_timesteps(schedule, opts)] + [final]
 
 
-def start_step(opts: SamplingOptions, strength: float) -> int:
-    """SDEdit / img2img: strength 1 starts at the first step (pure noise), 0 at the end (the input unchanged)."""
+def start_step(opts: SamplingOptions, strength: float, truncate: bool = False) -> int:
+    """SDEdit / img2img: strength 1 starts at the first step (pure noise), 0 at the end (the input unchanged).
+
+    k = steps - round(strength steps); truncate: steps - int(strength steps), diffusers' get_timesteps."""
     strength = _finite("strength", strength, 0.0, 1.0)
-    return opts.steps - round(strength * opts.steps)
+    return opts.steps - (int(opts.steps * strength) if truncate else round(strength * opts.steps))
 
 
 def noise_to(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:

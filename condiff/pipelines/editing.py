@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..catalogue import DEFAULT_MODEL, INPAINT_MODEL
-from ..data.masks import latent_mask
+from ..data.masks import inpaint_inputs, latent_mask
 from ..diffusion.samplers import PerSampleNoise, ddim_invert
 from ..diffusion.sampling import (
+    Replace,
     Resample,
     Sampler,
     SamplingOptions,
@@ -28,7 +30,7 @@ from ..diffusion.sampling import (
     sampling_timesteps,
     start_step,
 )
-from .text2image import Text2ImagePipeline
+from .text2image import EditConvention, Text2ImagePipeline
 
 KNOWN_NOISE_SEED = 0x5EED_0F_0A  # RePaint's per-step noise of the known region: seed + this, apart from the sampler's
 
@@ -40,6 +42,18 @@ def to_model_space(pipe: Text2ImagePipeline, images: torch.Tensor) -> torch.Tens
         return images
     with torch.no_grad():
         return pipe.autoencoder.encode(images)
+
+
+def posterior_sample(pipe: Text2ImagePipeline, images: torch.Tensor, noise: PerSampleNoise) -> torch.Tensor:
+    """x_0 as diffusers' SD pipelines draw it (retrieve_latents, sample_mode "sample"): image i encoded alone, its
+    latent mean + std z with z the next draw of seed i's generator, scaled."""
+    images = images.to(pipe.device)
+    with torch.no_grad():
+        return torch.cat([pipe.autoencoder.encode(images[i:i + 1], g) for i, g in enumerate(noise.generators)])
+
+
+def follows_diffusers(pipe: Text2ImagePipeline) -> bool:
+    return pipe.edit_convention is EditConvention.DIFFUSERS
 
 
 def image_holds_layout(pipe: Text2ImagePipeline, n: int, kw: dict) -> dict:
@@ -57,21 +71,21 @@ def img2img(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, 
 
     strength 0 returns the input unchanged; strength 1 is text-to-image from the seeds' noise (exactly).
     The noise of x_k is the seed's first draw, the one text-to-image would start from.
+    A pipeline that follows diffusers (Stable Diffusion) draws StableDiffusionImg2ImgPipeline's x_k instead:
+    k = steps - int(strength steps), x_0 a posterior sample (the seed's first draw), x_k's noise its second draw;
+    strength 1 noises x_0 to the first step's level rather than replacing it.
     """
-    k = start_step(opts, strength)
+    k = start_step(opts, strength, truncate=follows_diffusers(pipe))
     kw = image_holds_layout(pipe, len(prompts), kw)
     if k == opts.steps:
         return images.clone().cpu()
-    if k == 0:
+    if k == 0 and not follows_diffusers(pipe):
         return pipe(prompts, seeds, opts, **kw).cpu()
-    x0 = to_model_space(pipe, images)
-    level = plan_alpha_bars(pipe.schedule, opts)[k]
-
-    def init(model, schedule, z, prompts, **_):
-        return noise_to(x0, z, level)
-
+    noise = PerSampleNoise(seeds)
+    x0 = posterior_sample(pipe, images, noise) if follows_diffusers(pipe) else to_model_space(pipe, images)
+    x_k = noise_to(x0, noise(x0.shape, x0.device), plan_alpha_bars(pipe.schedule, opts)[k])
     with torch.no_grad():
-        return pipe.decode(pipe.denoise(prompts, seeds, opts, init=init, start=k, **kw)).cpu()
+        return pipe.decode(pipe.denoise(prompts, seeds, opts, x=x_k, noise=noise, start=k, **kw)).cpu()
 
 
 def repaint(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, masks: torch.Tensor,
@@ -79,23 +93,50 @@ def repaint(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, 
             **kw) -> torch.Tensor:
     """RePaint: after each step, x = m x + (1 - m) q(x_level | x_0) with fresh noise, m the mask; with `resample`,
     blocks of steps are taken back up by forward noise and denoised again (RePaint's jumps), which lets the
-    generated region agree with the known one.
+    generated region agree with the known one. A pipeline that follows diffusers draws its known region as
+    StableDiffusionInpaintPipeline does for a 4-channel UNet (`known_as_diffusers`).
 
     paste_back: the output outside the mask is the input's pixels exactly (a latent model's decoder blurs the seam
     and shifts the known region slightly; see `leakage`).
     """
     kw = image_holds_layout(pipe, len(prompts), kw)
-    x0 = to_model_space(pipe, images)
-    m = latent_mask(masks.to(pipe.device), x0.shape)
-    known_noise = PerSampleNoise([s + KNOWN_NOISE_SEED for s in seeds])
+    replace, start = (known_as_diffusers if follows_diffusers(pipe) else known_fresh)(pipe, images, masks, seeds, opts)
+    with torch.no_grad():
+        out = pipe.decode(pipe.denoise(prompts, seeds, opts, replace=replace, resample=resample, **start, **kw)).cpu()
+    return paste(out, images, masks) if paste_back else out
+
+
+def replace_known(x0: torch.Tensor, m: torch.Tensor, eps: Callable[[], torch.Tensor], clean: float) -> Replace:
+    """RePaint's step: x = m x + (1 - m) q(x_level | x_0) with noise eps(), or x_0 itself from the level `clean` on."""
 
     def replace(x, level):
-        known = x0 if level >= 1.0 else noise_to(x0, known_noise(x0.shape, x0.device, x0.dtype), level)
+        known = x0 if level >= clean else noise_to(x0, eps(), level)
         return m * x + (1 - m) * known
 
-    with torch.no_grad():
-        out = pipe.decode(pipe.denoise(prompts, seeds, opts, replace=replace, resample=resample, **kw)).cpu()
-    return paste(out, images, masks) if paste_back else out
+    return replace
+
+
+def known_fresh(pipe: Text2ImagePipeline, images: torch.Tensor, masks: torch.Tensor, seeds: list[int],
+                opts: SamplingOptions) -> tuple[Replace, dict]:
+    """RePaint's known region: x_0 the posterior mean, fresh noise at each level (seed + KNOWN_NOISE_SEED, apart
+    from the sampler's), the mask max-pooled to the latent grid; x_T the seeds' own."""
+    x0 = to_model_space(pipe, images)
+    known_noise = PerSampleNoise([s + KNOWN_NOISE_SEED for s in seeds])
+    m = latent_mask(masks.to(pipe.device), x0.shape)
+    return replace_known(x0, m, lambda: known_noise(x0.shape, x0.device, x0.dtype), 1.0), {}
+
+
+def known_as_diffusers(pipe: Text2ImagePipeline, images: torch.Tensor, masks: torch.Tensor, seeds: list[int],
+                       opts: SamplingOptions) -> tuple[Replace, dict]:
+    """StableDiffusionInpaintPipeline's with a 4-channel UNet (strength 1): x_0 a posterior sample (the seed's first
+    draw), x_T its second draw and also the known region's noise at every level, the third spent as diffusers spends
+    it; x_0 itself after the last step, the mask taken to the latent grid by its nearest pixels."""
+    noise = PerSampleNoise(seeds)
+    x0 = posterior_sample(pipe, images, noise)  # (B, C, h, w)
+    x_T = noise(x0.shape, x0.device)
+    noise(x0.shape)  # diffusers' draw for the masked image's latent, which a 4-channel UNet does not read
+    m = latent_mask(masks.to(pipe.device), x0.shape, nearest=True)
+    return replace_known(x0, m, lambda: x_T, plan_alpha_bars(pipe.schedule, opts)[-1]), {"x": x_T, "noise": noise}
 
 
 def paste(out: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -106,13 +147,24 @@ def paste(out: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch
 
 def inpaint_model(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, masks: torch.Tensor,
                   seeds: list[int], opts: SamplingOptions, paste_back: bool = True, **kw) -> torch.Tensor:
-    """GLIDE's way: a model fine-tuned with mask= and masked_image= inputs draws the hole in one plain chain."""
+    """GLIDE's way: a model fine-tuned with mask= and masked_image= inputs draws the hole in one plain chain.
+
+    A pipeline that follows diffusers draws StableDiffusionInpaintPipeline's inputs (strength 1): x_T the seed's first
+    draw, the masked image's latent a posterior sample (its second), the mask taken to the latent grid by its nearest
+    pixels."""
     if not pipe.inpainting:
         raise ValueError("this model has no inpainting inputs (mask, masked image); use RePaint or an inpainting model")
-    cond = pipe.inpaint_conditioning(images, masks)
     kw = image_holds_layout(pipe, len(prompts), kw)
+    if follows_diffusers(pipe):
+        noise = PerSampleNoise(seeds)
+        x_T = noise((len(seeds), *pipe.sample_shape), pipe.device)
+        cond = inpaint_inputs(images.to(pipe.device), masks.to(pipe.device),
+                              lambda masked: posterior_sample(pipe, masked, noise), nearest=True)
+        kw |= cond | {"x": x_T, "noise": noise}
+    else:
+        kw |= pipe.inpaint_conditioning(images, masks)
     with torch.no_grad():
-        out = pipe.decode(pipe.denoise(prompts, seeds, opts, **cond, **kw)).cpu()
+        out = pipe.decode(pipe.denoise(prompts, seeds, opts, **kw)).cpu()
     return paste(out, images, masks) if paste_back else out
 
 

@@ -1,6 +1,6 @@
 """The assembly layer the command line and the web service share: a typed request -> images with their infotext.
 
-    for batch in txt2img(pipe, Txt2ImgRequest(prompts, seeds, opts), model="layout64"):
+    for batch in txt2img(pipe, Txt2ImgRequest(prompts, seeds, opts), ModelTag.of(folder)):
         for image in batch:          # Generated: uint8 pixels, the prompt, the A1111 parameters
             save(image.pixels, image.infotext())
 
@@ -22,12 +22,29 @@ from tqdm.auto import tqdm
 
 from ..diffusion.sampling import SAMPLER_INFO, Resample, SamplingOptions
 from ..diffusion.thresholding import Threshold
+from ..fs import model_hash
 from ..png import format_parameters
 from ..world.render import to_uint8
 from .editing import img2img, inpaint, leakage
 from .guidance import GuidanceOptions, NoiseOptimization, make_guide, make_initializer
 from .text2image import Text2ImagePipeline
 from .upsample import StageRun, UpsamplePipeline, cascade
+
+
+@dataclass(frozen=True)
+class ModelTag:
+    """The model an image came from, as its infotext names it: A1111's `Model hash` and `Model`."""
+    name: str
+    hash: str | None = None
+
+    @classmethod
+    def of(cls, path: str | Path) -> ModelTag:
+        """A single file by its stem (as A1111 names checkpoints), a folder by its name; the hash of its weights."""
+        path = Path(path)
+        return cls(path.stem if path.is_file() else path.name, model_hash(path))
+
+    def parameters(self) -> dict:
+        return ({"Model hash": self.hash} if self.hash else {}) | {"Model": self.name}
 
 
 @dataclass
@@ -101,12 +118,12 @@ class InpaintRequest:
     batch_size: int = 32
 
 
-def sampling_parameters(opts: SamplingOptions, seed: int, pixels: np.ndarray, model: str) -> dict:
+def sampling_parameters(opts: SamplingOptions, seed: int, pixels: np.ndarray, model: ModelTag) -> dict:
     """The infotext fields every sampled image carries."""
     threshold = opts.threshold.value + (f" {opts.percentile}" if opts.threshold is Threshold.DYNAMIC else "")
     params = {"Steps": opts.steps, "Sampler": SAMPLER_INFO[opts.sampler][0], "Schedule type": opts.schedule.value,
               "Threshold": threshold, "CFG scale": opts.guidance_scale, "Seed": seed,
-              "Size": f"{pixels.shape[1]}x{pixels.shape[0]}", "Model": model, "Eta": opts.eta}
+              "Size": f"{pixels.shape[1]}x{pixels.shape[0]}", **model.parameters(), "Eta": opts.eta}
     if opts.guidance_rescale:
         params["Guidance rescale"] = opts.guidance_rescale
     return params
@@ -116,7 +133,7 @@ def rounded_layout(boxes: list[dict]) -> list[dict]:
     return [{"phrase": b["phrase"], "box": [round(c, 4) for c in b["box"]]} for b in boxes]
 
 
-def results(images: torch.Tensor, prompts: list[str], seeds: list[int], opts: SamplingOptions, model: str,
+def results(images: torch.Tensor, prompts: list[str], seeds: list[int], opts: SamplingOptions, model: ModelTag,
             extra: dict, layouts: list[list[dict]] | None = None) -> list[Generated]:
     """Images in [-1, 1] (B, 3, H, W) as Generated, each with its seed's parameters plus `extra`."""
     out = []
@@ -150,7 +167,7 @@ def boxes_for(pipe: Text2ImagePipeline, req: Txt2ImgRequest) -> list[list[dict]]
     return None
 
 
-def txt2img(pipe: Text2ImagePipeline, req: Txt2ImgRequest, model: str, progress: bool = False,
+def txt2img(pipe: Text2ImagePipeline, req: Txt2ImgRequest, model: ModelTag, progress: bool = False,
             callback: Callable[[dict], None] | None = None) -> Iterator[list[Generated]]:
     """The request's images, one batch of at most req.batch_size at a time."""
     guide = make_guide(req.guide, req.judge) if req.guide is not None else None
@@ -185,7 +202,7 @@ def _batches(seeds: list[int], size: int) -> Iterator[list[int]]:
     return (seeds[i:i + size] for i in range(0, len(seeds), size))
 
 
-def edit_img2img(pipe: Text2ImagePipeline, req: Img2ImgRequest, model: str,
+def edit_img2img(pipe: Text2ImagePipeline, req: Img2ImgRequest, model: ModelTag,
                  callback: Callable[[dict], None] | None = None) -> Iterator[list[Generated]]:
     """The request's images, one batch at a time, each with its edit's parameters."""
     extra = {"Denoising strength": req.strength, "Edit": "img2img"}
@@ -195,7 +212,7 @@ def edit_img2img(pipe: Text2ImagePipeline, req: Img2ImgRequest, model: str,
         yield results(out, [req.prompt] * len(seeds), seeds, req.opts, model, extra)
 
 
-def edit_inpaint(pipe: Text2ImagePipeline, req: InpaintRequest, model: str,
+def edit_inpaint(pipe: Text2ImagePipeline, req: InpaintRequest, model: ModelTag,
                  callback: Callable[[dict], None] | None = None) -> Iterator[list[Generated]]:
     """The request's images, one batch at a time; the infotext names the method that ran and, for a latent model, the
     first image's PSNR outside the mask before paste-back (the autoencoder's round trip)."""

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..diffusion.denoiser import DiffusionConfig
 from ..diffusion.sampling import SamplingOptions
-from .text2image import Text2ImagePipeline
+from .text2image import EditConvention, Text2ImagePipeline
 
 SIZE_MULTIPLE = 8  # diffusers' check_inputs: height and width divisible by 8
 
@@ -30,6 +30,7 @@ def check_size(width: int | None, height: int | None, option: str = "--size") ->
 class SDPipeline(Text2ImagePipeline):
     kind = "stable_diffusion"
     variable_size = True  # the output size is a per-run choice (at_size), not the model's
+    edit_convention = EditConvention.DIFFUSERS  # img2img and inpainting draw what diffusers' SD pipelines draw
 
     def __init__(self, text_encoder: nn.Module, unet: nn.Module, cfg: DiffusionConfig, autoencoder: nn.Module,
                  sampling: SamplingOptions, source: str | Path, writer=None):

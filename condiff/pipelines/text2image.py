@@ -4,6 +4,7 @@ No diffusion logic of its own: the denoiser contract, guidance wrappers and `dif
 """
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Callable
 
@@ -32,8 +33,22 @@ def default_sampling(latent: bool) -> SamplingOptions:
     return SamplingOptions(threshold="none", schedule="leading") if latent else SamplingOptions()
 
 
+class EditConvention(str, enum.Enum):
+    """How img2img and inpainting (pipelines/editing.py) draw their start from a strength, an image and a seed. The
+    model's pipeline decides: condiff's own models keep CONDIFF; Stable Diffusion draws what diffusers' pipelines do."""
+
+    CONDIFF = "condiff"  # k = steps - round(strength steps); x_0 the posterior mean; latent mask max-pooled
+    DIFFUSERS = "diffusers"  # k = steps - int(strength steps); x_0 a posterior sample; latent mask nearest
+
+
 class Text2ImagePipeline(Pipeline):
     kind = "text2image"
+    edit_convention = EditConvention.CONDIFF
+
+    @property
+    def family(self) -> str:
+        """What the model is, as the web page names it ('condiff layout2image'; a Stable Diffusion model: 'SD1')."""
+        return f"condiff {self.kind}"
 
     def __init__(self, text_encoder: nn.Module, unet: nn.Module, cfg: DiffusionConfig,
                  autoencoder: nn.Module | None = None, sampling: SamplingOptions | None = None):
@@ -148,8 +163,9 @@ class Text2ImagePipeline(Pipeline):
                 guide: Guide | None = None, init: Callable | None = None, x: torch.Tensor | None = None,
                 start: int = 0, replace: Replace | None = None, boxes: list[list[dict]] | None = None,
                 boxes_in_uncond: bool = False, resample: Resample | None = None, cond_only: dict | None = None,
-                uncond_only: dict | None = None, **cond) -> torch.Tensor:
-        """The sampler's output before decoding. x (default: noise from the seeds) is the sample at step `start`.
+                uncond_only: dict | None = None, noise: PerSampleNoise | None = None, **cond) -> torch.Tensor:
+        """The sampler's output before decoding. x (default: noise from the seeds) is the sample at step `start`;
+        noise: the seeds' generators, already drawn from (default: fresh ones).
 
         boxes: per image a list of {"phrase", "box": [x0, y0, x1, y1]} (grounding); the unconditional branch of CFG
         sees none of them unless boxes_in_uncond. A grounded model given no boxes sees only null tokens.
@@ -163,7 +179,7 @@ class Text2ImagePipeline(Pipeline):
         g_cond, g_uncond = self.grounding_keywords(boxes, len(prompts), boxes_in_uncond)
         g_cond, g_uncond = g_cond | (cond_only or {}), g_uncond | (uncond_only or {})  # e.g. unCLIP's embedding
         model, cond_fn = self.guided_model(prompts, opts, g_cond, g_uncond, **cond), None
-        noise = PerSampleNoise(seeds)
+        noise = noise if noise is not None else PerSampleNoise(seeds)
         if x is None:
             x = noise((len(seeds), *self.sample_shape), self.device)
         latent = {"decode": self.autoencoder.decode} if self.autoencoder is not None else {}  # judges read pixels

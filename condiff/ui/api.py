@@ -260,4 +260,9 @@ def create_api(service: GenerationService, token: str | None = None) -> FastAPI:
     def samplers() -> list[dict]:
         return [{"name": s.value, "label": label, "description": d} for s, (label, d) in SAMPLER_INFO.items()]
 
+    @app.get("/api/model")
+    def model() -> dict:
+        """The served model: its name and A1111 hash (as the infotext gives them), family, kind and native size."""
+        return service.model_info()
+
     return app

@@ -7,7 +7,6 @@ import hmac
 import os
 import tempfile
 import threading
-
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no analytics, no share links
@@ -239,8 +238,9 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
     sizes = [res] + [s for s in sorted(UPSAMPLERS) if s > res and all(
         (UPSAMPLERS[k] / "pipeline.json").is_file() for k in UPSAMPLERS if res < k <= s)]
     with gr.Blocks(title="condiff", analytics_enabled=False) as page:
-        gr.Markdown(f"## condiff &nbsp; <small>model: `{service.model_path.name}`, "
-                    f"{service.pipe.resolution}×{service.pipe.resolution}</small>")
+        info = service.model_info()
+        gr.Markdown(f"## condiff &nbsp; <small>model: `{info['name']}` [{info['hash']}], {info['family']}, "
+                    f"{info['resolution']}×{info['resolution']}</small>")
         with gr.Tab("Text to image"):
             with gr.Row():
                 with gr.Column(scale=2):

@@ -155,9 +155,14 @@ def check_counts(steps, guidance_scale, num_images, seed) -> None:
 
 
 class GenerationService:
+    def model_info(self) -> dict:
+        return {"name": self.model_tag.name, "hash": self.model_tag.hash, "family": self.pipe.family,
+                "kind": self.pipe.kind, "resolution": self.pipe.resolution}
+
     def __init__(self, model: str | Path | None = None, device: str = "cpu", limits: ServeLimits | None = None):
         self.model_path = model_folder(model)
         self.pipe = Text2ImagePipeline.from_pretrained(self.model_path).to(device)
+        self.model_tag = requests.ModelTag.of(self.model_path)  # hashed once, at start
         self.limits = limits or ServeLimits()
         self.lock = threading.Lock()
         self.stopping = threading.Event()  # set on shutdown: running work ends at its next step
@@ -291,7 +296,7 @@ class GenerationService:
             guide, judge = self.guide_for(req)
             request = requests.Txt2ImgRequest(prompts, seeds, opts, guide, judge, layout=layout,
                                               upscale=self.upscale_to(int(req.size)), batch_size=MAX_IMAGES)
-            return [self._png(g) for batch in requests.txt2img(self.pipe, request, self.model_path.name,
+            return [self._png(g) for batch in requests.txt2img(self.pipe, request, self.model_tag,
                                                                callback=callback) for g in batch]
 
     def check_layout(self, req: Txt2ImgRequest) -> list[dict] | None:
@@ -341,11 +346,11 @@ class GenerationService:
             if inpaint:
                 pipe = self._inpainter = getattr(self, "_inpainter", None) or inpainting_pipeline(self.pipe, self.model_path)
                 run = requests.edit_inpaint(pipe, requests.InpaintRequest(req.prompt, x, mask, [seed], opts),
-                                            self.model_path.name, callback=check)
+                                            self.model_tag, callback=check)
             else:
                 run = requests.edit_img2img(self.pipe, requests.Img2ImgRequest(req.prompt, x, [seed], opts,
                                                                                float(req.strength)),
-                                            self.model_path.name, callback=check)
+                                            self.model_tag, callback=check)
             (image,), = run
         return self._png(image)
 

@@ -11,7 +11,7 @@ from ..catalogue import UNCLIP_DECODER as DECODER
 from ..images import image_tensor, open_image, to_model_size
 from ..nets.clip import load_clip
 from ..pipelines import unclip
-from ..pipelines.requests import results
+from ..pipelines.requests import ModelTag, results
 from ..pipelines.text2image import Text2ImagePipeline
 from ..pipelines.unclip import (
     MAX_VARIATION_CANDIDATES,
@@ -95,5 +95,5 @@ def variations(service: GenerationService, req: VariationsRequest,
     extra = {"Edit": "unCLIP variations", **variation_parameters(eta, int(req.candidates)),
              "Input size": f"{img.width}x{img.height}"}
     seeds = [seed + i for i in range(len(out))]
-    model = service.model_path.name if decoder is service.pipe else UNCLIP_DECODER.name
+    model = service.model_tag if decoder is service.pipe else ModelTag.of(UNCLIP_DECODER)
     return [service._png(g) for g in results(out, [req.prompt] * len(out), seeds, opts, model, extra)]
