@@ -12,7 +12,8 @@ commands that write there, touch the copy, never the package).
 
 Outcomes:
 - **ran**: exited 0 within `--limit` seconds.
-- **started**: a command that runs until stopped (`condiff serve`, and `condiff train` unless `--full`) was
+- **started**: a command that runs until stopped (`condiff serve`, and `condiff train` or a long `condiff eval
+  bench|sweep` unless `--full`) was
   stopped after it showed it works: the server answered HTTP; the training ran `--train-seconds` and at least one
   step, and on SIGTERM to its process group exited 143 with a checkpoint saved. `--full` runs trainings to the end (hours on a CPU).
 - **waits**: its input is the output of a training that was stopped early (`runs/NAME/model`); `--full` runs it.
@@ -149,6 +150,8 @@ def kind(text: str) -> str:
         return "serve"
     if re.search(r"(condiff|-m condiff\.cli) train\b", text) and not text.startswith("timeout"):
         return "train"
+    if re.search(r"condiff eval (bench|sweep)\b", text):
+        return "long"  # hundreds of images: shown to progress, then stopped, unless --full
     return "run"
 
 
@@ -197,6 +200,26 @@ def run_training(text: str, cwd: Path, env: dict, seconds: float, full: bool, li
     if (code == 143 or launched) and saved and out.count("interrupted: saved step") == 1:
         return "started", f"step {steps[-1] if steps else '?'} after {seconds:.0f} s; SIGTERM saved a checkpoint"
     return "failed", f"exit {code} on SIGTERM, checkpoint saved: {saved}: {last_line(out)}"
+
+
+def run_started(text: str, cwd: Path, env: dict, seconds: float, limit: float) -> tuple[str, str]:
+    """A long evaluation: until --train-seconds have passed and its progress bar moved, then SIGTERM to the group."""
+    log = cwd / ".long.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(["bash", "-c", text], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        t0 = time.time()
+        while proc.poll() is None and time.time() - t0 < limit and (time.time() - t0 < seconds
+                                                                     or not STEP.search(log.read_text())):
+            time.sleep(1)
+        if proc.poll() is not None:
+            out = log.read_text()
+            return ("ran", "") if proc.returncode == 0 else ("failed", f"exit {proc.returncode}: {last_line(out)}")
+        stop_group(proc)
+    done = re.findall(r"(\d+/\d+) \[", log.read_text())
+    if not done:
+        return "failed", f"no progress in {limit:.0f} s"
+    return "started", f"{done[-1]} after {seconds:.0f} s, then stopped (--full runs it to the end)"
 
 
 def run_server(text: str, cwd: Path, env: dict, limit: float) -> tuple[str, str]:
@@ -279,6 +302,8 @@ def run_one(cmd: Command, cwd: Path, env: dict, a, pending: set[str]) -> Result:
             pending.add(folder)
     elif k == "train":
         outcome, detail = run_training(cmd.text, cwd, env, a.train_seconds, a.full, a.limit)
+    elif k == "long" and not a.full:
+        outcome, detail = run_started(cmd.text, cwd, env, a.train_seconds, a.limit)
     elif k == "serve":
         outcome, detail = run_server(cmd.text, cwd, env, a.limit)
     else:
@@ -309,11 +334,13 @@ def main(argv=None) -> int:
     ap.add_argument("--setup", action="store_true", help="also run the README's pip set-up command")
     ap.add_argument("--train-seconds", type=float, default=60, help="how long a training runs before SIGTERM")
     ap.add_argument("--limit", type=float, default=1800, help="seconds one command may take")
+    ap.add_argument("--skip", type=int, default=0, help="leave out the first N commands (to go on after a stop)")
     ap.add_argument("--scratch", type=Path, help="scratch folder (default: a new temporary one, removed after)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     a = ap.parse_args(argv)
     cmds = [c for c in documented_commands() if (not a.only or any(s in c.text for s in a.only))
             and not any(s in c.text for s in a.exclude)]
+    cmds = cmds[a.skip:]
     if a.list:
         for c in cmds:
             print(f"{c.where:28s} {c.text}")
@@ -324,16 +351,16 @@ def main(argv=None) -> int:
         scratch_folder(scratch)
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     pending = {out_folder(c.text) for c in documented_commands() if kind(c.text) == "train"} - {None}
-    results = []
+    results, counts = [], dict.fromkeys(("ran", "started", "waits", "skipped", "failed"), 0)
     for c in cmds:
         r = run_one(c, scratch, env, a, pending)
         results.append(r)
         print(f"{r.outcome:8s} {r.seconds:7.1f} s  {r.where:28s} {r.text[:100]}" + (f"\n{'':19s}{r.detail}"
                                                                                      if r.detail else ""), flush=True)
-    counts = {o: sum(r.outcome == o for r in results) for o in ("ran", "started", "waits", "skipped", "failed")}
+        counts = {o: sum(r.outcome == o for r in results) for o in ("ran", "started", "waits", "skipped", "failed")}
+        if a.out:  # after every command: a run stopped part-way keeps what it found
+            a.out.write_text(json.dumps({"counts": counts, "results": [asdict(r) for r in results]}, indent=1) + "\n")
     print(", ".join(f"{n} {o}" for o, n in counts.items()) + f" of {len(results)} commands")
-    if a.out:
-        a.out.write_text(json.dumps({"counts": counts, "results": [asdict(r) for r in results]}, indent=1) + "\n")
     if a.scratch is None:
         shutil.rmtree(scratch, ignore_errors=True)
     return 1 if counts["failed"] else 0

