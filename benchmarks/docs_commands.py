@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = re.compile(r"^(pip install -e \. && )?(timeout [^c]*)?(condiff|torchrun .*-m condiff\.cli|accelerate launch"
                       r" .*-m condiff\.cli|python -c) ")
 STEP = re.compile(r"\b[1-9]\d*/\d+ \[")  # tqdm's "12/2000 [": a step done
+BAR = re.compile(r"\b(\d+/\d+) \[")  # a tqdm bar: the options were good, the model loaded, the work began
 REFUSAL = re.compile(r"#\s*(condiff: error: .*?)(\.\.\.)?$")  # a documented refusal: `cmd   # condiff: error: ...`
 SHELLS = {"", "bash", "sh", "shell", "console"}
 
@@ -210,16 +211,17 @@ def run_started(text: str, cwd: Path, env: dict, seconds: float, limit: float) -
                                 start_new_session=True)
         t0 = time.time()
         while proc.poll() is None and time.time() - t0 < limit and (time.time() - t0 < seconds
-                                                                     or not STEP.search(log.read_text())):
+                                                                     or not BAR.search(log.read_text())):
             time.sleep(1)
         if proc.poll() is not None:
             out = log.read_text()
             return ("ran", "") if proc.returncode == 0 else ("failed", f"exit {proc.returncode}: {last_line(out)}")
         stop_group(proc)
-    done = re.findall(r"(\d+/\d+) \[", log.read_text())
+    done = BAR.findall(log.read_text())
     if not done:
-        return "failed", f"no progress in {limit:.0f} s"
-    return "started", f"{done[-1]} after {seconds:.0f} s, then stopped (--full runs it to the end)"
+        return "failed", f"no progress bar in {limit:.0f} s"
+    return "started", (f"generating ({done[-1]} batches) after {seconds:.0f} s, then stopped (--full runs it to the "
+                       "end)")
 
 
 def run_server(text: str, cwd: Path, env: dict, limit: float) -> tuple[str, str]:
