@@ -281,6 +281,22 @@ def oracle_says(text: str, cwd: Path) -> str | None:
     return None if verdict.correct else f"{image} is not '{caption}': {verdict.reason}"
 
 
+def pending_outputs(cmds: list[Command]) -> set[str]:
+    """The runs/NAME folders that documented trainings make, and (transitively) the outputs of documented commands
+    that read one of them: `compose` of a trained model, `export` of that composition."""
+    pending = {out_folder(c.text) for c in cmds if kind(c.text) == "train"} - {None}
+    grew = True
+    while grew:
+        grew = False
+        for c in cmds:
+            out = out_folder(c.text)
+            reads = set(re.findall(r"(runs/[\w.-]+)", c.text)) - {out}
+            if out is not None and out.startswith("runs/") and out not in pending and reads & pending:
+                pending.add(out)
+                grew = True
+    return pending
+
+
 def waits_on(text: str, cwd: Path, pending: set[str]) -> str | None:
     """A runs/NAME input that is not there yet because the documented command making it (a training, or a command
     that itself waits) has not run to its end."""
@@ -352,7 +368,7 @@ def main(argv=None) -> int:
     if not (scratch / "configs").exists():
         scratch_folder(scratch)
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    pending = {out_folder(c.text) for c in documented_commands() if kind(c.text) == "train"} - {None}
+    pending = pending_outputs(documented_commands())
     results, counts = [], dict.fromkeys(("ran", "started", "waits", "skipped", "failed"), 0)
     for c in cmds:
         r = run_one(c, scratch, env, a, pending)
