@@ -282,8 +282,23 @@ def _train(cfg, folder, resume, device, workers, overwrite, world) -> Run:
     finally:
         bar.close()
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, handler if not stop else _after_echo(handler, stop.first))
     return run
+
+
+def _after_echo(previous, first: float):
+    """The handler put back after a stop: the echo of the signal that stopped the run, still on its way while the
+    process exits, is dropped; a later signal gets the old handler (the default one: terminate)."""
+    echo = float(os.environ.get("CONDIFF_SIGNAL_ECHO_S", ECHO_SECONDS))
+
+    def handler(signum, frame):
+        if time.monotonic() - first < echo:
+            return
+        if callable(previous):
+            return previous(signum, frame)
+        signal.signal(signum, previous)  # SIG_DFL (or SIG_IGN): as if it had never been replaced
+        os.kill(os.getpid(), signum)
+    return handler
 
 
 class Terminated(KeyboardInterrupt):
