@@ -175,23 +175,32 @@ def stop_group(proc: subprocess.Popen, sig=signal.SIGTERM, wait: float = 120) ->
         return proc.wait()
 
 
-def run_training(text: str, cwd: Path, env: dict, seconds: float, full: bool, limit: float) -> tuple[str, str]:
-    """Until --train-seconds have passed and a step was logged, then SIGTERM to the group, as `timeout` sends."""
-    log = cwd / ".train.log"
+def run_watched(text: str, cwd: Path, env: dict, until, limit: float):
+    """Run text with its output in a log until it exits, `until(seconds, log text)` holds or `limit` passes. Returns
+    (the process, the log): the process still runs unless it exited."""
+    log = cwd / ".watched.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(["bash", "-c", text], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-        t0 = time.time()
-        while proc.poll() is None and time.time() - t0 < limit and (full or time.time() - t0 < seconds
-                                                                     or not STEP.search(log.read_text())):
-            time.sleep(1)
-        if proc.poll() is not None:
-            out = log.read_text()
-            return ("ran", "") if proc.returncode == 0 else ("failed", f"exit {proc.returncode}: {last_line(out)}")
-        if full:
-            stop_group(proc)
-            return "failed", f"still training after --limit {limit:.0f} s"
-        code = stop_group(proc, wait=limit)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < limit and not until(time.time() - t0, log.read_text()):
+        time.sleep(1)
+    return proc, log
+
+
+def exited(proc: subprocess.Popen, log: Path) -> tuple[str, str]:
+    return ("ran", "") if proc.returncode == 0 else ("failed", f"exit {proc.returncode}: {last_line(log.read_text())}")
+
+
+def run_training(text: str, cwd: Path, env: dict, seconds: float, full: bool, limit: float) -> tuple[str, str]:
+    """Until --train-seconds have passed and a step was logged, then SIGTERM to the group, as `timeout` sends."""
+    proc, log = run_watched(text, cwd, env, lambda t, out: not full and t >= seconds and STEP.search(out), limit)
+    if proc.poll() is not None:
+        return exited(proc, log)
+    if full:
+        stop_group(proc)
+        return "failed", f"still training after --limit {limit:.0f} s"
+    code = stop_group(proc, wait=limit)
     out = log.read_text()
     folder = out_folder(text)
     saved = folder is not None and any((cwd / folder).glob("checkpoints/*"))
@@ -204,19 +213,11 @@ def run_training(text: str, cwd: Path, env: dict, seconds: float, full: bool, li
 
 
 def run_started(text: str, cwd: Path, env: dict, seconds: float, limit: float) -> tuple[str, str]:
-    """A long evaluation: until --train-seconds have passed and its progress bar moved, then SIGTERM to the group."""
-    log = cwd / ".long.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(["bash", "-c", text], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        t0 = time.time()
-        while proc.poll() is None and time.time() - t0 < limit and (time.time() - t0 < seconds
-                                                                     or not BAR.search(log.read_text())):
-            time.sleep(1)
-        if proc.poll() is not None:
-            out = log.read_text()
-            return ("ran", "") if proc.returncode == 0 else ("failed", f"exit {proc.returncode}: {last_line(out)}")
-        stop_group(proc)
+    """A long evaluation: until --train-seconds have passed and its progress bar shows, then SIGTERM to the group."""
+    proc, log = run_watched(text, cwd, env, lambda t, out: t >= seconds and BAR.search(out), limit)
+    if proc.poll() is not None:
+        return exited(proc, log)
+    stop_group(proc)
     done = BAR.findall(log.read_text())
     if not done:
         return "failed", f"no progress bar in {limit:.0f} s"

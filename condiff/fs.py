@@ -61,23 +61,21 @@ def weight_files(path: Path) -> list[Path]:
     return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES)
 
 
-def model_hash(path: Path, cache: Path | None | bool = True) -> str:
+def model_hash(path: Path) -> str:
     """The first 10 hex digits of the SHA-256 of a model's weights, as A1111 writes `Model hash` (for a single file
-    its 'AutoV2' hash, the same digits). A folder hashes its .safetensors files in path order. Hashes are cached by
-    path, size and modification time (as A1111 caches them), so a 4 GB checkpoint is read once."""
+    its 'AutoV2' hash, the same digits). A folder hashes its .safetensors files in path order. Hashes are cached in
+    hash_cache() by path, size and modification time (as A1111 caches them), so a 4 GB checkpoint is read once."""
     import hashlib
     import json
 
-    cache = hash_cache() if cache is True else cache or None
-    files = weight_files(path)
+    cache, files = hash_cache(), weight_files(path)
     key = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    known = {}
-    if cache is not None and cache.is_file():
-        try:
-            known = json.loads(cache.read_text())
-        except (OSError, ValueError):
-            known = {}
-    if isinstance(known, dict) and isinstance(known.get(key), str):
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: hashed again and written anew
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    if isinstance(known.get(key), str):
         return known[key]
     digest = hashlib.sha256()
     for f in files:
@@ -85,10 +83,8 @@ def model_hash(path: Path, cache: Path | None | bool = True) -> str:
             while block := fh.read(1 << 20):
                 digest.update(block)
     short = digest.hexdigest()[:10]
-    if cache is not None:
-        try:
-            known = known if isinstance(known, dict) else {}
-            atomic_write_bytes(cache, json.dumps(dict(list(known.items())[-999:]) | {key: short}).encode())
-        except OSError:  # a read-only home: the hash is still right, only not remembered
-            pass
+    try:
+        atomic_write_bytes(cache, json.dumps(dict(list(known.items())[-999:]) | {key: short}).encode())
+    except OSError:  # a read-only home: the hash is still right, only not remembered
+        pass
     return short

@@ -23,14 +23,12 @@ def _real(args) -> None:
         raise ValueError(f"--per-shard: must be a positive integer, got {args.per_shard}")
     if args.data_command == "shapes":
         from ..data.world import SHAPES_LICENSE, scene_samples
-        from ..world.grammar import parse_caption
 
         if not 1 <= args.num_images <= 1_000_000:
             raise ValueError(f"--num-images: must be between 1 and 1,000,000, got {args.num_images}")
         if not 8 <= args.resolution <= 1024:
             raise ValueError(f"--resolution: must be between 8 and 1024, got {args.resolution}")
-        if args.prompt is not None:
-            parse_caption(args.prompt)  # a caption the world cannot draw fails here, in one line
+        # a caption the world cannot draw fails at the first sample, which real.write draws before writing anything
         samples = scene_samples(args.num_images, args.resolution, args.seed, args.prompt)
         licence = SHAPES_LICENSE
     else:
@@ -42,6 +40,13 @@ def _real(args) -> None:
     print(f"wrote {n} {args.data_command} images to {out} (with LICENSE.md); train on them with --data '{where}'")
 
 
+def add_folder_output(p) -> None:
+    """--out and the shard options of the commands that write a data set with real.write."""
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    p.add_argument("--shards", action="store_true", help="write WebDataset tar shards instead of PNG files")
+    p.add_argument("--per-shard", type=int, default=1000, help="images per shard (with --shards)")
+
+
 def add_data_parser(sub) -> None:
     d = sub.add_parser("data", help="data sets: mnist, emoji (real images from installed packages), shapes (world scenes), export-shards")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -50,20 +55,16 @@ def add_data_parser(sub) -> None:
                                  "(emoji package): 'red apple'")):
         r = dsub.add_parser(name, help=f"write {what} as an image folder with metadata.jsonl and LICENSE.md "
                                        "(pip install 'condiff[data]')")
-        r.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
-        r.add_argument("--shards", action="store_true", help="write WebDataset tar shards instead of PNG files")
-        r.add_argument("--per-shard", type=int, default=1000, help="images per shard (with --shards)")
+        add_folder_output(r)
         r.add_argument("--limit", type=int, help="only the first N images (for a quick look)")
         r.set_defaults(func=_real)
     w = dsub.add_parser("shapes", help="write shapes-world scenes drawn by the renderer (of --prompt, or of random "
                                        "captions) as an image folder with metadata.jsonl and exact boxes")
-    w.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    add_folder_output(w)
     w.add_argument("--prompt", help="draw this caption each time, in new layouts (default: random captions)")
     w.add_argument("-n", "--num-images", type=int, default=16)
     w.add_argument("--resolution", type=int, default=64)
     w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--shards", action="store_true", help="write WebDataset tar shards instead of PNG files")
-    w.add_argument("--per-shard", type=int, default=1000, help="images per shard (with --shards)")
     w.set_defaults(func=_real, limit=None)
     x = dsub.add_parser("export-shards", help="write world scenes (or an image folder) as WebDataset shards; prints "
                                               "the pattern that train --data takes")

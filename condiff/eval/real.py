@@ -22,8 +22,8 @@ from PIL import Image
 from ..catalogue import model_folder
 from ..data import real
 from ..diffusion.sampling import SamplingOptions
+from ..pipelines.requests import ModelTag, Txt2ImgRequest, txt2img
 from ..pipelines.text2image import Text2ImagePipeline
-from ..world.render import to_uint8
 
 DIGIT_WORDS = real.DIGITS
 EMOJI_SIDE = 32
@@ -55,12 +55,9 @@ def as_mnist(pixels: np.ndarray) -> np.ndarray:
 
 
 def generate(pipe, prompts: list[str], seed: int, opts: SamplingOptions, batch: int = 16) -> np.ndarray:
-    """Image i of prompts[i] from seed + i, (N, H, W, 3) uint8."""
-    out = []
-    for i in range(0, len(prompts), batch):
-        part = prompts[i:i + batch]
-        out.append(to_uint8(pipe(part, [seed + i + k for k in range(len(part))], opts)).numpy())
-    return np.concatenate(out)
+    """Image i of prompts[i] from seed + i, (N, H, W, 3) uint8, through the assembly layer (as `generate` draws)."""
+    req = Txt2ImgRequest(prompts, [seed + i for i in range(len(prompts))], opts, batch_size=batch)
+    return np.stack([g.pixels for part in txt2img(pipe, req, ModelTag("judged")) for g in part])
 
 
 def judge_digits(pipe, n: int, seed: int, opts: SamplingOptions) -> dict:
@@ -75,20 +72,23 @@ def judge_digits(pipe, n: int, seed: int, opts: SamplingOptions) -> dict:
             "read_as": [int(r) for r in read]}
 
 
+def at_side(img: Image.Image, side: int = EMOJI_SIDE) -> np.ndarray:
+    """An image as the retrieval compares it: RGB, side x side (bilinear), flattened, in [0, 1]."""
+    return np.asarray(img.convert("RGB").resize((side, side), Image.BILINEAR), dtype=np.float32).reshape(-1) / 255.0
+
+
 def real_emoji(side: int = EMOJI_SIDE) -> tuple[np.ndarray, list[str]]:
     """Every named Twemoji on white at side x side, (N, side*side*3) floats, and their captions."""
     pics, names = [], []
     for _, img, caption in real.emoji_samples():
-        pics.append(np.asarray(img.convert("RGB").resize((side, side), Image.BILINEAR), dtype=np.float32) / 255.0)
+        pics.append(at_side(img, side))
         names.append(caption)
-    return np.stack(pics).reshape(len(pics), -1), names
+    return np.stack(pics), names
 
 
 def retrieval_rank(image: np.ndarray, target: int, pool: np.ndarray, side: int = EMOJI_SIDE) -> int:
     """1 + how many real emoji are nearer (L2 over pixels at side px) to the image than the target one."""
-    x = np.asarray(Image.fromarray(image).convert("RGB").resize((side, side), Image.BILINEAR),
-                   dtype=np.float32).reshape(-1) / 255.0
-    d = ((pool - x) ** 2).sum(axis=1)
+    d = ((pool - at_side(Image.fromarray(image), side)) ** 2).sum(axis=1)
     return int((d < d[target]).sum()) + 1
 
 

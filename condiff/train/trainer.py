@@ -282,17 +282,16 @@ def _train(cfg, folder, resume, device, workers, overwrite, world) -> Run:
     finally:
         bar.close()
         for signum, handler in previous.items():
-            signal.signal(signum, handler if not stop else _after_echo(handler, stop.first))
+            signal.signal(signum, handler if not stop else _after_echo(handler, stop))
     return run
 
 
-def _after_echo(previous, first: float):
+def _after_echo(previous, stop: Signals):
     """The handler put back after a stop: the echo of the signal that stopped the run, still on its way while the
     process exits, is dropped; a later signal gets the old handler (the default one: terminate)."""
-    echo = float(os.environ.get("CONDIFF_SIGNAL_ECHO_S", ECHO_SECONDS))
 
     def handler(signum, frame):
-        if time.monotonic() - first < echo:
+        if stop.is_echo():
             return
         if callable(previous):
             return previous(signum, frame)
@@ -324,6 +323,11 @@ class Signals(list):
     """The signals noted so far; while quiet (the loop is already unwinding) a second one is noted, not raised."""
     quiet = False
     first = 0.0  # time.monotonic() of the first signal
+    echo = ECHO_SECONDS
+
+    def is_echo(self) -> bool:
+        """A signal now, after a first one, is that one's echo."""
+        return bool(self) and time.monotonic() - self.first < self.echo
 
 
 def _interrupt_between_steps():
@@ -335,16 +339,15 @@ def _interrupt_between_steps():
     and dropped, so the run still saves. Returns (the
     noted signals, the old handlers to restore); off the main thread nothing is installed."""
     stop = Signals()
-    echo = float(os.environ.get("CONDIFF_SIGNAL_ECHO_S", ECHO_SECONDS))
+    stop.echo = float(os.environ.get("CONDIFF_SIGNAL_ECHO_S", ECHO_SECONDS))
 
     def handler(signum, frame):
-        now = time.monotonic()
-        if stop and now - stop.first < echo:
+        if stop.is_echo():
             return
         if stop and not stop.quiet:
             raise TerminatedAgain if signum == signal.SIGTERM else InterruptedAgain
         if not stop:
-            stop.first = now
+            stop.first = time.monotonic()
         stop.append(signum)
 
     previous = {}
