@@ -25,7 +25,7 @@ Outcomes:
 
 Paths in the documents that stand for the user's own files are given stand-ins before the commands run:
 Stable Diffusion folders and single files (SD1 CLIP and SD2 OpenCLIP layouts) are diffusers' tiny fast-test model (built by diffusers itself, as the
-tests build it; needs `.[test]`), and `path/to/folder` is an image folder of 24 shapes scenes.
+tests build it; needs `.[test]`), `path/to/clip-vit-large-patch14` a tiny transformers CLIPModel, and `path/to/folder` is an image folder of 24 shapes scenes.
 """
 from __future__ import annotations
 
@@ -103,6 +103,7 @@ def documented_commands(root: Path = ROOT) -> list[Command]:
 def tiny_stable_diffusion(scratch: Path) -> dict[str, Path]:
     """diffusers' fast-test SD as a folder and as an original-layout single file, at the documents' placeholders."""
     sys.path.insert(0, str(ROOT / "tests"))
+    from test_clip_judge import tiny_clip
     from test_stable_diffusion import folder_to_single_file, tiny_sd
 
     folder = tiny_sd(scratch / "path" / "to" / "sd-folder", conventional=True, f8=True)
@@ -111,6 +112,7 @@ def tiny_stable_diffusion(scratch: Path) -> dict[str, Path]:
     shutil.copy(single, scratch / "v1-5-pruned-emaonly.safetensors")
     sd2 = tiny_sd(scratch / "path" / "to" / "sd2-folder", v=True, conventional=True, f8=True)
     folder_to_single_file(sd2, scratch / "sd2-768-v.safetensors", sd2=True)
+    tiny_clip(scratch / "path" / "to" / "clip-vit-large-patch14")
     return {"sd": folder, "single": single}
 
 

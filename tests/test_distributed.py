@@ -140,3 +140,29 @@ def test_sigterm_to_a_torchrun_group_saves_once(tmp_path):
     assert "interrupted again" not in out
     step = int(out.split("interrupted: saved step ")[1].split()[0])
     assert (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == f"step_{step:08d}"
+
+
+class _Bar:
+    def __init__(self):
+        self.lines = []
+
+    def write(self, line):
+        self.lines.append(line)
+
+
+@pytest.mark.parametrize("env, step_s, expect", [
+    ({}, 76.0, None),  # not under torchrun: no launcher kills it
+    ({"TORCHELASTIC_RUN_ID": "x"}, 10.0, None),  # a 10 s step saves well within the 30 s grace
+    ({"TORCHELASTIC_RUN_ID": "x"}, 76.0, "torchrun --shutdown-timeout 230"),  # 3 steps' time, in tens of seconds
+    ({"TORCHELASTIC_RUN_ID": "x", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"}, 76.0, None),
+])
+def test_a_step_longer_than_torchruns_grace_is_warned_of(monkeypatch, env, step_s, expect):
+    from condiff.train.trainer import grace_warning
+
+    for k in ("TORCHELASTIC_RUN_ID", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    bar = _Bar()
+    grace_warning(step_s, bar)
+    assert (bar.lines == []) if expect is None else (len(bar.lines) == 1 and expect in bar.lines[0])

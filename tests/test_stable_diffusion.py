@@ -91,20 +91,21 @@ def sd2v(tmp_path_factory) -> Path:
 
 
 def diffusers_image(folder: Path, scheduler_cls=DDIMScheduler, size: int = 64, steps: int = 10, seed: int = 0,
-                    negative: str | None = None, **scheduler_kw) -> np.ndarray:
+                    negative: str | None = None, rescale: float = 0.0, **scheduler_kw) -> np.ndarray:
     """diffusers' own image, (H, W, 3) uint8 as int, from generator=torch.Generator().manual_seed(seed)."""
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config, **scheduler_kw)
     pipe.set_progress_bar_config(disable=True)
     image = pipe(PROMPT, negative_prompt=negative, num_inference_steps=steps, guidance_scale=7.5, height=size,
-                 width=size, generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+                 width=size, guidance_rescale=rescale, generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
     return (image * 255).round().astype(int)
 
 
-def condiff_image(folder: Path, sampler: str, schedule: str, size: int = 32, negative: str = "") -> np.ndarray:
+def condiff_image(folder: Path, sampler: str, schedule: str, size: int = 32, negative: str = "",
+                  rescale: float = 0.0) -> np.ndarray:
     pipe = Text2ImagePipeline.from_pretrained(folder).at_size(size)
     opts = SamplingOptions(steps=10, guidance_scale=7.5, sampler=sampler, schedule=schedule, threshold="none",
-                           negative_prompt=negative)
+                           negative_prompt=negative, guidance_rescale=rescale)
     return to_uint8(pipe([PROMPT], [0], opts)).numpy()[0].astype(int)
 
 
@@ -137,6 +138,13 @@ def test_each_sampler_draws_its_diffusers_schedulers_image(sd1, sampler, schedul
 def test_sd2_like_v_prediction_folder_and_a_negative_prompt(sd2v):
     ours = condiff_image(sd2v, "ddim", "leading", negative="the")
     assert np.abs(ours - diffusers_image(sd2v, size=32, negative="the")).max() <= 3
+
+
+def test_cfg_rescale_draws_diffusers_guidance_rescale_image(sd1):
+    """--guidance-rescale phi == StableDiffusionPipeline(guidance_rescale=phi) (Lin et al. 2024, eq. 15-16)."""
+    ours, theirs = condiff_image(sd1, "ddim", "leading", rescale=0.7), diffusers_image(sd1, size=32, rescale=0.7)
+    assert np.abs(ours - theirs).max() <= 3
+    assert np.abs(ours - condiff_image(sd1, "ddim", "leading")).max() > 6  # the rescale moved it past the tolerance
 
 
 def test_schedule_and_timesteps_are_diffusers_own():
@@ -186,6 +194,19 @@ def test_bad_folders_and_sizes_fail_in_one_line_before_any_work(sd1, tmp_path, c
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert not list(tmp_path.glob("x*.png"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["edit", "variations", "IN", "-n", "2"], "reads no CLIP image embedding"),  # SD is not an unCLIP decoder
+    (["generate", PROMPT, "--threshold", "dynamic"], "denoises latents"),  # pixel-range clipping of a latent
+])
+def test_methods_that_do_not_apply_to_sd_say_why_in_one_line(sd1, tmp_path, capsys, argv, message):
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
+    argv = [str(picture) if a == "IN" else a for a in argv]
+    assert main([*argv, "--model", str(sd1), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
 
 
 def test_a_pickle_checkpoint_is_refused_unread(tmp_path, capsys):

@@ -3,6 +3,7 @@ original-layout single file (A1111 / ComfyUI's .safetensors), and transformers C
 
     detect(path)              # Format.DIFFUSERS, Format.SINGLE_FILE, Format.PICKLE or None (a condiff folder)
     load(path)                # -> pipelines.stable_diffusion.SDPipeline, whose parts keep condiff's contracts
+    load_clip(path)           # a CLIP judge: a transformers CLIPModel folder or condiff's own CLIP
 
 Past this package nothing knows where a weight came from: the UNet is a denoiser net(x_t, t, **cond), the VAE an
 autoencoder encode/decode, the text model a text encoder encode(texts) -> {"context"}. This module imports neither
@@ -13,6 +14,7 @@ from __future__ import annotations
 import enum
 import importlib
 import importlib.util
+import json
 from pathlib import Path
 
 from ..config import ConfigError
@@ -72,6 +74,27 @@ def load(path: str | Path, prediction: str | None = None):
             raise ValueError("--prediction: a diffusers folder's scheduler_config.json says what its UNet predicts")
         return importlib.import_module("condiff.formats.diffusers_sd").load_folder(path)
     return importlib.import_module("condiff.formats.single_file").load_single_file(path, prediction)
+
+
+def load_clip(path: str | Path):
+    """A CLIP judge: a transformers CLIP folder (config.json of model_type "clip") or a condiff CLIP folder."""
+    path = Path(path)
+    if is_transformers_clip(path):
+        require_sd()
+        return importlib.import_module("condiff.formats.transformers_clip").TransformersCLIP.load(path)
+    return importlib.import_module("condiff.nets.clip").load_clip(path)
+
+
+def is_transformers_clip(path: Path) -> bool:
+    """A transformers CLIP folder: its config.json says model_type "clip" (condiff's own CLIP config does not)."""
+    config = path / "config.json"
+    if not (path.is_dir() and config.is_file()):
+        return False
+    try:
+        raw = json.loads(config.read_text())
+    except ValueError:
+        return False
+    return isinstance(raw, dict) and raw.get("model_type") == "clip"
 
 
 def convert(source: str | Path, out: str | Path, prediction: str | None = None) -> None:

@@ -48,6 +48,7 @@ class SDUNetInfo:
     extra_in_channels: int = 0  # an inpainting UNet's mask (1) + masked-image latents (4)
     resolution: int = 64  # latent side it was trained at (diffusers' sample_size)
     grounding_dim: int = 0  # no GLIGEN layers
+    image_embed_dim: int = 0  # not an unCLIP decoder (no CLIP image-embedding input)
 
 
 class SDUNet(nn.Module):

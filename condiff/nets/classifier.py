@@ -49,6 +49,11 @@ class NoisyClassifier(nn.Module):
         cfg.image.out_dim = len(PAIRS) + MAX_COUNT
         self.encoder = ImageEncoder(cfg.image)
 
+    @property
+    def resolution(self) -> int:
+        """The image side it reads."""
+        return self.cfg.image.resolution
+
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(x, t)
 

@@ -54,6 +54,11 @@ class CLIP(nn.Module):
     def device(self) -> torch.device:
         return self.logit_scale.device
 
+    @property
+    def resolution(self) -> int:
+        """The image side the image tower reads."""
+        return self.cfg.image.resolution
+
     def encode_image(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """Unit-norm image embeddings (B, D); x in [-1, 1] (x_t with its t for a noise-aware tower)."""
         return F.normalize(self.image_encoder(x, t), dim=-1)

@@ -19,7 +19,7 @@ from ..catalogue import DEFAULT_JUDGES
 from ..diffusion.guidance import GradientGuidance
 from ..diffusion.noise_optimization import optimize_initial_noise
 from ..nets.classifier import batch_labels, load_classifier
-from ..nets.clip import load_clip
+from ..formats import load_clip
 from ..world.distractors import distractor_captions
 from ..world.grammar import parse_caption
 
@@ -86,14 +86,9 @@ def contrastive_log_prob(clip, prompts: list[str]):
     return log_prob
 
 
-def judge_resolution(judge) -> int:
-    cfg = judge.cfg.image
-    return cfg.resolution
-
-
 def on_decoded(log_prob, decode, judge):
     """log_prob of the decoded latent, area-resized to the judge's resolution, judged as a clean image (t = 0)."""
-    side = judge_resolution(judge)
+    side = judge.resolution
 
     def fn(z, t):
         x = decode(z)

@@ -7,6 +7,7 @@ checkpoints, exact --resume, and a save on Ctrl-C.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -257,7 +258,10 @@ def _train(cfg, folder, resume, device, workers, overwrite, world) -> Run:
     stop, previous = _interrupt_between_steps()
     try:
         for batch in batches(run, workers):
+            began = time.time()
             loss = train_step(run, batch)
+            if run.step == start_step + 1 and world.main:
+                grace_warning(time.time() - began, bar)
             loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
             bar.update(1)
             if run.step % cfg.log_every == 0 or run.step == cfg.optim.steps:
@@ -284,6 +288,22 @@ def _train(cfg, folder, resume, device, workers, overwrite, world) -> Run:
         for signum, handler in previous.items():
             signal.signal(signum, handler if not stop else _after_echo(handler, stop))
     return run
+
+
+TORCHRUN_GRACE_S = 30  # torchrun's default --shutdown-timeout: SIGKILL this long after it forwards SIGTERM
+
+
+def grace_warning(step_seconds: float, bar) -> None:
+    """Under torchrun a signal is saved at the end of the running step, and torchrun kills its workers
+    --shutdown-timeout seconds (default 30) after forwarding it: a longer step would be killed before it saves."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    grace = float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", TORCHRUN_GRACE_S))
+    if step_seconds > 0.8 * grace:
+        need = int(math.ceil(3 * step_seconds / 10) * 10)
+        bar.write(f"warning: a step takes {step_seconds:.0f} s, close to or over torchrun's {grace:.0f} s shutdown "
+                  f"grace: a signal would kill the ranks before the step ends and saves; launch with "
+                  f"torchrun --shutdown-timeout {need}")
 
 
 def _after_echo(previous, stop: Signals):
