@@ -1,59 +1,91 @@
-"""DDIM inversion round trip on rendered world images: invert x_0 -> x_T with the caption, regenerate, report PSNR.
+"""Exact inversion: how closely `edit invert` gives back its input, per inversion method, on the default model.
 
-    python benchmarks/inversion.py --steps 50 250 --images 8
+    python benchmarks/inversion.py --n 8 --steps 50 --out docs/editing/inversion.json
 
-With the cosine schedule alpha_bar(999) = 2.4e-9: a schedule that ends at t = 999 ('uniform') makes the last inversion
-step ill-conditioned (regeneration divides by sqrt(alpha_bar)); 'leading' spacing ends at t = 1000 - 1000/steps.
+Scenes: n two-object and position scenes drawn by the model itself (its own images, seeds 0..n-1), and n drawn by
+the world's renderer (images the model never made). Each is inverted with its caption at 'leading' DDIM steps and
+regenerated from the inverted x_T; the figure is the PSNR of the regeneration to the input (uint8 pixels).
+
+Methods (pipelines/editing.Inversion), the first being the baseline run in the same command:
+- plain: DDIM inversion as Song et al. run it (eps read at the step's start, one step late; the latent is E(x));
+- fixed-point k: each step solved for the x_t whose DDIM step lands on x_{t'} by k iterations (Pan et al. 2023);
+- fixed-point k + decoder m: also the latent fitted to the image through the decoder by m Adam steps (Hong et al.
+  2024), so that a latent model's round trip is no longer capped by its autoencoder's D(E(x)).
+Each at CFG 1 (the `edit invert` default) and, on the model's own scenes, CFG 3 (the model's sampling default).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
+import time
+from pathlib import Path
 
 import torch
 
-from condiff.diffusion.guidance import Conditioned
-from condiff.diffusion.samplers import ddim_invert, sample_ddim
-from condiff.diffusion.schedule import Spacing
-from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.catalogue import DEFAULT_MODEL
-from condiff.world.bench import SUITES, suite_prompts
+from condiff.diffusion.sampling import SamplingOptions
+from condiff.pipelines.editing import Inversion, invert, regenerate
+from condiff.pipelines.text2image import Text2ImagePipeline
+from condiff.world.bench import suite_prompts
 from condiff.world.grammar import parse_caption
 from condiff.world.render import layout, render, to_uint8
 
+BAR_DB = 35.0
+
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of uint8 images: 10 log10(255^2 / MSE)."""
-    mse = (a.double() - b.double()).pow(2).mean().item()
+    """PSNR in dB of one image pair in [-1, 1], compared as uint8: 10 log10(255^2 / MSE)."""
+    mse = (to_uint8(a[None]).double() - to_uint8(b[None]).double()).pow(2).mean().item()
     return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
-@torch.no_grad()
-def round_trip(pipe: Text2ImagePipeline, captions: list[str], steps: int, spacing: Spacing, seed: int = 0) -> float:
-    rng = random.Random(seed)
-    x0 = render([layout(parse_caption(c), rng) for c in captions], pipe.resolution).to(pipe.device)
-    model = Conditioned(pipe.denoiser, pipe.encode(captions))
-    ts = pipe.schedule.timesteps(steps, spacing)
-    x_T = ddim_invert(model, x0, pipe.schedule, ts)
-    rec = sample_ddim(model, x_T, pipe.schedule, ts, x0_fn=None)
-    return psnr(to_uint8(rec), to_uint8(x0))
+def scenes(pipe: Text2ImagePipeline, n: int) -> dict[str, tuple[list[str], torch.Tensor]]:
+    captions = (suite_prompts("two_objects", n) + suite_prompts("position", n))[::2][:n]
+    drawn = pipe(captions, list(range(n)), SamplingOptions(steps=50, sampler="ddim")).cpu()
+    rng = random.Random(0)
+    rendered = render([layout(parse_caption(c), rng) for c in captions], pipe.resolution)
+    return {"drawn by the model": (captions, drawn), "drawn by the renderer": (captions, rendered)}
+
+
+def round_trip(pipe, captions, images, steps: int, scale: float, how: Inversion) -> tuple[list[float], float]:
+    opts = SamplingOptions(steps=steps, sampler="ddim", schedule="leading", guidance_scale=scale, threshold="none")
+    start = time.perf_counter()
+    x_T = invert(pipe, captions, images, opts, how)
+    rec = regenerate(pipe, captions, x_T, opts)
+    seconds = (time.perf_counter() - start) / len(captions)
+    return [round(psnr(r, x), 2) for r, x in zip(rec, images)], seconds
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default=str(DEFAULT_MODEL))
-    parser.add_argument("--steps", type=int, nargs="+", default=[50, 250])
-    parser.add_argument("--images", type=int, default=8)
-    args = parser.parse_args()
-    pipe = Text2ImagePipeline.from_pretrained(args.model)
-    captions = [p for suite in SUITES[:4] for p in suite_prompts(suite, args.images // 4)]
-    print(f"DDIM inversion round trip, {len(captions)} rendered world images, guidance scale 1, no clipping")
-    print("| steps | spacing | largest t | PSNR (dB) |\n| --- | --- | --- | --- |")
-    for steps in args.steps:
-        for spacing in (Spacing.UNIFORM, Spacing.LEADING):
-            t_max = pipe.schedule.timesteps(steps, spacing)[0]
-            print(f"| {steps} | {spacing.value} | {t_max} | {round_trip(pipe, captions, steps, spacing):.2f} |")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    pipe = Text2ImagePipeline.from_pretrained(a.model)
+    default = Inversion()
+    methods = {"plain (baseline)": Inversion(0, 0), f"fixed-point {default.fixed_point_iters}":
+               Inversion(default.fixed_point_iters, 0),
+               f"fixed-point {default.fixed_point_iters} + decoder {default.decoder_steps} (default)": default}
+    rows = []
+    print(f"| scenes | CFG | method | PSNR min / mean (dB) | >= {BAR_DB:g} dB | s per image |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, (captions, images) in scenes(pipe, a.n).items():
+        for scale in (1.0, 3.0) if name == "drawn by the model" else (1.0,):
+            for method, how in methods.items():
+                values, seconds = round_trip(pipe, captions, images, a.steps, scale, how)
+                row = {"scenes": name, "cfg": scale, "method": method, "psnr": values, "s_per_image": round(seconds, 1),
+                       "at_least_bar": sum(v >= BAR_DB for v in values)}
+                rows.append(row)
+                print(f"| {name} | {scale:g} | {method} | {min(values):.1f} / {sum(values) / len(values):.1f} | "
+                      f"{row['at_least_bar']} of {len(values)} | {seconds:.1f} |", flush=True)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"model": a.model, "steps": a.steps, "threads": torch.get_num_threads(),
+                                     "bar_db": BAR_DB, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 
+from ..pipelines.editing import Inversion
 from ..pipelines.requests import ModelTag, results
 from ..png import check_writable
 from .args import positive_int
@@ -99,13 +100,19 @@ def _inpaint(args) -> None:
 def _invert(args) -> None:
     from ..images import image_tensor, to_model_size
     from ..pipelines.editing import inversion_options, invert, leakage, regenerate
+    from ..pipelines.text2image import EditConvention
 
+    Inversion(args.fixed_point, args.decoder_steps or 0)  # a bad value fails before the model loads
     opts, img = _prepare(args)
     pipe, model, opts = _load(args, [args.prompt], threshold="none")
+    decoder_steps = args.decoder_steps
+    if decoder_steps is None:  # Stable Diffusion's VAE at 512 px: 50 passes through it would take many minutes
+        decoder_steps = 0 if pipe.edit_convention is EditConvention.DIFFUSERS else Inversion.decoder_steps
+    how = Inversion(args.fixed_point, decoder_steps)
     opts = inversion_options(opts)
     x = image_tensor(to_model_size(img, pipe.resolution))
     t = time.time()
-    x_T = invert(pipe, [args.prompt], x, opts)
+    x_T = invert(pipe, [args.prompt], x, opts, how)
     if args.save_noise:
         from safetensors.torch import save
 
@@ -117,6 +124,7 @@ def _invert(args) -> None:
     out = regenerate(pipe, [prompt], x_T, opts, [args.seed])
     psnr = leakage(x, out, x.new_zeros(1, 1, *x.shape[-2:]).bool())
     _save(args, out, prompt, opts, model, {"Edit": "DDIM inversion", "Inverted with": args.prompt,
+                                           "Inversion": f"fixed-point {how.fixed_point_iters}, decoder {decoder_steps}",
                                            "Reconstruction PSNR": round(psnr, 2)})
     print(f"inverted and regenerated in {time.time() - t:.1f} s; PSNR to IN {psnr:.2f} dB", file=sys.stderr)
 
@@ -163,6 +171,12 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
     v.set_defaults(schedule="leading", guidance_scale=1.0)
     v.add_argument("--save-noise", help="also write x_T as safetensors (key x_T); generate --from-noise reads it")
     v.add_argument("--regenerate-prompt", help="regenerate from x_T with this prompt instead (an edit)")
+    v.add_argument("--fixed-point", type=int, default=Inversion.fixed_point_iters,
+                   help="fixed-point iterations per inversion step, which make the DDIM round trip exact (0: plain "
+                        "DDIM inversion; each costs one more model call per step)")
+    v.add_argument("--decoder-steps", type=int,
+                   help="latent models: Adam steps fitting the latent to the image through the decoder before "
+                        f"inverting (default {Inversion.decoder_steps}; 0 on Stable Diffusion, whose VAE is slow)")
     v.set_defaults(func=_invert)
 
     from .diffusionclip import add_clip_parser

@@ -111,15 +111,29 @@ def sample_ddpm(model: Model, x: torch.Tensor, schedule: NoiseSchedule, timestep
     return x
 
 
-def ddim_invert(model: Model, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int]) -> torch.Tensor:
-    """Deterministic DDIM run backwards, x_0 -> x_T (eq. 13 of Song et al. as an ODE step)."""
+def ddim_invert(model: Model, x0: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
+                fixed_point_iters: int = 0) -> torch.Tensor:
+    """Deterministic DDIM run backwards, x_0 -> x_T (eq. 13 of Song et al. as an ODE step).
+
+    The plain step reads eps at the point it starts from, (x_{t'}, t'), where the DDIM step back from x_t reads it at
+    (x_t, t): the round trip is off by that lag. With fixed_point_iters = k > 0 each step instead solves
+    x_t = sqrt(abar_t) x0_hat(x_{t'}, eps(x_t, t)) + sqrt(1 - abar_t) eps(x_t, t), the x_t whose DDIM step lands
+    exactly on x_{t'}, by k fixed-point iterations from the plain step (Pan et al. 2023, "Effective real image editing
+    with accelerated iterative diffusion inversion"; ReNoise, Garibi et al. 2024): k more model calls per step."""
     ab = schedule.alpha_bar
     ascending = list(timesteps)[::-1]
     x = x0
     for i, t in enumerate(ascending):
         ab_prev = ab[ascending[i - 1]].item() if i > 0 else 1.0
+        ab_t = ab[t].item()
         t_eval = ascending[i - 1] if i > 0 else t  # eps is evaluated at the current point (x_prev, t_prev)
-        eps, _, _ = _predict(model, schedule, x, t_eval, None)
-        x0_hat = (x - (1 - ab_prev) ** 0.5 * eps) / ab_prev ** 0.5
-        x = ab[t].item() ** 0.5 * x0_hat + (1 - ab[t].item()) ** 0.5 * eps
+
+        def step(eps: torch.Tensor, x_prev: torch.Tensor = x) -> torch.Tensor:
+            x0_hat = (x_prev - (1 - ab_prev) ** 0.5 * eps) / ab_prev ** 0.5
+            return ab_t ** 0.5 * x0_hat + (1 - ab_t) ** 0.5 * eps
+
+        x_t = step(_predict(model, schedule, x, t_eval, None)[0])
+        for _ in range(fixed_point_iters):
+            x_t = step(_predict(model, schedule, x_t, t, None)[0])
+        x = x_t
     return x

@@ -4,7 +4,8 @@
 - RePaint inpainting (Lugmayr et al. 2022): each step, the known region is replaced by q(x_t | x_0) (`replace`),
   optionally with its resampling jumps (`Resample`); or a fine-tuned inpainting model (GLIDE) given mask= and
   masked_image=, in one plain chain;
-- DDIM inversion (Song et al. 2021; Mokady et al. 2023): the eta = 0 chain run backwards, x_0 -> x_T.
+- DDIM inversion (Song et al. 2021; Mokady et al. 2023): the eta = 0 chain run backwards, x_0 -> x_T, made exact by
+  fixed-point iterations per step and, for a latent model, by inverting the decoder (`Inversion`).
 
 Each works in the model's sampling space: pixels for a pixel model, the autoencoder's scaled latent otherwise.
 Images are (B, 3, H, W) in [-1, 1] at the model's resolution; masks (B, 1, H, W), 1 (True) = repaint.
@@ -12,6 +13,7 @@ Images are (B, 3, H, W) in [-1, 1] at the model's resolution; masks (B, 1, H, W)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -206,12 +208,51 @@ def inversion_options(opts: SamplingOptions) -> SamplingOptions:
     return opts.replace(sampler=Sampler.DDIM, eta=0.0, threshold="none")
 
 
-def invert(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+@dataclass
+class Inversion:
+    """How exactly x_0 -> x_T is inverted. The plain DDIM inversion (both 0) is off by eps's one-step lag, and a
+    latent model's round trip cannot beat its autoencoder's D(E(x)). fixed_point_iters solves each step for the x_t
+    whose DDIM step lands on x_{t'} (samplers.ddim_invert); decoder_steps fits the latent z by Adam on
+    |D(z) - x|^2 from E(x) (decoder inversion, Hong et al. 2024, "On exact inversion of DPM-solvers"), so that the
+    chain starts from a latent that decodes to the image itself."""
+    fixed_point_iters: int = 2
+    decoder_steps: int = 50
+    decoder_lr: float = 0.03
+
+    def __post_init__(self):
+        if self.fixed_point_iters < 0 or self.decoder_steps < 0 or not self.decoder_lr > 0:
+            raise ValueError(f"inversion: fixed-point iterations and decoder steps must be >= 0 and the decoder's "
+                             f"learning rate > 0, got {self.fixed_point_iters}, {self.decoder_steps}, {self.decoder_lr}")
+
+
+PLAIN_INVERSION = Inversion(0, 0)  # Song et al.'s DDIM inversion as it is
+
+
+def fit_latent(pipe: Text2ImagePipeline, images: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+    """z minimising |D(z) - x|^2, from z = E(x) by `steps` Adam steps through the decoder (a pixel model: x)."""
+    z0 = to_model_space(pipe, images)
+    if pipe.autoencoder is None or steps == 0:
+        return z0
+    x = images.to(pipe.device)
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = (pipe.autoencoder.decode(z) - x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return z.detach()
+
+
+def invert(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, opts: SamplingOptions,
+           how: Inversion = Inversion()) -> torch.Tensor:
     """x_T of the eta = 0 DDIM chain (with the prompts' classifier-free guidance) that ends at the images."""
     opts = inversion_options(opts)
     model = pipe.guided_model(prompts, opts, *pipe.grounding_keywords(None, len(prompts)))
+    z = fit_latent(pipe, images, how.decoder_steps, how.decoder_lr)
     with torch.no_grad():
-        return ddim_invert(model, to_model_space(pipe, images), pipe.schedule, sampling_timesteps(pipe.schedule, opts))
+        return ddim_invert(model, z, pipe.schedule, sampling_timesteps(pipe.schedule, opts), how.fixed_point_iters)
 
 
 def regenerate(pipe: Text2ImagePipeline, prompts: list[str], x_T: torch.Tensor, opts: SamplingOptions,

@@ -19,7 +19,7 @@ from ..diffusion.sampling import SamplingOptions, sample, sampling_timesteps
 from ..nets.clip import image_embeddings
 from ..nets.embedding_prior import clip_text, prior_diffusion
 from .base import ComponentSpec, StageSpec
-from .editing import inversion_options, to_model_space
+from .editing import Inversion, fit_latent, inversion_options
 from .text2image import Text2ImagePipeline
 
 
@@ -47,15 +47,17 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     return (torch.sin((1 - w) * omega) * a + torch.sin(w * omega) * b) / torch.sin(omega)
 
 
-def invert(pipe, embeds: torch.Tensor, images: torch.Tensor, opts: SamplingOptions, prompt: str = "") -> torch.Tensor:
+def invert(pipe, embeds: torch.Tensor, images: torch.Tensor, opts: SamplingOptions, prompt: str = "",
+           how: Inversion = Inversion()) -> torch.Tensor:
     """x_T of the decoder's eta = 0 DDIM chain that ends at the images, given their embeddings (and caption): with
     the embedding, DALL-E 2's bipartite latent (z_i, x_T) of an image. It inverts the conditional model (CFG 1):
     the guided chain does not retrace its way back (measured in the README)."""
     opts, embeds = inversion_options(opts).replace(guidance_scale=1.0), embeds.to(pipe.device)
     model = pipe.guided_model([prompt] * len(embeds), opts, {"image_embed": embeds},
                               {"image_embed": torch.zeros_like(embeds)})
+    z = fit_latent(pipe, images, how.decoder_steps, how.decoder_lr)
     with torch.no_grad():
-        return ddim_invert(model, to_model_space(pipe, images), pipe.schedule, sampling_timesteps(pipe.schedule, opts))
+        return ddim_invert(model, z, pipe.schedule, sampling_timesteps(pipe.schedule, opts), how.fixed_point_iters)
 
 
 VARIATION_ETA = 0.5  # the default eta of variations from an inverted image (README: kept scenes against distance)
