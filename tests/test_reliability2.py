@@ -186,13 +186,13 @@ def test_a_signal_to_the_whole_group_saves_once_and_resumes_exactly(tmp_path, si
 def test_a_second_signal_exits_at_once_and_keeps_the_last_complete_checkpoint(tmp_path):
     import os
     import signal
-    import time
 
     from condiff.train.state import latest_checkpoint
 
     proc, _ = _start_training(tmp_path, "run", workers=2, steps=400, env={"CONDIFF_SIGNAL_ECHO_S": "0"})
-    os.killpg(proc.pid, signal.SIGTERM)
-    time.sleep(0.02)
+    # back to back, so that the second comes before the run can act on the first (a tiny run saves and exits within
+    # 20 ms); two SIGTERMs would merge into one pending signal, so the first is SIGINT
+    os.killpg(proc.pid, signal.SIGINT)
     os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "Traceback" not in err, err[-1500:]

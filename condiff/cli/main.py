@@ -328,8 +328,23 @@ def main(argv: list[str] | None = None) -> int:
         from ..train.trainer import Terminated
 
         print("condiff: interrupted" + (" (SIGTERM)" if isinstance(e, Terminated) else ""), file=sys.stderr)
+        _ignore_signals_while_exiting()
         return 143 if isinstance(e, Terminated) else 130
     return 0
+
+
+def _ignore_signals_while_exiting() -> None:
+    """The run has saved and the process is on its way out. The echo of the signal that stopped it (torchrun's
+    agent forwarding what `timeout` already sent the group) may still arrive, and Python's shutdown resets its
+    handlers to the default, which would turn a saved, clean exit 130/143 into death by SIGTERM: nothing is left
+    for a signal to stop, so they are ignored."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(signum, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            pass
 
 
 if __name__ == "__main__":
