@@ -100,15 +100,10 @@ def _inpaint(args) -> None:
 def _invert(args) -> None:
     from ..images import image_tensor, to_model_size
     from ..pipelines.editing import inversion_options, invert, leakage, regenerate
-    from ..pipelines.text2image import EditConvention
 
-    Inversion(args.fixed_point, args.decoder_steps or 0)  # a bad value fails before the model loads
+    how = Inversion(args.fixed_point, args.decoder_steps)  # a bad value fails before the model loads
     opts, img = _prepare(args)
     pipe, model, opts = _load(args, [args.prompt], threshold="none")
-    decoder_steps = args.decoder_steps
-    if decoder_steps is None:  # Stable Diffusion's VAE at 512 px: 50 passes through it would take many minutes
-        decoder_steps = 0 if pipe.edit_convention is EditConvention.DIFFUSERS else Inversion.decoder_steps
-    how = Inversion(args.fixed_point, decoder_steps)
     opts = inversion_options(opts)
     x = image_tensor(to_model_size(img, pipe.resolution))
     t = time.time()
@@ -124,7 +119,7 @@ def _invert(args) -> None:
     out = regenerate(pipe, [prompt], x_T, opts, [args.seed])
     psnr = leakage(x, out, x.new_zeros(1, 1, *x.shape[-2:]).bool())
     _save(args, out, prompt, opts, model, {"Edit": "DDIM inversion", "Inverted with": args.prompt,
-                                           "Inversion": f"fixed-point {how.fixed_point_iters}, decoder {decoder_steps}",
+                                           "Inversion": f"fixed-point {how.fixed_point_iters}, decoder {how.decoder_steps}",
                                            "Reconstruction PSNR": round(psnr, 2)})
     print(f"inverted and regenerated in {time.time() - t:.1f} s; PSNR to IN {psnr:.2f} dB", file=sys.stderr)
 
@@ -174,9 +169,9 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
     v.add_argument("--fixed-point", type=int, default=Inversion.fixed_point_iters,
                    help="fixed-point iterations per inversion step, which make the DDIM round trip exact (0: plain "
                         "DDIM inversion; each costs one more model call per step)")
-    v.add_argument("--decoder-steps", type=int,
+    v.add_argument("--decoder-steps", type=int, default=Inversion.decoder_steps,
                    help="latent models: Adam steps fitting the latent to the image through the decoder before "
-                        f"inverting (default {Inversion.decoder_steps}; 0 on Stable Diffusion, whose VAE is slow)")
+                        "inverting (default 0: measured, the fitted latent round-trips worse; docs/editing.md)")
     v.set_defaults(func=_invert)
 
     from .diffusionclip import add_clip_parser

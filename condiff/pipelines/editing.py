@@ -214,9 +214,11 @@ class Inversion:
     latent model's round trip cannot beat its autoencoder's D(E(x)). fixed_point_iters solves each step for the x_t
     whose DDIM step lands on x_{t'} (samplers.ddim_invert); decoder_steps fits the latent z by Adam on
     |D(z) - x|^2 from E(x) (decoder inversion, Hong et al. 2024, "On exact inversion of DPM-solvers"), so that the
-    chain starts from a latent that decodes to the image itself."""
+    chain starts from a latent that decodes to the image itself. Measured (docs/editing.md, benchmarks/inversion.py)
+    the decoder fit lowers the round trip's PSNR, drawn or rendered scenes alike: the fitted latent leaves the
+    encoder's distribution that the UNet learned, so it is off by default."""
     fixed_point_iters: int = 2
-    decoder_steps: int = 50
+    decoder_steps: int = 0
     decoder_lr: float = 0.03
 
     def __post_init__(self):
