@@ -10,7 +10,10 @@ Methods (pipelines/editing.Inversion), the first being the baseline run in the s
 - plain: DDIM inversion as Song et al. run it (eps read at the step's start, one step late; the latent is E(x));
 - fixed-point k: each step solved for the x_t whose DDIM step lands on x_{t'} by k iterations (Pan et al. 2023);
 - fixed-point k + decoder m: also the latent fitted to the image through the decoder by m Adam steps (Hong et al.
-  2024), so that a latent model's round trip is no longer capped by its autoencoder's D(E(x)).
+  2024), so that a latent model's round trip is no longer capped by its autoencoder's D(E(x));
+- EDICT (Wallace et al. 2023): two coupled chains whose inversion is exact by construction, alone and after the
+  decoder fit (the default of `edit invert`).
+--methods picks some (by the start of their names); --merge adds the rows to an existing --out file.
 Each at CFG 1 (the `edit invert` default) and, on the model's own scenes, CFG 3 (the model's sampling default).
 """
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch
 
 from condiff.catalogue import DEFAULT_MODEL
 from condiff.diffusion.sampling import SamplingOptions
-from condiff.pipelines.editing import Inversion, invert, regenerate
+from condiff.cli.edit import EDICT_DECODER_STEPS
+from condiff.pipelines.editing import Inversion, invert, invert_coupled, regenerate, regenerate_coupled
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.world.bench import suite_prompts
 from condiff.world.grammar import parse_caption
@@ -49,11 +53,14 @@ def scenes(pipe: Text2ImagePipeline, n: int) -> dict[str, tuple[list[str], torch
     return {"drawn by the model": (captions, drawn), "drawn by the renderer": (captions, rendered)}
 
 
-def round_trip(pipe, captions, images, steps: int, scale: float, how: Inversion) -> tuple[list[float], float]:
+def round_trip(pipe, captions, images, steps: int, scale: float, how: Inversion | int) -> tuple[list[float], float]:
+    """how: a DDIM inversion, or EDICT's given as its number of decoder steps."""
     opts = SamplingOptions(steps=steps, sampler="ddim", schedule="leading", guidance_scale=scale, threshold="none")
     start = time.perf_counter()
-    x_T = invert(pipe, captions, images, opts, how)
-    rec = regenerate(pipe, captions, x_T, opts)
+    if isinstance(how, Inversion):
+        rec = regenerate(pipe, captions, invert(pipe, captions, images, opts, how), opts)
+    else:
+        rec = regenerate_coupled(pipe, captions, invert_coupled(pipe, captions, images, opts, decoder_steps=how), opts)
     seconds = (time.perf_counter() - start) / len(captions)
     return [round(psnr(r, x), 2) for r, x in zip(rec, images)], seconds
 
@@ -64,12 +71,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--methods", nargs="*", help="only the methods whose names start with these")
+    ap.add_argument("--merge", action="store_true", help="add the rows to those already in --out")
     a = ap.parse_args()
     pipe = Text2ImagePipeline.from_pretrained(a.model)
     k = Inversion().fixed_point_iters
-    methods = {"plain (baseline)": Inversion(0, 0), f"fixed-point {k} (default)": Inversion(k, 0),
-               f"fixed-point {k} + decoder 50": Inversion(k, 50)}
-    rows = []
+    methods = {"plain (baseline)": Inversion(0, 0), f"fixed-point {k} (--method ddim)": Inversion(k, 0),
+               f"fixed-point {k} + decoder 50": Inversion(k, 50), "EDICT": 0,
+               f"EDICT + decoder {EDICT_DECODER_STEPS} (default)": EDICT_DECODER_STEPS}
+    if a.methods:
+        methods = {m: how for m, how in methods.items() if any(m.startswith(p) for p in a.methods)}
+    rows = json.loads(a.out.read_text())["rows"] if a.merge and a.out and a.out.exists() else []
     print(f"| scenes | CFG | method | PSNR min / mean (dB) | >= {BAR_DB:g} dB | s per image |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, (captions, images) in scenes(pipe, a.n).items():

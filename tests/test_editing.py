@@ -7,11 +7,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from condiff.cli import main
 from condiff.diffusion.samplers import PerSampleNoise
 from condiff.diffusion.sampling import SamplingOptions, plan_alpha_bars, sampling_timesteps
-from condiff.pipelines.editing import PLAIN_INVERSION, img2img, invert, leakage, regenerate, repaint
+from condiff.pipelines.editing import (
+    PLAIN_INVERSION,
+    img2img,
+    invert,
+    invert_coupled,
+    leakage,
+    regenerate,
+    regenerate_coupled,
+    repaint,
+)
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.png import read_parameters
 
@@ -92,6 +102,8 @@ def test_ddim_inversion_round_trip_is_exact_for_the_exact_denoiser(tiny_model):
     plain = lambda o: (regenerate(pipe, ["a"], invert(pipe, ["a"], x0, o, PLAIN_INVERSION), o) - x0).abs().mean()
     assert plain(opts) < 2.5e-2 and plain(opts) < 0.6 * plain(opts50)  # first order: eps read a step late, ~ 1/steps
     assert err < 0.05 * plain(opts)  # the default's fixed-point steps remove that lag
+    pair = invert_coupled(pipe, ["a"], x0, opts50)  # EDICT: exact by construction, at 50 steps and CFG 3
+    assert (regenerate_coupled(pipe, ["a"], pair, opts50) - x0).abs().max() < 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +148,18 @@ def test_edit_commands_write_pngs_with_infotext(tiny_model, tmp_path):
     assert read_parameters(tmp_path / "j.png")["Jump samples"] == "2"
     assert np.array_equal(np.asarray(Image.open(tmp_path / "j.png"))[:, 8:], src_px[:, 8:])
     noise = tmp_path / "x_T.safetensors"
-    assert main(["edit", "invert", src, *common, "--guidance-scale", "1", "--save-noise", str(noise),
-                 "--out", str(tmp_path / "rec.png")]) == 0
+    assert main(["edit", "invert", src, *common, "--guidance-scale", "1", "--method", "ddim", "--save-noise",
+                 str(noise), "--out", str(tmp_path / "rec.png")]) == 0
     assert "Reconstruction PSNR" in read_parameters(tmp_path / "rec.png")
-    assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "3", "--schedule", "leading",
-                 "--threshold", "none", "--guidance-scale", "1", "--from-noise", str(noise),
-                 "--out", str(tmp_path / "again.png")]) == 0
+    again = ["generate", "a red circle", "--model", str(tiny_model), "--steps", "3", "--schedule", "leading",
+             "--threshold", "none", "--guidance-scale", "1", "--out", str(tmp_path / "again.png")]
+    assert main([*again, "--from-noise", str(noise)]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(tmp_path / "rec.png")))
+    pair = tmp_path / "pair.safetensors"  # the default, EDICT: a pair of chains that generate cannot run
+    assert main(["edit", "invert", src, *common, "--save-noise", str(pair), "--out", str(tmp_path / "e.png")]) == 0
+    assert read_parameters(tmp_path / "e.png")["Inversion"] == "EDICT, decoder 50"
+    assert sorted(load_file(str(pair))) == ["x_T", "y_T"]
+    assert main([*again, "--from-noise", str(pair)]) == 2
 
 
 @pytest.mark.parametrize("args, message", [

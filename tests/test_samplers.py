@@ -120,3 +120,25 @@ def test_fixed_point_inversion_makes_the_round_trip_exact_on_a_tiny_unet():
         errors.append((rec - x0).abs().max().item())
     assert errors[0] > 10 * errors[1] > 100 * errors[2], errors
     assert errors[3] < 1e-10, errors
+
+
+def test_edict_inversion_is_exact_and_its_chain_is_ddim_where_eps_does_not_depend_on_x():
+    """EDICT's pair of chains undoes itself to float64 precision on a tiny UNet, with no iterations; on a model whose
+    eps is a constant field both chains are the DDIM chain itself (the coupling has nothing to couple)."""
+    from condiff.diffusion.samplers import edict_invert, edict_sample
+
+    den = _tiny_denoiser()
+    model = lambda x, t: den(x, t)
+    x0 = PerSampleNoise([1])((1, 3, 8, 8), dtype=torch.float64).clamp(-1, 1) * 0.5
+    ts = den.schedule.timesteps(10)
+    x_T, y_T = edict_invert(model, x0, den.schedule, ts)
+    x, y = edict_sample(model, x_T, y_T, den.schedule, ts)
+    assert (x - x0).abs().max() < 1e-9 and (y - x0).abs().max() < 1e-9
+    assert (x_T - y_T).abs().max() > 1e-5  # two different chains, not one run twice
+    c = PerSampleNoise([2])((1, 3, 8, 8), dtype=torch.float64)
+    const = lambda x, t: c.expand_as(x)
+    x, y = edict_sample(const, x0, x0, den.schedule, ts)
+    ddim = sample_ddim(const, x0, den.schedule, ts, x0_fn=None)
+    assert (x - ddim).abs().max() < 1e-12 and (y - ddim).abs().max() < 1e-12
+    with pytest.raises(ValueError, match="mixing weight"):
+        edict_invert(model, x0, den.schedule, ts, p=1.0)

@@ -99,29 +99,51 @@ def _inpaint(args) -> None:
 
 def _invert(args) -> None:
     from ..images import image_tensor, to_model_size
-    from ..pipelines.editing import inversion_options, invert, leakage, regenerate
+    from ..pipelines.editing import (
+        inversion_options,
+        invert,
+        invert_coupled,
+        leakage,
+        regenerate,
+        regenerate_coupled,
+    )
+    from ..pipelines.text2image import EditConvention
 
-    how = Inversion(args.fixed_point, args.decoder_steps)  # a bad value fails before the model loads
+    edict = args.method == "edict"
+    how = Inversion(args.fixed_point, args.decoder_steps or 0)  # a bad value fails before the model loads
     opts, img = _prepare(args)
     pipe, model, opts = _load(args, [args.prompt], threshold="none")
+    if args.decoder_steps is None:  # on Stable Diffusion's VAE at 512 px, 50 passes through it take many minutes
+        slow_vae = pipe.edit_convention is EditConvention.DIFFUSERS
+        how = Inversion(args.fixed_point, EDICT_DECODER_STEPS if edict and not slow_vae else 0)
     opts = inversion_options(opts)
     x = image_tensor(to_model_size(img, pipe.resolution))
+    prompt = args.regenerate_prompt or args.prompt
     t = time.time()
-    x_T = invert(pipe, [args.prompt], x, opts, how)
+    if edict:
+        noise = invert_coupled(pipe, [args.prompt], x, opts, decoder_steps=how.decoder_steps)
+        out = regenerate_coupled(pipe, [prompt], noise, opts)
+        noise = {"x_T": noise[0], "y_T": noise[1]}
+        method = f"EDICT, decoder {how.decoder_steps}"
+    else:
+        x_T = invert(pipe, [args.prompt], x, opts, how)
+        out = regenerate(pipe, [prompt], x_T, opts, [args.seed])
+        noise = {"x_T": x_T}
+        method = f"fixed-point {how.fixed_point_iters}, decoder {how.decoder_steps}"
     if args.save_noise:
         from safetensors.torch import save
 
         from ..fs import atomic_write_bytes
 
-        atomic_write_bytes(Path(args.save_noise), save({"x_T": x_T.float().cpu().contiguous()}))
+        atomic_write_bytes(Path(args.save_noise), save({k: v.float().cpu().contiguous() for k, v in noise.items()}))
         print(args.save_noise)
-    prompt = args.regenerate_prompt or args.prompt
-    out = regenerate(pipe, [prompt], x_T, opts, [args.seed])
     psnr = leakage(x, out, x.new_zeros(1, 1, *x.shape[-2:]).bool())
     _save(args, out, prompt, opts, model, {"Edit": "DDIM inversion", "Inverted with": args.prompt,
-                                           "Inversion": f"fixed-point {how.fixed_point_iters}, decoder {how.decoder_steps}",
-                                           "Reconstruction PSNR": round(psnr, 2)})
+                                           "Inversion": method, "Reconstruction PSNR": round(psnr, 2)})
     print(f"inverted and regenerated in {time.time() - t:.1f} s; PSNR to IN {psnr:.2f} dB", file=sys.stderr)
+
+
+EDICT_DECODER_STEPS = 50  # decoder-fit steps under EDICT on condiff's models (docs/editing.md: 42-47 dB)
 
 
 def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
@@ -164,14 +186,20 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
     # 'leading' ends at t = 1000 - 1000/steps ('uniform' at t = 999, ill-conditioned); CFG 1: the chain guided by
     # a larger scale does not run back to the image (docs/editing.md measures 30 dB at CFG 1, 19 dB at CFG 3)
     v.set_defaults(schedule="leading", guidance_scale=1.0)
-    v.add_argument("--save-noise", help="also write x_T as safetensors (key x_T); generate --from-noise reads it")
+    v.add_argument("--method", choices=["edict", "ddim"], default="edict",
+                   help="edict: EDICT's coupled chains, exact by construction (default; its noise is a pair, x_T and "
+                        "y_T, that only edit invert regenerates); ddim: one DDIM chain with --fixed-point iterations, "
+                        "whose x_T generate --from-noise reads")
+    v.add_argument("--save-noise", help="also write the inverted noise as safetensors (key x_T, and y_T under "
+                                        "--method edict); generate --from-noise reads a --method ddim one")
     v.add_argument("--regenerate-prompt", help="regenerate from x_T with this prompt instead (an edit)")
     v.add_argument("--fixed-point", type=int, default=Inversion.fixed_point_iters,
-                   help="fixed-point iterations per inversion step, which make the DDIM round trip exact (0: plain "
-                        "DDIM inversion; each costs one more model call per step)")
-    v.add_argument("--decoder-steps", type=int, default=Inversion.decoder_steps,
+                   help="--method ddim: fixed-point iterations per inversion step, which bring the DDIM round trip "
+                        "close to exact (0: plain DDIM inversion; each costs one more model call per step)")
+    v.add_argument("--decoder-steps", type=int,
                    help="latent models: Adam steps fitting the latent to the image through the decoder before "
-                        "inverting (default 0: measured, the fitted latent round-trips worse; docs/editing.md)")
+                        f"inverting (default {EDICT_DECODER_STEPS} under edict, 0 under ddim, whose chain the fitted "
+                        "latent throws off, and 0 on Stable Diffusion, whose VAE is slow; docs/editing.md)")
     v.set_defaults(func=_invert)
 
     from .diffusionclip import add_clip_parser

@@ -32,6 +32,9 @@ def read_noise(path: str, n: int, shape: tuple[int, ...]):
         raise ValueError(f"--from-noise: {e}") from None
     if "x_T" not in tensors:
         raise ValueError(f"--from-noise: '{path}' holds no tensor named x_T (it has {', '.join(tensors) or 'none'})")
+    if "y_T" in tensors:
+        raise ValueError(f"--from-noise: '{path}' holds an EDICT pair (x_T, y_T), which only `condiff edit invert "
+                         f"--regenerate-prompt` regenerates; invert with --method ddim for one x_T")
     x = tensors["x_T"].float()
     if tuple(x.shape[1:]) != tuple(shape) or x.shape[0] not in (1, n) or not x.isfinite().all():
         raise ValueError(f"--from-noise: x_T of shape {tuple(x.shape)} does not fit this model "

@@ -5,7 +5,8 @@
   optionally with its resampling jumps (`Resample`); or a fine-tuned inpainting model (GLIDE) given mask= and
   masked_image=, in one plain chain;
 - DDIM inversion (Song et al. 2021; Mokady et al. 2023): the eta = 0 chain run backwards, x_0 -> x_T, made exact by
-  fixed-point iterations per step and, for a latent model, by inverting the decoder (`Inversion`).
+  fixed-point iterations per step and, for a latent model, by inverting the decoder (`Inversion`); or EDICT's
+  coupled chains (Wallace et al. 2023), whose inversion is exact by construction (`invert_coupled`).
 
 Each works in the model's sampling space: pixels for a pixel model, the autoencoder's scaled latent otherwise.
 Images are (B, 3, H, W) in [-1, 1] at the model's resolution; masks (B, 1, H, W), 1 (True) = repaint.
@@ -21,7 +22,7 @@ import torch
 
 from ..catalogue import DEFAULT_MODEL, INPAINT_MODEL
 from ..data.masks import inpaint_inputs, latent_mask
-from ..diffusion.samplers import PerSampleNoise, ddim_invert
+from ..diffusion.samplers import EDICT_P, PerSampleNoise, ddim_invert, edict_invert, edict_sample
 from ..diffusion.sampling import (
     Replace,
     Resample,
@@ -255,6 +256,29 @@ def invert(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, o
     z = fit_latent(pipe, images, how.decoder_steps, how.decoder_lr)
     with torch.no_grad():
         return ddim_invert(model, z, pipe.schedule, sampling_timesteps(pipe.schedule, opts), how.fixed_point_iters)
+
+
+def invert_coupled(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, opts: SamplingOptions,
+                   p: float = EDICT_P, decoder_steps: int = 0, decoder_lr: float = 0.03) -> tuple[torch.Tensor, torch.Tensor]:
+    """EDICT's pair (x_T, y_T) from which `regenerate_coupled` gives the images back, exact up to float rounding
+    (the guided eps, at the plan's DDIM steps, two model calls a step). Being exact for any latent, it keeps what
+    the decoder fit gains (`fit_latent`), which a chain that is only exact near the data cannot."""
+    opts = inversion_options(opts)
+    model = pipe.guided_model(prompts, opts, *pipe.grounding_keywords(None, len(prompts)))
+    z = fit_latent(pipe, images, decoder_steps, decoder_lr)
+    with torch.no_grad():
+        return edict_invert(model, z, pipe.schedule, sampling_timesteps(pipe.schedule, opts), p)
+
+
+def regenerate_coupled(pipe: Text2ImagePipeline, prompts: list[str], noise: tuple[torch.Tensor, torch.Tensor],
+                       opts: SamplingOptions, p: float = EDICT_P) -> torch.Tensor:
+    """EDICT's coupled chains from an inverted pair, perhaps under other prompts (the edit); the image of x."""
+    opts = inversion_options(opts)
+    model = pipe.guided_model(prompts, opts, *pipe.grounding_keywords(None, len(prompts)))
+    x_T, y_T = (z.to(pipe.device) for z in noise)
+    with torch.no_grad():
+        x, _ = edict_sample(model, x_T, y_T, pipe.schedule, sampling_timesteps(pipe.schedule, opts), p)
+        return pipe.decode(x).cpu()
 
 
 def regenerate(pipe: Text2ImagePipeline, prompts: list[str], x_T: torch.Tensor, opts: SamplingOptions,
