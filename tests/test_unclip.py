@@ -15,7 +15,17 @@ from condiff.cli import main
 from condiff.diffusion.samplers import PerSampleNoise
 from condiff.nets.clip import load_clip
 from condiff.pipelines.text2image import Text2ImagePipeline
-from condiff.pipelines.unclip import candidate_seed, decode, image_embeddings, interpolate, invert, slerp, slerp_noise, variations
+from condiff.pipelines.unclip import (
+    candidate_seed,
+    decode,
+    image_embeddings,
+    interpolate,
+    invert,
+    slerp,
+    slerp_noise,
+    textdiff,
+    variations,
+)
 from condiff.png import read_parameters
 
 CLIP = {"model": "clip", "clip": {"image": {"patch_size": 2, "model_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
@@ -120,6 +130,13 @@ def test_variations_and_interpolation_from_the_inverted_noise(decoder):
     ends = [decode(pipe, image_embeddings(clip, im), [""], [0], opts.replace(eta=0.0, sampler="ddim"),
                    x=invert(pipe, image_embeddings(clip, im), im, opts)) for im in (x, y)]
     torch.testing.assert_close(path[[0, 2]], torch.cat(ends), rtol=1e-3, atol=1e-4)  # slerp_noise renormalises
+    # text diffs from the inverted noise: frame 0 is x's own reconstruction under the source caption
+    o1 = opts.replace(guidance_scale=1.0)
+    frames = textdiff(pipe, clip, x, "a red circle", "a blue circle", 3, 0, o1, inverted=True)
+    own = decode(pipe, e, ["a red circle"], [0], o1.replace(eta=0.0, sampler="ddim"),
+                 x=invert(pipe, e, x, o1, "a red circle"))
+    torch.testing.assert_close(frames[:1], own, rtol=1e-3, atol=1e-4)
+    assert (frames[2] - frames[0]).abs().mean() > 1e-4  # the embedding moved
 
 
 def test_edit_variations_interpolate_textdiff_write_grids(decoder, tmp_path, capsys):
@@ -137,6 +154,9 @@ def test_edit_variations_interpolate_textdiff_write_grids(decoder, tmp_path, cap
     assert Image.open(tmp_path / "i.png").size == (64, 16)
     assert main(["edit", "textdiff", str(src), *common, "--from", "a red circle", "--to", "a blue circle",
                  "--out", str(tmp_path / "t.png")]) == 0
+    assert main(["edit", "textdiff", str(src), *common, "--from", "a red circle", "--to", "a blue circle",
+                 "--inverted", "--out", str(tmp_path / "ti.png")]) == 0
+    assert read_parameters(tmp_path / "ti.png")["Noise"] == "inverted"
     capsys.readouterr()
     for argv, message in ((["variations", str(src), "--num-images", "0"], "--num-images"),
                           (["textdiff", str(src), "--from", "a red circle", "--to", "a crimson circle"], "crimson"),

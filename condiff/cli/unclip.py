@@ -87,10 +87,13 @@ def _textdiff(args) -> None:
     for name in ("source", "target"):
         if not getattr(args, name).strip():
             raise ValueError(f"--{'from' if name == 'source' else 'to'}: must not be empty")
+    if args.inverted and args.guidance_scale is None:
+        args.guidance_scale = VARIATION_GUIDANCE  # the inverted x_T is the conditional model's
     pipe, clip, opts, (x,), model = _setup(args, [args.input], [args.source, args.target], args.frames)
-    out = textdiff(pipe, clip, x, args.source, args.target, args.frames, args.seed, opts)
-    _write(args, out, model, opts, [args.seed] * len(out), args.target,
-           {"Edit": "unCLIP text diff", "From": args.source, "Frames": args.frames})
+    out = textdiff(pipe, clip, x, args.source, args.target, args.frames, args.seed, opts, inverted=args.inverted)
+    _write(args, out, model, opts, [args.seed] * len(out), args.source if args.inverted else args.target,
+           {"Edit": "unCLIP text diff", "From": args.source, "To": args.target, "Frames": args.frames,
+            "Noise": "inverted" if args.inverted else "seed"})
 
 
 def add_unclip_parsers(esub) -> None:
@@ -131,5 +134,8 @@ def add_unclip_parsers(esub) -> None:
     t.add_argument("--from", dest="source", required=True)
     t.add_argument("--to", dest="target", required=True)
     t.add_argument("--steps", dest="frames", type=int, default=5, help="images from IN towards --to (angles 0 .. 0.5)")
+    t.add_argument("--inverted", action="store_true",
+                   help="decode from IN's own inverted noise with --from, at CFG 1 (the paper's way: frame 0 is IN and "
+                        "the rest of the scene stays, but the edit lands less often; docs/unclip.md)")
     for p, out in ((v, "variations.png"), (i, "interpolation.png"), (t, "textdiff.png")):
         common(p, out)

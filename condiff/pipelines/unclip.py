@@ -135,9 +135,11 @@ def interpolate(pipe, clip, a: torch.Tensor, b: torch.Tensor, steps: int, seed: 
 
 
 def textdiff(pipe, clip, image: torch.Tensor, source: str, target: str, steps: int, seed: int, opts: SamplingOptions,
-             max_angle: float = 0.5) -> torch.Tensor:
+             max_angle: float = 0.5, inverted: bool = False) -> torch.Tensor:
     """DALL-E 2's text diffs: slerp the image embedding towards the text diff z_d = norm(z_t(target) - z_t(source))
-    by angles 0 .. max_angle of the way, decoded from the same noise with the target caption."""
+    by angles 0 .. max_angle of the way. inverted (the paper's way): decoded from the image's own x_T (DDIM
+    inversion under z_i and the source caption) by eta = 0 DDIM with the source caption, so frame 0 is the image
+    and only the embedding moves; else from the seed's noise with the target caption."""
     for text in (source, target):
         clip.text_encoder.tokenizer.encode(text)
     with torch.no_grad():
@@ -145,7 +147,10 @@ def textdiff(pipe, clip, image: torch.Tensor, source: str, target: str, steps: i
     zi = image_embeddings(clip, image[:1])
     ws = [max_angle * i / (steps - 1) for i in range(steps)] if steps > 1 else [0.0]
     e = torch.cat([slerp(zi, zd, w) for w in ws])
-    return decode(pipe, e, [target] * steps, [seed] * steps, opts, x=_fixed_noise(pipe, steps, seed))
+    if not inverted:
+        return decode(pipe, e, [target] * steps, [seed] * steps, opts, x=_fixed_noise(pipe, steps, seed))
+    x_T = invert(pipe, zi, image[:1], opts, source).expand(steps, -1, -1, -1).contiguous()
+    return decode(pipe, e, [source] * steps, [seed] * steps, opts.replace(sampler="ddim", eta=0.0), x=x_T)
 
 
 PRIOR_SAMPLING = SamplingOptions(steps=64, guidance_scale=2.0, threshold="none", schedule="leading")  # DALL-E 2: 64
