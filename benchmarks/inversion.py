@@ -29,8 +29,7 @@ import torch
 
 from condiff.catalogue import DEFAULT_MODEL
 from condiff.diffusion.sampling import SamplingOptions
-from condiff.cli.edit import EDICT_DECODER_STEPS
-from condiff.pipelines.editing import Inversion, invert, invert_coupled, regenerate, regenerate_coupled
+from condiff.pipelines.editing import EDICT_DECODER_STEPS, Inversion, invert, invert_coupled, regenerate, regenerate_coupled
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.world.bench import suite_prompts
 from condiff.world.grammar import parse_caption

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 
-from ..pipelines.editing import Inversion
+from ..pipelines.editing import EDICT_DECODER_STEPS, Inversion
 from ..pipelines.requests import ModelTag, results
 from ..png import check_writable
 from .args import positive_int
@@ -141,9 +141,6 @@ def _invert(args) -> None:
     _save(args, out, prompt, opts, model, {"Edit": "DDIM inversion", "Inverted with": args.prompt,
                                            "Inversion": method, "Reconstruction PSNR": round(psnr, 2)})
     print(f"inverted and regenerated in {time.time() - t:.1f} s; PSNR to IN {psnr:.2f} dB", file=sys.stderr)
-
-
-EDICT_DECODER_STEPS = 50  # decoder-fit steps under EDICT on condiff's models (docs/editing.md: 42-47 dB)
 
 
 def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:

@@ -228,7 +228,8 @@ class Inversion:
                              f"learning rate > 0, got {self.fixed_point_iters}, {self.decoder_steps}, {self.decoder_lr}")
 
 
-PLAIN_INVERSION = Inversion(0, 0)  # Song et al.'s DDIM inversion as it is
+PLAIN_INVERSION = Inversion(0, 0)
+EDICT_DECODER_STEPS = 50  # decoder-fit steps before EDICT on condiff's models (docs/editing.md: 42-47 dB latents)  # Song et al.'s DDIM inversion as it is
 
 
 def fit_latent(pipe: Text2ImagePipeline, images: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
