@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
+import sys
 from pathlib import Path
-
-import torch
 
 from condiff.catalogue import CLIP64, UNCLIP_DECODER
 from condiff.nets.clip import load_clip
@@ -31,6 +29,9 @@ from condiff.world.grammar import parse_caption
 from condiff.world.oracle import judge
 from condiff.world.render import layout, render, to_uint8
 
+sys.path.insert(0, str(Path(__file__).parent))
+from inversion import psnr  # noqa: E402  (PSNR of uint8 pixels, as the inversion benchmark measures it)
+
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "cyan", "white"]
 
 
@@ -40,11 +41,6 @@ def recoloured(caption: str) -> str:
     i = next(k for k, w in enumerate(words) if w in COLOURS)
     words[i] = COLOURS[(COLOURS.index(words[i]) + 3) % len(COLOURS)]
     return " ".join(words)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (to_uint8(a[None]).double() - to_uint8(b[None]).double()).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
 def main() -> None:

@@ -142,14 +142,11 @@ def ddim_invert(model: Model, x0: torch.Tensor, schedule: NoiseSchedule, timeste
 EDICT_P = 0.93  # EDICT's mixing weight p (Wallace et al. 2023: 0.93 for Stable Diffusion)
 
 
-def _edict_coefficients(ab_t: float, ab_prev: float) -> tuple[float, float]:
-    """a_t, b_t of the DDIM step x_{t'} = a_t x_t + b_t eps(x_t, t) from alpha_bar_t to alpha_bar_{t'}."""
-    a = (ab_prev / ab_t) ** 0.5
-    return a, (1 - ab_prev) ** 0.5 - (ab_prev * (1 - ab_t) / ab_t) ** 0.5
-
-
-def _eps(model: Model, x: torch.Tensor, t: int) -> torch.Tensor:
-    return model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+def _edict_coefficients(schedule: NoiseSchedule, timesteps: Sequence[int], i: int) -> tuple[float, float]:
+    """a_t, b_t of step i's DDIM step x_{t'} = a_t x_t + b_t eps(x_t, t), from alpha_bar_t to the next level's."""
+    ab_t = schedule.alpha_bar[timesteps[i]].item()
+    ab_prev = _alpha_bar_after(schedule.alpha_bar, timesteps, i, None, schedule.final_alpha_bar)
+    return (ab_prev / ab_t) ** 0.5, (1 - ab_prev) ** 0.5 - (ab_prev * (1 - ab_t) / ab_t) ** 0.5
 
 
 def edict_sample(model: Model, x: torch.Tensor, y: torch.Tensor, schedule: NoiseSchedule, timesteps: Sequence[int],
@@ -158,11 +155,11 @@ def edict_sample(model: Model, x: torch.Tensor, y: torch.Tensor, schedule: Noise
     transformations", eqs. 14-15): each step moves x with the eps of y and y with the eps of the new x, then mixes
     them with weight p. Every operation has an algebraic inverse (`edict_invert`), so the round trip is exact up to
     float rounding. Two model calls a step; x and y end at (nearly) the same image."""
-    ab = schedule.alpha_bar
+    eps = lambda z, t: _predict(model, schedule, z, t, None)[0]
     for i, t in enumerate(timesteps):
-        a, b = _edict_coefficients(ab[t].item(), _alpha_bar_after(ab, timesteps, i, None, schedule.final_alpha_bar))
-        x_inter = a * x + b * _eps(model, y, t)
-        y_inter = a * y + b * _eps(model, x_inter, t)
+        a, b = _edict_coefficients(schedule, timesteps, i)
+        x_inter = a * x + b * eps(y, t)
+        y_inter = a * y + b * eps(x_inter, t)
         x = p * x_inter + (1 - p) * y_inter
         y = p * y_inter + (1 - p) * x
     return x, y
@@ -173,14 +170,14 @@ def edict_invert(model: Model, x0: torch.Tensor, schedule: NoiseSchedule, timest
     """The pair (x_T, y_T) from which `edict_sample` ends at x0: its steps undone in reverse order (eq. 16)."""
     if not 0 < p < 1:
         raise ValueError(f"EDICT: the mixing weight p must be in (0, 1), got {p}")
-    ab = schedule.alpha_bar
+    eps = lambda z, t: _predict(model, schedule, z, t, None)[0]
     timesteps = list(timesteps)
     x, y = x0, x0
     for i in reversed(range(len(timesteps))):
         t = timesteps[i]
-        a, b = _edict_coefficients(ab[t].item(), _alpha_bar_after(ab, timesteps, i, None, schedule.final_alpha_bar))
+        a, b = _edict_coefficients(schedule, timesteps, i)
         y_inter = (y - (1 - p) * x) / p
         x_inter = (x - (1 - p) * y_inter) / p
-        y = (y_inter - b * _eps(model, x_inter, t)) / a
-        x = (x_inter - b * _eps(model, y, t)) / a
+        y = (y_inter - b * eps(x_inter, t)) / a
+        x = (x_inter - b * eps(y, t)) / a
     return x, y

@@ -228,8 +228,8 @@ class Inversion:
                              f"learning rate > 0, got {self.fixed_point_iters}, {self.decoder_steps}, {self.decoder_lr}")
 
 
-PLAIN_INVERSION = Inversion(0, 0)
-EDICT_DECODER_STEPS = 50  # decoder-fit steps before EDICT on condiff's models (docs/editing.md: 42-47 dB latents)  # Song et al.'s DDIM inversion as it is
+PLAIN_INVERSION = Inversion(0, 0)  # Song et al.'s DDIM inversion as it is
+EDICT_DECODER_STEPS = 50  # decoder-fit steps before EDICT on condiff's models (docs/editing.md: 42-47 dB latents)
 
 
 def fit_latent(pipe: Text2ImagePipeline, images: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
@@ -249,11 +249,17 @@ def fit_latent(pipe: Text2ImagePipeline, images: torch.Tensor, steps: int, lr: f
     return z.detach()
 
 
+def inversion_model(pipe: Text2ImagePipeline, prompts: list[str], opts: SamplingOptions):
+    """The inversion's options and the guided eps model its chains run, in both directions: a grounded model sees no
+    boxes (the image holds the layout)."""
+    opts = inversion_options(opts)
+    return opts, pipe.guided_model(prompts, opts, *pipe.grounding_keywords(None, len(prompts)))
+
+
 def invert(pipe: Text2ImagePipeline, prompts: list[str], images: torch.Tensor, opts: SamplingOptions,
            how: Inversion = Inversion()) -> torch.Tensor:
     """x_T of the eta = 0 DDIM chain (with the prompts' classifier-free guidance) that ends at the images."""
-    opts = inversion_options(opts)
-    model = pipe.guided_model(prompts, opts, *pipe.grounding_keywords(None, len(prompts)))
+    opts, model = inversion_model(pipe, prompts, opts)
     z = fit_latent(pipe, images, how.decoder_steps, how.decoder_lr)
     with torch.no_grad():
         return ddim_invert(model, z, pipe.schedule, sampling_timesteps(pipe.schedule, opts), how.fixed_point_iters)
@@ -264,8 +270,7 @@ def invert_coupled(pipe: Text2ImagePipeline, prompts: list[str], images: torch.T
     """EDICT's pair (x_T, y_T) from which `regenerate_coupled` gives the images back, exact up to float rounding
     (the guided eps, at the plan's DDIM steps, two model calls a step). Being exact for any latent, it keeps what
     the decoder fit gains (`fit_latent`), which a chain that is only exact near the data cannot."""
-    opts = inversion_options(opts)
-    model = pipe.guided_model(prompts, opts, *pipe.grounding_keywords(None, len(prompts)))
+    opts, model = inversion_model(pipe, prompts, opts)
     z = fit_latent(pipe, images, decoder_steps, decoder_lr)
     with torch.no_grad():
         return edict_invert(model, z, pipe.schedule, sampling_timesteps(pipe.schedule, opts), p)
@@ -274,8 +279,7 @@ def invert_coupled(pipe: Text2ImagePipeline, prompts: list[str], images: torch.T
 def regenerate_coupled(pipe: Text2ImagePipeline, prompts: list[str], noise: tuple[torch.Tensor, torch.Tensor],
                        opts: SamplingOptions, p: float = EDICT_P) -> torch.Tensor:
     """EDICT's coupled chains from an inverted pair, perhaps under other prompts (the edit); the image of x."""
-    opts = inversion_options(opts)
-    model = pipe.guided_model(prompts, opts, *pipe.grounding_keywords(None, len(prompts)))
+    opts, model = inversion_model(pipe, prompts, opts)
     x_T, y_T = (z.to(pipe.device) for z in noise)
     with torch.no_grad():
         x, _ = edict_sample(model, x_T, y_T, pipe.schedule, sampling_timesteps(pipe.schedule, opts), p)
