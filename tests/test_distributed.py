@@ -54,7 +54,7 @@ def test_two_processes_train_the_weights_of_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["train", "--config", _config(tmp_path, 3), "--out", str(one), "--workers", "0"]) == 0
     done = _torchrun(["train", "--config", _config(tmp_path, 3), "--out", str(two), "--workers", "0"])
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-8000:]  # the ranks' own output comes before torchrun's report
     _same(_weights(one), _weights(two))
     assert (two / "model" / "pipeline.json").exists() and len(list((two / "checkpoints").glob("step_*"))) >= 1
     # and the shards are the math: one shard of 4 is another run (its own randomness), so the weights differ
@@ -68,7 +68,7 @@ def test_a_run_resumes_exactly_on_another_process_count(tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert main(["train", "--config", _config(tmp_path, 4), "--out", str(whole), "--workers", "0"]) == 0
     done = _torchrun(["train", "--config", _config(tmp_path, 2), "--out", str(split), "--workers", "0"])
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-8000:]  # the ranks' own output comes before torchrun's report
     assert main(["train", "--config", _config(tmp_path, 4), "--out", str(split), "--workers", "0", "--resume"]) == 0
     _same(_weights(whole), _weights(split))
 
