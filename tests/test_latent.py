@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from condiff import components
 from condiff.cli import main
-from condiff.nets.autoencoder import VectorQuantizer, gaussian_kl, perplexity
+from condiff.nets.autoencoder import Autoencoder, AutoencoderConfig, VectorQuantizer, gaussian_kl, perplexity
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.train.tasks import load_train_config
 from condiff.nets.pretrained_text import FrozenTextCache
@@ -219,3 +219,26 @@ def test_autoencoder_fine_tunes_from_a_saved_one(tmp_path):
     cfg.autoencoder.channels = 16
     with pytest.raises(ConfigError, match="differs .* in channels"):
         AutoencoderTask().build(cfg, None, resume=False)
+
+
+def test_the_latent_cache_gives_each_image_its_own_latent_and_encodes_it_once():
+    from condiff.train.tasks.text2image import LatentCache
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(resolution=16, channels=8, channel_mult=[1, 2], latent_channels=3)).eval()
+    calls = []
+
+    def encode(x):
+        calls.append(len(x))
+        return ae.encode(x)
+
+    images = torch.rand(5, 3, 16, 16) * 2 - 1
+    cache = LatentCache(encode)
+    with torch.no_grad():
+        first = cache(images[[0, 1, 2]])
+        second = cache(images[[2, 3, 2, 0]])
+        alone = torch.cat([ae.encode(images[i:i + 1]) for i in (2, 3, 2, 0)])
+    assert torch.equal(second, alone) and torch.equal(first[2], second[0])
+    assert calls == [1, 1, 1, 1]  # images 0, 1, 2, then only 3 was new
+    tiny = LatentCache(encode, max_mb=0)  # nothing fits: every image is encoded every time, still right
+    with torch.no_grad():
+        assert torch.equal(tiny(images[[2, 3, 2, 0]]), alone) and tiny.latents == {}

@@ -63,6 +63,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser, steps: int, guidance: boo
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="phi of CFG rescale (Lin et al.; 0: off)")
 
 
+def add_lora_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help="apply a LoRA adapter (safetensors in diffusers/PEFT or kohya layout, or a diffusers LoRA folder) "
+                        "with this weight (default 1; 0: no change); repeat for several")
+
+
 def add_run_arguments(p: argparse.ArgumentParser, batch_size: int, seed_help: str = "seed of the first image") -> None:
     p.add_argument("--model", help="model folder (default: the shipped layout64 model)")
     p.add_argument("--seed", type=int, default=0, help=seed_help)

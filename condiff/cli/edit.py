@@ -10,7 +10,7 @@ from pathlib import Path
 from ..pipelines.editing import EDICT_DECODER_STEPS, Inversion
 from ..pipelines.requests import ModelTag, results
 from ..png import check_writable
-from .args import positive_int
+from .args import add_lora_argument, positive_int
 from .output import checked_paths, write_images
 
 
@@ -43,20 +43,25 @@ def _load(args, prompts, **overrides):
     from ..diffusion.sampling import SamplingOptions
     from ..pipelines.text2image import Text2ImagePipeline
     from ..catalogue import model_folder
+    from ..formats import lora
 
     model = model_folder(args.model)
+    loras = [lora.LoRASpec.parse(text) for text in args.lora]
+    for spec in loras:
+        lora.read(spec.path)  # an unreadable or foreign file fails here, before the model loads
     pipe = Text2ImagePipeline.from_pretrained(model)
+    lora.apply(pipe.parts, loras)
     if args.device:
         pipe = pipe.to(args.device)
     opts = SamplingOptions.from_args(args, base=pipe.defaults, **overrides)  # what the command leaves out: the model's
     pipe.check(prompts, opts)
-    return pipe, model, opts
+    return pipe, ModelTag.of(model, loras), opts  # the tag names the model and LoRAs in the infotext
 
 
-def _save(args, out, prompt, opts, model, params: dict) -> None:
+def _save(args, out, prompt, opts, tag: ModelTag, params: dict) -> None:
     """Each image (seed --seed + i) to OUT-NNN.png with its parameters and a grid at OUT; one image to OUT."""
     seeds = [args.seed + i for i in range(len(out))]
-    write_images([results(out, [prompt] * len(out), seeds, opts, ModelTag.of(model), params)], args.out, len(out))
+    write_images([results(out, [prompt] * len(out), seeds, opts, tag, params)], args.out, len(out))
 
 
 def _img2img(args) -> None:
@@ -66,11 +71,11 @@ def _img2img(args) -> None:
 
     opts, img = _prepare(args)
     start_step(opts, args.strength)  # --strength outside [0, 1] or NaN fails here
-    pipe, model, opts = _load(args, [args.prompt])
+    pipe, tag, opts = _load(args, [args.prompt])
     req = Img2ImgRequest(args.prompt, image_tensor(to_model_size(img, pipe.resolution)),
                          [args.seed + i for i in range(args.num_images)], opts, args.strength, args.batch_size)
     t = time.time()
-    write_images(edit_img2img(pipe, req, ModelTag.of(model)), args.out, args.num_images)
+    write_images(edit_img2img(pipe, req, tag), args.out, args.num_images)
     print(f"img2img in {time.time() - t:.1f} s", file=sys.stderr)
 
 
@@ -85,15 +90,15 @@ def _inpaint(args) -> None:
     resample = Resample(args.jump_length, args.jump_n_sample)
     if args.model is None and args.method != "repaint" and INPAINT_MODEL.is_dir():
         args.model = str(INPAINT_MODEL)  # inpainting_pipeline's choice for the default, without loading the default
-    pipe, model, opts = _load(args, [args.prompt])
+    pipe, tag, opts = _load(args, [args.prompt])
     if args.method == "model" and not pipe.inpainting:
-        raise ValueError(f"--method model: '{model}' has no inpainting inputs (mask, masked image); "
+        raise ValueError(f"--method model: '{tag.name}' has no inpainting inputs (mask, masked image); "
                          "use --method repaint or an inpainting model")
     req = InpaintRequest(args.prompt, image_tensor(to_model_size(img, pipe.resolution)),
                          mask_tensor(mask, pipe.resolution), [args.seed + i for i in range(args.num_images)], opts,
                          args.method, resample, not args.no_paste_back, args.batch_size)
     t = time.time()
-    write_images(edit_inpaint(pipe, req, ModelTag.of(model)), args.out, args.num_images)
+    write_images(edit_inpaint(pipe, req, tag), args.out, args.num_images)
     print(f"inpaint in {time.time() - t:.1f} s", file=sys.stderr)
 
 
@@ -112,7 +117,7 @@ def _invert(args) -> None:
     edict = args.method == "edict"
     how = Inversion(args.fixed_point, args.decoder_steps or 0)  # a bad value fails before the model loads
     opts, img = _prepare(args)
-    pipe, model, opts = _load(args, [args.prompt], threshold="none")
+    pipe, tag, opts = _load(args, [args.prompt], threshold="none")
     if args.decoder_steps is None:  # on Stable Diffusion's VAE at 512 px, 50 passes through it take many minutes
         slow_vae = pipe.edit_convention is EditConvention.DIFFUSERS
         how = Inversion(args.fixed_point, EDICT_DECODER_STEPS if edict and not slow_vae else 0)
@@ -138,7 +143,7 @@ def _invert(args) -> None:
         atomic_write_bytes(Path(args.save_noise), save({k: v.float().cpu().contiguous() for k, v in noise.items()}))
         print(args.save_noise)
     psnr = leakage(x, out, x.new_zeros(1, 1, *x.shape[-2:]).bool())
-    _save(args, out, prompt, opts, model, {"Edit": "DDIM inversion", "Inverted with": args.prompt,
+    _save(args, out, prompt, opts, tag, {"Edit": "DDIM inversion", "Inverted with": args.prompt,
                                            "Inversion": method, "Reconstruction PSNR": round(psnr, 2)})
     print(f"inverted and regenerated in {time.time() - t:.1f} s; PSNR to IN {psnr:.2f} dB", file=sys.stderr)
 
@@ -152,6 +157,7 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
         p.add_argument("--prompt", required=True, help="what the result shows")
         add_sampling_arguments(p, steps=50, full=True)
         add_run_arguments(p, batch_size=1, seed_help="seed of the noise")
+        add_lora_argument(p)
         p.add_argument("--out", default=out, help="PNG path (with the edit's parameters as infotext); with several "
                                                   "images OUT-000.png, OUT-001.png, ... and a grid at OUT")
 

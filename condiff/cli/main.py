@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .generate import generate
 from .args import (GUIDANCE_FORM_NAMES, GUIDANCE_METHOD_NAMES, GUIDE_NAMES, SAMPLER_NAMES,  # noqa: F401
-                       SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, add_image_bound, add_run_arguments,
+                       SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, add_image_bound, add_lora_argument, add_run_arguments,
                        add_sampling_arguments, check_image_count, positive_int)
 
 
@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sd_arguments(g)
     add_sr_arguments(g)
     add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i; -1: random")
+    add_lora_argument(g)
     add_image_bound(g)
     g.add_argument("--out", default="out.png",
                    help="PNG path; with several images, OUT-000.png, OUT-001.png, ... and a grid of all at OUT")

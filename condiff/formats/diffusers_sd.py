@@ -61,6 +61,11 @@ class SDUNet(nn.Module):
         side = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
         self.cfg = SDUNetInfo(c.out_channels, c.in_channels - c.out_channels, side)
 
+    @property
+    def lora_root(self) -> nn.Module:
+        """Where a LoRA file's unet layer names start (formats/lora.py): diffusers' own module names."""
+        return self.unet
+
     def forward(self, x_t, t, context, mask=None, masked_image=None, **_):
         if self.cfg.extra_in_channels:  # diffusers' inpainting input: [latents, mask, masked-image latents]
             x_t = torch.cat([x_t, mask, masked_image], dim=1)  # (B, 9, h, w)
@@ -103,6 +108,11 @@ class CLIPTextEncoder(nn.Module):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
         self.length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+
+    @property
+    def lora_root(self) -> nn.Module:
+        """Where a LoRA file's text_encoder layer names start: transformers' CLIPTextModel (text_model.encoder...)."""
+        return self.model
 
     def encode(self, texts: list[str], device=None) -> dict[str, torch.Tensor]:
         ids = self.tokenizer(list(texts), padding="max_length", max_length=self.length, truncation=True,

@@ -36,15 +36,22 @@ class ModelTag:
     """The model an image came from, as its infotext names it: A1111's `Model hash` and `Model`."""
     name: str
     hash: str | None = None
+    loras: tuple[tuple[str, float, str], ...] = ()  # (name, weight, hash) of each --lora
 
     @classmethod
-    def of(cls, path: str | Path) -> ModelTag:
-        """A single file by its stem (as A1111 names checkpoints), a folder by its name; the hash of its weights."""
+    def of(cls, path: str | Path, loras=()) -> ModelTag:
+        """A single file by its stem (as A1111 names checkpoints), a folder by its name; the hash of its weights.
+        loras: the LoRASpecs applied (formats/lora.py), named and hashed likewise."""
         path = Path(path)
-        return cls(path.stem if path.is_file() else path.name, model_hash(path))
+        tags = tuple((s.name, s.weight, model_hash(Path(s.path))) for s in loras)
+        return cls(path.stem if path.is_file() else path.name, model_hash(path), tags)
 
     def parameters(self) -> dict:
-        return ({"Model hash": self.hash} if self.hash else {}) | {"Model": self.name}
+        out = ({"Model hash": self.hash} if self.hash else {}) | {"Model": self.name}
+        if self.loras:  # A1111's "Lora hashes", and the weight each was applied with
+            out |= {"Lora hashes": ", ".join(f"{n}: {h}" for n, _, h in self.loras),
+                    "Lora weights": ", ".join(f"{n}: {w:g}" for n, w, _ in self.loras)}
+        return out
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The text-to-image diffusion task: text encoder + UNet trained together with condition dropout (for CFG)."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -90,6 +91,7 @@ class Text2ImageTask(TaskDefaults):
         if cfg.autoencoder:
             ae = components.load("autoencoder", cfg.autoencoder)  # the weights, once; build read only the config
             run.state["autoencoder"] = ae.to(run.device).requires_grad_(False)
+            run.state["latents"] = LatentCache(run.state["autoencoder"].encode)
         if cfg.unclip is not None:
             run.state["clip"] = load_clip(cfg.unclip.clip).to(run.device).eval().requires_grad_(False)
 
@@ -128,7 +130,7 @@ class Text2ImageTask(TaskDefaults):
                 cond = inpaint_inputs(images, masks, run.state["autoencoder"].encode if "autoencoder" in run.state else None)
         if "autoencoder" in run.state:  # latent diffusion: x0 is the posterior mean, scaled to unit variance
             with torch.no_grad():
-                images = run.state["autoencoder"].encode(images)
+                images = run.state["latents"](images)
         eps = torch.randn(images.shape, generator=generator).to(device)
         cond |= self.text_encoder(run).encode(captions, device)
         if box_lists is not None and cfg.grounding is not None:
@@ -156,6 +158,30 @@ class Text2ImageTask(TaskDefaults):
             prompts = run.data.batch(run.cfg.seed, 0, len(prompts))[1]
         images = pipe(prompts, list(range(len(prompts))), SamplingOptions(steps=steps)).cpu()
         return save_judged_grid(images, prompts, run.folder / "samples" / f"step_{run.step:08d}.png")
+
+
+class LatentCache:
+    """The frozen autoencoder's latent of each training image, computed once: encode() is the posterior mean, a pure
+    function of the image, so a repeated image is looked up by its bytes instead of encoded again (an image folder
+    that fits in memory is encoded once in its first epoch). Each image is encoded alone, so its latent does not
+    depend on the batch it first came in, and a resumed run computes the same bits. At most max_mb of latents are
+    kept; past that, new images are encoded every time."""
+
+    def __init__(self, encode, max_mb: int = 1024):
+        self.encode, self.max_bytes, self.bytes, self.latents = encode, max_mb * 2 ** 20, 0, {}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        keys = [hashlib.blake2b(image.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+                for image in images]
+        out = []
+        for key, image in zip(keys, images):
+            z = self.latents.get(key)
+            if z is None:
+                z = self.encode(image[None])[0]
+                if self.bytes + z.nbytes <= self.max_bytes:
+                    self.latents[key], self.bytes = z, self.bytes + z.nbytes
+            out.append(z)
+        return torch.stack(out)
 
 
 def autoencoder_config(cfg: TrainConfig):
