@@ -225,3 +225,51 @@ def test_bad_lora_files_fail_in_one_line_before_the_model_loads(sd_lora, tmp_pat
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, (name, err)
     assert not (tmp_path / "o.png").exists()
+
+
+# --- training a LoRA with condiff train ----------------------------------------------------------------------------
+
+def test_condiff_train_makes_a_lora_file_that_changes_the_model_at_weight_1_and_nothing_at_0(tiny_model, tmp_path):
+    from conftest import TINY
+
+    from condiff.pipelines.text2image import Text2ImagePipeline
+
+    cfg = json.loads(json.dumps(TINY)) | {"init": {"from_model": str(tiny_model)},
+                                           "lora": {"rank": 2, "targets": ["qkv", "context_kv", "proj"]}}
+    cfg["optim"] |= {"steps": 3, "lr": 0.05}
+    (tmp_path / "lora.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp_path / "lora.json"), "--out", str(tmp_path / "run")]) == 0
+    file = tmp_path / "run" / "model" / lora_format.WEIGHT_NAME
+    keys = set(load_file(file))
+    assert keys and all(k.startswith("unet.") and ".lora_" in k for k in keys)  # the adapter alone, no base weights
+    with safe_open(str(file), "pt") as f:
+        assert f.metadata()["condiff_base_model"] == str(tiny_model)
+    assert file.stat().st_size < 200_000
+
+    def draw(*specs):
+        pipe = Text2ImagePipeline.from_pretrained(tiny_model)
+        lora_format.apply(pipe.parts, [lora_format.LoRASpec(str(tmp_path / "run" / "model"), w) for w in specs])
+        from condiff.diffusion.sampling import SamplingOptions
+        return pipe(["a red circle"], [0], SamplingOptions(steps=5, threshold="none"))
+
+    base, zero, one = draw(), draw(0.0), draw(1.0)
+    assert torch.equal(base, zero)
+    assert (one - base).abs().mean() > 1e-3  # three steps at lr 0.05 moved B away from zero
+    # the base model's own weights did not train: the checkpoint's base UNet equals the saved one
+    saved = load_file(next((tiny_model / "unet").glob("*.safetensors")))
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    ckpt = load_file(tmp_path / "run" / "checkpoints" / latest / "state.safetensors")
+    for k, v in saved.items():
+        assert torch.equal(ckpt[f"model.unet.{k}"].to(v.dtype), v), k
+
+
+def test_a_lora_config_without_a_base_or_with_no_matching_layer_fails_in_one_line(tmp_path, capsys):
+    from conftest import TINY
+
+    for extra, message in [({"lora": {"rank": 2}}, "init.from_model"),
+                           ({"lora": {"rank": 0}, "init": {"from_model": "x"}}, "lora.rank must be a positive integer")]:
+        (tmp_path / "c.json").write_text(json.dumps(TINY | extra))
+        capsys.readouterr()
+        assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")]) != 0
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ..data import DataConfig
 from ..data.masks import InpaintConfig
 from ..diffusion.denoiser import DiffusionConfig
+from ..nets.lora import LoRAConfig
 from ..nets.pretrained_text import PretrainedTextConfig
 from ..nets.text import TextEncoderConfig
 from ..nets.unet import UNetConfig
@@ -111,5 +112,6 @@ class TrainConfig(RunSettings):
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    lora: LoRAConfig | None = None  # train only a LoRA adapter on the UNet of init.from_model (exported as a file)
     sample_every: int = 2000  # (RunSettings' fields, with this kind's defaults)
     checkpoint_every: int = 1000

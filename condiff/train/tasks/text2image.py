@@ -19,8 +19,11 @@ from ...diffusion.loss import (
 from ...diffusion.sampling import SamplingOptions
 from ...diffusion.schedule import NoiseSchedule
 from ...eval.grid import save_judged_grid
+from ...formats import lora as lora_format
+from ...fs import replace_dir
 from ...nets.autoencoder import AutoencoderConfig
 from ...nets.clip import CLIPConfig, image_embeddings, load_clip
+from ...nets import lora
 from ...nets.grounding import grounding_inputs
 from ...nets.pretrained_text import (
     FrozenTextCache,  # noqa: F401  (re-exported: the upsampler and layout-prior tasks use it)
@@ -32,6 +35,7 @@ from ...pipelines.text2image import Text2ImagePipeline
 from ..config import LossWeighting, TrainConfig
 from ..task import TaskDefaults
 
+LORA_NAME = "lora"  # the trained adapter's name on the UNet's layers
 SAMPLE_PROMPTS = [
     "a red circle", "a small blue square", "a large yellow triangle", "three green circles",
     "a white square and an orange circle", "a red circle to the left of a blue square",
@@ -81,6 +85,14 @@ class Text2ImageTask(TaskDefaults):
         model = TextToImageModel(cfg)
         if cfg.init.from_model and not resume:
             init_from_pretrained(model, cfg)
+        if cfg.lora is not None:  # LoRA: the base is frozen, only the adapter's A and B train
+            if not cfg.init.from_model:
+                raise ConfigError("lora: set init.from_model to the model the adapter adapts")
+            model.requires_grad_(False)
+            try:
+                lora.add_adapter(model.unet, LORA_NAME, cfg.lora.targets, cfg.lora.rank, cfg.lora.alpha)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         return model
 
     def prepare(self, run) -> None:
@@ -147,7 +159,13 @@ class Text2ImageTask(TaskDefaults):
         return Text2ImagePipeline(text, m.unet, run.cfg.pipeline, run.state.get("autoencoder"))
 
     def export(self, run, folder: Path) -> None:
-        self.pipeline(run).save_pretrained(folder)
+        if run.cfg.lora is None:
+            return self.pipeline(run).save_pretrained(folder)
+        tmp = folder.with_name(folder.name + ".tmp")  # the EMA adapter alone, as a diffusers LoRA folder
+        tmp.mkdir(parents=True, exist_ok=True)
+        lora_format.write(tmp / lora_format.WEIGHT_NAME, {"unet": lora_format.entries_of(run.ema.model.unet, LORA_NAME)},
+                          {"condiff_base_model": str(run.cfg.init.from_model)})
+        replace_dir(tmp, folder)
 
     def sample(self, run, prompts: list[str] = SAMPLE_PROMPTS, steps: int = 25) -> Path:
         """EMA samples for fixed prompts and seeds; framed by the oracle's verdict when the prompts are world captions."""
