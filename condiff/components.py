@@ -26,6 +26,7 @@ class ComponentType(str, enum.Enum):
     EMBEDDING_PRIOR = "embedding_prior"  # unCLIP's diffusion prior: caption -> CLIP image embedding
     CLIP = "clip"  # condiff CLIP, clean or noise-aware
     CLASSIFIER = "classifier"  # noise-aware classifier over the world's labels
+    CONTROLNET = "controlnet"  # a ControlNet: a trainable copy of a UNet's encoder, read by a control map
 
 
 CLASSES = {  # type -> (module, network class, config class), imported on demand
@@ -37,6 +38,7 @@ CLASSES = {  # type -> (module, network class, config class), imported on demand
     ComponentType.EMBEDDING_PRIOR: ("nets.embedding_prior", "EmbeddingPrior", "EmbeddingPriorConfig"),
     ComponentType.CLIP: ("nets.clip", "CLIP", "CLIPConfig"),
     ComponentType.CLASSIFIER: ("nets.classifier", "NoisyClassifier", "ClassifierConfig"),
+    ComponentType.CONTROLNET: ("nets.controlnet", "ControlNet", "ControlNetConfig"),
 }
 
 
@@ -57,7 +59,8 @@ def guess_type(folder: str | Path) -> ComponentType:
                          "(give the whole Stable Diffusion folder, with its model_index.json, as --model)")
     marks = [("source", ComponentType.PRETRAINED_TEXT_ENCODER), ("bins", ComponentType.LAYOUT_PRIOR),
              ("text_width", ComponentType.EMBEDDING_PRIOR),
-             ("latent_channels", ComponentType.AUTOENCODER), ("vocab", ComponentType.TEXT_ENCODER),
+             ("latent_channels", ComponentType.AUTOENCODER),
+             ("hint_channels", ComponentType.CONTROLNET), ("vocab", ComponentType.TEXT_ENCODER),
              ("channel_mult", ComponentType.UNET), ("text", ComponentType.CLIP), ("image", ComponentType.CLASSIFIER)]
     for key, kind in marks:
         if key in cfg:

@@ -17,6 +17,7 @@ from ..pipelines.stable_diffusion import check_size
 from ..pipelines.text2image import Text2ImagePipeline
 from .args import check_image_count
 from .cascade import upscale_from_args
+from .control import check_control_args, control_from_args
 from .layout import layout_from_args
 from .output import checked_paths, write_images
 
@@ -81,6 +82,7 @@ def generate(args) -> None:
     layout = layout_from_args(args, prompts)
     checked_paths(args.out, len(prompts))
     sd_size = sd_size_from_args(args, model)  # before loading: a Stable Diffusion model's side in pixels
+    check_control_args(args)
     loras = [lora.LoRASpec.parse(text) for text in args.lora]
     for spec in loras:
         lora.read(spec.path)  # an unreadable or foreign file fails here, before the model loads
@@ -94,9 +96,10 @@ def generate(args) -> None:
     else:
         upscale = upscale_from_args(args, pipe.resolution, prompts)  # --size: upsamplers after the base
     x_T = read_noise(args.from_noise, len(prompts), pipe.sample_shape) if args.from_noise else None
+    control = control_from_args(args, pipe)
     guide, noise = guidance_from_args(args, prompts)
     req = Txt2ImgRequest(prompts, seeds_from_args(args.seed, len(prompts)), opts, guide, None, noise, layout,
-                         args.boxes_in_uncond, x_T, upscale, args.batch_size)
+                         args.boxes_in_uncond, x_T, upscale, args.batch_size, control)
     start = time.time()
     done = write_images(txt2img(pipe, req, ModelTag.of(model, loras), progress=True), args.out, len(prompts),
                         columns=args.num_images if len(args.prompts) > 1 else None)

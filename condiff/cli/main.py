@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from .control import add_control_arguments
 from .generate import generate
 from .args import (GUIDANCE_FORM_NAMES, GUIDANCE_METHOD_NAMES, GUIDE_NAMES, SAMPLER_NAMES,  # noqa: F401
                        SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, add_image_bound, add_lora_argument, add_run_arguments,
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sr_arguments(g)
     add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i; -1: random")
     add_lora_argument(g)
+    add_control_arguments(g)
     add_image_bound(g)
     g.add_argument("--out", default="out.png",
                    help="PNG path; with several images, OUT-000.png, OUT-001.png, ... and a grid of all at OUT")
@@ -303,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_eval_real)
 
     from .cascade import add_upscale_parser
+    from .control import add_control_parser
     from .convert import add_convert_parser
     from .data import add_data_parser
     from .edit import add_edit_parser
@@ -313,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_upscale_parser(sub)
     add_convert_parser(sub)
     add_data_parser(sub)
+    add_control_parser(sub)
     return parser
 
 

@@ -191,10 +191,24 @@ class UNet(nn.Module):
         self.out = nn.Sequential(norm(ch), nn.SiLU(), zero(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def forward(self, x, t, context=None, context_mask=None, pooled=None, box_phrases=None, boxes=None, box_mask=None,
-                noise_level=None, image_embed=None, **images):
+                noise_level=None, image_embed=None, control=None, **images):
         """box_phrases (B, N, grounding_dim), boxes (B, N, 4) in [0, 1], box_mask (B, N): GLIGEN's grounding input.
         noise_level (B,): the augmentation timestep of a low_res= input (an upsampler's; absent: 0, clean).
-        image_embed (B, D): unCLIP's CLIP image embedding (a decoder's; absent: zeros, the dropped embedding)."""
+        image_embed (B, D): unCLIP's CLIP image embedding (a decoder's; absent: zeros, the dropped embedding).
+        control: a ControlNet's residuals (one per skip connection, then the middle's), added where they belong."""
+        x, emb, cond = self.prepare(x, t, context, context_mask, pooled, box_phrases, boxes, box_mask, noise_level,
+                                    image_embed, **images)
+        hs, x = self.encode(x, emb, cond)
+        if control is not None:
+            *skips, mid = control
+            hs, x = [h + c for h, c in zip(hs, skips)], x + mid
+        for module in self.outputs:
+            x = module(torch.cat([x, hs.pop()], dim=1), emb, **cond)
+        return self.out(x)
+
+    def prepare(self, x, t, context=None, context_mask=None, pooled=None, box_phrases=None, boxes=None, box_mask=None,
+                noise_level=None, image_embed=None, **images):
+        """The network's input, its timestep (+ pooled, noise-level, image) embedding and the attention's conditions."""
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels).to(x.dtype))  # (B, 4 mc)
         if self.pooled_proj is not None and pooled is not None:
             emb = emb + self.pooled_proj(pooled)
@@ -219,11 +233,15 @@ class UNet(nn.Module):
             B, _, H, W = x.shape
             x = torch.cat([x, self.layout_map(box_phrases.to(x.dtype), boxes, box_mask, H, W) if boxes is not None
                            else x.new_zeros(B, self.cfg.grounding_map_channels + 1, H, W)], dim=1)
+        return x, emb, cond
+
+    def encode(self, x, emb, cond: dict, hint: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The encoder's outputs (the skip connections) and the middle block's; hint is added after the first
+        convolution (ControlNet's way in for its control map)."""
         hs = []
-        for module in self.inputs:
+        for i, module in enumerate(self.inputs):
             x = module(x, emb, **cond)
+            if i == 0 and hint is not None:
+                x = x + hint
             hs.append(x)
-        x = self.middle(x, emb, **cond)
-        for module in self.outputs:
-            x = module(torch.cat([x, hs.pop()], dim=1), emb, **cond)
-        return self.out(x)
+        return hs, self.middle(x, emb, **cond)

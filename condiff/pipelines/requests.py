@@ -85,6 +85,18 @@ class Upscale:
 
 
 @dataclass
+class Control:
+    """A ControlNet's map for every image of a request (the pipeline already under with_control)."""
+    map: torch.Tensor  # (1, k, H, W) in [0, 1]
+    kind: str
+    scale: float
+    model: str  # the ControlNet's name, for the infotext
+
+    def parameters(self) -> dict:
+        return {"ControlNet": self.kind, "Control scale": self.scale, "Control model": self.model}
+
+
+@dataclass
 class Txt2ImgRequest:
     """Text to image: image i is prompts[i] drawn from seeds[i] (its own noise generator)."""
     prompts: list[str]
@@ -98,6 +110,7 @@ class Txt2ImgRequest:
     x_T: torch.Tensor | None = None  # (B, C, h, w) initial noise, e.g. DDIM-inverted; no boxes then
     upscale: Upscale | None = None
     batch_size: int = 32
+    control: Control | None = None  # a control map (the pipeline's denoiser reads it: pipelines.controlnet)
 
 
 @dataclass
@@ -167,8 +180,8 @@ def boxes_for(pipe: Text2ImagePipeline, req: Txt2ImgRequest) -> list[list[dict]]
     """Each image's boxes: the request's layout, none for an inverted x_T, else the model's layout stage (if any)."""
     if req.layout is not None:
         return [req.layout] * len(req.prompts)
-    if req.x_T is not None and pipe.unet.cfg.grounding_dim:  # an inverted x_T: no boxes, as `edit invert` used
-        return [[] for _ in req.prompts]
+    if (req.x_T is not None or req.control is not None) and pipe.unet.cfg.grounding_dim:
+        return [[] for _ in req.prompts]  # an inverted x_T (as `edit invert` used) or a control map decides the layout
     if hasattr(pipe, "layouts"):  # a layout2image pipeline: its layout stage predicts the boxes (recorded)
         return pipe.layouts(req.prompts, req.seeds)
     return None
@@ -179,7 +192,8 @@ def txt2img(pipe: Text2ImagePipeline, req: Txt2ImgRequest, model: ModelTag, prog
     """The request's images, one batch of at most req.batch_size at a time."""
     guide = make_guide(req.guide, req.judge) if req.guide is not None else None
     init = make_initializer(req.noise_optimization) if req.noise_optimization is not None else None
-    extra = {**guidance_parameters(req), **(req.upscale.parameters() if req.upscale else {})}
+    extra = {**guidance_parameters(req), **(req.upscale.parameters() if req.upscale else {}),
+             **(req.control.parameters() if req.control else {})}
     n = len(req.prompts)
     for i in tqdm(range(0, n, req.batch_size), disable=not progress, desc="generating", unit="batch"):
         prompts, seeds = req.prompts[i:i + req.batch_size], req.seeds[i:i + req.batch_size]
@@ -188,6 +202,8 @@ def txt2img(pipe: Text2ImagePipeline, req: Txt2ImgRequest, model: ModelTag, prog
         g = {} if boxes is None else {"boxes": boxes, "boxes_in_uncond": req.boxes_in_uncond}
         if batch.x_T is not None:
             g["x"] = batch.x_T.to(pipe.device)
+        if req.control is not None:
+            g["control_map"] = req.control.map.expand(len(seeds), -1, -1, -1).to(pipe.device)
         images = pipe(prompts, seeds, req.opts, callback=callback, guide=guide, init=init, **g).cpu()
         if req.upscale:
             images = cascade(images, prompts, seeds, req.upscale.stages, req.upscale.runs, progress=progress,

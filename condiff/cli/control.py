@@ -1,0 +1,81 @@
+"""condiff control KIND IN --out MAP (a control map from an image), and generate's --control options."""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+CONTROL_KINDS = ("edges",)
+
+
+def add_control_arguments(g: argparse.ArgumentParser) -> None:
+    g.add_argument("--control", metavar="MAP", help="ControlNet: a control map of the model's size (condiff control "
+                                                    "edges IN --out MAP makes one); the map decides the layout")
+    g.add_argument("--control-kind", choices=CONTROL_KINDS, default="edges", help="what the map is")
+    g.add_argument("--control-scale", type=float, default=1.0,
+                   help="multiplies the ControlNet's residuals (0: the base model alone)")
+    g.add_argument("--control-model", help="ControlNet folder (default: the shipped one of --control-kind)")
+
+
+def check_control_args(args) -> None:
+    """Before any model loads: the map is an image, the scale a finite number."""
+    if not args.control:
+        return
+    from ..images import open_image
+
+    if not math.isfinite(args.control_scale):
+        raise ValueError(f"--control-scale: must be a finite number, got {args.control_scale}")
+    try:
+        open_image(args.control, "--control")
+    except ValueError as e:
+        raise ValueError(f"--control: {e}") from None
+
+
+def control_from_args(args, pipe):
+    """The request's Control, with pipe put under the ControlNet; None without --control."""
+    if not args.control:
+        return None
+    from .. import components
+    from ..catalogue import CONTROLNETS, model_folder
+    from ..pipelines.controlnet import read_control_map, with_control
+    from ..pipelines.requests import Control
+
+    if getattr(pipe, "variable_size", False):
+        raise ValueError("--control: ControlNets apply to condiff models so far, not to Stable Diffusion")
+    folder = Path(model_folder(args.control_model)) if args.control_model else CONTROLNETS[args.control_kind]
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--control-model: no ControlNet at '{folder}' (train one with configs/controlnet_edges64.json)")
+    if components.guess_type(folder) is not components.ComponentType.CONTROLNET:
+        raise ValueError(f"--control-model: '{folder}' holds a {components.guess_type(folder).value}, not a ControlNet")
+    net = components.load("controlnet", folder)
+    if net.cfg.kind.value != args.control_kind:
+        raise ValueError(f"--control-model: '{folder}' reads {net.cfg.kind.value} maps, not {args.control_kind}")
+    with_control(pipe, net, args.control_scale)
+    return Control(read_control_map(args.control, args.control_kind, pipe.resolution), args.control_kind,
+                   args.control_scale, folder.name)
+
+
+def _control(args) -> None:
+    import numpy as np
+
+    from ..images import image_tensor, open_image, to_model_size
+    from ..pipelines.controlnet import control_maps
+    from ..png import check_writable, save_png
+
+    if not 8 <= args.size <= 2048:
+        raise ValueError(f"--size: must be between 8 and 2048 pixels, got {args.size}")
+    out = Path(args.out)
+    check_writable([out])
+    img = to_model_size(open_image(args.input), args.size)
+    m = control_maps(image_tensor(img), args.kind)[0, 0]  # (H, W) in {0, 1}
+    save_png(np.repeat((m.numpy() * 255).astype(np.uint8)[..., None], 3, -1), out, f"Control map: {args.kind}")
+    print(out)
+
+
+def add_control_parser(sub) -> None:
+    c = sub.add_parser("control", help="make a ControlNet control map from an image (generate --control reads it)")
+    c.add_argument("kind", choices=CONTROL_KINDS, help="edges: thin binary edges (a Canny-like detector)")
+    c.add_argument("input", metavar="IN", help="image (PNG, JPEG, ...); centre-cropped and resized to --size")
+    c.add_argument("--out", required=True, metavar="MAP", help="PNG path of the map")
+    c.add_argument("--size", type=int, default=64, help="side of the map: the model's image side (64 for the default)")
+    c.set_defaults(func=_control)

@@ -1,0 +1,47 @@
+"""A pipeline under a ControlNet: control maps made from images or read from files, and the pipeline's denoiser
+swapped for the controlled UNet (`generate --control MAP`).
+
+    pipe = with_control(Text2ImagePipeline.from_pretrained(...), components.load("controlnet", folder), scale=1.0)
+    pipe(prompts, seeds, opts, control_map=maps, boxes=[[]] * n)   # the map goes to both branches of CFG
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..images import image_tensor, open_image
+from ..nets.controlnet import MAP_CHANNELS, ControlKind, ControlledUNet, ControlNet, edge_map
+from .text2image import Text2ImagePipeline
+
+
+def control_maps(images: torch.Tensor, kind: ControlKind) -> torch.Tensor:
+    """Control maps (B, k, H, W) in [0, 1] of images (B, 3, H, W) in [-1, 1]."""
+    if ControlKind(kind) is ControlKind.EDGES:
+        return edge_map(images)
+    raise ValueError(f"unknown control kind '{kind}'")
+
+
+def read_control_map(path: str | Path, kind: ControlKind, side: int) -> torch.Tensor:
+    """A control map file (a PNG as `condiff control` writes it) -> (1, k, side, side) in [0, 1]; ValueError in one
+    line when it is not an image or not side x side pixels."""
+    try:
+        img = open_image(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--control: '{path}' is not an image ({str(e)[:100]})") from None
+    if img.size != (side, side):
+        raise ValueError(f"--control: '{path}' is {img.size[0]}x{img.size[1]} pixels; this model's control maps are "
+                         f"{side}x{side} (make one with `condiff control {ControlKind(kind).value} IN --out MAP`)")
+    x = (image_tensor(img) + 1) / 2  # (1, 3, side, side) in [0, 1]
+    return x[:, :1] if MAP_CHANNELS[ControlKind(kind)] == 1 else x
+
+
+def with_control(pipe: Text2ImagePipeline, controlnet: ControlNet, scale: float = 1.0) -> Text2ImagePipeline:
+    """pipe, its denoiser reading control_map= through the ControlNet (scale multiplies the residuals)."""
+    norm = lambda cfg: {k: tuple(v) if isinstance(v, list) else v for k, v in vars(cfg).items()}
+    if controlnet.cfg.map_resolution != pipe.resolution or norm(controlnet.cfg.unet) != norm(pipe.unet.cfg):
+        raise ValueError("--control-model: this ControlNet was made for another model (its UNet's architecture or "
+                         f"side differs: {controlnet.cfg.map_resolution} px)")
+    controlnet.to(pipe.device)
+    pipe.denoiser.net = ControlledUNet(pipe.unet, controlnet, scale)
+    return pipe

@@ -1,0 +1,129 @@
+"""ControlNet (issue 36): zero-initialised joins leave the frozen UNet exactly as it was, the copy starts as its
+encoder, the edge detector draws an object's outline, and the commands from a map to an image, bad input refused."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from condiff.cli import main
+from condiff.nets.controlnet import ControlledUNet, ControlNet, ControlNetConfig, edge_map
+from condiff.nets.unet import UNet, UNetConfig
+from condiff.world.render import PlacedObject, render
+
+
+def _unet() -> UNet:
+    """A random UNet whose zero-initialised output and attention projections are given values (as training would)."""
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(resolution=16, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                           attention_resolutions=(8,), head_channels=16, context_dim=8)).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            if not p.any():
+                p.normal_(0, 0.05)
+    return unet
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([10, 900])
+    ctx = {"context": torch.randn(2, 4, 8, generator=g), "context_mask": torch.ones(2, 4, dtype=torch.bool)}
+    return x, t, ctx, (torch.rand(2, 1, 64, 64, generator=g) > 0.9).float()
+
+
+def test_a_fresh_controlnet_leaves_the_unet_exactly_as_it_was_and_its_copy_is_the_unets_encoder():
+    unet = _unet()
+    cn = ControlNet.from_unet(unet, ControlNetConfig(unet=unet.cfg, map_resolution=64))
+    x, t, ctx, m = _inputs()
+    with torch.no_grad():
+        assert torch.equal(ControlledUNet(unet, cn)(x, t, control_map=m, **ctx), unet(x, t, **ctx))
+        h, e, c = unet.prepare(x, t, **ctx)
+        ours, theirs = cn.copy.encode(*cn.copy.prepare(x, t, **ctx)), unet.encode(h, e, c)
+    assert all(torch.equal(a, b) for a, b in zip(ours[0] + [ours[1]], theirs[0] + [theirs[1]]))
+    assert len(cn(x, t, m, **ctx)) == len(unet.inputs) + 1  # a residual for every skip, then the middle's
+
+
+def test_the_zero_joins_pass_gradient_and_a_trained_controlnet_changes_the_output():
+    unet = _unet()
+    cn = ControlNet.from_unet(unet, ControlNetConfig(unet=unet.cfg, map_resolution=64))
+    x, t, ctx, m = _inputs()
+    ControlledUNet(unet, cn)(x, t, control_map=m, **ctx).pow(2).mean().backward()
+    assert cn.zeros[0].weight.grad.abs().sum() > 0 and cn.middle_zero.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        for z in list(cn.zeros) + [cn.middle_zero, cn.stem[-1]]:
+            z.weight.normal_(0, 0.05)
+        base, on = unet(x, t, **ctx), ControlledUNet(unet, cn)(x, t, control_map=m, **ctx)
+        other = ControlledUNet(unet, cn)(x, t, control_map=torch.zeros_like(m), **ctx)
+        off = ControlledUNet(unet, cn, scale=0.0)(x, t, control_map=m, **ctx)
+    assert not torch.allclose(on, base) and not torch.allclose(on, other) and torch.equal(off, base)
+
+
+def test_the_edge_map_of_a_square_is_its_outline_and_a_flat_image_has_none():
+    square = PlacedObject("square", "white", 0.5, 0.5, 0.4)  # pixels 19.2 .. 44.8 of 64
+    e = edge_map(render([[square]], 64))[0, 0].numpy().astype(bool)
+    ys, xs = np.nonzero(e)
+    lo, hi = 19.2, 44.8
+    dist = np.minimum.reduce([np.abs(xs + 0.5 - lo), np.abs(xs + 0.5 - hi), np.abs(ys + 0.5 - lo), np.abs(ys + 0.5 - hi)])
+    assert len(xs) > 0 and dist.max() <= 1.5  # every edge pixel on the outline
+    inside = (xs + 0.5 > lo + 2) & (xs + 0.5 < hi - 2) & (ys + 0.5 > lo + 2) & (ys + 0.5 < hi - 2)
+    assert not inside.any()
+    for side in range(20, 44):  # the outline is closed: each side's row/column has an edge pixel within a pixel
+        assert e[side, 18:21].any() and e[side, 43:46].any() and e[18:21, side].any() and e[43:46, side].any()
+    assert edge_map(torch.zeros(1, 3, 32, 32)).sum() == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_controlnet(tiny_model, tmp_path_factory):
+    from conftest import TINY
+
+    folder = tmp_path_factory.mktemp("cn")
+    cfg = {"model": "controlnet", "base": str(tiny_model), "control": {"kind": "edges", "hint_channels": [8]},
+           "data": {"resolution": 16}, "optim": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "lr": 0.01},
+           "log_every": 1, "checkpoint_every": 1} | {"seed": TINY["seed"]}
+    (folder / "cn.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(folder / "cn.json"), "--out", str(folder / "run")]) == 0
+    return folder / "run" / "model"
+
+
+def test_control_map_to_image_through_the_commands(tiny_model, tiny_controlnet, tmp_path):
+    scene = render([[PlacedObject("circle", "red", 0.3, 0.6, 0.4)]], 16)
+    Image.fromarray(((scene[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(tmp_path / "in.png")
+    assert main(["control", "edges", str(tmp_path / "in.png"), "--out", str(tmp_path / "map.png"), "--size", "16"]) == 0
+    saved = np.asarray(Image.open(tmp_path / "map.png"))[..., 0] > 127
+    assert np.array_equal(saved, edge_map(scene)[0, 0].numpy().astype(bool))
+
+    def draw(*extra):
+        out = tmp_path / "o.png"
+        assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "4", "--out", str(out),
+                     *extra]) == 0
+        return np.asarray(Image.open(out)), Image.open(out).info["parameters"]
+
+    base, _ = draw()
+    controlled, info = draw("--control", str(tmp_path / "map.png"), "--control-model", str(tiny_controlnet))
+    off, _ = draw("--control", str(tmp_path / "map.png"), "--control-model", str(tiny_controlnet), "--control-scale", "0")
+    assert "ControlNet: edges" in info and "Control scale: 1.0" in info
+    assert np.array_equal(off, base)
+    assert controlled.shape == base.shape
+
+
+def test_bad_control_input_fails_in_one_line(tiny_model, tiny_controlnet, tmp_path, capsys):
+    Image.new("RGB", (20, 20)).save(tmp_path / "big.png")
+    (tmp_path / "text.png").write_text("not an image")
+    base = ["generate", "a red circle", "--model", str(tiny_model), "--steps", "2", "--out", str(tmp_path / "o.png")]
+    cases = [(base + ["--control", str(tmp_path / "big.png"), "--control-model", str(tiny_controlnet)], "20x20"),
+             (base + ["--control", str(tmp_path / "text.png")], "--control"),
+             (base + ["--control", str(tmp_path / "nothere.png")], "no such file"),
+             (base + ["--control", str(tmp_path / "big.png"), "--control-model", str(tiny_model / "unet")],
+              "not a ControlNet"),
+             (base + ["--control", str(tmp_path / "big.png"), "--control-scale", "nan"], "finite"),
+             (["control", "edges", str(tmp_path / "text.png"), "--out", str(tmp_path / "m.png")], "text.png")]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) != 0, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, (argv, err)
+    with pytest.raises(SystemExit):
+        main(["control", "blobs", str(tmp_path / "big.png"), "--out", str(tmp_path / "m.png")])
+    assert "invalid choice: 'blobs'" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
