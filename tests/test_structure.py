@@ -281,7 +281,7 @@ def _imports():
 
 
 # The layers, lowest first: a module may import its own layer and the ones below, never one above.
-LAYERS = [{"fs", "config", "io", "png", "images", "catalogue", "components"}, {"world"}, {"diffusion"}, {"nets"},
+LAYERS = [{"fs", "config", "io", "png", "images", "catalogue", "components", "threads"}, {"world"}, {"diffusion"}, {"nets"},
           {"data", "errors"}, {"pipelines", "formats"}, {"eval"}, {"train"}, {"ui"}, {"cli"}]
 # Imports inside functions outside the CLI (which imports lazily for a fast --help), each with its reason.
 LAZY = {

@@ -69,8 +69,14 @@ def add_lora_argument(p: argparse.ArgumentParser) -> None:
                         "with this weight (default 1; 0: no change); repeat for several")
 
 
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", help="CPU threads for torch (default: CONDIFF_THREADS, else OMP_NUM_THREADS, else the "
+                                     "cores other processes leave free)")
+
+
 def add_run_arguments(p: argparse.ArgumentParser, batch_size: int, seed_help: str = "seed of the first image") -> None:
     p.add_argument("--model", help="model folder (default: the shipped layout64 model)")
+    add_threads_argument(p)
     p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--batch-size", type=positive_int, default=batch_size)
     p.add_argument("--device", help="cpu or cuda")

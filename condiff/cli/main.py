@@ -9,7 +9,7 @@ from pathlib import Path
 from .control import add_control_arguments
 from .generate import generate
 from .args import (GUIDANCE_FORM_NAMES, GUIDANCE_METHOD_NAMES, GUIDE_NAMES, SAMPLER_NAMES,  # noqa: F401
-                       SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, add_image_bound, add_lora_argument, add_run_arguments,
+                       SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, add_image_bound, add_lora_argument, add_run_arguments, add_threads_argument,
                        add_sampling_arguments, check_image_count, positive_int)
 
 
@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="override the number of optimiser steps")
     t.add_argument("--data", help="train on an image folder with metadata.jsonl, or WebDataset shards ('shards-{000000..000009}.tar'), instead of the config's data")
     t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_threads_argument(t)
     t.add_argument("--workers", type=int, help="data processes (default: half the cores, at most 8); results do not depend on it")
     t.set_defaults(func=_train)
 
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=7860)
     v.add_argument("--model", help="model folder (default: the shipped layout64 model)")
     v.add_argument("--device", help="cpu or cuda")
+    add_threads_argument(v)
     v.add_argument("--max-work", type=int, default=4_000_000, help="per request: images x steps x side^2 summed over stages")
     v.add_argument("--max-queue", type=int, default=8, help="requests running or waiting; past it: 429 with Retry-After")
     v.add_argument("--max-wait", type=float, default=25.0, help="seconds a request may wait for its turn; then 503")
@@ -325,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import USER_ERRORS
 
     try:
+        if hasattr(args, "threads"):  # the commands that run torch
+            _threads(args.threads)
         args.func(args)
     except USER_ERRORS as e:
         print(f"condiff: error: {e}", file=sys.stderr)
@@ -336,6 +340,17 @@ def main(argv: list[str] | None = None) -> int:
         _ignore_signals_while_exiting()
         return 143 if isinstance(e, Terminated) else 130
     return 0
+
+
+def _threads(requested) -> None:
+    """Set torch's threads (condiff/threads.py); say so when other processes share the cores."""
+    from .. import threads
+
+    choice = threads.apply(requested)
+    busy = threads.busy_cores() if choice.threads is not None and choice.reason[0].isdigit() else 0
+    if busy:
+        print(f"condiff: {choice.threads} thread{'s' if choice.threads > 1 else ''} ({choice.reason}); --threads or "
+              f"{threads.ENV} to choose", file=sys.stderr)
 
 
 def _ignore_signals_while_exiting() -> None:

@@ -24,6 +24,7 @@ from ..io import CheckpointError
 from . import distributed
 from .config import Precision
 from .distributed import World
+from .. import threads
 from .ema import EMA
 from .state import latest_checkpoint, load_state, save_state
 from .task import Run
@@ -256,12 +257,15 @@ def _train(cfg, folder, resume, device, workers, overwrite, world) -> Run:
                disable=not world.main)
     start, start_step, loss_avg = time.time(), run.step, None
     stop, previous = _interrupt_between_steps()
+    watch = threads.SlowWatch()
     try:
         for batch in batches(run, workers):
             began = time.time()
             loss = train_step(run, batch)
             if run.step == start_step + 1 and world.main:
                 grace_warning(time.time() - began, bar)
+            if world.main and (hint := watch.check(time.time() - began)):
+                bar.write(f"note: {hint}")
             loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
             bar.update(1)
             if run.step % cfg.log_every == 0 or run.step == cfg.optim.steps:
