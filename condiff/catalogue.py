@@ -40,3 +40,13 @@ def model_folder(name: str | Path | None) -> Path:
     if not path.exists() and len(path.parts) == 1 and (WEIGHTS / path).is_dir():
         return WEIGHTS / path
     return path
+
+
+def shipped_name(path: str | Path) -> str:
+    """A shipped model's folder as `condiff/weights/NAME` (where the package is installed does not matter); any
+    other path as given."""
+    p = Path(path)
+    try:
+        return "/".join(PACKAGE_PREFIX + p.resolve().relative_to(WEIGHTS.resolve()).parts)
+    except ValueError:
+        return str(path)

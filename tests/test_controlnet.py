@@ -127,3 +127,38 @@ def test_bad_control_input_fails_in_one_line(tiny_model, tiny_controlnet, tmp_pa
         main(["control", "blobs", str(tmp_path / "big.png"), "--out", str(tmp_path / "m.png")])
     assert "invalid choice: 'blobs'" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_the_api_draws_from_a_control_map_and_refuses_a_bad_one_with_400(tiny_model, tiny_controlnet, tmp_path,
+                                                                         monkeypatch):
+    pytest.importorskip("fastapi")
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from condiff.ui import service as service_module
+    from condiff.ui.api import create_api
+
+    monkeypatch.setitem(service_module.CONTROLNETS, "edges", tiny_controlnet)
+    client = TestClient(create_api(service_module.GenerationService(tiny_model)))
+    scene = render([[PlacedObject("square", "blue", 0.6, 0.4, 0.4)]], 16)
+    m = (edge_map(scene)[0, 0].numpy() * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(m).save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    body = {"prompt": "a blue square", "steps": 3, "seed": 5}
+    plain = client.post("/api/txt2img", json=body).json()
+    ok = client.post("/api/txt2img", json=body | {"control": b64})
+    off = client.post("/api/txt2img", json=body | {"control": b64, "control_scale": 0}).json()
+    assert ok.status_code == 200 and "ControlNet: edges" in ok.json()["parameters"][0]
+    pixels = lambda r: np.asarray(Image.open(io.BytesIO(base64.b64decode(r["images"][0]))))
+    assert np.array_equal(pixels(off), pixels(plain))  # scale 0: the base model's pixels
+    assert client.post("/api/txt2img", json=body).json()["images"] == plain["images"]  # the next plain request too
+    big = io.BytesIO()
+    Image.new("L", (20, 20)).save(big, format="PNG")
+    for extra, word in [({"control": base64.b64encode(big.getvalue()).decode()}, "20x20"),
+                        ({"control": base64.b64encode(b"not an image").decode()}, "control"),
+                        ({"control": b64, "control_scale": 5}, "control_scale")]:
+        r = client.post("/api/txt2img", json=body | extra)
+        assert r.status_code == 400 and word in r.json()["detail"], (extra.keys(), r.json())

@@ -86,7 +86,13 @@ def _serve(args) -> None:
     limits = ServeLimits(args.max_work, args.max_queue, args.max_wait)  # checked before the model loads
     token = args.token if args.token is not None else os.environ.get("CONDIFF_TOKEN")
     auth = args.auth if args.auth is not None else os.environ.get("CONDIFF_AUTH")
-    serve(args.host, args.port, args.model, args.device or "cpu", limits, token=_token(token), auth=_login(auth))
+    from ..formats import lora
+
+    loras = [lora.LoRASpec.parse(text) for text in args.lora]
+    for spec in loras:
+        lora.read(spec.path)  # an unreadable or foreign file fails here, before the model loads
+    serve(args.host, args.port, args.model, args.device or "cpu", limits, token=_token(token), auth=_login(auth),
+          loras=loras)
 
 
 def _token(text: str | None) -> str | None:
@@ -238,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", help="model folder (default: the shipped layout64 model)")
     v.add_argument("--device", help="cpu or cuda")
     add_threads_argument(v)
+    add_lora_argument(v)
     v.add_argument("--max-work", type=int, default=4_000_000, help="per request: images x steps x side^2 summed over stages")
     v.add_argument("--max-queue", type=int, default=8, help="requests running or waiting; past it: 429 with Retry-After")
     v.add_argument("--max-wait", type=float, default=25.0, help="seconds a request may wait for its turn; then 503")

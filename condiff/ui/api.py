@@ -112,6 +112,9 @@ class Txt2ImgBody(SamplingBody):
     layout: list[dict] | None = None  # [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1] (a grounded model)
     size: int = Field(0, description="output side: 0 or the model's; 128 or 256 through the upsampler cascade; "
                                      "otherwise 400", json_schema_extra={"enum": [0, 64, 128, 256]})
+    control: str | None = Field(None, description="ControlNet: a base64 edge map of the "
+                                "model's size (condiff control edges IN --out MAP); it decides the layout")
+    control_scale: float = bounded(1.0, 0, 2)
 
 
 class EditBody(SamplingBody):
@@ -214,8 +217,10 @@ def create_api(service: GenerationService, token: str | None = None) -> FastAPI:
     @app.post("/api/txt2img", responses=errors, openapi_extra=budget)
     async def txt2img(body: Txt2ImgBody, request: Request) -> dict:
         """Generate; returns base64 PNGs (each with its 'parameters' text chunk), their parameters and seeds."""
+        fields = body.model_dump()
+        fields["control"] = _decode("control", fields["control"])
         images = await serve_request(request, lambda req, cancel: service.txt2img(req, cancel=cancel),
-                                     Txt2ImgRequest(**body.model_dump()))
+                                     Txt2ImgRequest(**fields))
         return {"images": [base64.b64encode(im.png).decode() for im in images],
                 "parameters": [im.parameters for im in images], "seeds": [im.seed for im in images],
                 "layouts": [im.layout for im in images]}

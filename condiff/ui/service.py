@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from ..catalogue import model_folder
+from .. import components
+from ..catalogue import CONTROLNETS, model_folder
 from ..data.imagefolder import check_boxes, check_phrases
 from ..diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions, start_step
 from ..images import (
@@ -31,7 +32,10 @@ from ..images import (
     open_image,
     to_model_size,
 )
+from ..formats import lora
+from ..nets.controlnet import ControlKind
 from ..pipelines import requests
+from ..pipelines.controlnet import read_control_map, with_control
 from ..pipelines.editing import inpainting_pipeline
 from ..pipelines.guidance import (
     GuidanceMethod,
@@ -48,6 +52,7 @@ from ..pipelines.upsample import (
 )
 
 MAX_IMAGES, MAX_STEPS, MAX_SCALE, MAX_SEED, MAX_GUIDE_SCALE = 16, 1000, 50.0, 2 ** 32 - 1, 100.0
+MAX_CONTROL_SCALE = 2.0
 SAMPLER_BY_LABEL = {label: s for s, (label, _) in SAMPLER_INFO.items()}
 GUIDES = ["none", *(m.value for m in GuidanceMethod)]  # the request's `guide`: none or a judge guidance method
 
@@ -100,6 +105,8 @@ class Txt2ImgRequest:
     layout: list | None = None  # grounding: [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1]; None: the model's layout
     # stage predicts it (a layout2image model), or no boxes
     size: int = 0  # output side: 0 (or the model's) as the model makes it; 128, 256 through the upsampler cascade
+    control: bytes | None = None  # ControlNet: an encoded edge map of the model's size (condiff control edges)
+    control_scale: float = 1.0  # multiplies the ControlNet's residuals
 
 
 @dataclass
@@ -159,10 +166,13 @@ class GenerationService:
         return {"name": self.model_tag.name, "hash": self.model_tag.hash, "family": self.pipe.family,
                 "kind": self.pipe.kind, "resolution": self.pipe.resolution}
 
-    def __init__(self, model: str | Path | None = None, device: str = "cpu", limits: ServeLimits | None = None):
+    def __init__(self, model: str | Path | None = None, device: str = "cpu", limits: ServeLimits | None = None,
+                 loras: list = ()):
         self.model_path = model_folder(model)
         self.pipe = Text2ImagePipeline.from_pretrained(self.model_path).to(device)
-        self.model_tag = requests.ModelTag.of(self.model_path)  # hashed once, at start
+        lora.apply(self.pipe.parts, list(loras))  # `serve --lora FILE[:WEIGHT]`: applied once, at load
+        self.model_tag = requests.ModelTag.of(self.model_path, loras)  # hashed once, at start
+        self._controlnet = None  # the shipped edges ControlNet, loaded on the first request with a control map
         self.limits = limits or ServeLimits()
         self.lock = threading.Lock()
         self.stopping = threading.Event()  # set on shutdown: running work ends at its next step
@@ -271,6 +281,15 @@ class GenerationService:
                                               guidance_rescale=float(req.guidance_rescale))  # the rest: the model's
         except ValueError as e:
             raise RequestError(str(e)) from None
+        if req.control is not None:
+            if not 0 <= float(req.control_scale) <= MAX_CONTROL_SCALE:
+                raise RequestError(f"control_scale: must be between 0 and {MAX_CONTROL_SCALE}, got {req.control_scale}")
+            if getattr(self.pipe, "variable_size", False):
+                raise RequestError("control: ControlNets apply to condiff models so far, not to Stable Diffusion")
+            try:
+                read_control_map(req.control, ControlKind.EDGES, self.pipe.resolution)
+            except (ValueError, OSError) as e:
+                raise RequestError(str(e).replace("--control: ", "control: ").replace("'b'", "the image")[:300]) from None
         stages = [(opts.steps, self.pipe.resolution)]
         if int(req.size) not in (0, self.pipe.resolution):
             stages += [(st.defaults.steps, self.pipe.resolution * 2 ** (k + 1))
@@ -295,9 +314,22 @@ class GenerationService:
         with self.turn():
             guide, judge = self.guide_for(req)
             request = requests.Txt2ImgRequest(prompts, seeds, opts, guide, judge, layout=layout,
-                                              upscale=self.upscale_to(int(req.size)), batch_size=MAX_IMAGES)
+                                              upscale=self.upscale_to(int(req.size)), batch_size=MAX_IMAGES,
+                                              control=self.control_for(req))
             return [self._png(g) for batch in requests.txt2img(self.pipe, request, self.model_tag,
                                                                callback=callback) for g in batch]
+
+    def control_for(self, req: Txt2ImgRequest) -> requests.Control | None:
+        """The request's control map (validated), the ControlNet loaded on first use and set to its scale; call in
+        turn(): the scale is the pipeline's, one request at a time. Requests without a map draw as the base model."""
+        if req.control is None:
+            return None
+        if self._controlnet is None:
+            self._controlnet = components.load("controlnet", CONTROLNETS["edges"])
+            with_control(self.pipe, self._controlnet)
+        self.pipe.denoiser.net.scale = float(req.control_scale)
+        m = read_control_map(req.control, ControlKind.EDGES, self.pipe.resolution)
+        return requests.Control(m, "edges", float(req.control_scale), CONTROLNETS["edges"].name)
 
     def check_layout(self, req: Txt2ImgRequest) -> list[dict] | None:
         """req.layout checked (boxes in [0, 1], phrases in the prompt, at most the model's slots), or RequestError."""

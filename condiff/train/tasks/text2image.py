@@ -20,6 +20,7 @@ from ...diffusion.sampling import SamplingOptions
 from ...diffusion.schedule import NoiseSchedule
 from ...eval.grid import save_judged_grid
 from ...formats import lora as lora_format
+from ...catalogue import shipped_name
 from ...fs import replace_dir
 from ...nets.autoencoder import AutoencoderConfig
 from ...nets.clip import CLIPConfig, image_embeddings, load_clip
@@ -164,7 +165,7 @@ class Text2ImageTask(TaskDefaults):
         tmp = folder.with_name(folder.name + ".tmp")  # the EMA adapter alone, as a diffusers LoRA folder
         tmp.mkdir(parents=True, exist_ok=True)
         lora_format.write(tmp / lora_format.WEIGHT_NAME, {"unet": lora_format.entries_of(run.ema.model.unet, LORA_NAME)},
-                          {"condiff_base_model": str(run.cfg.init.from_model)})
+                          {"condiff_base_model": shipped_name(run.cfg.init.from_model)})
         replace_dir(tmp, folder)
 
     def sample(self, run, prompts: list[str] = SAMPLE_PROMPTS, steps: int = 25) -> Path:
