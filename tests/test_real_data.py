@@ -134,3 +134,14 @@ def test_cli_data_mnist_and_emoji(tmp_path, capsys):
     assert main(["data", "mnist", "--out", str(tmp_path / "m")]) == 2  # not empty: one line, nothing overwritten
     assert "not empty" in capsys.readouterr().err and len(list((tmp_path / "m").glob("*.png"))) == 12
     assert main(["data", "mnist", "--out", str(tmp_path / "z"), "--limit", "0"]) == 2
+
+
+def test_emoji_hold_out_leaves_whole_name_families_out_and_lists_them(tmp_path, capsys):
+    from condiff.cli import main
+
+    assert main(["data", "emoji", "--out", str(tmp_path / "e"), "--limit", "20", "--hold-out", "button"]) == 0
+    held = (tmp_path / "e" / "HELD_OUT.txt").read_text().splitlines()
+    kept = [json.loads(line)["text"] for line in (tmp_path / "e" / "metadata.jsonl").read_text().splitlines()]
+    assert len(kept) == 20 and len(held) >= 10  # the blood-type and word buttons come early in code-point order
+    assert all("button" in h.split() for h in held) and not any("button" in k.split() for k in kept)
+    assert "held out" in capsys.readouterr().out

@@ -31,11 +31,17 @@ def _real(args) -> None:
         # a caption the world cannot draw fails at the first sample, which real.write draws before writing anything
         samples = scene_samples(args.num_images, args.resolution, args.seed, args.prompt)
         licence = SHAPES_LICENSE
+    elif args.data_command == "emoji":
+        held: list[str] = []
+        samples, licence = real.emoji_samples(args.limit, tuple(args.hold_out), held), real.EMOJI_LICENSE
     else:
-        samples = {"mnist": real.mnist_samples, "emoji": real.emoji_samples}[args.data_command](args.limit)
-        licence = {"mnist": real.MNIST_LICENSE, "emoji": real.EMOJI_LICENSE}[args.data_command]
+        samples, licence = real.mnist_samples(args.limit), real.MNIST_LICENSE
     out = Path(args.out)
     n = real.write(samples, out, licence, args.shards, args.per_shard)
+    if args.data_command == "emoji" and args.hold_out:  # the record of what the model never saw
+        (out / "HELD_OUT.txt").write_text("".join(f"{c}\n" for c in held))
+        print(f"held out {len(held)} emoji whose names contain {', '.join(map(repr, args.hold_out))} (listed in "
+              f"{out / 'HELD_OUT.txt'})")
     where = real.shard_pattern(out) if args.shards else str(out)
     print(f"wrote {n} {args.data_command} images to {out} (with LICENSE.md); train on them with --data '{where}'")
 
@@ -57,7 +63,11 @@ def add_data_parser(sub) -> None:
                                        "(pip install 'condiff[data]')")
         add_folder_output(r)
         r.add_argument("--limit", type=int, help="only the first N images (for a quick look)")
-        r.set_defaults(func=_real)
+        if name == "emoji":
+            r.add_argument("--hold-out", nargs="+", default=[], metavar="PHRASE",
+                           help="leave out every emoji whose name holds one of these phrases as whole words (e.g. "
+                                "cat 'medium skin tone'): a generalisation run's unseen names, listed in HELD_OUT.txt")
+        r.set_defaults(func=_real, hold_out=[])
     w = dsub.add_parser("shapes", help="write shapes-world scenes drawn by the renderer (of --prompt, or of random "
                                        "captions) as an image folder with metadata.jsonl and exact boxes")
     add_folder_output(w)

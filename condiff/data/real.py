@@ -91,8 +91,14 @@ def on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-def emoji_samples(limit: int | None = None):
-    """(file name, RGB image on white, caption) for each Twemoji the emoji package names."""
+def held_out(caption: str, phrases: tuple[str, ...]) -> bool:
+    """Whether a caption contains one of the phrases as whole words ('cat' holds out 'grinning cat', not 'category')."""
+    return any(f" {p.lower().strip()} " in f" {caption} " for p in phrases)
+
+
+def emoji_samples(limit: int | None = None, hold_out: tuple[str, ...] = (), held: list | None = None):
+    """(file name, RGB image on white, caption) for each Twemoji the emoji package names; those whose caption holds
+    a hold_out phrase are left out (and their captions appended to `held`)."""
     folder, n = twemoji_folder(), 0
     need("emoji", "emoji")
     for path in sorted(folder.glob("*.png")):
@@ -100,6 +106,10 @@ def emoji_samples(limit: int | None = None):
             return
         caption = emoji_caption(path.stem)
         if caption is None:
+            continue
+        if hold_out and held_out(caption, hold_out):
+            if held is not None:
+                held.append(caption)
             continue
         with Image.open(path) as img:
             yield path.name, on_white(img), caption
