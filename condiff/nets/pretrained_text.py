@@ -10,6 +10,8 @@ no AutoModel, no sentence-transformers at run time).
 """
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +131,22 @@ class Bert(nn.Module):
         return h
 
 
+@contextlib.contextmanager
+def skipped_init():
+    """Layers built without initialising their weights (they are loaded next). Initialising a tensor on the meta
+    device runs torch's Python reference kernels, whose first use imports torch._dynamo: 1.5-1.8 s of a cold
+    `condiff generate` on 2 CPU cores, for random numbers that are thrown away."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+
+
 def build_bert(folder: Path) -> Bert:
     """Bert from folder/config.json with folder/model.safetensors loaded (eval, no grad)."""
     config = read_json(folder / "config.json")  # a third party's file: one line when it is broken or hostile
@@ -136,7 +154,7 @@ def build_bert(folder: Path) -> Bert:
         raise ValueError(f"text encoder '{folder}': config.json is not a JSON object")
     if config.get("model_type", "bert") != "bert" or config.get("hidden_act", "gelu") != "gelu":
         raise ValueError(f"text encoder '{folder}' is not a BERT with GELU ({config.get('model_type')}, {config.get('hidden_act')})")
-    with torch.device("meta"):
+    with torch.device("meta"), skipped_init():
         bert = Bert(config)
     state = {k.removeprefix("bert."): v for k, v in load_tensors(folder / "model.safetensors").items()}
     state = {k: v.float() for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
