@@ -61,7 +61,11 @@ class LayoutPrior(nn.Module):
         S = tokens.shape[1]
         h = self.embed(tokens) + self.pos[:S]
         causal = torch.ones(S, S, dtype=torch.bool, device=tokens.device).triu(1)
-        h = self.decoder(h, self.memory(context), tgt_mask=causal, memory_key_padding_mask=~context_mask)
+        heads = self.decoder.layers[0].multihead_attn.num_heads
+        B, L = context_mask.shape  # padding as a per-head attention mask: the same sums as memory_key_padding_mask,
+        # whose shape check imports sympy (0.5 s of a cold generate)
+        pad = (~context_mask)[:, None, None, :].expand(B, heads, S, L).reshape(B * heads, S, L)
+        h = self.decoder(h, self.memory(context), tgt_mask=causal, memory_mask=pad)
         return self.out(h)
 
     def loss(self, targets: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
