@@ -162,3 +162,36 @@ def test_the_api_draws_from_a_control_map_and_refuses_a_bad_one_with_400(tiny_mo
                         ({"control": b64, "control_scale": 5}, "control_scale")]:
         r = client.post("/api/txt2img", json=body | extra)
         assert r.status_code == 400 and word in r.json()["detail"], (extra.keys(), r.json())
+
+
+def test_guess_mode_grades_the_residuals_by_depth_and_gives_the_map_to_the_conditional_branch_only(
+        tiny_model, tiny_controlnet, tmp_path):
+    unet = _unet()
+    cn = ControlNet.from_unet(unet, ControlNetConfig(unet=unet.cfg, map_resolution=64))
+    seen = []
+    unet.register_forward_pre_hook(lambda m, a, kw: seen.append([c.abs().max().item() for c in kw["control"]])
+                                   if kw.get("control") is not None else None, with_kwargs=True)
+    with torch.no_grad():
+        for z in list(cn.zeros) + [cn.middle_zero, cn.stem[-1]]:
+            z.weight.fill_(0.01)
+        x, t, ctx, m = _inputs()
+        plain = [r.abs().max().item() for r in cn(x, t, m, **ctx)]
+        ControlledUNet(unet, cn, scale=2.0, guess=True)(x, t, control_map=m, **ctx)
+    want = [2.0 * p * s for p, s in zip(plain, torch.logspace(-1, 0, len(plain)).tolist())]
+    assert np.allclose(seen[0], want, rtol=1e-5) and abs(want[0] / plain[0] - 0.2) < 1e-6
+
+    from condiff.pipelines import requests
+    from condiff.pipelines.controlnet import with_control
+    from condiff.pipelines.text2image import Text2ImagePipeline
+    from condiff import components
+
+    pipe = with_control(Text2ImagePipeline.from_pretrained(tiny_model), components.load("controlnet", tiny_controlnet),
+                        guess=True)
+    branches = []
+    pipe.denoiser.net.controlnet.register_forward_hook(lambda mod, a, out: branches.append(len(a[0])))
+    scene = edge_map(render([[PlacedObject("circle", "red", 0.3, 0.6, 0.4)]], 16))
+    req = requests.Txt2ImgRequest(["a red circle"], [0], pipe.defaults.replace(steps=2),
+                                  control=requests.Control(scene, "edges", 1.0, "tiny", guess=True))
+    out = next(requests.txt2img(pipe, req, requests.ModelTag("tiny")))[0]
+    assert "Control mode: guess" in out.infotext()
+    assert branches and all(n == 1 for n in branches)  # the ControlNet ran on the conditional half of CFG's batch only

@@ -15,6 +15,8 @@ def add_control_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--control-scale", type=float, default=1.0,
                    help="multiplies the ControlNet's residuals (0: the base model alone)")
     g.add_argument("--control-model", help="ControlNet folder (default: the shipped one of --control-kind)")
+    g.add_argument("--control-guess", action="store_true",
+                   help="guess mode: the map only in CFG's conditional branch, residuals graded 0.1-1 by depth")
 
 
 def check_control_args(args) -> None:
@@ -50,9 +52,9 @@ def control_from_args(args, pipe):
     net = components.load("controlnet", folder)
     if net.cfg.kind.value != args.control_kind:
         raise ValueError(f"--control-model: '{folder}' reads {net.cfg.kind.value} maps, not {args.control_kind}")
-    with_control(pipe, net, args.control_scale)
+    with_control(pipe, net, args.control_scale, args.control_guess)
     return Control(read_control_map(args.control, args.control_kind, pipe.resolution), args.control_kind,
-                   args.control_scale, folder.name)
+                   args.control_scale, folder.name, args.control_guess)
 
 
 def _control(args) -> None:

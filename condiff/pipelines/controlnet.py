@@ -36,12 +36,14 @@ def read_control_map(path: str | Path, kind: ControlKind, side: int) -> torch.Te
     return x[:, :1] if MAP_CHANNELS[ControlKind(kind)] == 1 else x
 
 
-def with_control(pipe: Text2ImagePipeline, controlnet: ControlNet, scale: float = 1.0) -> Text2ImagePipeline:
-    """pipe, its denoiser reading control_map= through the ControlNet (scale multiplies the residuals)."""
+def with_control(pipe: Text2ImagePipeline, controlnet: ControlNet, scale: float = 1.0,
+                 guess: bool = False) -> Text2ImagePipeline:
+    """pipe, its denoiser reading control_map= through the ControlNet (scale multiplies the residuals; guess: guess
+    mode's depth-graded scales, for a map given to CFG's conditional branch only)."""
     norm = lambda cfg: {k: tuple(v) if isinstance(v, list) else v for k, v in vars(cfg).items()}
     if controlnet.cfg.map_resolution != pipe.resolution or norm(controlnet.cfg.unet) != norm(pipe.unet.cfg):
         raise ValueError("--control-model: this ControlNet was made for another model (its UNet's architecture or "
                          f"side differs: {controlnet.cfg.map_resolution} px)")
     controlnet.to(pipe.device)
-    pipe.denoiser.net = ControlledUNet(pipe.unet, controlnet, scale)
+    pipe.denoiser.net = ControlledUNet(pipe.unet, controlnet, scale, guess)
     return pipe

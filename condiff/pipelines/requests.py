@@ -91,9 +91,11 @@ class Control:
     kind: str
     scale: float
     model: str  # the ControlNet's name, for the infotext
+    guess: bool = False  # guess mode: the map in CFG's conditional branch only (the pipeline's ControlledUNet knows)
 
     def parameters(self) -> dict:
-        return {"ControlNet": self.kind, "Control scale": self.scale, "Control model": self.model}
+        return ({"ControlNet": self.kind, "Control scale": self.scale, "Control model": self.model}
+                | ({"Control mode": "guess"} if self.guess else {}))
 
 
 @dataclass
@@ -203,7 +205,12 @@ def txt2img(pipe: Text2ImagePipeline, req: Txt2ImgRequest, model: ModelTag, prog
         if batch.x_T is not None:
             g["x"] = batch.x_T.to(pipe.device)
         if req.control is not None:
-            g["control_map"] = req.control.map.expand(len(seeds), -1, -1, -1).to(pipe.device)
+            m = {"control_map": req.control.map.expand(len(seeds), -1, -1, -1).to(pipe.device)}
+            if req.control.guess:  # the map drives CFG's conditional branch only
+                on = torch.ones(len(seeds), dtype=torch.bool, device=pipe.device)
+                g |= {"cond_only": m | {"control_on": on}, "uncond_only": m | {"control_on": ~on}}
+            else:
+                g |= m
         images = pipe(prompts, seeds, req.opts, callback=callback, guide=guide, init=init, **g).cpu()
         if req.upscale:
             images = cascade(images, prompts, seeds, req.upscale.stages, req.upscale.runs, progress=progress,

@@ -115,6 +115,7 @@ class Txt2ImgBody(SamplingBody):
     control: str | None = Field(None, description="ControlNet: a base64 edge map of the "
                                 "model's size (condiff control edges IN --out MAP); it decides the layout")
     control_scale: float = bounded(1.0, 0, 2)
+    control_guess: bool = Field(False, description="guess mode: the map in CFG's conditional branch only")
 
 
 class EditBody(SamplingBody):

@@ -107,6 +107,7 @@ class Txt2ImgRequest:
     size: int = 0  # output side: 0 (or the model's) as the model makes it; 128, 256 through the upsampler cascade
     control: bytes | None = None  # ControlNet: an encoded edge map of the model's size (condiff control edges)
     control_scale: float = 1.0  # multiplies the ControlNet's residuals
+    control_guess: bool = False  # guess mode: the map in CFG's conditional branch only, residuals graded by depth
 
 
 @dataclass
@@ -327,9 +328,9 @@ class GenerationService:
         if self._controlnet is None:
             self._controlnet = components.load("controlnet", CONTROLNETS["edges"])
             with_control(self.pipe, self._controlnet)
-        self.pipe.denoiser.net.scale = float(req.control_scale)
+        self.pipe.denoiser.net.scale, self.pipe.denoiser.net.guess = float(req.control_scale), bool(req.control_guess)
         m = read_control_map(req.control, ControlKind.EDGES, self.pipe.resolution)
-        return requests.Control(m, "edges", float(req.control_scale), CONTROLNETS["edges"].name)
+        return requests.Control(m, "edges", float(req.control_scale), CONTROLNETS["edges"].name, bool(req.control_guess))
 
     def check_layout(self, req: Txt2ImgRequest) -> list[dict] | None:
         """req.layout checked (boxes in [0, 1], phrases in the prompt, at most the model's slots), or RequestError."""
