@@ -69,6 +69,32 @@ def add_lora_argument(p: argparse.ArgumentParser) -> None:
                         "with this weight (default 1; 0: no change); repeat for several")
 
 
+def add_embedding_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="add a textual-inversion token (safetensors: diffusers' {token: vectors} or A1111's emb_params, "
+                        "named by the file); repeat for several")
+
+
+def adapters_from_args(args) -> tuple[list, list]:
+    """--lora and --embedding specs, each file read and checked before any model loads."""
+    from ..formats import embeddings, lora
+
+    loras = [lora.LoRASpec.parse(text) for text in getattr(args, "lora", [])]
+    for spec in loras:
+        lora.read(spec.path)
+    embs = [embeddings.EmbeddingSpec(path) for path in getattr(args, "embedding", [])]
+    for spec in embs:
+        embeddings.read(spec.path)
+    return loras, embs
+
+
+def apply_adapters(pipe, loras: list, embs: list) -> None:
+    from ..formats import embeddings, lora
+
+    lora.apply(pipe.parts, loras)
+    embeddings.apply(pipe.parts, embs)
+
+
 def add_threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", help="CPU threads for torch (default: CONDIFF_THREADS, else OMP_NUM_THREADS, else the "
                                      "cores other processes leave free)")

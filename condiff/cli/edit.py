@@ -10,7 +10,7 @@ from pathlib import Path
 from ..pipelines.editing import EDICT_DECODER_STEPS, Inversion
 from ..pipelines.requests import ModelTag, results
 from ..png import check_writable
-from .args import add_lora_argument, positive_int
+from .args import adapters_from_args, add_embedding_argument, add_lora_argument, apply_adapters, positive_int
 from .output import checked_paths, write_images
 
 
@@ -43,19 +43,16 @@ def _load(args, prompts, **overrides):
     from ..diffusion.sampling import SamplingOptions
     from ..pipelines.text2image import Text2ImagePipeline
     from ..catalogue import model_folder
-    from ..formats import lora
 
     model = model_folder(args.model)
-    loras = [lora.LoRASpec.parse(text) for text in args.lora]
-    for spec in loras:
-        lora.read(spec.path)  # an unreadable or foreign file fails here, before the model loads
+    loras, embs = adapters_from_args(args)  # an unreadable or foreign file fails here, before the model loads
     pipe = Text2ImagePipeline.from_pretrained(model)
-    lora.apply(pipe.parts, loras)
+    apply_adapters(pipe, loras, embs)
     if args.device:
         pipe = pipe.to(args.device)
     opts = SamplingOptions.from_args(args, base=pipe.defaults, **overrides)  # what the command leaves out: the model's
     pipe.check(prompts, opts)
-    return pipe, ModelTag.of(model, loras), opts  # the tag names the model and LoRAs in the infotext
+    return pipe, ModelTag.of(model, loras, embs), opts  # the tag names the model and LoRAs in the infotext
 
 
 def _save(args, out, prompt, opts, tag: ModelTag, params: dict) -> None:
@@ -158,6 +155,7 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
         add_sampling_arguments(p, steps=50, full=True)
         add_run_arguments(p, batch_size=1, seed_help="seed of the noise")
         add_lora_argument(p)
+        add_embedding_argument(p)
         p.add_argument("--out", default=out, help="PNG path (with the edit's parameters as infotext); with several "
                                                   "images OUT-000.png, OUT-001.png, ... and a grid at OUT")
 

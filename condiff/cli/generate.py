@@ -9,13 +9,12 @@ from pathlib import Path
 from ..catalogue import model_folder
 from ..diffusion.sampling import SamplingOptions
 from ..formats import detect
-from ..formats import lora
 from ..io import CheckpointError, load_tensors
 from ..pipelines.guidance import (GuidanceForm, GuidanceMethod, GuidanceOptions, NoiseOptimization, check_prompts)
 from ..pipelines.requests import ModelTag, Txt2ImgRequest, txt2img
 from ..pipelines.stable_diffusion import check_size
 from ..pipelines.text2image import Text2ImagePipeline
-from .args import check_image_count
+from .args import adapters_from_args, apply_adapters, check_image_count
 from .cascade import upscale_from_args
 from .control import check_control_args, control_from_args
 from .layout import layout_from_args
@@ -83,11 +82,9 @@ def generate(args) -> None:
     checked_paths(args.out, len(prompts))
     sd_size = sd_size_from_args(args, model)  # before loading: a Stable Diffusion model's side in pixels
     check_control_args(args)
-    loras = [lora.LoRASpec.parse(text) for text in args.lora]
-    for spec in loras:
-        lora.read(spec.path)  # an unreadable or foreign file fails here, before the model loads
+    loras, embs = adapters_from_args(args)  # an unreadable or foreign file fails here, before the model loads
     pipe = Text2ImagePipeline.from_pretrained(model, args.prediction)
-    lora.apply(pipe.parts, loras)
+    apply_adapters(pipe, loras, embs)
     opts = SamplingOptions.from_args(args, base=pipe.defaults)  # what the command line leaves out: the model's
     pipe.check(prompts, opts, *([args.clip_xt_chain] if args.clip_xt_iters else []))
     if getattr(pipe, "variable_size", False):
@@ -101,6 +98,6 @@ def generate(args) -> None:
     req = Txt2ImgRequest(prompts, seeds_from_args(args.seed, len(prompts)), opts, guide, None, noise, layout,
                          args.boxes_in_uncond, x_T, upscale, args.batch_size, control)
     start = time.time()
-    done = write_images(txt2img(pipe, req, ModelTag.of(model, loras), progress=True), args.out, len(prompts),
+    done = write_images(txt2img(pipe, req, ModelTag.of(model, loras, embs), progress=True), args.out, len(prompts),
                         columns=args.num_images if len(args.prompts) > 1 else None)
     print(f"{len(done)} image(s) in {time.time() - start:.1f} s", file=sys.stderr)

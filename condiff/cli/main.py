@@ -9,7 +9,7 @@ from pathlib import Path
 from .control import add_control_arguments
 from .generate import generate
 from .args import (GUIDANCE_FORM_NAMES, GUIDANCE_METHOD_NAMES, GUIDE_NAMES, SAMPLER_NAMES,  # noqa: F401
-                       SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, add_image_bound, add_lora_argument, add_run_arguments, add_threads_argument,
+                       SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, adapters_from_args, add_embedding_argument, add_image_bound, add_lora_argument, add_run_arguments, add_threads_argument,
                        add_sampling_arguments, check_image_count, positive_int)
 
 
@@ -86,13 +86,9 @@ def _serve(args) -> None:
     limits = ServeLimits(args.max_work, args.max_queue, args.max_wait)  # checked before the model loads
     token = args.token if args.token is not None else os.environ.get("CONDIFF_TOKEN")
     auth = args.auth if args.auth is not None else os.environ.get("CONDIFF_AUTH")
-    from ..formats import lora
-
-    loras = [lora.LoRASpec.parse(text) for text in args.lora]
-    for spec in loras:
-        lora.read(spec.path)  # an unreadable or foreign file fails here, before the model loads
+    loras, embs = adapters_from_args(args)  # an unreadable or foreign file fails here, before the model loads
     serve(args.host, args.port, args.model, args.device or "cpu", limits, token=_token(token), auth=_login(auth),
-          loras=loras)
+          loras=loras, embeddings=embs)
 
 
 def _token(text: str | None) -> str | None:
@@ -215,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sr_arguments(g)
     add_run_arguments(g, batch_size=32, seed_help="seed of the first image; image i uses seed + i; -1: random")
     add_lora_argument(g)
+    add_embedding_argument(g)
     add_control_arguments(g)
     add_image_bound(g)
     g.add_argument("--out", default="out.png",
@@ -245,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", help="cpu or cuda")
     add_threads_argument(v)
     add_lora_argument(v)
+    add_embedding_argument(v)
     v.add_argument("--max-work", type=int, default=4_000_000, help="per request: images x steps x side^2 summed over stages")
     v.add_argument("--max-queue", type=int, default=8, help="requests running or waiting; past it: 429 with Retry-After")
     v.add_argument("--max-wait", type=float, default=25.0, help="seconds a request may wait for its turn; then 503")

@@ -108,13 +108,35 @@ class CLIPTextEncoder(nn.Module):
         super().__init__()
         self.model, self.tokenizer = model, tokenizer
         self.length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+        self.expand: dict[str, str] = {}  # a textual-inversion token -> the n tokens it stands for
 
     @property
     def lora_root(self) -> nn.Module:
         """Where a LoRA file's text_encoder layer names start: transformers' CLIPTextModel (text_model.encoder...)."""
         return self.model
 
+    def add_concepts(self, concepts: dict[str, torch.Tensor]) -> None:
+        """Textual inversion as diffusers' load_textual_inversion does it: each token (and token_1 ... for more
+        vectors) added to the tokenizer, the embedding matrix grown and the new rows set."""
+        emb = self.model.get_input_embeddings()
+        for token, vectors in concepts.items():
+            if vectors.shape[1] != emb.weight.shape[1]:
+                raise ValueError(f"embedding '{token}': {tuple(vectors.shape)} vectors, this CLIP's are "
+                                 f"{emb.weight.shape[1]} wide")
+            names = [token] + [f"{token}_{i}" for i in range(1, len(vectors))]
+            if any(t in self.tokenizer.get_vocab() for t in names):
+                raise ValueError(f"the token '{token}' is already in the tokenizer's vocabulary")
+            self.tokenizer.add_tokens(names)
+            self.model.resize_token_embeddings(len(self.tokenizer))
+            emb = self.model.get_input_embeddings()
+            with torch.no_grad():
+                for name, v in zip(names, vectors):
+                    emb.weight[self.tokenizer.convert_tokens_to_ids(name)] = v.to(emb.weight)
+            self.expand[token] = " ".join(names)
+
     def encode(self, texts: list[str], device=None) -> dict[str, torch.Tensor]:
+        for token, names in self.expand.items():
+            texts = [t.replace(token, names) for t in texts]
         ids = self.tokenizer(list(texts), padding="max_length", max_length=self.length, truncation=True,
                              return_tensors="pt").input_ids
         device = device or next(self.model.parameters()).device

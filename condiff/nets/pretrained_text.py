@@ -60,10 +60,24 @@ class WordPieceTokenizer:
         self.tok.no_truncation()
         self.tok.no_padding()
         self.max_length = max_length
+        self.expand: dict[str, str] = {}  # a textual-inversion token -> the n tokens it stands for
+
+    def add_tokens(self, token: str, n: int) -> list[int]:
+        """A new token standing for n vectors (`token`, `token_1`, ...); their ids, after every existing one."""
+        from tokenizers import AddedToken
+
+        names = [token] + [f"{token}_{i}" for i in range(1, n)]
+        if any(self.tok.token_to_id(t) is not None for t in names):
+            raise ValueError(f"the token '{token}' is already in the text encoder's vocabulary")
+        self.tok.add_tokens([AddedToken(t, normalized=False) for t in names])
+        self.expand[token] = " ".join(names)
+        return [self.tok.token_to_id(t) for t in names]
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise VocabularyError(f"prompt must be a string, got {text!r}")
+        for token, names in self.expand.items():
+            text = text.replace(token, names)
         ids = self.tok.encode(text).ids
         if len(ids) > self.max_length:
             raise VocabularyError(f"prompt '{text[:60]}{'...' if len(text) > 60 else ''}' has {len(ids) - 2} tokens; "
@@ -122,10 +136,15 @@ class Bert(nn.Module):
                                            for _ in range(config["num_hidden_layers"]))
         self.hidden_size = d
 
-    def forward(self, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, keep: torch.Tensor, added: torch.Tensor | None = None) -> torch.Tensor:
+        """added (n, D): the input embeddings of the tokens after the vocabulary (textual inversion's)."""
         e = self.embeddings
         pos = torch.arange(ids.shape[1], device=ids.device)
-        h = e.LayerNorm(e.word_embeddings(ids) + e.position_embeddings(pos)[None] + e.token_type_embeddings.weight[0])
+        V = e.word_embeddings.num_embeddings
+        words = e.word_embeddings(ids.clamp(max=V - 1))
+        if added is not None:
+            words = torch.where((ids >= V)[..., None], added.to(words.dtype)[(ids - V).clamp(min=0)], words)
+        h = e.LayerNorm(words + e.position_embeddings(pos)[None] + e.token_type_embeddings.weight[0])
         for layer in self.encoder.layer:
             h = layer(h, keep)
         return h
@@ -178,13 +197,35 @@ class PretrainedTextEncoder(nn.Module):
         self.bert = build_bert(folder)
         if self.bert.hidden_size != cfg.width:
             raise ValueError(f"text encoder '{folder}' is {self.bert.hidden_size} wide, the config says {cfg.width}")
+        self.added: list[torch.Tensor] = []  # textual inversion's vectors, one (n, D) tensor (a list: not a submodule)
 
     def train(self, mode: bool = True) -> "PretrainedTextEncoder":
         return super().train(False)  # frozen: always in eval mode (no dropout)
 
-    @torch.no_grad()
+    def add_concepts(self, concepts: dict[str, torch.Tensor]) -> None:
+        """Textual inversion (Gal et al. 2022): each new token's input embedding(s), {token: (n, D)}; a prompt that
+        says the token reads them. ValueError for a width that is not the encoder's or a token it knows."""
+        rows = [self.added[0]] if self.added else []
+        vocab = self.bert.embeddings.word_embeddings.num_embeddings
+        for token, vectors in concepts.items():
+            if vectors.ndim != 2 or vectors.shape[1] != self.bert.hidden_size:
+                raise ValueError(f"embedding '{token}': {tuple(vectors.shape)} vectors, this text encoder's are "
+                                 f"{self.bert.hidden_size} wide")
+            ids = self.tokenizer.add_tokens(token, len(vectors))
+            assert ids == list(range(vocab + sum(len(r) for r in rows), vocab + sum(len(r) for r in rows) + len(ids)))
+            rows.append(vectors.detach().float())
+        self.added = [torch.cat(rows)] if rows else []
+
+    def embedding_of(self, word: str) -> torch.Tensor:
+        """The input embedding (D,) of a word's first WordPiece (textual inversion starts a new token there)."""
+        ids = self.tokenizer.tok.encode(word, add_special_tokens=False).ids
+        if not ids:
+            raise ValueError(f"'{word}' has no tokens")
+        return self.bert.embeddings.word_embeddings.weight[ids[0]].detach().clone()
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.bert(ids, mask)  # (B, L, D)
+        """Gradients reach only what requires them: the frozen weights never do (textual inversion's vectors may)."""
+        h = self.bert(ids, mask, self.added[0] if self.added else None)  # (B, L, D)
         m = mask[..., None].to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)  # sentence-transformers' mean pooling
         return {"context": h, "context_mask": mask, "pooled": pooled}

@@ -37,20 +37,24 @@ class ModelTag:
     name: str
     hash: str | None = None
     loras: tuple[tuple[str, float, str], ...] = ()  # (name, weight, hash) of each --lora
+    embeddings: tuple[tuple[str, str], ...] = ()  # (name, hash) of each --embedding
 
     @classmethod
-    def of(cls, path: str | Path, loras=()) -> ModelTag:
+    def of(cls, path: str | Path, loras=(), embeddings=()) -> ModelTag:
         """A single file by its stem (as A1111 names checkpoints), a folder by its name; the hash of its weights.
-        loras: the LoRASpecs applied (formats/lora.py), named and hashed likewise."""
+        loras, embeddings: the LoRASpecs and EmbeddingSpecs applied (formats/), named and hashed likewise."""
         path = Path(path)
         tags = tuple((s.name, s.weight, model_hash(Path(s.path))) for s in loras)
-        return cls(path.stem if path.is_file() else path.name, model_hash(path), tags)
+        embs = tuple((s.name, model_hash(Path(s.path))) for s in embeddings)
+        return cls(path.stem if path.is_file() else path.name, model_hash(path), tags, embs)
 
     def parameters(self) -> dict:
         out = ({"Model hash": self.hash} if self.hash else {}) | {"Model": self.name}
         if self.loras:  # A1111's "Lora hashes", and the weight each was applied with
             out |= {"Lora hashes": ", ".join(f"{n}: {h}" for n, _, h in self.loras),
                     "Lora weights": ", ".join(f"{n}: {w:g}" for n, w, _ in self.loras)}
+        if self.embeddings:  # A1111's "TI hashes"
+            out |= {"TI hashes": ", ".join(f"{n}: {h}" for n, h in self.embeddings)}
         return out
 
 

@@ -96,6 +96,20 @@ class UnclipConfig:
 
 
 @dataclass
+class TextualInversionConfig:
+    """Textual inversion (Gal et al. 2022): learn only a new token's input embedding(s) in the frozen text encoder."""
+    token: str = "<sks>"  # what prompts will say
+    init_word: str = "shape"  # the vectors start at this word's embedding (its first WordPiece)
+    vectors: int = 1  # vectors the token stands for
+
+    def __post_init__(self):
+        if not isinstance(self.token, str) or not self.token.strip() or any(c.isspace() for c in self.token):
+            raise ValueError(f"textual_inversion.token must be one word without spaces, got {self.token!r}")
+        if not isinstance(self.vectors, int) or isinstance(self.vectors, bool) or not 1 <= self.vectors <= 75:
+            raise ValueError(f"textual_inversion.vectors must be 1 to 75, got {self.vectors!r}")
+
+
+@dataclass
 class TrainConfig(RunSettings):
     """A text-to-image diffusion model (text encoder + UNet): configs/base32.json."""
     model: str = "text2image"
@@ -113,5 +127,6 @@ class TrainConfig(RunSettings):
     loss: LossConfig = field(default_factory=LossConfig)
     init: InitConfig = field(default_factory=InitConfig)
     lora: LoRAConfig | None = None  # train only a LoRA adapter on the UNet of init.from_model (exported as a file)
+    textual_inversion: TextualInversionConfig | None = None  # train only a new token's embedding (exported as a file)
     sample_every: int = 2000  # (RunSettings' fields, with this kind's defaults)
     checkpoint_every: int = 1000

@@ -337,13 +337,13 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
 
 def create_app(model: str | None = None, device: str = "cpu", out_dir: str | None = None,
                limits: ServeLimits | None = None, token: str | None = None, auth: tuple[str, str] | None = None,
-               loras: list = ()):
+               loras: list = (), embeddings: list = ()):
     """FastAPI app: the JSON API under /api and the page at /; app.state.service is the generation service.
     token guards the API (Bearer); auth (user, password) guards the page, whose login otherwise takes the token as
     its password when there is one."""
     from .api import create_api
 
-    service = GenerationService(model, device, limits, loras)
+    service = GenerationService(model, device, limits, loras, embeddings)
     out = Path(out_dir or tempfile.mkdtemp(prefix="condiff-serve-"))
     out.mkdir(parents=True, exist_ok=True)
     app = create_api(service, token)
@@ -375,7 +375,7 @@ def exposure_warning(host: str, token: str | None, auth: tuple[str, str] | None)
 
 def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, device: str = "cpu",
           limits: ServeLimits | None = None, token: str | None = None, auth: tuple[str, str] | None = None,
-          loras: list = ()) -> None:
+          loras: list = (), embeddings: list = ()) -> None:
     """Serve until SIGINT / SIGTERM, which end running sampling at its next step (so the process exits in ~a step).
     The token and password are never printed or logged."""
     import sys
@@ -384,7 +384,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, d
 
     if warning := exposure_warning(host, token, auth):
         print(warning, file=sys.stderr, flush=True)
-    app = create_app(model, device, limits=limits, token=token, auth=auth, loras=loras)
+    app = create_app(model, device, limits=limits, token=token, auth=auth, loras=loras, embeddings=embeddings)
     service = app.state.service
 
     class Server(uvicorn.Server):

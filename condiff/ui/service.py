@@ -32,6 +32,7 @@ from ..images import (
     open_image,
     to_model_size,
 )
+from ..formats import embeddings as textual_inversion
 from ..formats import lora
 from ..nets.controlnet import ControlKind
 from ..pipelines import requests
@@ -168,11 +169,12 @@ class GenerationService:
                 "kind": self.pipe.kind, "resolution": self.pipe.resolution}
 
     def __init__(self, model: str | Path | None = None, device: str = "cpu", limits: ServeLimits | None = None,
-                 loras: list = ()):
+                 loras: list = (), embeddings: list = ()):
         self.model_path = model_folder(model)
         self.pipe = Text2ImagePipeline.from_pretrained(self.model_path).to(device)
         lora.apply(self.pipe.parts, list(loras))  # `serve --lora FILE[:WEIGHT]`: applied once, at load
-        self.model_tag = requests.ModelTag.of(self.model_path, loras)  # hashed once, at start
+        textual_inversion.apply(self.pipe.parts, list(embeddings))  # `serve --embedding FILE`
+        self.model_tag = requests.ModelTag.of(self.model_path, loras, embeddings)  # hashed once, at start
         self._controlnet = None  # the shipped edges ControlNet, loaded on the first request with a control map
         self.limits = limits or ServeLimits()
         self.lock = threading.Lock()

@@ -19,6 +19,7 @@ from ...diffusion.loss import (
 from ...diffusion.sampling import SamplingOptions
 from ...diffusion.schedule import NoiseSchedule
 from ...eval.grid import save_judged_grid
+from ...formats import embeddings
 from ...formats import lora as lora_format
 from ...catalogue import shipped_name
 from ...fs import replace_dir
@@ -86,10 +87,21 @@ class Text2ImageTask(TaskDefaults):
         model = TextToImageModel(cfg)
         if cfg.init.from_model and not resume:
             init_from_pretrained(model, cfg)
-        if cfg.lora is not None:  # LoRA: the base is frozen, only the adapter's A and B train
+        if cfg.lora is not None or cfg.textual_inversion is not None:  # the base frozen: only what is added trains
             if not cfg.init.from_model:
-                raise ConfigError("lora: set init.from_model to the model the adapter adapts")
+                raise ConfigError(f"{'lora' if cfg.lora is not None else 'textual_inversion'}: set init.from_model "
+                                  "to the model it adds to")
             model.requires_grad_(False)
+        if cfg.textual_inversion is not None:
+            if cfg.pretrained_text is None:
+                raise ConfigError("textual_inversion: needs a frozen pretrained text encoder (pretrained_text)")
+            ti = cfg.textual_inversion
+            try:
+                start = PretrainedTextEncoder(cfg.pretrained_text).embedding_of(ti.init_word)
+            except ValueError as e:
+                raise ConfigError(f"textual_inversion.init_word: {e}") from None
+            model.concept = nn.Parameter(start.expand(ti.vectors, -1).clone())
+        if cfg.lora is not None:  # LoRA: only the adapter's A and B train
             try:
                 lora.add_adapter(model.unet, LORA_NAME, cfg.lora.targets, cfg.lora.rank, cfg.lora.alpha)
             except ValueError as e:
@@ -99,7 +111,11 @@ class Text2ImageTask(TaskDefaults):
     def prepare(self, run) -> None:
         cfg = run.cfg
         run.state["schedule"] = NoiseSchedule.from_config(cfg.pipeline.schedule)
-        if cfg.pretrained_text is not None:
+        if cfg.textual_inversion is not None:  # the encoder reads the trained vectors: no cache of its states
+            encoder = PretrainedTextEncoder(cfg.pretrained_text).to(run.device)
+            encoder.add_concepts({cfg.textual_inversion.token: run.model.concept})
+            run.state["text"] = encoder
+        elif cfg.pretrained_text is not None:
             run.state["text"] = FrozenTextCache(PretrainedTextEncoder(cfg.pretrained_text).to(run.device))
         if cfg.autoencoder:
             ae = components.load("autoencoder", cfg.autoencoder)  # the weights, once; build read only the config
@@ -109,7 +125,11 @@ class Text2ImageTask(TaskDefaults):
             run.state["clip"] = load_clip(cfg.unclip.clip).to(run.device).eval().requires_grad_(False)
 
     def text_encoder(self, run, ema: bool = False):
-        """What encodes captions: the (EMA) learned encoder, or the frozen one behind its cache."""
+        """What encodes captions: the (EMA) learned encoder, the frozen one behind its cache, or the frozen one
+        reading the (EMA) textual-inversion vectors."""
+        if run.cfg.textual_inversion is not None:
+            run.state["text"].added = [(run.ema.model if ema else run.model).concept]
+            return run.state["text"]
         if "text" in run.state:
             return run.state["text"]
         return (run.ema.model if ema else run.model).text_encoder
@@ -155,17 +175,22 @@ class Text2ImageTask(TaskDefaults):
         return loss_fn(model.unet, schedule, cfg.pipeline.prediction, images, t, eps, weight=weight, **cond)
 
     def pipeline(self, run):
-        m = run.ema.model
-        text = run.state["text"].encoder if "text" in run.state else m.text_encoder
+        m, text = run.ema.model, self.text_encoder(run, ema=True)
+        text = text.encoder if isinstance(text, FrozenTextCache) else text
         return Text2ImagePipeline(text, m.unet, run.cfg.pipeline, run.state.get("autoencoder"))
 
     def export(self, run, folder: Path) -> None:
-        if run.cfg.lora is None:
+        cfg = run.cfg
+        if cfg.lora is None and cfg.textual_inversion is None:
             return self.pipeline(run).save_pretrained(folder)
-        tmp = folder.with_name(folder.name + ".tmp")  # the EMA adapter alone, as a diffusers LoRA folder
+        tmp = folder.with_name(folder.name + ".tmp")  # what was added alone: a diffusers LoRA / embedding folder
         tmp.mkdir(parents=True, exist_ok=True)
-        lora_format.write(tmp / lora_format.WEIGHT_NAME, {"unet": lora_format.entries_of(run.ema.model.unet, LORA_NAME)},
-                          {"condiff_base_model": shipped_name(run.cfg.init.from_model)})
+        base = {"condiff_base_model": shipped_name(cfg.init.from_model)}
+        if cfg.lora is not None:
+            lora_format.write(tmp / lora_format.WEIGHT_NAME, {"unet": lora_format.entries_of(run.ema.model.unet, LORA_NAME)},
+                              base)
+        if cfg.textual_inversion is not None:
+            embeddings.write(tmp / embeddings.WEIGHT_NAME, {cfg.textual_inversion.token: run.ema.model.concept}, base)
         replace_dir(tmp, folder)
 
     def sample(self, run, prompts: list[str] = SAMPLE_PROMPTS, steps: int = 25) -> Path:
