@@ -116,7 +116,7 @@ def test_bad_control_input_fails_in_one_line(tiny_model, tiny_controlnet, tmp_pa
              (base + ["--control", str(tmp_path / "nothere.png")], "no such file"),
              (base + ["--control", str(tmp_path / "big.png"), "--control-model", str(tiny_model / "unet")],
               "not a ControlNet"),
-             (base + ["--control", str(tmp_path / "big.png"), "--control-scale", "nan"], "finite"),
+             (base + ["--control", str(tmp_path / "big.png"), "--control-scale", "nan"], "between 0 and 2"),
              (["control", "edges", str(tmp_path / "text.png"), "--out", str(tmp_path / "m.png")], "text.png")]
     for argv, message in cases:
         capsys.readouterr()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 CONTROL_KINDS = ("edges",)
@@ -25,8 +24,8 @@ def check_control_args(args) -> None:
         return
     from ..images import open_image
 
-    if not math.isfinite(args.control_scale):
-        raise ValueError(f"--control-scale: must be a finite number, got {args.control_scale}")
+    if not 0 <= args.control_scale <= 2:  # NaN fails too
+        raise ValueError(f"--control-scale: must be between 0 and 2, got {args.control_scale}")
     try:
         open_image(args.control, "--control")
     except ValueError as e:
@@ -39,22 +38,20 @@ def control_from_args(args, pipe):
         return None
     from .. import components
     from ..catalogue import CONTROLNETS, model_folder
-    from ..pipelines.controlnet import read_control_map, with_control
+    from ..pipelines.controlnet import checked_map, with_control
     from ..pipelines.requests import Control
 
-    if getattr(pipe, "variable_size", False):
-        raise ValueError("--control: ControlNets apply to condiff models so far, not to Stable Diffusion")
     folder = Path(model_folder(args.control_model)) if args.control_model else CONTROLNETS[args.control_kind]
     if not (folder / "config.json").is_file():
         raise ValueError(f"--control-model: no ControlNet at '{folder}' (train one with configs/controlnet_edges64.json)")
     if components.guess_type(folder) is not components.ComponentType.CONTROLNET:
         raise ValueError(f"--control-model: '{folder}' holds a {components.guess_type(folder).value}, not a ControlNet")
+    control_map = checked_map(args.control, args.control_kind, pipe, args.control_scale)
     net = components.load("controlnet", folder)
     if net.cfg.kind.value != args.control_kind:
         raise ValueError(f"--control-model: '{folder}' reads {net.cfg.kind.value} maps, not {args.control_kind}")
     with_control(pipe, net, args.control_scale, args.control_guess)
-    return Control(read_control_map(args.control, args.control_kind, pipe.resolution), args.control_kind,
-                   args.control_scale, folder.name, args.control_guess)
+    return Control(control_map, args.control_kind, args.control_scale, folder.name, args.control_guess)
 
 
 def _control(args) -> None:

@@ -88,7 +88,7 @@ def _serve(args) -> None:
     auth = args.auth if args.auth is not None else os.environ.get("CONDIFF_AUTH")
     loras, embs = adapters_from_args(args)  # an unreadable or foreign file fails here, before the model loads
     serve(args.host, args.port, args.model, args.device or "cpu", limits, token=_token(token), auth=_login(auth),
-          loras=loras, embeddings=embs)
+          adapters=(loras, embs))
 
 
 def _token(text: str | None) -> str | None:

@@ -22,7 +22,7 @@ def control_maps(images: torch.Tensor, kind: ControlKind) -> torch.Tensor:
     raise ValueError(f"unknown control kind '{kind}'")
 
 
-def read_control_map(path: str | Path, kind: ControlKind, side: int) -> torch.Tensor:
+def read_control_map(path: str | Path | bytes, kind: ControlKind, side: int) -> torch.Tensor:
     """A control map file (a PNG as `condiff control` writes it) -> (1, k, side, side) in [0, 1]; ValueError in one
     line when it is not an image or not side x side pixels."""
     try:
@@ -34,6 +34,24 @@ def read_control_map(path: str | Path, kind: ControlKind, side: int) -> torch.Te
                          f"{side}x{side} (make one with `condiff control {ControlKind(kind).value} IN --out MAP`)")
     x = (image_tensor(img) + 1) / 2  # (1, 3, side, side) in [0, 1]
     return x[:, :1] if MAP_CHANNELS[ControlKind(kind)] == 1 else x
+
+
+MAX_SCALE = 2.0  # the largest control scale a request may ask for
+
+
+def checked_map(source: str | Path | bytes, kind: ControlKind, pipe: Text2ImagePipeline, scale: float,
+                what: str = "--control") -> torch.Tensor:
+    """The control map for pipe, everything checked first: a finite scale in [0, MAX_SCALE], a condiff model (not a
+    Stable Diffusion one), an image file of the model's side. ValueError in one line naming `what`."""
+    if not 0 <= float(scale) <= MAX_SCALE:
+        raise ValueError(f"{what}_scale: must be between 0 and {MAX_SCALE}, got {scale}".replace("--control_scale",
+                                                                                             "--control-scale"))
+    if getattr(pipe, "variable_size", False):
+        raise ValueError(f"{what}: ControlNets apply to condiff models so far, not to Stable Diffusion")
+    try:
+        return read_control_map(source, kind, pipe.resolution)
+    except (ValueError, OSError) as e:
+        raise ValueError(str(e).replace("--control: ", f"{what}: ").replace("'b'", "the image")[:300]) from None
 
 
 def with_control(pipe: Text2ImagePipeline, controlnet: ControlNet, scale: float = 1.0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -337,13 +338,12 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
 
 def create_app(model: str | None = None, device: str = "cpu", out_dir: str | None = None,
                limits: ServeLimits | None = None, token: str | None = None, auth: tuple[str, str] | None = None,
-               loras: list = (), embeddings: list = ()):
-    """FastAPI app: the JSON API under /api and the page at /; app.state.service is the generation service.
-    token guards the API (Bearer); auth (user, password) guards the page, whose login otherwise takes the token as
-    its password when there is one."""
+               adapters: tuple = ((), ())):
+    """FastAPI app: the JSON API under /api, the page at /, the generation service at app.state.service. token guards
+    the API (Bearer); auth (user, password) the page, whose login otherwise takes the token as its password."""
     from .api import create_api
 
-    service = GenerationService(model, device, limits, loras, embeddings)
+    service = GenerationService(model, device, limits, *adapters)  # (LoRA specs, embedding specs)
     out = Path(out_dir or tempfile.mkdtemp(prefix="condiff-serve-"))
     out.mkdir(parents=True, exist_ok=True)
     app = create_api(service, token)
@@ -375,16 +375,14 @@ def exposure_warning(host: str, token: str | None, auth: tuple[str, str] | None)
 
 def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, device: str = "cpu",
           limits: ServeLimits | None = None, token: str | None = None, auth: tuple[str, str] | None = None,
-          loras: list = (), embeddings: list = ()) -> None:
+          adapters: tuple = ((), ())) -> None:
     """Serve until SIGINT / SIGTERM, which end running sampling at its next step (so the process exits in ~a step).
     The token and password are never printed or logged."""
-    import sys
-
     import uvicorn
 
     if warning := exposure_warning(host, token, auth):
         print(warning, file=sys.stderr, flush=True)
-    app = create_app(model, device, limits=limits, token=token, auth=auth, loras=loras, embeddings=embeddings)
+    app = create_app(model, device, limits=limits, token=token, auth=auth, adapters=adapters)
     service = app.state.service
 
     class Server(uvicorn.Server):
@@ -392,8 +390,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, model: str | None = None, d
             service.stopping.set()  # running work raises Cancelled at its next step; its client gets a 503
             super().handle_exit(sig, frame)
 
-    guard = f"; API token required, page {'login' if token or auth else 'open'}" if token else \
-        ("; page login required, API open" if auth else "")
+    guard = (f"; API token required, page {'login' if token or auth else 'open'}" if token
+             else "; page login required, API open" if auth else "")
     print(f"condiff serve: http://{host}:{port}  (API: POST /api/txt2img, /api/img2img, /api/inpaint, /api/upscale; "
           f"docs /api/docs{guard})", flush=True)
     Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)).run()

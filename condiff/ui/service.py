@@ -13,11 +13,10 @@ import io
 import math
 import random
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 from PIL import Image, PngImagePlugin
 
 from .. import components
@@ -36,7 +35,7 @@ from ..formats import embeddings as textual_inversion
 from ..formats import lora
 from ..nets.controlnet import ControlKind
 from ..pipelines import requests
-from ..pipelines.controlnet import read_control_map, with_control
+from ..pipelines.controlnet import checked_map, with_control
 from ..pipelines.editing import inpainting_pipeline
 from ..pipelines.guidance import (
     GuidanceMethod,
@@ -45,6 +44,8 @@ from ..pipelines.guidance import (
     load_judge,
 )
 from ..pipelines.text2image import Text2ImagePipeline
+from .messages import (Busy, Cancelled, EditRequest, GeneratedImage, RequestError, ServeLimits,  # noqa: F401
+                       Txt2ImgRequest, UpscaleRequest)
 from ..pipelines.upsample import (
     UPSCALE_INPUT,
     StageRun,
@@ -53,96 +54,8 @@ from ..pipelines.upsample import (
 )
 
 MAX_IMAGES, MAX_STEPS, MAX_SCALE, MAX_SEED, MAX_GUIDE_SCALE = 16, 1000, 50.0, 2 ** 32 - 1, 100.0
-MAX_CONTROL_SCALE = 2.0
 SAMPLER_BY_LABEL = {label: s for s, (label, _) in SAMPLER_INFO.items()}
 GUIDES = ["none", *(m.value for m in GuidanceMethod)]  # the request's `guide`: none or a judge guidance method
-
-
-class RequestError(ValueError):
-    """A request the service refuses; the message names the field and the problem."""
-
-
-class Busy(Exception):
-    """The queue is full (429) or the request waited past max_wait (503); retry after `retry_after` seconds."""
-
-    def __init__(self, status: int, message: str, retry_after: int):
-        super().__init__(message)
-        self.status, self.retry_after = status, retry_after
-
-
-class Cancelled(Exception):
-    """The client went away or the server is stopping: the request's sampling ended at a step boundary."""
-
-
-@dataclass
-class ServeLimits:
-    """What one server accepts (`condiff serve --max-work --max-queue --max-wait`)."""
-    max_work: int = 4_000_000  # images x sum over stages of steps x side^2: 4 images of 64 px at 244 steps; one 256 px
-    # cascade image (50 + 20 + 20 steps at 64, 128, 256 px) is 1.8 M
-    max_queue: int = 8  # requests running or waiting; the next one is refused with 429
-    max_wait: float = 25.0  # seconds a request may wait for its turn before a 503
-
-    def __post_init__(self):
-        if isinstance(self.max_work, bool) or not isinstance(self.max_work, int) or self.max_work < 1:
-            raise ValueError(f"--max-work: must be a positive integer, got {self.max_work!r}")
-        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 1:
-            raise ValueError(f"--max-queue: must be a positive integer, got {self.max_queue!r}")
-        if not (isinstance(self.max_wait, (int, float)) and math.isfinite(self.max_wait) and self.max_wait > 0):
-            raise ValueError(f"--max-wait: must be a positive number of seconds, got {self.max_wait!r}")
-
-
-@dataclass
-class Txt2ImgRequest:
-    prompt: str
-    negative_prompt: str = ""
-    seed: int = -1  # -1: a random seed, reported back
-    steps: int = 25
-    guidance_scale: float = 3.0
-    sampler: str = "ddim"  # a name of `condiff samplers` or its A1111 label ("DPM++ 2M")
-    num_images: int = 1
-    guide: str = "none"  # gradient guidance by a shipped judge: none, classifier, clip, clip_x0, contrastive
-    guide_scale: float = 3.0
-    guidance_rescale: float = 0.0  # phi of CFG rescale
-    layout: list | None = None  # grounding: [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1]; None: the model's layout
-    # stage predicts it (a layout2image model), or no boxes
-    size: int = 0  # output side: 0 (or the model's) as the model makes it; 128, 256 through the upsampler cascade
-    control: bytes | None = None  # ControlNet: an encoded edge map of the model's size (condiff control edges)
-    control_scale: float = 1.0  # multiplies the ControlNet's residuals
-    control_guess: bool = False  # guess mode: the map in CFG's conditional branch only, residuals graded by depth
-
-
-@dataclass
-class UpscaleRequest:
-    """One square image enlarged 2x or 4x by the shipped upsamplers (resized to their 64 px input first)."""
-    image: bytes
-    prompt: str = ""  # its caption; empty: the unconditional upsampler
-    scale: int = 2
-    seed: int = -1
-    steps: int = 20
-
-
-@dataclass
-class EditRequest:
-    """img2img (strength) or inpainting (mask or box) of one encoded input image."""
-    prompt: str
-    image: bytes  # PNG, JPEG, ... of any size: centre-cropped and resized to the model's
-    strength: float = 0.6  # img2img's denoising strength: 0 returns the input, 1 is text-to-image
-    mask: bytes | None = None  # inpainting: an image of the input's size, white = repaint
-    box: list[int] | None = None  # or [x0, y0, x1, y1] in pixels of the input, x1 and y1 exclusive
-    negative_prompt: str = ""
-    seed: int = -1
-    steps: int = 25
-    guidance_scale: float = 3.0
-    sampler: str = "ddim"
-
-
-@dataclass
-class GeneratedImage:
-    png: bytes
-    parameters: str
-    seed: int
-    pixels: np.ndarray = field(repr=False)
-    layout: list | None = None  # the boxes it was drawn from
 
 
 def sampler_of(name: str) -> Sampler:
@@ -285,14 +198,10 @@ class GenerationService:
         except ValueError as e:
             raise RequestError(str(e)) from None
         if req.control is not None:
-            if not 0 <= float(req.control_scale) <= MAX_CONTROL_SCALE:
-                raise RequestError(f"control_scale: must be between 0 and {MAX_CONTROL_SCALE}, got {req.control_scale}")
-            if getattr(self.pipe, "variable_size", False):
-                raise RequestError("control: ControlNets apply to condiff models so far, not to Stable Diffusion")
             try:
-                read_control_map(req.control, ControlKind.EDGES, self.pipe.resolution)
-            except (ValueError, OSError) as e:
-                raise RequestError(str(e).replace("--control: ", "control: ").replace("'b'", "the image")[:300]) from None
+                checked_map(req.control, ControlKind.EDGES, self.pipe, req.control_scale, "control")
+            except ValueError as e:
+                raise RequestError(str(e)) from None
         stages = [(opts.steps, self.pipe.resolution)]
         if int(req.size) not in (0, self.pipe.resolution):
             stages += [(st.defaults.steps, self.pipe.resolution * 2 ** (k + 1))
@@ -331,7 +240,7 @@ class GenerationService:
             self._controlnet = components.load("controlnet", CONTROLNETS["edges"])
             with_control(self.pipe, self._controlnet)
         self.pipe.denoiser.net.scale, self.pipe.denoiser.net.guess = float(req.control_scale), bool(req.control_guess)
-        m = read_control_map(req.control, ControlKind.EDGES, self.pipe.resolution)
+        m = checked_map(req.control, ControlKind.EDGES, self.pipe, req.control_scale, "control")
         return requests.Control(m, "edges", float(req.control_scale), CONTROLNETS["edges"].name, bool(req.control_guess))
 
     def check_layout(self, req: Txt2ImgRequest) -> list[dict] | None:
