@@ -88,3 +88,17 @@ def model_hash(path: Path) -> str:
     except OSError:  # a read-only home: the hash is still right, only not remembered
         pass
     return short
+
+
+def short_hash(file: Path, addnet: bool = False) -> str:
+    """A1111's short hash of a LoRA or an embedding (12 hex digits of a SHA-256): of the whole file, or with addnet
+    (a LoRA in safetensors, as A1111's `Lora hashes` and Civitai give it) of the tensor data after the header."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        if addnet:
+            f.seek(8 + int.from_bytes(f.read(8), "little"))
+        for chunk in iter(lambda: f.read(2 ** 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]

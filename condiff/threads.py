@@ -6,7 +6,7 @@ its threads wait for each other, and a 0.8 s sampling took 4-34 s (FINDINGS, "Th
     --threads N  or  CONDIFF_THREADS=N   -> N                     (the user's word)
     OMP_NUM_THREADS set                  -> torch's own reading of it
     otherwise                            -> the cores this process may use, less the ones other processes keep busy
-                                            (the 1-minute load average, rounded), at least 1
+                                            (the kernel's runnable tasks now), at least 1
 
 A SlowWatch tells, once, when steps run far slower than the best one so far (another process took the cores).
 """
@@ -27,7 +27,16 @@ def cores() -> int:
 
 
 def busy_cores() -> int:
-    """Cores other processes keep busy: the 1-minute load average, rounded (0 where there is none)."""
+    """Cores other processes keep busy now: the runnable tasks the kernel counts (/proc/stat's procs_running), less
+    this one. Not the load average, which still counts a run that just ended for a minute after it. Where there is
+    no /proc: the 1-minute load average, rounded; 0 where there is neither."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("procs_running "):
+                    return max(0, int(line.split()[1]) - 1)
+    except (OSError, ValueError):
+        pass
     try:
         return round(os.getloadavg()[0])
     except (AttributeError, OSError):
@@ -59,7 +68,7 @@ def choose(requested: int | None = None) -> ThreadChoice:
     if os.environ.get("OMP_NUM_THREADS"):
         return ThreadChoice(None, "OMP_NUM_THREADS")
     n, busy = cores(), busy_cores()
-    return ThreadChoice(max(1, n - busy), f"{n} cores, {busy} kept busy by other processes (load average)")
+    return ThreadChoice(max(1, n - busy), f"{n} cores, {busy} kept busy by other processes")
 
 
 def apply(requested: int | None = None) -> ThreadChoice:
@@ -89,6 +98,6 @@ class SlowWatch:
         if self.slow >= self.patience and not self.told:
             self.told = True
             return (f"steps now take {seconds:.2f} s against {self.best:.2f} s at best: another process is probably "
-                    f"using the cores (load average {busy_cores()} on {cores()}); pin this run's threads with --threads "
+                    f"using the cores ({busy_cores()} busy of {cores()}); pin this run's threads with --threads "
                     f"or {ENV} (1 beside one other CPU-bound job on 2 cores)")
         return None

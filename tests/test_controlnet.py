@@ -55,7 +55,7 @@ def test_the_zero_joins_pass_gradient_and_a_trained_controlnet_changes_the_outpu
             z.weight.normal_(0, 0.05)
         base, on = unet(x, t, **ctx), ControlledUNet(unet, cn)(x, t, control_map=m, **ctx)
         other = ControlledUNet(unet, cn)(x, t, control_map=torch.zeros_like(m), **ctx)
-        off = ControlledUNet(unet, cn, scale=0.0)(x, t, control_map=m, **ctx)
+        off = ControlledUNet(unet, cn)(x, t, control_map=m, control_scale=0.0, **ctx)
     assert not torch.allclose(on, base) and not torch.allclose(on, other) and torch.equal(off, base)
 
 
@@ -104,7 +104,15 @@ def test_control_map_to_image_through_the_commands(tiny_model, tiny_controlnet, 
     off, _ = draw("--control", str(tmp_path / "map.png"), "--control-model", str(tiny_controlnet), "--control-scale", "0")
     assert "ControlNet: edges" in info and "Control scale: 1.0" in info
     assert np.array_equal(off, base)
-    assert controlled.shape == base.shape
+    from condiff import components
+    from condiff.pipelines.controlnet import with_control
+    from condiff.pipelines.text2image import Text2ImagePipeline
+
+    pipe = with_control(Text2ImagePipeline.from_pretrained(tiny_model), components.load("controlnet", tiny_controlnet))
+    opts = pipe.defaults.replace(steps=4)
+    with torch.no_grad():  # the trained ControlNet moves the drawing (in floats: the tiny model's pixels saturate)
+        free, steered = pipe(["a red circle"], [0], opts), pipe(["a red circle"], [0], opts, control_map=edge_map(scene))
+    assert (steered - free).abs().mean() > 1e-4
 
 
 def test_bad_control_input_fails_in_one_line(tiny_model, tiny_controlnet, tmp_path, capsys):
@@ -176,7 +184,7 @@ def test_guess_mode_grades_the_residuals_by_depth_and_gives_the_map_to_the_condi
             z.weight.fill_(0.01)
         x, t, ctx, m = _inputs()
         plain = [r.abs().max().item() for r in cn(x, t, m, **ctx)]
-        ControlledUNet(unet, cn, scale=2.0, guess=True)(x, t, control_map=m, **ctx)
+        ControlledUNet(unet, cn)(x, t, control_map=m, control_scale=2.0, control_guess=True, **ctx)
     want = [2.0 * p * s for p, s in zip(plain, torch.logspace(-1, 0, len(plain)).tolist())]
     assert np.allclose(seen[0], want, rtol=1e-5) and abs(want[0] / plain[0] - 0.2) < 1e-6
 
@@ -185,8 +193,7 @@ def test_guess_mode_grades_the_residuals_by_depth_and_gives_the_map_to_the_condi
     from condiff.pipelines.text2image import Text2ImagePipeline
     from condiff import components
 
-    pipe = with_control(Text2ImagePipeline.from_pretrained(tiny_model), components.load("controlnet", tiny_controlnet),
-                        guess=True)
+    pipe = with_control(Text2ImagePipeline.from_pretrained(tiny_model), components.load("controlnet", tiny_controlnet))
     branches = []
     pipe.denoiser.net.controlnet.register_forward_hook(lambda mod, a, out: branches.append(len(a[0])))
     scene = edge_map(render([[PlacedObject("circle", "red", 0.3, 0.6, 0.4)]], 16))

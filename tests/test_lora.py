@@ -273,3 +273,38 @@ def test_a_lora_config_without_a_base_or_with_no_matching_layer_fails_in_one_lin
         assert main(["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "r")]) != 0
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_peft_metadata_alpha_pattern_rslora_and_hostile_values(tmp_path):
+    A, B = torch.randn(4, 6), torch.randn(5, 4)
+    tensors = {"unet.2.lora_A.weight": A, "unet.2.lora_B.weight": B}
+
+    def entry(meta):
+        save_file(tensors, tmp_path / "m.safetensors", metadata={"lora_adapter_metadata": json.dumps(meta)})
+        return lora_format.read(tmp_path / "m.safetensors")[0]["unet"]["2"]
+
+    assert entry({"unet.lora_alpha": 8}).alpha == 8.0
+    assert entry({"unet.lora_alpha": 8, "unet.alpha_pattern": {"2": 2}}).alpha == 2.0
+    assert entry({"unet.lora_alpha": 8, "unet.use_rslora": True}).alpha == 16.0  # scale 8 / sqrt(4) = 16 / 4
+    for meta, message in [({"unet.alpha_pattern": [1]}, "not a table"), ({"unet.lora_alpha": "x"}, "not a number"),
+                          ({"unet.alpha_pattern": {"(a+)+$": float("nan")}}, None)]:
+        if message is None:  # a pattern key is matched as a name, never run as a regular expression
+            assert entry(meta).alpha is None
+            continue
+        with pytest.raises(ValueError, match=message):
+            entry(meta)
+    save_file({"unet.2.lora_A.weight": torch.zeros(0, 6), "unet.2.lora_B.weight": torch.zeros(5, 0)}, tmp_path / "z.safetensors")
+    with pytest.raises(ValueError, match="rank-r update"):
+        lora_format.read(tmp_path / "z.safetensors")
+
+
+def test_the_infotext_hash_is_a1111s_addnet_hash(tmp_path):
+    import hashlib
+
+    from condiff.fs import short_hash
+
+    save_file({"unet.2.lora_A.weight": torch.ones(2, 6)}, tmp_path / "a.safetensors", metadata={"x": "1"})
+    raw = (tmp_path / "a.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert short_hash(tmp_path / "a.safetensors", addnet=True) == hashlib.sha256(raw[8 + n:]).hexdigest()[:12]
+    assert short_hash(tmp_path / "a.safetensors") == hashlib.sha256(raw).hexdigest()[:12]

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-CONTROL_KINDS = ("edges",)
+from ..nets.controlnet import ControlKind
+
+CONTROL_KINDS = [k.value for k in ControlKind]
 
 
 def add_control_arguments(g: argparse.ArgumentParser) -> None:
@@ -18,39 +20,44 @@ def add_control_arguments(g: argparse.ArgumentParser) -> None:
                    help="guess mode: the map only in CFG's conditional branch, residuals graded 0.1-1 by depth")
 
 
-def check_control_args(args) -> None:
-    """Before any model loads: the map is an image, the scale a finite number."""
-    if not args.control:
-        return
-    from ..images import open_image
-
-    if not 0 <= args.control_scale <= 2:  # NaN fails too
-        raise ValueError(f"--control-scale: must be between 0 and 2, got {args.control_scale}")
-    try:
-        open_image(args.control, "--control")
-    except ValueError as e:
-        raise ValueError(f"--control: {e}") from None
-
-
-def control_from_args(args, pipe):
-    """The request's Control, with pipe put under the ControlNet; None without --control."""
+def check_control_args(args, model: Path) -> Path | None:
+    """Before any model loads: the scale, the map file, the ControlNet folder and its kind, and a condiff model.
+    Returns the ControlNet's folder (None without --control)."""
     if not args.control:
         return None
     from .. import components
     from ..catalogue import CONTROLNETS, model_folder
-    from ..pipelines.controlnet import checked_map, with_control
-    from ..pipelines.requests import Control
+    from ..config import read_json
+    from ..formats import detect
+    from ..images import open_image
+    from ..pipelines.controlnet import MAX_SCALE
 
+    if not 0 <= args.control_scale <= MAX_SCALE:  # NaN fails too
+        raise ValueError(f"--control-scale: must be between 0 and {MAX_SCALE:g}, got {args.control_scale}")
+    if detect(model) is not None:
+        raise ValueError("--control: ControlNets apply to condiff models so far, not to Stable Diffusion")
+    open_image(args.control, "--control")
     folder = Path(model_folder(args.control_model)) if args.control_model else CONTROLNETS[args.control_kind]
     if not (folder / "config.json").is_file():
         raise ValueError(f"--control-model: no ControlNet at '{folder}' (train one with configs/controlnet_edges64.json)")
     if components.guess_type(folder) is not components.ComponentType.CONTROLNET:
         raise ValueError(f"--control-model: '{folder}' holds a {components.guess_type(folder).value}, not a ControlNet")
+    kind = read_json(folder / "config.json").get("kind")
+    if kind != args.control_kind:
+        raise ValueError(f"--control-model: '{folder}' reads {kind} maps, not {args.control_kind}")
+    return folder
+
+
+def control_from_args(args, pipe, folder: Path | None):
+    """The request's Control, with pipe put under the ControlNet in folder; None without --control."""
+    if folder is None:
+        return None
+    from .. import components
+    from ..pipelines.controlnet import checked_map, with_control
+    from ..pipelines.requests import Control
+
     control_map = checked_map(args.control, args.control_kind, pipe, args.control_scale)
-    net = components.load("controlnet", folder)
-    if net.cfg.kind.value != args.control_kind:
-        raise ValueError(f"--control-model: '{folder}' reads {net.cfg.kind.value} maps, not {args.control_kind}")
-    with_control(pipe, net, args.control_scale, args.control_guess)
+    with_control(pipe, components.load("controlnet", folder))
     return Control(control_map, args.control_kind, args.control_scale, folder.name, args.control_guess)
 
 

@@ -81,7 +81,7 @@ def generate(args) -> None:
     layout = layout_from_args(args, prompts)
     checked_paths(args.out, len(prompts))
     sd_size = sd_size_from_args(args, model)  # before loading: a Stable Diffusion model's side in pixels
-    check_control_args(args)
+    control_folder = check_control_args(args, model)
     loras, embs = adapters_from_args(args)  # an unreadable or foreign file fails here, before the model loads
     pipe = Text2ImagePipeline.from_pretrained(model, args.prediction)
     apply_adapters(pipe, loras, embs)
@@ -93,7 +93,7 @@ def generate(args) -> None:
     else:
         upscale = upscale_from_args(args, pipe.resolution, prompts)  # --size: upsamplers after the base
     x_T = read_noise(args.from_noise, len(prompts), pipe.sample_shape) if args.from_noise else None
-    control = control_from_args(args, pipe)
+    control = control_from_args(args, pipe, control_folder)
     guide, noise = guidance_from_args(args, prompts)
     req = Txt2ImgRequest(prompts, seeds_from_args(args.seed, len(prompts)), opts, guide, None, noise, layout,
                          args.boxes_in_uncond, x_T, upscale, args.batch_size, control)

@@ -33,6 +33,10 @@ class EmbeddingSpec:
         p = Path(self.path)
         return p.name if p.is_dir() else p.stem
 
+    @property
+    def file(self) -> Path:
+        return Path(self.path) / WEIGHT_NAME if Path(self.path).is_dir() else Path(self.path)
+
 
 def embedding_file(path: str | Path) -> Path:
     path = Path(path)

@@ -63,13 +63,28 @@ def lora_file(path: str | Path) -> Path:
     return path
 
 
-def _alpha(meta: dict, comp: str, layer: str) -> float | None:
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value == value or abs(value) == float("inf"):
+        raise ConfigError(f"--lora: {what} in its metadata is {str(value)[:40]!r}, not a number")
+    return float(value)
+
+
+def _alpha(meta: dict, comp: str, layer: str, rank: int) -> float | None:
+    """The layer's alpha from PEFT's metadata (alpha_pattern by layer name, else lora_alpha); with use_rslora the
+    update is scaled by alpha / sqrt(r), which is returned as the alpha that divided by r gives that scale."""
     pattern = meta.get(f"{comp}.alpha_pattern") or {}
-    for key, value in pattern.items():
-        if layer == key or layer.endswith("." + key) or re.fullmatch(key, layer):
-            return float(value)
-    value = meta.get(f"{comp}.lora_alpha")
-    return None if value is None else float(value)
+    if not isinstance(pattern, dict):
+        raise ConfigError(f"--lora: {comp}.alpha_pattern in its metadata is not a table")
+    alpha = None
+    for key, value in pattern.items():  # PEFT's keys are layer names or suffixes (never run as regular expressions)
+        if layer == key or layer.endswith("." + str(key)):
+            alpha = _number(value, f"{comp}.alpha_pattern[{str(key)[:40]}]")
+            break
+    if alpha is None and meta.get(f"{comp}.lora_alpha") is not None:
+        alpha = _number(meta[f"{comp}.lora_alpha"], f"{comp}.lora_alpha")
+    if meta.get(f"{comp}.use_rslora") is True:  # rank-stabilised LoRA: alpha / sqrt(r)
+        alpha = (rank if alpha is None else alpha) * rank ** 0.5
+    return alpha
 
 
 def read(path: str | Path) -> tuple[dict[str, dict[str, Entry]], bool]:
@@ -113,12 +128,15 @@ def read(path: str | Path) -> tuple[dict[str, dict[str, Entry]], bool]:
                 raise ConfigError(f"--lora: '{path}': {comp}.{layer} has only {', '.join(sorted(got))} of A (down) and "
                                   f"B (up)")
             A, B = got["A"].float(), got["B"].float()
-            if A.ndim < 2 or B.ndim != A.ndim or B.shape[1] != A.shape[0] or any(s != 1 for s in B.shape[2:]):
+            if A.ndim < 2 or A.shape[0] < 1 or B.ndim != A.ndim or B.shape[1] != A.shape[0] or any(s != 1 for s in B.shape[2:]):
                 raise ConfigError(f"--lora: '{path}': {comp}.{layer}: A {tuple(A.shape)} and B {tuple(B.shape)} do "
                                   f"not make a rank-r update")
             if not (A.isfinite().all() and B.isfinite().all()):
                 raise ConfigError(f"--lora: '{path}': {comp}.{layer} holds NaN or infinite values")
-            alpha = float(got["alpha"]) if "alpha" in got else _alpha(meta, comp, layer)
+            if "alpha" in got and got["alpha"].numel() != 1:
+                raise ConfigError(f"--lora: '{path}': {comp}.{layer}.alpha is not one number")
+            alpha = _number(float(got["alpha"]), f"{comp}.{layer}.alpha") if "alpha" in got else \
+                _alpha(meta, comp, layer, A.shape[0])
             out.setdefault(comp, {})[layer] = Entry(A, B, alpha)
     return out, kohya
 
@@ -178,6 +196,10 @@ class LoRASpec:
     def name(self) -> str:
         p = Path(self.path)
         return p.name if p.is_dir() else p.stem
+
+    @property
+    def file(self) -> Path:
+        return Path(self.path) / WEIGHT_NAME if Path(self.path).is_dir() else Path(self.path)
 
 
 def root(part: nn.Module) -> nn.Module:

@@ -91,29 +91,29 @@ class ControlNet(nn.Module):
 
 
 class ControlledUNet(nn.Module):
-    """The frozen UNet under a ControlNet: net(x_t, t, control_map=, **cond), the residuals scaled by `scale`
-    (0: the UNet alone). Without a control_map it is the UNet. It keeps the UNet's cfg (the pipeline reads it).
+    """The frozen UNet under a ControlNet: net(x_t, t, control_map=, control_scale=, control_guess=, **cond). Without
+    a control_map (or at scale 0) it is the UNet exactly. It keeps the UNet's cfg (the pipeline reads it).
 
-    guess: the paper's guess mode, whose residuals grow geometrically with depth, from 0.1 x scale at the first skip
-    to scale at the middle (the pipeline then gives the map to CFG's conditional branch only)."""
+    control_scale multiplies the residuals; control_guess is the paper's guess mode, whose residuals grow
+    geometrically with depth, from 0.1 x scale at the first skip to scale at the middle (the pipeline then gives the
+    map to CFG's conditional branch only: control_on (B,) bool marks the rows it applies to)."""
 
-    def __init__(self, unet: nn.Module, controlnet: ControlNet, scale: float = 1.0, guess: bool = False):
+    def __init__(self, unet: nn.Module, controlnet: ControlNet):
         super().__init__()
-        self.unet, self.controlnet, self.scale, self.guess = unet, controlnet, scale, guess
+        self.unet, self.controlnet = unet, controlnet
         self.cfg = unet.cfg
 
-    def forward(self, x, t, control_map: torch.Tensor | None = None, control_on: torch.Tensor | None = None, **cond):
-        """control_on (B,) bool: the rows the map applies to (guess mode: CFG's conditional half); the ControlNet
-        runs on those rows only, the others get no residuals (the UNet alone, exactly)."""
-        if control_map is None or self.scale == 0 or (control_on is not None and not control_on.any()):
+    def forward(self, x, t, control_map: torch.Tensor | None = None, control_on: torch.Tensor | None = None,
+                control_scale: float = 1.0, control_guess: bool = False, **cond):
+        if control_map is None or control_scale == 0 or (control_on is not None and not control_on.any()):
             return self.unet(x, t, **cond)
         rows = None if control_on is None or control_on.all() else control_on.nonzero()[:, 0]
         pick = (lambda v: v[rows] if isinstance(v, torch.Tensor) and len(v) == len(x) else v) if rows is not None \
             else (lambda v: v)
         residuals = self.controlnet(pick(x), pick(t), pick(control_map), **{k: pick(v) for k, v in cond.items()})
-        scales = (torch.logspace(-1, 0, len(residuals)).tolist() if self.guess else [1.0] * len(residuals))
-        residuals = [r * (self.scale * s) for r, s in zip(residuals, scales)]
-        if rows is not None:
+        scales = torch.logspace(-1, 0, len(residuals)).tolist() if control_guess else [1.0] * len(residuals)
+        residuals = [r * (control_scale * s) for r, s in zip(residuals, scales)]
+        if rows is not None:  # the ControlNet ran on the marked rows only; the others get no residuals
             residuals = [r.new_zeros(len(x), *r.shape[1:]).index_copy(0, rows, r) for r in residuals]
         return self.unet(x, t, control=residuals, **cond)
 

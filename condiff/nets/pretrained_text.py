@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 import importlib.util
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ class WordPieceTokenizer:
 
     def add_tokens(self, token: str, n: int) -> list[int]:
         """A new token standing for n vectors (`token`, `token_1`, ...); their ids, after every existing one."""
-        from tokenizers import AddedToken
+        from tokenizers import AddedToken  # where Tokenizer is: the tokenizers import stays out of module load
 
         names = [token] + [f"{token}_{i}" for i in range(1, n)]
         if any(self.tok.token_to_id(t) is not None for t in names):
@@ -143,11 +144,14 @@ class Bert(nn.Module):
         V = e.word_embeddings.num_embeddings
         words = e.word_embeddings(ids.clamp(max=V - 1))
         if added is not None:
-            words = torch.where((ids >= V)[..., None], added.to(words.dtype)[(ids - V).clamp(min=0)], words)
+            words = torch.where((ids >= V)[..., None], added.to(words)[(ids - V).clamp(min=0)], words)
         h = e.LayerNorm(words + e.position_embeddings(pos)[None] + e.token_type_embeddings.weight[0])
         for layer in self.encoder.layer:
             h = layer(h, keep)
         return h
+
+
+_INIT_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -156,14 +160,15 @@ def skipped_init():
     device runs torch's Python reference kernels, whose first use imports torch._dynamo: 1.5-1.8 s of a cold
     `condiff generate` on 2 CPU cores, for random numbers that are thrown away."""
     names = ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_")
-    saved = {n: getattr(nn.init, n) for n in names}
-    try:
-        for n in names:
-            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(nn.init, n, f)
+    with _INIT_LOCK:  # torch.nn.init is the process's: no other thread builds layers meanwhile through this
+        saved = {n: getattr(nn.init, n) for n in names}
+        try:
+            for n in names:
+                setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+            yield
+        finally:
+            for n, f in saved.items():
+                setattr(nn.init, n, f)
 
 
 def build_bert(folder: Path) -> Bert:
@@ -205,14 +210,19 @@ class PretrainedTextEncoder(nn.Module):
     def add_concepts(self, concepts: dict[str, torch.Tensor]) -> None:
         """Textual inversion (Gal et al. 2022): each new token's input embedding(s), {token: (n, D)}; a prompt that
         says the token reads them. ValueError for a width that is not the encoder's or a token it knows."""
-        rows = [self.added[0]] if self.added else []
-        vocab = self.bert.embeddings.word_embeddings.num_embeddings
-        for token, vectors in concepts.items():
+        for token, vectors in concepts.items():  # everything checked before the tokenizer changes
             if vectors.ndim != 2 or vectors.shape[1] != self.bert.hidden_size:
                 raise ValueError(f"embedding '{token}': {tuple(vectors.shape)} vectors, this text encoder's are "
                                  f"{self.bert.hidden_size} wide")
+            if token in self.tokenizer.expand or self.tokenizer.tok.token_to_id(token) is not None:
+                raise ValueError(f"the token '{token}' is already in the text encoder's vocabulary")
+        rows = [self.added[0]] if self.added else []
+        first = self.bert.embeddings.word_embeddings.num_embeddings
+        for token, vectors in concepts.items():
             ids = self.tokenizer.add_tokens(token, len(vectors))
-            assert ids == list(range(vocab + sum(len(r) for r in rows), vocab + sum(len(r) for r in rows) + len(ids)))
+            start = first + sum(len(r) for r in rows)
+            if ids != list(range(start, start + len(ids))):  # the rows below must line up with the ids
+                raise ValueError(f"the tokenizer gave '{token}' ids {ids}, not the next ones after {start - 1}")
             rows.append(vectors.detach().float())
         self.added = [torch.cat(rows)] if rows else []
 

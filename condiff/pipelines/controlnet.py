@@ -22,15 +22,13 @@ def control_maps(images: torch.Tensor, kind: ControlKind) -> torch.Tensor:
     raise ValueError(f"unknown control kind '{kind}'")
 
 
-def read_control_map(path: str | Path | bytes, kind: ControlKind, side: int) -> torch.Tensor:
-    """A control map file (a PNG as `condiff control` writes it) -> (1, k, side, side) in [0, 1]; ValueError in one
-    line when it is not an image or not side x side pixels."""
-    try:
-        img = open_image(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--control: '{path}' is not an image ({str(e)[:100]})") from None
+def read_control_map(path: str | Path | bytes, kind: ControlKind, side: int, what: str = "--control") -> torch.Tensor:
+    """A control map file or its bytes (a PNG as `condiff control` writes it) -> (1, k, side, side) in [0, 1];
+    ValueError in one line, naming `what`, when it is not an image or not side x side pixels."""
+    name = "the image" if isinstance(path, bytes) else f"'{path}'"
+    img = open_image(path, what)  # its errors name `what` in one line (never the bytes)
     if img.size != (side, side):
-        raise ValueError(f"--control: '{path}' is {img.size[0]}x{img.size[1]} pixels; this model's control maps are "
+        raise ValueError(f"{what}: {name} is {img.size[0]}x{img.size[1]} pixels; this model's control maps are "
                          f"{side}x{side} (make one with `condiff control {ControlKind(kind).value} IN --out MAP`)")
     x = (image_tensor(img) + 1) / 2  # (1, 3, side, side) in [0, 1]
     return x[:, :1] if MAP_CHANNELS[ControlKind(kind)] == 1 else x
@@ -43,25 +41,21 @@ def checked_map(source: str | Path | bytes, kind: ControlKind, pipe: Text2ImageP
                 what: str = "--control") -> torch.Tensor:
     """The control map for pipe, everything checked first: a finite scale in [0, MAX_SCALE], a condiff model (not a
     Stable Diffusion one), an image file of the model's side. ValueError in one line naming `what`."""
-    if not 0 <= float(scale) <= MAX_SCALE:
-        raise ValueError(f"{what}_scale: must be between 0 and {MAX_SCALE}, got {scale}".replace("--control_scale",
-                                                                                             "--control-scale"))
+    if not 0 <= float(scale) <= MAX_SCALE:  # NaN fails too
+        raise ValueError(f"{what}{'-' if what.startswith('--') else '_'}scale: must be between 0 and {MAX_SCALE}, "
+                         f"got {scale}")
     if getattr(pipe, "variable_size", False):
         raise ValueError(f"{what}: ControlNets apply to condiff models so far, not to Stable Diffusion")
-    try:
-        return read_control_map(source, kind, pipe.resolution)
-    except (ValueError, OSError) as e:
-        raise ValueError(str(e).replace("--control: ", f"{what}: ").replace("'b'", "the image")[:300]) from None
+    return read_control_map(source, kind, pipe.resolution, what)
 
 
-def with_control(pipe: Text2ImagePipeline, controlnet: ControlNet, scale: float = 1.0,
-                 guess: bool = False) -> Text2ImagePipeline:
-    """pipe, its denoiser reading control_map= through the ControlNet (scale multiplies the residuals; guess: guess
-    mode's depth-graded scales, for a map given to CFG's conditional branch only)."""
+def with_control(pipe: Text2ImagePipeline, controlnet: ControlNet) -> Text2ImagePipeline:
+    """pipe, its denoiser reading control_map= (control_scale=, control_guess=) through the ControlNet; without a
+    map it draws as before. ValueError in one line for a ControlNet made for another model."""
     norm = lambda cfg: {k: tuple(v) if isinstance(v, list) else v for k, v in vars(cfg).items()}
     if controlnet.cfg.map_resolution != pipe.resolution or norm(controlnet.cfg.unet) != norm(pipe.unet.cfg):
         raise ValueError("--control-model: this ControlNet was made for another model (its UNet's architecture or "
                          f"side differs: {controlnet.cfg.map_resolution} px)")
     controlnet.to(pipe.device)
-    pipe.denoiser.net = ControlledUNet(pipe.unet, controlnet, scale, guess)
+    pipe.denoiser.net = ControlledUNet(pipe.unet, controlnet)
     return pipe

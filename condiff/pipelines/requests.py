@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion.sampling import SAMPLER_INFO, Resample, SamplingOptions
 from ..diffusion.thresholding import Threshold
-from ..fs import model_hash
+from ..fs import model_hash, short_hash
 from ..png import format_parameters
 from ..world.render import to_uint8
 from .editing import img2img, inpaint, leakage
@@ -44,8 +44,8 @@ class ModelTag:
         """A single file by its stem (as A1111 names checkpoints), a folder by its name; the hash of its weights.
         loras, embeddings: the LoRASpecs and EmbeddingSpecs applied (formats/), named and hashed likewise."""
         path = Path(path)
-        tags = tuple((s.name, s.weight, model_hash(Path(s.path))) for s in loras)
-        embs = tuple((s.name, model_hash(Path(s.path))) for s in embeddings)
+        tags = tuple((s.name, s.weight, short_hash(s.file, addnet=True)) for s in loras)
+        embs = tuple((s.name, short_hash(s.file)) for s in embeddings)
         return cls(path.stem if path.is_file() else path.name, model_hash(path), tags, embs)
 
     def parameters(self) -> dict:
@@ -95,7 +95,7 @@ class Control:
     kind: str
     scale: float
     model: str  # the ControlNet's name, for the infotext
-    guess: bool = False  # guess mode: the map in CFG's conditional branch only (the pipeline's ControlledUNet knows)
+    guess: bool = False  # guess mode: the map in CFG's conditional branch only, residuals graded by depth
 
     def parameters(self) -> dict:
         return ({"ControlNet": self.kind, "Control scale": self.scale, "Control model": self.model}
@@ -208,8 +208,9 @@ def txt2img(pipe: Text2ImagePipeline, req: Txt2ImgRequest, model: ModelTag, prog
         g = {} if boxes is None else {"boxes": boxes, "boxes_in_uncond": req.boxes_in_uncond}
         if batch.x_T is not None:
             g["x"] = batch.x_T.to(pipe.device)
-        if req.control is not None:
-            m = {"control_map": req.control.map.expand(len(seeds), -1, -1, -1).to(pipe.device)}
+        if req.control is not None:  # the pipeline is under with_control: its denoiser reads these
+            m = {"control_map": req.control.map.expand(len(seeds), -1, -1, -1).to(pipe.device),
+                 "control_scale": req.control.scale, "control_guess": req.control.guess}
             if req.control.guess:  # the map drives CFG's conditional branch only
                 on = torch.ones(len(seeds), dtype=torch.bool, device=pipe.device)
                 g |= {"cond_only": m | {"control_on": on}, "uncond_only": m | {"control_on": ~on}}

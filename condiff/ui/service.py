@@ -89,6 +89,8 @@ class GenerationService:
         textual_inversion.apply(self.pipe.parts, list(embeddings))  # `serve --embedding FILE`
         self.model_tag = requests.ModelTag.of(self.model_path, loras, embeddings)  # hashed once, at start
         self._controlnet = None  # the shipped edges ControlNet, loaded on the first request with a control map
+        self._controlnet_lock = threading.Lock()
+        self.adapters = (list(loras), list(embeddings))  # applied to the inpainting model too, when it loads
         self.limits = limits or ServeLimits()
         self.lock = threading.Lock()
         self.stopping = threading.Event()  # set on shutdown: running work ends at its next step
@@ -200,6 +202,7 @@ class GenerationService:
         if req.control is not None:
             try:
                 checked_map(req.control, ControlKind.EDGES, self.pipe, req.control_scale, "control")
+                self.controlnet()
             except ValueError as e:
                 raise RequestError(str(e)) from None
         stages = [(opts.steps, self.pipe.resolution)]
@@ -231,15 +234,25 @@ class GenerationService:
             return [self._png(g) for batch in requests.txt2img(self.pipe, request, self.model_tag,
                                                                callback=callback) for g in batch]
 
+    def controlnet(self):
+        """The shipped edges ControlNet, loaded and put under the pipeline on first use (requests without a map still
+        draw as the base model); ValueError when there is none for this model."""
+        if self._controlnet is None:
+            folder = CONTROLNETS["edges"]
+            if not (folder / "config.json").is_file():
+                raise ValueError("control: this server has no ControlNet (no shipped control_edges64)")
+            with self._controlnet_lock:
+                if self._controlnet is None:
+                    net = components.load("controlnet", folder)
+                    with_control(self.pipe, net)  # ValueError for a ControlNet of another model: nothing is changed
+                    self._controlnet = net
+        return self._controlnet
+
     def control_for(self, req: Txt2ImgRequest) -> requests.Control | None:
-        """The request's control map (validated), the ControlNet loaded on first use and set to its scale; call in
-        turn(): the scale is the pipeline's, one request at a time. Requests without a map draw as the base model."""
+        """The request's control map and settings (validated); the scale and mode travel with the map."""
         if req.control is None:
             return None
-        if self._controlnet is None:
-            self._controlnet = components.load("controlnet", CONTROLNETS["edges"])
-            with_control(self.pipe, self._controlnet)
-        self.pipe.denoiser.net.scale, self.pipe.denoiser.net.guess = float(req.control_scale), bool(req.control_guess)
+        self.controlnet()
         m = checked_map(req.control, ControlKind.EDGES, self.pipe, req.control_scale, "control")
         return requests.Control(m, "edges", float(req.control_scale), CONTROLNETS["edges"].name, bool(req.control_guess))
 
@@ -261,6 +274,18 @@ class GenerationService:
         except ValueError as e:
             raise RequestError(str(e)) from None
         return boxes
+
+    def inpainter(self):
+        """The pipeline that inpaints for this model (the default's own inpainting model), with the server's LoRAs
+        and embeddings applied as to the main model."""
+        pipe = inpainting_pipeline(self.pipe, self.model_path)
+        if pipe is not self.pipe:
+            try:
+                lora.apply(pipe.parts, self.adapters[0])
+                textual_inversion.apply(pipe.parts, self.adapters[1])
+            except ValueError as e:  # ConfigError: a LoRA made for the main model's layers
+                raise RequestError(f"inpaint: the server's adapters do not fit its inpainting model ({e})"[:300]) from None
+        return pipe
 
     def _edit_inputs(self, req: EditRequest, inpaint: bool):
         """(options, seed, image tensor, mask tensor or None), or RequestError naming the bad field."""
@@ -288,7 +313,7 @@ class GenerationService:
         check = self.step_check(cancel)
         with self.turn():
             if inpaint:
-                pipe = self._inpainter = getattr(self, "_inpainter", None) or inpainting_pipeline(self.pipe, self.model_path)
+                pipe = self._inpainter = getattr(self, "_inpainter", None) or self.inpainter()
                 run = requests.edit_inpaint(pipe, requests.InpaintRequest(req.prompt, x, mask, [seed], opts),
                                             self.model_tag, callback=check)
             else:
