@@ -205,7 +205,7 @@ def test_the_same_lora_in_kohya_layout_draws_the_same_image(sd_lora, tmp_path):
     assert np.abs(ours - peft_layout).max() <= 1
 
 
-def test_bad_lora_files_fail_in_one_line_before_the_model_loads(sd_lora, tmp_path, capsys):
+def test_bad_lora_files_fail_in_one_line_and_nothing_is_drawn(sd_lora, tmp_path, capsys):
     folder, lora_file = sd_lora
     (tmp_path / "x.bin").write_bytes(b"\x80\x04not read")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)

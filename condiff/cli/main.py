@@ -9,8 +9,9 @@ from pathlib import Path
 from .control import add_control_arguments
 from .generate import generate
 from .args import (GUIDANCE_FORM_NAMES, GUIDANCE_METHOD_NAMES, GUIDE_NAMES, SAMPLER_NAMES,  # noqa: F401
-                       SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, adapters_from_args, add_embedding_argument, add_image_bound, add_lora_argument, add_run_arguments, add_threads_argument,
-                       add_sampling_arguments, check_image_count, positive_int)
+                   SCHEDULE_NAMES, THRESHOLD_NAMES, VARIANCE_NAMES, adapters_from_args, add_embedding_argument,
+                   add_image_bound, add_lora_argument, add_run_arguments, add_sampling_arguments, add_threads_argument,
+                   check_image_count, positive_int)
 
 
 def _train(args) -> None:
