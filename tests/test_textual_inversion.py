@@ -126,3 +126,42 @@ def test_condiff_train_learns_only_the_tokens_vectors(tiny_pretrained_model, tmp
     assert main(["generate", "a red <sks>", "--model", str(tiny_pretrained_model), "--steps", "3", "--embedding",
                  str(tmp_path / "run" / "model"), "--embedding", str(tmp_path / "run" / "model"), "--out", str(out)]) == 2
     assert "already" in capsys.readouterr().err
+
+
+def _subject_folder(folder, caption: str):
+    from condiff.world.render import PlacedObject, render, to_uint8
+
+    folder.mkdir()
+    rows = []
+    for k, (cx, cy) in enumerate([(0.3, 0.3), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7)]):
+        Image.fromarray(to_uint8(render([[PlacedObject("square", "cyan", cx, cy, 0.4)]], 16))[0].numpy()).save(
+            folder / f"{k}.png")
+        rows.append(json.dumps({"file_name": f"{k}.png", "text": caption}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_dreambooth_draws_its_class_images_once_and_the_prior_term_changes_what_trains(tiny_pretrained_model, tmp_path):
+    """DreamBooth with a LoRA: the class images are the starting model's own drawings of the class prompt (seeds 0..),
+    made once; prior_weight 0 and 1 train different adapters from the same subject and seed."""
+    data = _subject_folder(tmp_path / "subject", "a teal box")
+    cfg = json.loads((tiny_pretrained_model.parent / "config.json").read_text())
+    cfg |= {"init": {"from_model": str(tiny_pretrained_model)}, "lora": {"rank": 2, "targets": ["qkv", "proj"]},
+            "prior_preservation": {"class_prompt": "a box", "class_images": 3, "class_folder": str(tmp_path / "class")}}
+    cfg["optim"] |= {"steps": 2, "lr": 0.05}
+    adapters = []
+    for weight in (1.0, 0.0):
+        cfg["prior_preservation"]["prior_weight"] = weight
+        (tmp_path / "db.json").write_text(json.dumps(cfg))
+        run = tmp_path / f"run{weight}"
+        assert main(["train", "--config", str(tmp_path / "db.json"), "--data", str(data), "--out", str(run)]) == 0
+        adapters.append(load_file(run / "model" / "pytorch_lora_weights.safetensors"))
+    rows = [json.loads(r) for r in (tmp_path / "class" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["a box"] * 3 and len(list((tmp_path / "class").glob("*.png"))) == 3
+    from condiff.pipelines.text2image import Text2ImagePipeline
+    from condiff.world.render import to_uint8
+
+    pipe = Text2ImagePipeline.from_pretrained(tiny_pretrained_model)
+    first = to_uint8(pipe(["a box"], [0], pipe.defaults))[0].numpy()
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "class" / "00000.png")), first)  # the model's own, seed 0
+    assert any(not torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])

@@ -110,6 +110,22 @@ class TextualInversionConfig:
 
 
 @dataclass
+class PriorPreservationConfig:
+    """DreamBooth's prior preservation (Ruiz et al. 2023): images the starting model itself draws for the class
+    prompt, trained on beside the subject's, with weight prior_weight, so that the class keeps its look."""
+    class_prompt: str = "a shape"
+    class_images: int = 100  # drawn once (seeds 0 ..) into class_folder when it holds fewer
+    prior_weight: float = 1.0
+    class_folder: str | None = None  # default: the run's class_images/
+
+    def __post_init__(self):
+        if not isinstance(self.class_images, int) or isinstance(self.class_images, bool) or not 1 <= self.class_images <= 100_000:
+            raise ValueError(f"prior_preservation.class_images must be 1 to 100,000, got {self.class_images!r}")
+        if not (isinstance(self.prior_weight, (int, float)) and 0 <= self.prior_weight <= 100):
+            raise ValueError(f"prior_preservation.prior_weight must be between 0 and 100, got {self.prior_weight!r}")
+
+
+@dataclass
 class TrainConfig(RunSettings):
     """A text-to-image diffusion model (text encoder + UNet): configs/base32.json."""
     model: str = "text2image"
@@ -128,5 +144,6 @@ class TrainConfig(RunSettings):
     init: InitConfig = field(default_factory=InitConfig)
     lora: LoRAConfig | None = None  # train only a LoRA adapter on the UNet of init.from_model (exported as a file)
     textual_inversion: TextualInversionConfig | None = None  # train only a new token's embedding (exported as a file)
+    prior_preservation: PriorPreservationConfig | None = None  # DreamBooth: also train on the model's own class images
     sample_every: int = 2000  # (RunSettings' fields, with this kind's defaults)
     checkpoint_every: int = 1000

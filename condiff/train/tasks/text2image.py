@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 
 from ... import components
 from ...config import ConfigError, load_json
+from ...data.imagefolder import ImageFolder, read_metadata
+from ...data.real import write as write_images
 from ...data.masks import inpaint_inputs, training_masks
 from ...diffusion.loss import (
     diffusion_loss,
@@ -33,7 +37,9 @@ from ...nets.pretrained_text import (
 )
 from ...nets.text import TextEncoder
 from ...nets.unet import UNet
+from ...pipelines import requests
 from ...pipelines.text2image import Text2ImagePipeline
+from ..distributed import barrier
 from ..config import LossWeighting, TrainConfig
 from ..task import TaskDefaults
 
@@ -92,6 +98,8 @@ class Text2ImageTask(TaskDefaults):
                 raise ConfigError(f"{'lora' if cfg.lora is not None else 'textual_inversion'}: set init.from_model "
                                   "to the model it adds to")
             model.requires_grad_(False)
+        if cfg.prior_preservation is not None and not cfg.init.from_model:
+            raise ConfigError("prior_preservation: set init.from_model (the model that draws the class images)")
         if cfg.textual_inversion is not None:
             if cfg.pretrained_text is None:
                 raise ConfigError("textual_inversion: needs a frozen pretrained text encoder (pretrained_text)")
@@ -123,6 +131,8 @@ class Text2ImageTask(TaskDefaults):
             run.state["latents"] = LatentCache(run.state["autoencoder"].encode)
         if cfg.unclip is not None:
             run.state["clip"] = load_clip(cfg.unclip.clip).to(run.device).eval().requires_grad_(False)
+        if cfg.prior_preservation is not None:
+            run.state["class_data"] = class_images(run)
 
     def text_encoder(self, run, ema: bool = False):
         """What encodes captions: the (EMA) learned encoder, the frozen one behind its cache, or the frozen one
@@ -146,6 +156,18 @@ class Text2ImageTask(TaskDefaults):
         return grounding_inputs(lambda p: self.text_encoder(run).encode(p, device), kept, g.max_boxes, device)
 
     def loss(self, run, images: torch.Tensor, captions: list[str], box_lists: list | None = None) -> torch.Tensor:
+        """The diffusion loss of the batch; under prior preservation, plus prior_weight times that of as many of the
+        model's own class images (DreamBooth's L_instance + lambda L_prior)."""
+        loss = self.batch_loss(run, images, captions, box_lists)
+        if "class_data" in run.state:
+            data, pp = run.state["class_data"], run.cfg.prior_preservation
+            raw = data.raw(run.cfg.seed + 1, run.step, len(captions))
+            class_images_, class_captions = data.materialize(raw, images.device)
+            boxes = data.boxes(raw) if box_lists is not None else None
+            loss = loss + pp.prior_weight * self.batch_loss(run, class_images_, class_captions, boxes)
+        return loss
+
+    def batch_loss(self, run, images: torch.Tensor, captions: list[str], box_lists: list | None = None) -> torch.Tensor:
         cfg, schedule, generator, model = run.cfg, run.state["schedule"], run.generator, run.model
         B, device = len(captions), images.device
         p_caption = cfg.unclip.p_drop_caption if cfg.unclip is not None else cfg.optim.p_uncond
@@ -226,6 +248,25 @@ class LatentCache:
                     self.latents[key], self.bytes = z, self.bytes + z.nbytes
             out.append(z)
         return torch.stack(out)
+
+
+def class_images(run):
+    """DreamBooth's class images: the folder of prior_preservation, filled up to class_images by the starting model
+    (init.from_model) drawing class_prompt from seeds 0, 1, ... (with the boxes its layout stage drew them from), and
+    read as an image folder."""
+    cfg, pp = run.cfg, run.cfg.prior_preservation
+    folder = Path(pp.class_folder) if pp.class_folder else run.folder / "class_images"
+    have = len(read_metadata(folder)) if (folder / "metadata.jsonl").is_file() else 0
+    if have < pp.class_images and run.world.main:
+        pipe = Text2ImagePipeline.from_pretrained(cfg.init.from_model).to(run.device)
+        req = requests.Txt2ImgRequest([pp.class_prompt] * pp.class_images, list(range(pp.class_images)), pipe.defaults,
+                                      batch_size=16)
+        samples = ((f"{g.seed:05d}.png", Image.fromarray(g.pixels), g.prompt, *([g.layout] if g.layout else []))
+                   for batch in requests.txt2img(pipe, req, requests.ModelTag("class"), progress=True) for g in batch)
+        shutil.rmtree(folder, ignore_errors=True)
+        write_images(samples, folder, f"Drawn by {shipped_name(cfg.init.from_model)} for '{pp.class_prompt}'.\n", False)
+    barrier(run.world)
+    return ImageFolder(str(folder), cfg.data.resolution)
 
 
 def autoencoder_config(cfg: TrainConfig):
