@@ -43,3 +43,17 @@ def test_eval_real_digits_on_the_shipped_model(tmp_path, capsys):
     start = time.monotonic()
     assert main(["eval", "real", "emoji", "--names", "red aple"]) == 2 and time.monotonic() - start < 5
     assert "'red aple' is not the name of a Twemoji" in capsys.readouterr().err
+
+
+def test_the_digit_feature_space_tells_real_digits_from_noise():
+    from condiff.eval.fd import feature_stats, frechet_distance
+    from condiff.eval.real import digit_features
+
+    features, accuracy, real_rows, labels = digit_features()
+    assert accuracy >= 0.9 and len(real_rows) == 500
+    X, _ = mnist_arrays()
+    other = features(X[::10])  # 500 real digits of every class (some the MLP trained on), against the held-out 500
+    noise = features(np.random.default_rng(0).random((500, 784)).astype(np.float32))
+    fd = lambda a, b: frechet_distance(*feature_stats(a), *feature_stats(b))
+    held = features(real_rows)
+    assert fd(held, other) * 10 < fd(held, noise)
