@@ -59,13 +59,14 @@ def main() -> None:
     args = ap.parse_args()
     base = Text2ImagePipeline.from_pretrained(model_folder(args.model))
     controlled = with_control(Text2ImagePipeline.from_pretrained(model_folder(args.model)),
-                              components.load("controlnet", args.control_model), args.scale)
+                              components.load("controlnet", args.control_model))
     opts = base.defaults
     rows, grid, t0 = [], [], time.time()
     for i, (caption, objs) in enumerate(scenes(args.n)):
         scene = render([objs], base.resolution)
         m = edge_map(scene)
-        with_map = to_uint8(controlled([caption], [i], opts, control_map=m, boxes=[[]]))[0].numpy()
+        with_map = to_uint8(controlled([caption], [i], opts, control_map=m, control_scale=args.scale,
+                                       boxes=[[]]))[0].numpy()
         without = to_uint8(base([caption], [i], opts))[0].numpy()
         c_right, c_placed = placed(with_map, caption, objs)
         b_right, b_placed = placed(without, caption, objs)
