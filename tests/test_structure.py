@@ -288,6 +288,8 @@ LAZY = {
     ("condiff.eval.autoencoder", "condiff.eval.fd"): "scipy",
     ("condiff.eval.autoencoder", "condiff.world.oracle"): "scipy",
     ("condiff.eval.grid", "condiff.world.oracle"): "scipy",
+    ("condiff.eval.real", "condiff.eval.fd"): "scipy, only for the digits judge's fidelity",
+    ("condiff.eval.real", "condiff.eval.metrics"): "the digits judge's fidelity only",
     ("condiff.train.tasks.autoencoder", "condiff.world.oracle"): "scipy",
     ("condiff.ui.api", "condiff.ui.variations"): "the endpoint named variations would shadow it",
     ("condiff.ui.app", "condiff.ui.api"): "fastapi, only when the API is mounted",

@@ -349,14 +349,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _threads(requested) -> None:
-    """Set torch's threads (condiff/threads.py); say so when other processes share the cores."""
+    """Set torch's threads (condiff/threads.py) before any work: the flag, CONDIFF_THREADS, OMP_NUM_THREADS, else the
+    cores other processes leave free. Silent: an error stays one line; a run that slows down says so itself."""
     from .. import threads
 
-    choice = threads.apply(requested)
-    busy = threads.busy_cores() if choice.threads is not None and choice.reason[0].isdigit() else 0
-    if busy:
-        print(f"condiff: {choice.threads} thread{'s' if choice.threads > 1 else ''} ({choice.reason}); --threads or "
-              f"{threads.ENV} to choose", file=sys.stderr)
+    threads.apply(requested)
 
 
 def _ignore_signals_while_exiting() -> None:
