@@ -15,7 +15,9 @@ import enum
 import importlib
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from ..config import ConfigError
 
@@ -47,6 +49,41 @@ def require_sd() -> None:
     missing = [m for m in ("diffusers", "transformers") if importlib.util.find_spec(m) is None]
     if missing:
         raise ValueError(f"Stable Diffusion models need {' and '.join(missing)}: pip install 'condiff[sd]'")
+
+
+@dataclass(frozen=True)
+class AdapterFile:
+    """An adapter (a LoRA, a textual-inversion embedding) given as a safetensors file or as a diffusers folder that
+    holds one named `weight_name`; subclasses name the file, their flag and kind, and the largest size they take."""
+    path: str
+    weight_name: ClassVar[str] = ""
+    option: ClassVar[str] = ""  # the command-line flag the errors name
+    kind: ClassVar[str] = ""
+    max_bytes: ClassVar[int] = 0
+
+    @property
+    def name(self) -> str:
+        """What infotexts call it (A1111): a folder's name, a file's stem."""
+        p = Path(self.path)
+        return p.name if p.is_dir() else p.stem
+
+    @property
+    def file(self) -> Path:
+        p = Path(self.path)
+        return p / self.weight_name if p.is_dir() else p
+
+    def checked_file(self) -> Path:
+        """The file, or a one-line ConfigError: a pickle (refused unread), a missing file, one too large."""
+        path = self.file
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise ConfigError(f"{self.option}: '{path}' is a pickle ({path.suffix}), which can run code when loaded; "
+                              f"condiff reads {self.kind}s as .safetensors only")
+        if not path.is_file():
+            raise ConfigError(f"{self.option}: no such file '{path}'")
+        if path.stat().st_size > self.max_bytes:
+            raise ConfigError(f"{self.option}: '{path}' is {path.stat().st_size / 2 ** 20:,.0f} MiB, too large for "
+                              f"a {self.kind}")
+        return path
 
 
 def refuse_pickle(path: Path) -> None:

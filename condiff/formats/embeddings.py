@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import ConfigError
-from . import PICKLE_SUFFIXES
+from . import AdapterFile
 
 WEIGHT_NAME = "learned_embeds.safetensors"  # diffusers' file name in a textual-inversion folder
 MAX_FILE_BYTES = 64 * 2 ** 20
@@ -25,43 +26,24 @@ MAX_VECTORS = 75
 
 
 @dataclass(frozen=True)
-class EmbeddingSpec:
-    path: str
-
-    @property
-    def name(self) -> str:
-        p = Path(self.path)
-        return p.name if p.is_dir() else p.stem
-
-    @property
-    def file(self) -> Path:
-        return Path(self.path) / WEIGHT_NAME if Path(self.path).is_dir() else Path(self.path)
-
-
-def embedding_file(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHT_NAME
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ConfigError(f"--embedding: '{path}' is a pickle ({path.suffix}), which can run code when loaded; "
-                          f"condiff reads embeddings as .safetensors only")
-    if not path.is_file():
-        raise ConfigError(f"--embedding: no such file '{path}'")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ConfigError(f"--embedding: '{path}' is {path.stat().st_size / 2 ** 20:.0f} MiB, too large for an embedding")
-    return path
+class EmbeddingSpec(AdapterFile):
+    weight_name: ClassVar[str] = WEIGHT_NAME
+    option: ClassVar[str] = "--embedding"
+    kind: ClassVar[str] = "embedding"
+    max_bytes: ClassVar[int] = MAX_FILE_BYTES
 
 
 def read(path: str | Path) -> dict[str, torch.Tensor]:
     """{token: (n, D) float32}; one-line ConfigError for anything else."""
-    file = embedding_file(path)
+    spec = EmbeddingSpec(str(path))
+    file = spec.checked_file()
     try:
         with safe_open(str(file), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise ConfigError(f"--embedding: '{file}' is not a readable safetensors file ({str(e)[:120]})") from None
     if set(tensors) == {"emb_params"}:  # A1111: the token is the file's name
-        tensors = {Path(path).stem if not Path(path).is_dir() else Path(path).name: tensors["emb_params"]}
+        tensors = {spec.name: tensors["emb_params"]}
     if not tensors:
         raise ConfigError(f"--embedding: '{file}' holds no embedding")
     out = {}

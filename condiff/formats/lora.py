@@ -19,6 +19,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -27,7 +28,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..nets import lora
-from . import PICKLE_SUFFIXES
+from . import AdapterFile
 
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the PEFT LoraConfig of each component
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' file name in a LoRA folder
@@ -46,21 +47,6 @@ class Entry:
     @property
     def rank(self) -> int:
         return self.A.shape[0]
-
-
-def lora_file(path: str | Path) -> Path:
-    """The safetensors file of a LoRA given as a file or as a diffusers LoRA folder; one-line errors."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHT_NAME
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ConfigError(f"--lora: '{path}' is a pickle ({path.suffix}), which can run code when loaded; "
-                          f"condiff reads LoRAs as .safetensors only")
-    if not path.is_file():
-        raise ConfigError(f"--lora: no such file '{path}'")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ConfigError(f"--lora: '{path}' is {path.stat().st_size / 2 ** 30:.1f} GiB, too large for a LoRA")
-    return path
 
 
 def _number(value, what: str) -> float:
@@ -89,7 +75,7 @@ def _alpha(meta: dict, comp: str, layer: str, rank: int) -> float | None:
 
 def read(path: str | Path) -> tuple[dict[str, dict[str, Entry]], bool]:
     """{component: {layer: Entry}} and whether the layer names are kohya's (underscored, see resolve)."""
-    path = lora_file(path)
+    path = LoRASpec(str(path)).checked_file()
     try:
         with safe_open(str(path), framework="pt") as f:
             raw_meta = (f.metadata() or {}).get(METADATA_KEY)
@@ -174,9 +160,12 @@ def write(path: str | Path, parts: dict[str, dict[str, Entry]], extra: dict[str,
 
 
 @dataclass(frozen=True)
-class LoRASpec:
-    path: str
+class LoRASpec(AdapterFile):
     weight: float = 1.0
+    weight_name: ClassVar[str] = WEIGHT_NAME
+    option: ClassVar[str] = "--lora"
+    kind: ClassVar[str] = "LoRA"
+    max_bytes: ClassVar[int] = MAX_FILE_BYTES
 
     @classmethod
     def parse(cls, text: str) -> LoRASpec:
@@ -191,15 +180,6 @@ class LoRASpec:
                 raise ConfigError(f"--lora: the weight of '{head}' must be a finite number, got {tail}")
             return cls(head, weight)
         return cls(text)
-
-    @property
-    def name(self) -> str:
-        p = Path(self.path)
-        return p.name if p.is_dir() else p.stem
-
-    @property
-    def file(self) -> Path:
-        return Path(self.path) / WEIGHT_NAME if Path(self.path).is_dir() else Path(self.path)
 
 
 def root(part: nn.Module) -> nn.Module:
