@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -36,8 +37,10 @@ def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     return X.astype(np.float32) / 255.0, y.astype(int)
 
 
+@functools.lru_cache(maxsize=2)
 def digit_classifier(seed: int = 0):
-    """An RBF SVM on 4,500 real digits; returns (classifier, accuracy on the 500 held out, 50 per class)."""
+    """An RBF SVM on 4,500 real digits; returns (classifier, accuracy on the 500 held out, 50 per class). Fitted once
+    a process (a CFG sweep judges several scales)."""
     from sklearn.model_selection import train_test_split
     from sklearn.svm import SVC
 
@@ -60,6 +63,7 @@ def generate(pipe, prompts: list[str], seed: int, opts: SamplingOptions, batch: 
     return np.stack([g.pixels for part in txt2img(pipe, req, ModelTag("judged")) for g in part])
 
 
+@functools.lru_cache(maxsize=2)
 def digit_features(seed: int = 0):
     """A feature space of real digits for FD, KID and precision/recall: the 128 hidden units of an MLP classifier
     trained on the same 4,500 real digits as the SVM. Returns (features(X) -> (N, 128), its held-out accuracy, the
