@@ -32,7 +32,7 @@ def check_image_count(n: int, limit: int, what: str = "--num-images") -> None:
 
 
 # The enums' values, spelled out so that building the parser does not import torch (tested to match).
-SAMPLER_NAMES = ["ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde"]
+SAMPLER_NAMES = ["ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "lcm"]
 SCHEDULE_NAMES = ["uniform", "leading", "trailing", "karras", "exponential"]
 THRESHOLD_NAMES = ["none", "static", "dynamic"]
 VARIANCE_NAMES = ["small", "large", "learned"]
@@ -41,14 +41,19 @@ GUIDANCE_FORM_NAMES = ["score", "mean"]
 GUIDE_NAMES = ["cfg", "cfg_rescale", *GUIDANCE_METHOD_NAMES, "clip_xT"]  # eval sweep's methods
 
 
-def add_sampling_arguments(p: argparse.ArgumentParser, steps: int, guidance: bool = True, full: bool = False) -> None:
-    """The sampler options shared by generate, eval bench and eval sweep (read back by SamplingOptions.from_args)."""
-    p.add_argument("--steps", type=int, default=steps)
+def add_sampling_arguments(p: argparse.ArgumentParser, steps: int | None, guidance: bool = True,
+                           full: bool = False) -> None:
+    """The sampler options shared by generate, eval bench and eval sweep (read back by SamplingOptions.from_args);
+    steps None: the model's own (its pipeline.json)."""
+    p.add_argument("--steps", type=int, default=steps,
+                   help="sampling steps (default: the model's own, e.g. 50)" if steps is None else
+                   f"sampling steps (default: {steps})")
     if guidance:
         p.add_argument("--guidance-scale", type=float,
                        help="classifier-free guidance scale (default: the model's: 3 for condiff's models, 7.5 for "
                             "Stable Diffusion)")
-    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="see 'condiff samplers'")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES,
+                   help="see 'condiff samplers' (default: the model's: ddim for condiff's models, lcm for a distilled one)")
     p.add_argument("--schedule", choices=SCHEDULE_NAMES, help="step placement (default: the model's, e.g. uniform)")
     if not full:
         return

@@ -152,7 +152,7 @@ def add_edit_parser(sub, add_sampling_arguments, add_run_arguments) -> None:
     def common(p: argparse.ArgumentParser, out: str) -> None:
         p.add_argument("input", metavar="IN", help="input image (PNG, JPEG, ...); centre-cropped and resized to the model's size")
         p.add_argument("--prompt", required=True, help="what the result shows")
-        add_sampling_arguments(p, steps=50, full=True)
+        add_sampling_arguments(p, steps=None, full=True)
         add_run_arguments(p, batch_size=1, seed_help="seed of the noise")
         add_lora_argument(p)
         add_embedding_argument(p)

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..catalogue import model_folder
+from ..catalogue import few_step_model, model_folder
 from ..diffusion.sampling import SamplingOptions
 from ..formats import detect
 from ..io import CheckpointError, load_tensors
@@ -76,7 +76,8 @@ def sd_size_from_args(args, model: Path) -> tuple[int | None, int | None]:
 def generate(args) -> None:
     SamplingOptions.from_args(args)  # bad option values fail here, before any model is loaded
     check_image_count(len(args.prompts) * args.num_images, args.max_images)
-    model = model_folder(args.model)
+    model = few_step_model(model_folder(args.model), args.steps,
+                           args.sampler is not None or args.guidance_scale is not None)
     prompts = [p for p in args.prompts for _ in range(args.num_images)]
     layout = layout_from_args(args, prompts)
     checked_paths(args.out, len(prompts))

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate images from prompts")
     g.add_argument("prompts", nargs="+", metavar="PROMPT")
-    add_sampling_arguments(g, steps=50, full=True)
+    add_sampling_arguments(g, steps=None, full=True)
     g.add_argument("--guide", choices=GUIDANCE_METHOD_NAMES,
                    help="gradient guidance by a judge model, on top of CFG (use --guidance-scale 1 for it alone)")
     g.add_argument("--guide-scale", type=float, default=3.0, help="s of --guide")

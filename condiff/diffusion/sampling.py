@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from .consistency import GRID_STEPS, lcm_timesteps, sample_lcm
 from .samplers import PerSampleNoise, Variance, sample_ddim, sample_ddpm
 from .schedule import NoiseSchedule, Spacing
 from .sigma_samplers import (SigmaDenoiser, exponential_sigmas, karras_sigmas, sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_euler,
@@ -37,6 +38,7 @@ class Sampler(str, enum.Enum):
     HEUN = "heun"
     DPMPP_2M = "dpmpp_2m"
     DPMPP_2M_SDE = "dpmpp_2m_sde"
+    LCM = "lcm"
 
 
 SAMPLER_INFO = {
@@ -47,6 +49,7 @@ SAMPLER_INFO = {
     Sampler.HEUN: ("Heun", "2nd order ODE, 2 model calls per step (Karras et al. Alg. 1)"),
     Sampler.DPMPP_2M: ("DPM++ 2M", "DPM-Solver++ multistep, 2nd order (Lu et al. 2022)"),
     Sampler.DPMPP_2M_SDE: ("DPM++ 2M SDE", "DPM-Solver++ 2M, stochastic (midpoint)"),
+    Sampler.LCM: ("LCM", "multistep consistency sampling, for consistency-distilled models (Luo et al. 2023)"),
 }
 SIGMA_SAMPLERS = {
     Sampler.EULER: sample_euler, Sampler.EULER_A: sample_euler_ancestral, Sampler.HEUN: sample_heun,
@@ -114,6 +117,9 @@ class SamplingOptions:
         self.ddpm_variance = _member(Variance, "ddpm_variance", self.ddpm_variance)
         if not isinstance(self.negative_prompt, str):
             raise ValueError(f"negative_prompt: expected a string, got {self.negative_prompt!r}")
+        if self.sampler is Sampler.LCM and self.steps > GRID_STEPS:
+            raise ValueError(f"steps: the lcm sampler takes 1 to {GRID_STEPS} steps (its distillation grid), "
+                             f"got {self.steps}")
         if self.schedule in SIGMA_SCHEDULES and self.sampler not in SIGMA_SAMPLERS:
             raise ValueError(f"the {self.schedule.value} schedule needs a sigma sampler "
                              f"({', '.join(s.value for s in SIGMA_SAMPLERS)})")
@@ -143,7 +149,9 @@ def sampling_sigmas(schedule: NoiseSchedule, opts: SamplingOptions) -> torch.Ten
 
 
 def sampling_timesteps(schedule: NoiseSchedule, opts: SamplingOptions) -> list[int]:
-    """Descending timesteps of the DDPM/DDIM family."""
+    """Descending timesteps of the DDPM/DDIM family (the lcm sampler's: from its distillation grid)."""
+    if Sampler(opts.sampler) is Sampler.LCM:
+        return lcm_timesteps(schedule, opts.steps)
     return schedule.timesteps(opts.steps, Spacing(opts.schedule.value))
 
 
@@ -255,6 +263,8 @@ def _sample_span(model, schedule, x, noise, opts, callback, cond_fn, start: int,
     timesteps = sampling_timesteps(schedule, opts)
     t_end = timesteps[stop] if stop < len(timesteps) else None
     hook = _hooks(callback, replace, levels, start, lambda i: 1.0)
+    if sampler is Sampler.LCM:
+        return sample_lcm(model, x, schedule, timesteps[start:stop], noise, x0_fn, hook, t_end=t_end)
     if sampler is Sampler.DDPM:
         return sample_ddpm(model, x, schedule, timesteps[start:stop], noise, x0_fn, hook, opts.ddpm_variance, cond_fn,
                            t_end=t_end)

@@ -11,6 +11,7 @@ from ...catalogue import PACKAGE_PREFIX, model_folder
 from ...config import ConfigError, from_dict, read_json
 from .autoencoder import AutoencoderTask
 from .controlnet import ControlNetTask
+from .distill import ConsistencyDistillationTask
 from .embedding_prior import EmbeddingPriorTask
 from .judges import JudgeTask
 from .layout_prior import LayoutPriorTask
@@ -21,7 +22,8 @@ from .upsampler import UpsamplerTask
 def tasks() -> dict:
     return {"text2image": Text2ImageTask(), "clip": JudgeTask("clip"), "classifier": JudgeTask("classifier"),
             "autoencoder": AutoencoderTask(), "layout_prior": LayoutPriorTask(),
-            "upsampler": UpsamplerTask(), "embedding_prior": EmbeddingPriorTask(), "controlnet": ControlNetTask()}
+            "upsampler": UpsamplerTask(), "embedding_prior": EmbeddingPriorTask(), "controlnet": ControlNetTask(),
+            "consistency_distillation": ConsistencyDistillationTask()}
 
 
 def task_named(name: str):
