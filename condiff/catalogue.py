@@ -15,7 +15,7 @@ BASE32 = WEIGHTS / "base32"  # the 32 px pixel model with its 29-word vocabulary
 INPAINT_MODEL = WEIGHTS / "inpaint64"  # GLIDE-style inpainting fine-tune of latent64: what inpaints for the default
 UNCLIP_DECODER = WEIGHTS / "unclip64"  # decodes clip64 image embeddings (variations, interpolation, text diffs)
 CLIP64 = WEIGHTS / "clip64"  # the CLIP the unCLIP decoder and prior read
-CONTROLNETS = {"edges": WEIGHTS / "control_edges64"}  # control kind -> the shipped ControlNet of the default model
+CONTROLNETS = {"edges": WEIGHTS / "control_edges64", "segmentation": WEIGHTS / "control_segmentation64"}  # control kind -> the shipped ControlNet of the default model
 DEFAULT_JUDGES = {"clip": WEIGHTS / "clip32", "noisy_clip": WEIGHTS / "noisy_clip32",
                   "classifier": WEIGHTS / "classifier32"}  # guidance and metric judges
 FEW_STEP = {DEFAULT_MODEL: WEIGHTS / "lcm64"}  # a model -> its consistency-distilled copy, which draws few steps

@@ -10,6 +10,7 @@ from PIL import Image
 from condiff.cli import main
 from condiff.nets.controlnet import ControlledUNet, ControlNet, ControlNetConfig, edge_map
 from condiff.nets.unet import UNet, UNetConfig
+from condiff.world.grammar import BACKGROUND
 from condiff.world.render import PlacedObject, render
 
 
@@ -71,6 +72,46 @@ def test_the_edge_map_of_a_square_is_its_outline_and_a_flat_image_has_none():
     for side in range(20, 44):  # the outline is closed: each side's row/column has an edge pixel within a pixel
         assert e[side, 18:21].any() and e[side, 43:46].any() and e[18:21, side].any() and e[43:46, side].any()
     assert edge_map(torch.zeros(1, 3, 32, 32)).sum() == 0
+
+
+def test_the_segmentation_map_paints_each_object_in_its_classs_colour_and_nothing_else(tmp_path):
+    from condiff.nets.controlnet import SEGMENT_COLOURS, segmentation_map
+
+    objects = [PlacedObject("circle", "red", 0.25, 0.3, 0.3), PlacedObject("square", "blue", 0.7, 0.3, 0.3),
+               PlacedObject("triangle", "green", 0.5, 0.75, 0.35)]
+    images = render([objects], 64)
+    m = (segmentation_map(images)[0].permute(1, 2, 0).numpy() * 255).round().astype(int)  # (64, 64, 3)
+    for obj in objects:  # the object's centre pixel (the triangle's: its centroid, below the box centre) in its colour
+        cy = obj.cy + (obj.s / 6 if obj.shape == "triangle" else 0)
+        assert tuple(m[int(cy * 64), int(obj.cx * 64)]) == SEGMENT_COLOURS[obj.shape]
+    painted = (m != 0).any(-1)
+    drawn = (np.abs((images[0].permute(1, 2, 0).numpy() + 1) * 127.5 - np.array(BACKGROUND)) > 30).any(-1)
+    assert (painted & ~drawn).sum() <= 0.15 * drawn.sum()  # the fringe only
+    assert (drawn & ~painted).sum() == 0
+    assert set(map(tuple, m.reshape(-1, 3))) <= {(0, 0, 0), *(SEGMENT_COLOURS[o.shape] for o in objects)}
+    Image.fromarray(((images[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(tmp_path / "s.png")
+    assert main(["control", "segmentation", str(tmp_path / "s.png"), "--out", str(tmp_path / "m.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "m.png").convert("RGB")).astype(int), m)
+
+
+def test_a_segmentation_controlnet_trains_and_without_a_model_the_command_says_how_to_make_one(
+        tiny_model, tmp_path, capsys):
+    from conftest import TINY
+
+    cfg = {"model": "controlnet", "base": str(tiny_model), "control": {"kind": "segmentation", "hint_channels": [8]},
+           "data": {"resolution": 16}, "optim": {"steps": 1, "batch_size": 2, "warmup_steps": 1},
+           "log_every": 1, "checkpoint_every": 1} | {"seed": TINY["seed"]}
+    (tmp_path / "seg.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp_path / "seg.json"), "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["kind"] == "segmentation"
+    Image.new("RGB", (16, 16)).save(tmp_path / "map.png")
+    base = ["generate", "a red circle", "--model", str(tiny_model), "--steps", "2", "--out", str(tmp_path / "o.png"),
+            "--control", str(tmp_path / "map.png"), "--control-kind", "segmentation"]
+    assert main(base + ["--control-model", str(tmp_path / "run" / "model")]) == 0
+    capsys.readouterr()
+    assert main(base + ["--control-model", str(tmp_path / "nothing")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "controlnet_segmentation64.json" in err
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,8 @@ def check_control_args(args, model: Path) -> Path | None:
     open_image(args.control, "--control")
     folder = Path(model_folder(args.control_model)) if args.control_model else CONTROLNETS[args.control_kind]
     if not (folder / "config.json").is_file():
-        raise ValueError(f"--control-model: no ControlNet at '{folder}' (train one with configs/controlnet_edges64.json)")
+        raise ValueError(f"--control-model: no ControlNet at '{folder}' (train one with "
+                         f"configs/controlnet_{args.control_kind}64.json)")
     if components.guess_type(folder) is not components.ComponentType.CONTROLNET:
         raise ValueError(f"--control-model: '{folder}' holds a {components.guess_type(folder).value}, not a ControlNet")
     kind = read_json(folder / "config.json").get("kind")
@@ -73,14 +74,17 @@ def _control(args) -> None:
     out = Path(args.out)
     check_writable([out])
     img = to_model_size(open_image(args.input), args.size)
-    m = control_maps(image_tensor(img), args.kind)[0, 0]  # (H, W) in {0, 1}
-    save_png(np.repeat((m.numpy() * 255).astype(np.uint8)[..., None], 3, -1), out, f"Control map: {args.kind}")
+    m = control_maps(image_tensor(img), args.kind)[0].permute(1, 2, 0)  # (H, W, k) in [0, 1], k = 1 or 3
+    pixels = (m.numpy() * 255).round().astype(np.uint8)
+    save_png(np.repeat(pixels, 3, -1) if pixels.shape[-1] == 1 else pixels, out, f"Control map: {args.kind}")
     print(out)
 
 
 def add_control_parser(sub) -> None:
     c = sub.add_parser("control", help="make a ControlNet control map from an image (generate --control reads it)")
-    c.add_argument("kind", choices=CONTROL_KINDS, help="edges: thin binary edges (a Canny-like detector)")
+    c.add_argument("kind", choices=CONTROL_KINDS, help="edges: thin binary edges (a Canny-like detector); segmentation: "
+                                                       "each object in its class's colour (circle crimson, square "
+                                                       "steel blue, triangle orange) on black")
     c.add_argument("input", metavar="IN", help="image (PNG, JPEG, ...); centre-cropped and resized to --size")
     c.add_argument("--out", required=True, metavar="MAP", help="PNG path of the map")
     c.add_argument("--size", type=int, default=64, help="side of the map: the model's image side (64 for the default)")

@@ -6,7 +6,8 @@ segmentation), through a trainable copy of its encoder and middle block.
     eps = unet(x_t, t, control=[Z_i(h_i)..., Z_m(m)])    # added to the frozen UNet's skips and middle
 
 Every Z is a 1x1 convolution initialised to zero (and so is the stem's last layer), so before training the controlled
-UNet is the frozen UNet exactly. The map: `edges` (a Canny-like detector: thin binary edges, 1 channel).
+UNet is the frozen UNet exactly. The maps: `edges` (a Canny-like detector: thin binary edges, 1 channel) and
+`segmentation` (each object's pixels in its class's colour, SEGMENT_COLOURS, on black; 3 channels).
 """
 from __future__ import annotations
 
@@ -14,18 +15,23 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..world.oracle import detect_regions
 from .unet import UNet, UNetConfig, zero
 
 
 class ControlKind(str, enum.Enum):
     EDGES = "edges"
+    SEGMENTATION = "segmentation"
 
 
-MAP_CHANNELS = {ControlKind.EDGES: 1}
+MAP_CHANNELS = {ControlKind.EDGES: 1, ControlKind.SEGMENTATION: 3}
+SEGMENT_COLOURS = {"circle": (220, 20, 60), "square": (70, 130, 180), "triangle": (250, 170, 30),
+                   "unknown": (128, 128, 128)}  # one colour per object class (Cityscapes' palette); background black
 
 
 @dataclass
@@ -160,3 +166,14 @@ def edge_map(images: torch.Tensor, low: float = 0.08, high: float = 0.16, sigma:
             break
         edges = grown
     return edges.float()
+
+
+def segmentation_map(images: torch.Tensor) -> torch.Tensor:
+    """Semantic segmentation of images (B, 3, H, W) in [-1, 1] -> (B, 3, H, W) in [0, 1]: every object the oracle
+    reads (its pixels, anti-aliased fringe included) painted in its class's SEGMENT_COLOURS, the background black."""
+    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    maps = np.zeros(pixels.shape, dtype=np.uint8)
+    for b, px in enumerate(pixels.numpy()):
+        for obj, region in detect_regions(px):
+            maps[b][region] = SEGMENT_COLOURS[obj.shape]
+    return torch.from_numpy(maps).permute(0, 3, 1, 2).float().div(255).to(images.device)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..images import image_tensor, open_image
-from ..nets.controlnet import MAP_CHANNELS, ControlKind, ControlledUNet, ControlNet, edge_map
+from ..nets.controlnet import MAP_CHANNELS, ControlKind, ControlledUNet, ControlNet, edge_map, segmentation_map
 from .text2image import Text2ImagePipeline
 
 
@@ -19,6 +19,8 @@ def control_maps(images: torch.Tensor, kind: ControlKind) -> torch.Tensor:
     """Control maps (B, k, H, W) in [0, 1] of images (B, 3, H, W) in [-1, 1]."""
     if ControlKind(kind) is ControlKind.EDGES:
         return edge_map(images)
+    if ControlKind(kind) is ControlKind.SEGMENTATION:
+        return segmentation_map(images)
     raise ValueError(f"unknown control kind '{kind}'")
 
 

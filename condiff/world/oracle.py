@@ -86,8 +86,9 @@ def _measure(comp: np.ndarray, soft: np.ndarray, colour: str, size: int) -> Dete
                           float(cx), float(cy), float(w / size), float(h / size), float(fill), float(asym))
 
 
-def detect(image: np.ndarray) -> list[DetectedObject]:
-    """Read the objects of an image (H, W, 3) uint8, sorted left to right."""
+def detect_regions(image: np.ndarray) -> list[tuple[DetectedObject, np.ndarray]]:
+    """Each object of an image (H, W, 3) uint8 with its pixels (a bool mask, its anti-aliased fringe included),
+    sorted left to right."""
     size = image.shape[0]
     label, alpha = _coverage(image)
     objects = []
@@ -104,8 +105,13 @@ def detect(image: np.ndarray) -> list[DetectedObject]:
             name = _NAMES[c] if c < len(_NAMES) else "unknown"
             obj = _measure(region, soft, name, size)
             if obj is not None:
-                objects.append(obj)
-    return sorted(objects, key=lambda o: (o.cx, o.cy))
+                objects.append((obj, region))
+    return sorted(objects, key=lambda o: (o[0].cx, o[0].cy))
+
+
+def detect(image: np.ndarray) -> list[DetectedObject]:
+    """Read the objects of an image (H, W, 3) uint8, sorted left to right."""
+    return [o for o, _ in detect_regions(image)]
 
 
 def _describe(o: DetectedObject) -> str:
