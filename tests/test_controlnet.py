@@ -243,3 +243,27 @@ def test_guess_mode_grades_the_residuals_by_depth_and_gives_the_map_to_the_condi
     out = next(requests.txt2img(pipe, req, requests.ModelTag("tiny")))[0]
     assert "Control mode: guess" in out.infotext()
     assert branches and all(n == 1 for n in branches)  # the ControlNet ran on the conditional half of CFG's batch only
+
+
+def test_the_page_draws_from_an_uploaded_image_made_into_an_edge_map(tiny_model, tiny_controlnet, tmp_path,
+                                                                      monkeypatch):
+    pytest.importorskip("gradio")
+    from condiff.png import parse_parameters
+    from condiff.ui import service as service_module
+    from condiff.ui.app import make_handlers
+
+    monkeypatch.setitem(service_module.CONTROLNETS, "edges", tiny_controlnet)
+    service = service_module.GenerationService(tiny_model)
+    assert service.controllable()
+    generate, _ = make_handlers(service, tmp_path)
+    photo = Image.fromarray(((render([[PlacedObject("square", "white", 0.4, 0.5, 0.5)]], 48)[0].permute(1, 2, 0)
+                              .numpy() + 1) * 127.5).astype(np.uint8))  # not the model's size: the map is made at it
+    no_op = lambda *a, **k: None  # noqa: E731  (gradio's progress)
+    *_, last = generate("a red circle", "", 5, 2, 3.0, "DDIM", 1, control_image=photo, control_make=True,
+                        control_scale=1.0, progress=no_op)
+    params = parse_parameters(Image.open(last[0][0]).info["parameters"])
+    assert params["ControlNet"] == "edges" and params["Control scale"] == "1.0"
+    *_, plain = generate("a red circle", "", 5, 2, 3.0, "DDIM", 1, progress=no_op)
+    assert "ControlNet" not in parse_parameters(Image.open(plain[0][0]).info["parameters"])
+    monkeypatch.setitem(service_module.CONTROLNETS, "edges", tmp_path / "none")
+    assert not service.controllable()

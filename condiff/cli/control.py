@@ -63,20 +63,15 @@ def control_from_args(args, pipe, folder: Path | None):
 
 
 def _control(args) -> None:
-    import numpy as np
-
-    from ..images import image_tensor, open_image, to_model_size
-    from ..pipelines.controlnet import control_maps
+    from ..images import open_image
+    from ..pipelines.controlnet import map_from_image, map_png
     from ..png import check_writable, save_png
 
     if not 8 <= args.size <= 2048:
         raise ValueError(f"--size: must be between 8 and 2048 pixels, got {args.size}")
     out = Path(args.out)
     check_writable([out])
-    img = to_model_size(open_image(args.input), args.size)
-    m = control_maps(image_tensor(img), args.kind)[0].permute(1, 2, 0)  # (H, W, k) in [0, 1], k = 1 or 3
-    pixels = (m.numpy() * 255).round().astype(np.uint8)
-    save_png(np.repeat(pixels, 3, -1) if pixels.shape[-1] == 1 else pixels, out, f"Control map: {args.kind}")
+    save_png(map_png(map_from_image(open_image(args.input), args.kind, args.size)), out, f"Control map: {args.kind}")
     print(out)
 
 

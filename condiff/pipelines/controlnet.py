@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..images import image_tensor, open_image
-from ..nets.controlnet import MAP_CHANNELS, ControlKind, ControlledUNet, ControlNet, edge_map, segmentation_map
+from ..images import image_tensor, open_image, to_model_size
+from ..nets.controlnet import (MAP_CHANNELS, ControlKind, ControlledUNet, ControlNet, ControlNetConfig, edge_map,
+                               segmentation_map)
 from .text2image import Text2ImagePipeline
 
 
@@ -22,6 +24,18 @@ def control_maps(images: torch.Tensor, kind: ControlKind) -> torch.Tensor:
     if ControlKind(kind) is ControlKind.SEGMENTATION:
         return segmentation_map(images)
     raise ValueError(f"unknown control kind '{kind}'")
+
+
+def map_from_image(img, kind: ControlKind, side: int) -> torch.Tensor:
+    """The control map (1, k, side, side) in [0, 1] of a PIL image, centre-cropped and resized to side first (what
+    `condiff control KIND IN` writes, and the web page's 'make the map from this image')."""
+    return control_maps(image_tensor(to_model_size(img, side)), kind)
+
+
+def map_png(m: torch.Tensor) -> np.ndarray:
+    """A map (1, k, H, W) in [0, 1] as (H, W, 3) uint8 pixels, a 1-channel map repeated in grey."""
+    pixels = (m[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return np.repeat(pixels, 3, -1) if pixels.shape[-1] == 1 else pixels
 
 
 def read_control_map(path: str | Path | bytes, kind: ControlKind, side: int, what: str = "--control") -> torch.Tensor:
@@ -51,11 +65,16 @@ def checked_map(source: str | Path | bytes, kind: ControlKind, pipe: Text2ImageP
     return read_control_map(source, kind, pipe.resolution, what)
 
 
+def fits(cfg: ControlNetConfig, pipe: Text2ImagePipeline) -> bool:
+    """Whether a ControlNet of this config was made for pipe's model (its UNet's architecture and side)."""
+    norm = lambda c: {k: tuple(v) if isinstance(v, list) else v for k, v in vars(c).items()}  # noqa: E731
+    return cfg.map_resolution == pipe.resolution and norm(cfg.unet) == norm(pipe.unet.cfg)
+
+
 def with_control(pipe: Text2ImagePipeline, controlnet: ControlNet) -> Text2ImagePipeline:
     """pipe, its denoiser reading control_map= (control_scale=, control_guess=) through the ControlNet; without a
     map it draws as before. ValueError in one line for a ControlNet made for another model."""
-    norm = lambda cfg: {k: tuple(v) if isinstance(v, list) else v for k, v in vars(cfg).items()}
-    if controlnet.cfg.map_resolution != pipe.resolution or norm(controlnet.cfg.unet) != norm(pipe.unet.cfg):
+    if not fits(controlnet.cfg, pipe):
         raise ValueError("--control-model: this ControlNet was made for another model (its UNet's architecture or "
                          f"side differs: {controlnet.cfg.map_resolution} px)")
     controlnet.to(pipe.device)

@@ -15,14 +15,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no analyt
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..diffusion.sampling import SAMPLER_INFO  # noqa: E402
 from ..images import draw_boxes  # noqa: E402
 from ..png import read_parameters  # noqa: E402
-from .service import (GUIDES, MAX_IMAGES, Busy, Cancelled, EditRequest, GenerationService, RequestError,  # noqa: E402
-                      ServeLimits, Txt2ImgRequest, UpscaleRequest)
+from .edit_tabs import (SAMPLER_LABELS, _brush_mask, _control_png, _edit_controls, _edit_outputs, _first_result,  # noqa: E402,F401
+                        _png_bytes, make_edit_handlers)
+from .service import (GUIDES, MAX_IMAGES, Busy, Cancelled, GenerationService, RequestError,  # noqa: E402
+                      ServeLimits, Txt2ImgRequest)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-SAMPLER_LABELS = [label for label, _ in SAMPLER_INFO.values()]
 PREVIEW_SIDE = 128
 CSS = "#gallery img, .preview img { image-rendering: pixelated; }"
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -41,7 +41,8 @@ def _previews(x0_hat) -> list[np.ndarray]:
 
 def make_handlers(service: GenerationService, out_dir: Path):
     def generate(prompt, negative_prompt, seed, steps, guidance_scale, sampler, num_images, guide="none",
-                 guide_scale=3.0, layout_text="", size=0, progress=gr.Progress()):
+                 guide_scale=3.0, layout_text="", size=0, control_image=None, control_make=False, control_scale=1.0,
+                 progress=gr.Progress()):
         import json
 
         try:
@@ -51,7 +52,9 @@ def make_handlers(service: GenerationService, out_dir: Path):
                 raise RequestError(f"layout: not JSON ({e.msg} at character {e.pos})") from None
             req = service.resolve(Txt2ImgRequest(prompt, negative_prompt or "", int(seed), int(steps),
                                                  float(guidance_scale), sampler, int(num_images), guide or "none",
-                                                 float(guide_scale), layout=layout, size=int(size or 0)))
+                                                 float(guide_scale), layout=layout, size=int(size or 0),
+                                                 control=_control_png(service, control_image, bool(control_make)),
+                                                 control_scale=float(control_scale)))
             service.check_layout(req)
         except (RequestError, ValueError, TypeError) as e:
             raise gr.Error(str(e)) from None
@@ -107,88 +110,6 @@ def make_handlers(service: GenerationService, out_dir: Path):
     return generate, restore
 
 
-def _png_bytes(img) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _first_result(text: str, out_dir: Path) -> tuple[bytes | None, str]:
-    """(PNG bytes, prompt) of the Text to image tab's first result, from its hidden JSON [path, prompt]; only a file
-    this server wrote (under out_dir) is read, whatever a client puts in that field."""
-    import json
-
-    try:
-        path, prompt = json.loads(text or "null") or (None, "")
-    except (ValueError, TypeError):
-        return None, ""
-    if path is None or not isinstance(prompt, str):
-        return None, ""
-    path = Path(path).resolve()
-    if not path.is_file() or Path(out_dir).resolve() not in path.parents:
-        raise gr.Error("image: not a result of this server")
-    return path.read_bytes(), prompt
-
-
-def _brush_mask(layers, size) -> bytes | None:
-    """The ImageEditor's brush layers as one mask (white where any layer is painted), or None if nothing is."""
-    from PIL import Image
-
-    painted = np.zeros((size[1], size[0]), dtype=bool)
-    for layer in layers or []:
-        if layer is not None:
-            a = np.asarray(layer.convert("RGBA"))
-            if a.shape[:2] == painted.shape:
-                painted |= a[..., 3] > 0
-    return _png_bytes(Image.fromarray(painted.astype(np.uint8) * 255)) if painted.any() else None
-
-
-def make_edit_handlers(service: GenerationService, out_dir: Path):
-    def run(req: EditRequest, inpaint: bool):
-        try:
-            im = service.edit(req, inpaint)
-        except (RequestError, Busy, Cancelled, ValueError, TypeError) as e:
-            raise gr.Error(str(e)) from None
-        folder = Path(tempfile.mkdtemp(dir=out_dir))
-        path = folder / f"condiff-{'inpaint' if inpaint else 'img2img'}-{im.seed}.png"
-        path.write_bytes(im.png)
-        return str(path), im.parameters
-
-    def img2img(image, prompt, negative, seed, steps, scale, sampler, strength):
-        if image is None:
-            raise gr.Error("image: upload an init image first")
-        return run(EditRequest(prompt, _png_bytes(image), float(strength), None, None, negative or "", int(seed),
-                               int(steps), float(scale), sampler), inpaint=False)
-
-    def inpaint(editor, box, prompt, negative, seed, steps, scale, sampler):
-        background = (editor or {}).get("background")
-        if background is None:
-            raise gr.Error("image: upload an image to paint on first")
-        box = (box or "").strip()
-        mask = None if box else _brush_mask(editor.get("layers"), background.size)
-        if not box and mask is None:
-            raise gr.Error("mask: paint the region to repaint with the brush, or give a box")
-        return run(EditRequest(prompt, _png_bytes(background), 0.0, mask, box.split(",") if box else None,
-                               negative or "", int(seed), int(steps), float(scale), sampler), inpaint=True)
-
-    def upscale(image, prompt, scale, seed, steps):
-        """The Upscale tab, and the Text to image tab's action on its first result (image: PNG bytes or PIL)."""
-        if image is None:
-            raise gr.Error("image: generate or upload an image first")
-        try:
-            im = service.upscale(UpscaleRequest(image if isinstance(image, bytes) else _png_bytes(image), prompt or "",
-                                                int(scale), int(seed), int(steps)))
-        except (RequestError, Busy, Cancelled, ValueError, TypeError) as e:
-            raise gr.Error(str(e)) from None
-        path = Path(tempfile.mkdtemp(dir=out_dir)) / f"condiff-upscaled-{im.seed}.png"
-        path.write_bytes(im.png)
-        return str(path), im.parameters
-
-    return img2img, inpaint, upscale
-
-
 def make_variations_handler(service: GenerationService, out_dir: Path):
     """The Text to image tab's Variations action: 4 unCLIP variations of its first result (seeds 0..3)."""
     from .variations import VariationsRequest, variations
@@ -209,23 +130,6 @@ def make_variations_handler(service: GenerationService, out_dir: Path):
     return vary
 
 
-def _edit_controls(prefix: str):
-    prompt = gr.Textbox(label="Prompt", lines=2, elem_id=f"{prefix}-prompt")
-    negative = gr.Textbox(label="Negative prompt", elem_id=f"{prefix}-negative-prompt")
-    with gr.Row():
-        seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id=f"{prefix}-seed")
-        sampler = gr.Dropdown(SAMPLER_LABELS, value="DDIM", label="Sampler", elem_id=f"{prefix}-sampler")
-    steps = gr.Slider(1, 250, 25, step=1, label="Steps", elem_id=f"{prefix}-steps")
-    scale = gr.Slider(0, 15, 3, step=0.5, label="Guidance scale", elem_id=f"{prefix}-guidance-scale")
-    return [prompt, negative, seed, steps, scale, sampler]
-
-
-def _edit_outputs(prefix: str):
-    out = gr.Image(label="Result", type="filepath", format="png", elem_id=f"{prefix}-result", interactive=False)
-    params = gr.Textbox(label="Parameters", interactive=False, lines=3, elem_id=f"{prefix}-parameters")
-    return [out, params]
-
-
 def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
     from ..catalogue import UNCLIP_DECODER as DECODER
     from ..pipelines.unclip import UnCLIPPipeline
@@ -234,6 +138,7 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
     generate, restore = make_handlers(service, out_dir)
     img2img, inpaint, upscale = make_edit_handlers(service, out_dir)
     grounded = bool(service.pipe.unet.cfg.grounding_dim)
+    controllable = service.controllable()
     has_unclip = isinstance(service.pipe, UnCLIPPipeline) or (DECODER / "pipeline.json").is_file()
     res = service.pipe.resolution
     sizes = [res] + [s for s in sorted(UPSAMPLERS) if s > res and all(
@@ -263,6 +168,12 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                         layout_box = gr.Textbox(label='Boxes as JSON [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1]; '
                                                       "empty: the model's layout stage predicts them. Edit and "
                                                       "generate again to move an object.", lines=3, elem_id="layout")
+                    with gr.Accordion("ControlNet (an edge map decides the layout)", open=False, visible=controllable):
+                        control_image = gr.Image(label=f"Edge map ({res}x{res}, white edges on black), or any image "
+                                                       "with the box below ticked", type="pil", elem_id="control-map")
+                        control_make = gr.Checkbox(False, label="Make the edge map from this image first",
+                                                   elem_id="control-make")
+                        control_scale = gr.Slider(0, 2, 1, step=0.05, label="Control scale", elem_id="control-scale")
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
                     png_in = gr.File(label="Drop a PNG here to restore its parameters", file_types=[".png"],
                                      elem_id="png-info")
@@ -287,7 +198,8 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                                         format="png", object_fit="contain", visible=has_unclip)
             first = gr.Textbox(visible=False)  # JSON [PNG path, prompt] of the last result's first image (no gr.State:
             # its session heartbeat would keep a connection open)
-            inputs = [prompt, negative, seed, steps, scale, sampler, count, guide, guide_scale, layout_box, size]
+            inputs = [prompt, negative, seed, steps, scale, sampler, count, guide, guide_scale, layout_box, size,
+                      control_image, control_make, control_scale]
             outputs = [gallery, used_seed, params, layout_box, overlay, first]
             up_button.click(lambda f, k: upscale(*_first_result(f, out_dir), k, 0, 20), [first, up_scale], [upscaled, up_params],
                             api_name=False)

@@ -20,6 +20,7 @@ from typing import Callable
 from PIL import Image, PngImagePlugin
 
 from .. import components
+from ..config import load_json
 from ..catalogue import CONTROLNETS, model_folder
 from ..data.imagefolder import check_boxes, check_phrases
 from ..diffusion.sampling import SAMPLER_INFO, Sampler, SamplingOptions, start_step
@@ -33,9 +34,9 @@ from ..images import (
 )
 from ..formats import embeddings as textual_inversion
 from ..formats import lora
-from ..nets.controlnet import ControlKind
+from ..nets.controlnet import ControlKind, ControlNetConfig
 from ..pipelines import requests
-from ..pipelines.controlnet import checked_map, with_control
+from ..pipelines.controlnet import checked_map, fits, with_control
 from ..pipelines.editing import inpainting_pipeline
 from ..pipelines.guidance import (
     GuidanceMethod,
@@ -233,6 +234,14 @@ class GenerationService:
                                               control=self.control_for(req))
             return [self._png(g) for batch in requests.txt2img(self.pipe, request, self.model_tag,
                                                                callback=callback) for g in batch]
+
+    def controllable(self) -> bool:
+        """Whether the shipped edges ControlNet exists and was made for this server's model (its config read, not
+        its weights)."""
+        path = CONTROLNETS["edges"] / "config.json"
+        if not path.is_file() or getattr(self.pipe, "variable_size", False):
+            return False
+        return fits(load_json(ControlNetConfig, path), self.pipe)
 
     def controlnet(self):
         """The shipped edges ControlNet, loaded and put under the pipeline on first use (requests without a map still
