@@ -32,13 +32,13 @@ from steps import ground_truth
 SUITE_NAMES = ("single", "counting", "two_objects", "position", "held_out")
 
 
-def rows_to_run(steps: list[int], reference: str) -> list[tuple[str, str, int]]:
-    """(model, sampler, steps): the reference first, then each sampler over the step counts."""
-    ref_sampler, ref_steps = reference.split(":")
-    runs = [("default", ref_sampler, int(ref_steps))]
+def rows_to_run(steps: list[int], reference: str, also: list[str]) -> list[tuple[str, str, int]]:
+    """(model, sampler, steps): the reference first, then each sampler over the step counts, then `also`."""
+    pairs = [(s, int(n)) for s, n in (a.split(":") for a in [reference, *also])]
+    runs = [("default", *pairs[0])]
     runs += [("distilled", "lcm", n) for n in steps]
     runs += [("default", s, n) for s in ("dpmpp_2m", "ddim") for n in steps]
-    return runs + [("default", "lcm", 4)]
+    return runs + [("default", "lcm", 4)] + [("default", s, n) for s, n in pairs[1:]]
 
 
 def latency(pipe, opts, n: int) -> float:
@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--distilled", default=str(FEW_STEP[DEFAULT_MODEL]))
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--reference", default="ddpm:250", help="SAMPLER:STEPS of the default, the paired baseline")
+    ap.add_argument("--also", nargs="*", default=["ddim:50", "dpmpp_2m:20"], metavar="SAMPLER:STEPS",
+                    help="more rows of the default (its saved sampler, and the candidate to replace it)")
     ap.add_argument("--prompts-per-category", type=int, default=10)
     ap.add_argument("--n-per-prompt", type=int, default=2)
     ap.add_argument("--latency-images", type=int, default=4)
@@ -67,7 +69,7 @@ def main() -> None:
     print("| model | sampler | steps | UNet calls | single | counting | two objects | position | held-out | overall | "
           "gap to reference | FD | s / image |")
     print("| --- " * 13 + "|")
-    for model, sampler, steps in rows_to_run(args.steps, args.reference):
+    for model, sampler, steps in rows_to_run(args.steps, args.reference, args.also):
         pipe = pipes[model]
         schedule = "karras" if sampler == "dpmpp_2m" else pipe.defaults.schedule
         opts = pipe.defaults.replace(sampler=sampler, steps=steps, schedule=schedule)

@@ -137,3 +137,15 @@ def test_few_steps_on_a_model_with_a_distilled_copy_draw_with_the_copy(tiny_mode
     assert drawn("--steps", "2", "--sampler", "ddim")["Sampler"] == "DDIM"  # a sampler asked for: the model itself
     assert drawn("--steps", "20")["Sampler"] == "DDIM"  # over FEW_STEP_MAX
     assert drawn()["Sampler"] == "DDIM" and drawn()["Steps"] == "50"  # no --steps: the model's own settings
+
+
+def test_exporting_the_distilled_model_shares_its_teachers_parts_and_draws_the_same(tiny_model, tiny_lcm, tmp_path):
+    out = tmp_path / "shipped" / "lcm"
+    assert main(["export", str(tiny_lcm), str(out), "--share-from", str(tiny_model)]) == 0
+    spec = json.loads((out / "pipeline.json").read_text())
+    paths = {c["name"]: c["path"] for c in spec["components"]}
+    assert paths["unet"] is None and sorted(p.name for p in out.iterdir()) == ["pipeline.json", "unet"]
+    assert (out / paths["text_encoder"]).resolve() == (tiny_model / "text_encoder").resolve()
+    a, b = load_pipeline(out), load_pipeline(tiny_lcm)
+    with torch.no_grad():
+        assert torch.equal(a(["a red circle"], [4]), b(["a red circle"], [4]))

@@ -35,11 +35,15 @@ def _export(args) -> None:
     import torch
 
     from .. import components
-    from ..pipelines.base import SPEC, load_pipeline
+    from ..catalogue import model_folder
+    from ..pipelines.base import SPEC, load_pipeline, shared_parts
 
     dtype = torch.float16 if args.fp16 else None
     if (Path(args.model) / SPEC).is_file():
-        load_pipeline(args.model).save_pretrained(args.out, dtype=dtype)
+        pipe = load_pipeline(args.model)
+        shared = shared_parts(pipe, load_pipeline(model_folder(args.share_from)), model_folder(args.share_from),
+                              Path(args.out)) if args.share_from else None
+        pipe.save_pretrained(args.out, dtype=dtype, shared=shared)
     else:  # one component folder: a judge, an autoencoder, a layout prior, ...
         components.save(components.load(components.guess_type(args.model), args.model), args.out, dtype)
     print(f"exported {args.model} -> {args.out}")
@@ -223,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("model", help="model folder, e.g. runs/base32/model")
     x.add_argument("out", help="destination folder")
     x.add_argument("--fp16", action="store_true", help="store weights as float16 (half the size)")
+    x.add_argument("--share-from", metavar="MODEL", help="components equal to this model's (same config and weights) "
+                                                         "are not copied: the exported pipeline.json points at them")
     x.set_defaults(func=_export)
 
     o = sub.add_parser("compose", help="join a text2image model and its prior: text -> boxes -> image (--layout-prior) "

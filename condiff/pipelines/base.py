@@ -12,6 +12,7 @@ read_spec converts it.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -132,19 +133,40 @@ class Pipeline:
             module.to(device)
         return self
 
-    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None,
+                        shared: dict[str, str] | None = None) -> None:
         """Write the spec and every component (each into its own subfolder) to a temporary folder, then swap it in.
 
-        A component loaded from elsewhere (`path`) is copied in, so the saved folder stands alone.
+        A component loaded from elsewhere (`path`) is copied in, so the saved folder stands alone, unless `shared`
+        names it: {component: folder relative to the saved folder} is written as its `path` instead of a copy (a
+        distilled or fine-tuned model that keeps its base's other parts).
         """
-        folder = Path(folder)
+        folder, shared = Path(folder), shared or {}
         tmp = folder.with_name(folder.name + ".tmp")
-        spec = PipelineSpec(self.spec.kind, [ComponentSpec(c.name, c.type) for c in self.spec.components],
-                            self.spec.stages, self.spec.format)
+        spec = PipelineSpec(self.spec.kind, [ComponentSpec(c.name, c.type, shared.get(c.name))
+                                             for c in self.spec.components], self.spec.stages, self.spec.format)
         save_json(spec, tmp / SPEC)
         for c in spec.components:
-            components.save(self.parts[c.name], tmp / c.name, dtype)
+            if c.name not in shared:
+                components.save(self.parts[c.name], tmp / c.name, dtype)
         replace_dir(tmp, folder)
+
+
+def shared_parts(pipe: Pipeline, base: Pipeline, base_folder: Path, out: Path) -> dict[str, str]:
+    """{component: its folder in base_folder, relative to out} for each of pipe's components that equals base's of
+    the same name (type, config and weights, compared in float32): what `save_pretrained(out, shared=...)` need not
+    copy."""
+    types = {c.name: c.type for c in base.spec.components}
+    paths = {c.name: Path(base_folder) / (c.path or c.name) for c in base.spec.components}
+    same = {}
+    for c in pipe.spec.components:
+        mine, theirs = pipe.parts[c.name], base.parts.get(c.name)
+        if theirs is None or types.get(c.name) != c.type or getattr(mine, "cfg", None) != getattr(theirs, "cfg", None):
+            continue
+        a, b = mine.state_dict(), theirs.state_dict()
+        if a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a):
+            same[c.name] = os.path.relpath(paths[c.name].resolve(), Path(out).resolve())
+    return same
 
 
 def load_pipeline(folder: str | Path, prediction: str | None = None) -> Pipeline:
