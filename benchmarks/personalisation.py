@@ -109,9 +109,11 @@ def subject_folder(kind: str, folder: Path, caption: str, n: int = 5, seed: int 
     rows = []
     for k in range(n):
         s = rng.uniform(0.3, 0.45)
-        img = draw_subject(kind, rng.uniform(s / 2 + 0.05, 0.95 - s / 2), rng.uniform(s / 2 + 0.05, 0.95 - s / 2), s)
-        img.save(folder / f"{k}.png")
-        rows.append(json.dumps({"file_name": f"{k}.png", "text": caption}))
+        cx, cy = rng.uniform(s / 2 + 0.05, 0.95 - s / 2), rng.uniform(s / 2 + 0.05, 0.95 - s / 2)
+        draw_subject(kind, cx, cy, s).save(folder / f"{k}.png")
+        box = [round(v, 4) for v in (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)]  # the grounded default reads
+        rows.append(json.dumps({"file_name": f"{k}.png", "text": caption,  # boxes: its layout stage gives them at
+                                "boxes": [{"phrase": caption, "box": box}]}))  # sampling, so training sees them too
     (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     return folder
 
