@@ -16,6 +16,10 @@ def test_cli_names_are_the_enums():
     assert SCHEDULE_NAMES == [s.value for s in SigmaSchedule]
     assert THRESHOLD_NAMES == [t.value for t in Threshold]
     assert VARIANCE_NAMES == [v.value for v in Variance]
+    from condiff.cli.control import CONTROL_KINDS
+    from condiff.nets.controlnet import ControlKind
+
+    assert CONTROL_KINDS == [k.value for k in ControlKind]
 
 
 @pytest.mark.parametrize("sampler", list(Sampler))
