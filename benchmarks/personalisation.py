@@ -19,6 +19,10 @@ Measures (seed i for image i), the reader below:
 - editability: `a sks shape to the left of a red circle` (the subject, a red circle, the subject left of it) and
   `three sks shapes` (three subjects), 8 times each;
 - drift: 32 shapes-bench captions judged by the oracle, against the base model's accuracy on the same seeds.
+The subject prompts are drawn with boxes the benchmark lays out (subject_boxes: the subject's phrase, at the
+training images' sizes; the red circle to the right), as `condiff generate --layout` takes them: the default's layout
+stage was never taught the new word and splits `a sks shape to the left of a red circle` into the phrases `a sks`
+and `of a red`. Drift prompts go through the layout stage as usual.
 """
 from __future__ import annotations
 
@@ -122,18 +126,36 @@ def is_red(o: dict) -> bool:
     return np.linalg.norm(np.array(o["colour"]) - np.array(RED)) < 70
 
 
+def subject_boxes(i: int, n: int, phrase: str, red_circle: bool = False) -> list[dict]:
+    """A layout for image i: n subject boxes (side 0.3-0.4, as trained) in a row of n slots, left to right, then a red
+    circle's box to their right; the same for every method."""
+    rng = random.Random(f"layout/{i}/{n}/{red_circle}")
+    slots = n + red_circle
+    out = []
+    for k in range(slots):
+        s = rng.uniform(0.3, 0.4) if slots == 1 else min(0.9 / slots, rng.uniform(0.25, 0.35))
+        cx = (k + 0.5) / slots if slots > 1 else rng.uniform(0.3, 0.7)
+        cy = rng.uniform(s / 2 + 0.05, 0.95 - s / 2)
+        box = [round(v, 4) for v in (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)]
+        out.append({"phrase": "a red circle" if red_circle and k == n else phrase, "box": box})
+    return out
+
+
 def measure(pipe, kind: str, token: str, drift_prompts: list[str]) -> dict:
     """Fidelity, editability and drift of one personalised pipeline (see the module's docstring)."""
     from condiff.world.oracle import judge
     from condiff.world.render import to_uint8
 
-    def draw(prompt: str, n: int) -> list[np.ndarray]:
-        return [to_uint8(pipe([prompt], [i], pipe.defaults))[0].numpy() for i in range(n)]
+    phrase = f"a {token} shape"
+
+    def draw(prompt: str, n: int, subjects: int, red_circle: bool = False) -> list[np.ndarray]:
+        return [to_uint8(pipe([prompt], [i], pipe.defaults, boxes=[subject_boxes(i, subjects, phrase, red_circle)]))[0]
+                .numpy() for i in range(n)]
 
     subject = lambda objs: [o for o in objs if o["kind"] == kind]
-    fid = [read_objects(im) for im in draw(f"a {token} shape", 16)]
-    left = [read_objects(im) for im in draw(f"a {token} shape to the left of a red circle", 8)]
-    three = [read_objects(im) for im in draw(f"three {token} shapes", 8)]
+    fid = [read_objects(im) for im in draw(phrase, 16, 1)]
+    left = [read_objects(im) for im in draw(f"{phrase} to the left of a red circle", 8, 1, red_circle=True)]
+    three = [read_objects(im) for im in draw(f"three {token} shapes", 8, 3)]
     placed = [bool(subject(objs)) and any(o["kind"] == "convex" and is_red(o) for o in objs)
               and subject(objs)[0]["cx"] < max(o["cx"] for o in objs if o["kind"] == "convex" and is_red(o))
               for objs in left]
