@@ -15,7 +15,8 @@ Methods, each trained on the same five images from the shipped default (configs/
 - `textual_inversion`: the token `<sks>` (one vector, starting at `shape`), the model frozen.
 
 Measures (seed i for image i), the reader below:
-- fidelity: `a sks shape` (`a <sks> shape` for textual inversion) drawn 16 times: one object, read as the subject;
+- fidelity: `a sks shape` (`a <sks> shape` for textual inversion) drawn 16 times: one object, read as the subject
+  (its form: star, ring or split); colour: one object of the subject's mean colour (within 60 of the drawing's);
 - editability: `a sks shape to the left of a red circle` (the subject, a red circle, the subject left of it) and
   `three sks shapes` (three subjects), 8 times each;
 - drift: 32 shapes-bench captions judged by the oracle, against the base model's accuracy on the same seeds.
@@ -161,7 +162,10 @@ def measure(pipe, kind: str, token: str, drift_prompts: list[str]) -> dict:
               for objs in left]
     drift = [judge(im, p).correct for i, p in enumerate(drift_prompts)
              for im in [to_uint8(pipe([p], [i], pipe.defaults))[0].numpy()]]
+    colour = np.array(read_objects(np.asarray(draw_subject(kind, 0.5, 0.5, 0.4)))[0]["colour"])  # the drawing's
+    near = lambda o: np.linalg.norm(np.array(o["colour"]) - colour) < 60  # noqa: E731  (mean colour)
     return {"fidelity": float(np.mean([len(o) == 1 and len(subject(o)) == 1 for o in fid])),
+            "colour": float(np.mean([len(o) == 1 and near(o[0]) for o in fid])),
             "left_of_red_circle": float(np.mean(placed)),
             "three": float(np.mean([len(subject(o)) == 3 for o in three])),
             "drift_accuracy": float(np.mean(drift))}
