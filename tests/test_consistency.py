@@ -1,6 +1,7 @@
 """Latent consistency distillation and the lcm sampler: closed forms, and a tiny distillation through the commands."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,3 +150,24 @@ def test_exporting_the_distilled_model_shares_its_teachers_parts_and_draws_the_s
     a, b = load_pipeline(out), load_pipeline(tiny_lcm)
     with torch.no_grad():
         assert torch.equal(a(["a red circle"], [4]), b(["a red circle"], [4]))
+
+
+def test_the_shipped_default_at_four_steps_draws_with_its_distilled_copy_and_draws_right(tmp_path):
+    from PIL import Image
+
+    from condiff.catalogue import FEW_STEP, DEFAULT_MODEL
+    from condiff.png import parse_parameters
+    from condiff.world.oracle import judge
+
+    if not (FEW_STEP[DEFAULT_MODEL] / "pipeline.json").is_file():
+        pytest.skip("no distilled copy shipped")
+    prompts = ["a red circle to the left of a blue square", "three green triangles", "a small yellow square",
+               "a white circle above a purple square"]
+    right = 0
+    for i, prompt in enumerate(prompts):
+        out = tmp_path / f"{i}.png"
+        assert main(["generate", prompt, "--steps", "4", "--seed", str(i), "--out", str(out)]) == 0
+        params = parse_parameters(Image.open(out).text["parameters"])
+        assert (params["Model"], params["Sampler"], params["Steps"]) == ("lcm64", "LCM", "4")
+        right += judge(np.asarray(Image.open(out).convert("RGB")), prompt).correct
+    assert right >= 3
