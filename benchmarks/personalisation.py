@@ -177,6 +177,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--subjects", nargs="+", default=list(SUBJECTS))
     ap.add_argument("--check-reader", action="store_true", help="only read the subjects' own drawings and report")
+    ap.add_argument("--grid", help="also write a picture: per subject, a training image, then `a sks shape` from each "
+                                   "method (4 seeds)")
+    ap.add_argument("--grid-only", action="store_true", help="only the picture, from the runs already in --work")
     args = ap.parse_args()
     if args.check_reader:
         for kind in args.subjects:
@@ -193,6 +196,8 @@ def main() -> None:
     from condiff.world.render import to_uint8
 
     work = Path(args.work).expanduser()
+    if args.grid_only:
+        return write_grid(work, args.subjects, Path(args.grid))
     drift_prompts = [p for s in ("single", "counting", "two_objects", "position") for p in suite_prompts(s, 8)]
     base = Text2ImagePipeline.from_pretrained(DEFAULT_MODEL)
     results = {"base_drift_accuracy": float(np.mean([judge(to_uint8(base([p], [i], base.defaults))[0].numpy(), p).correct
@@ -214,6 +219,31 @@ def main() -> None:
                 "train_and_measure_s": round(time.time() - t0)}
             print(kind, method, results[kind][method], flush=True)
             Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    if args.grid:
+        write_grid(work, args.subjects, Path(args.grid))
+
+
+def write_grid(work: Path, subjects: list[str], out: Path, seeds: int = 4) -> None:
+    """Rows: subject x (its training images, then each method's `a sks shape` at seeds 0..3); 3x pixels."""
+    from condiff.catalogue import DEFAULT_MODEL
+    from condiff.formats import embeddings, lora
+    from condiff.pipelines.text2image import Text2ImagePipeline
+    from condiff.world.render import to_uint8
+
+    rows = []
+    for kind in subjects:
+        rows.append(np.concatenate([np.asarray(Image.open(work / kind / "images" / f"{k}.png").convert("RGB"))
+                                    for k in range(seeds)], 1))
+        for method, token in (("dreambooth_prior", "sks"), ("dreambooth", "sks"), ("textual_inversion", "<sks>")):
+            pipe = Text2ImagePipeline.from_pretrained(DEFAULT_MODEL)
+            if method == "textual_inversion":
+                embeddings.apply(pipe.parts, [embeddings.EmbeddingSpec(str(work / kind / method / "model"))])
+            else:
+                lora.apply(pipe.parts, [lora.LoRASpec(str(work / kind / method / "model"))])
+            phrase = f"a {token} shape"
+            rows.append(np.concatenate([to_uint8(pipe([phrase], [i], pipe.defaults, boxes=[subject_boxes(i, 1, phrase)]))
+                                        [0].numpy() for i in range(seeds)], 1))
+    Image.fromarray(np.concatenate(rows, 0)).resize((64 * seeds * 3, 64 * len(rows) * 3), Image.NEAREST).save(out)
 
 
 if __name__ == "__main__":
