@@ -11,19 +11,8 @@ from condiff.diffusion.consistency import (consistency_grid, ddim_solver_step, l
 from condiff.diffusion.guidance import ClassifierFreeGuidance
 from condiff.diffusion.samplers import PerSampleNoise
 from condiff.diffusion.sampling import SamplingOptions, sample
-from condiff.diffusion.schedule import NoiseSchedule, cosine_betas
 from condiff.pipelines.base import load_pipeline
-
-SCHED = NoiseSchedule(cosine_betas(1000))
-
-
-def point_mass_eps(c: torch.Tensor):
-    """The exact eps for data concentrated at x0 = c."""
-    def model(x, t):
-        ab = SCHED.alpha_bar[t].view(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-        return (x - ab.sqrt() * c) / (1 - ab).sqrt()
-    return model
-
+from test_samplers import SCHED, point_mass_eps  # the exact eps of a point mass, on the cosine schedule
 
 def test_the_grid_is_the_teachers_ddim_50_and_few_steps_start_at_its_top():
     grid = consistency_grid(SCHED)

@@ -10,6 +10,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..config import ConfigError
+from ..pipelines.base import load_pipeline
+from ..pipelines.text2image import Text2ImagePipeline
 from .config import Precision
 from .distributed import World
 from .ema import EMA
@@ -62,6 +65,20 @@ class Run:
         if Precision(self.cfg.precision) is Precision.BF16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def base_model(path: str, field: str, resolution: int) -> Text2ImagePipeline:
+    """The condiff text-to-image model a task builds on (a ControlNet's base, a distillation's teacher), loaded;
+    a one-line ConfigError naming the config's field when path is no condiff model folder, holds another kind of
+    pipeline, or draws at another side than the data's resolution."""
+    if not (Path(path) / "pipeline.json").is_file():
+        raise ConfigError(f"{field}: '{path}' is not a condiff model folder (no pipeline.json)")
+    pipe = load_pipeline(path)
+    if not isinstance(pipe, Text2ImagePipeline) or getattr(pipe, "variable_size", False):
+        raise ConfigError(f"{field}: '{path}' holds a {pipe.spec.kind} pipeline, not a condiff text-to-image model")
+    if pipe.resolution != resolution:
+        raise ConfigError(f"data.resolution {resolution} is not the {field} model's side {pipe.resolution}")
+    return pipe
 
 
 class TaskDefaults:

@@ -22,7 +22,7 @@ from ...nets.pretrained_text import FrozenTextCache
 from ...pipelines.controlnet import control_maps
 from ...pipelines.text2image import Text2ImagePipeline
 from ..config import LossConfig, LossWeighting, OptimConfig, RunSettings, defaults
-from ..task import TaskDefaults
+from ..task import TaskDefaults, base_model
 from .text2image import LatentCache
 
 
@@ -48,13 +48,9 @@ class ControlNetTask(TaskDefaults):
     name, config_cls = "controlnet", ControlNetTrainConfig
 
     def build(self, cfg: ControlNetTrainConfig, data, resume: bool) -> nn.Module:
-        if not (Path(cfg.base) / "pipeline.json").is_file():
-            raise ConfigError(f"base: '{cfg.base}' is not a condiff model folder (no pipeline.json)")
         if not 0 <= cfg.p_drop_caption <= 1:
             raise ConfigError(f"p_drop_caption must be in [0, 1], got {cfg.p_drop_caption}")
-        base = Text2ImagePipeline.from_pretrained(cfg.base)
-        if base.resolution != cfg.data.resolution:
-            raise ConfigError(f"data.resolution {cfg.data.resolution} is not the base model's side {base.resolution}")
+        base = base_model(cfg.base, "base", cfg.data.resolution)
         net_cfg = ControlNetConfig(ControlKind(cfg.control.kind), tuple(cfg.control.hint_channels), base.resolution,
                                    base.unet.cfg)
         try:

@@ -22,15 +22,14 @@ from torch import nn
 from ...config import ConfigError
 from ...data import DataConfig
 from ...diffusion.consistency import consistency_grid, ddim_solver_step, pseudo_huber
-from ...diffusion.denoiser import Prediction, x0_from_eps
+from ...diffusion.denoiser import Denoiser, Prediction, x0_from_eps
 from ...diffusion.guidance import ClassifierFreeGuidance
 from ...diffusion.sampling import SamplingOptions
 from ...nets.grounding import grounding_inputs
 from ...nets.pretrained_text import FrozenTextCache
-from ...pipelines.base import load_pipeline
 from ...pipelines.text2image import Text2ImagePipeline
 from ..config import OptimConfig, RunSettings, defaults
-from ..task import TaskDefaults
+from ..task import TaskDefaults, base_model
 from .text2image import LatentCache
 
 
@@ -51,16 +50,12 @@ class ConsistencyDistillationTask(TaskDefaults):
     name, config_cls = "consistency_distillation", ConsistencyDistillationConfig
 
     def build(self, cfg: ConsistencyDistillationConfig, data, resume: bool) -> nn.Module:
-        if not (Path(cfg.teacher) / "pipeline.json").is_file():
-            raise ConfigError(f"teacher: '{cfg.teacher}' is not a condiff model folder (no pipeline.json)")
         if not 1 <= cfg.guidance_scale <= 20:
             raise ConfigError(f"guidance_scale must be in [1, 20], got {cfg.guidance_scale}")
         if cfg.huber_c < 0:
             raise ConfigError(f"huber_c must be >= 0, got {cfg.huber_c}")
         SamplingOptions(steps=cfg.sample_steps, sampler="lcm", guidance_scale=1.0)  # ValueError: over the grid
         teacher = teacher_pipeline(cfg)
-        if teacher.resolution != cfg.data.resolution:
-            raise ConfigError(f"data.resolution {cfg.data.resolution} is not the teacher's side {teacher.resolution}")
         if teacher.unet.cfg.grounding_dim and not hasattr(data, "boxes"):
             raise ConfigError("the teacher is grounded (boxes): train on data with boxes (the world, or a folder "
                               "whose metadata.jsonl has them)")
@@ -118,14 +113,12 @@ class ConsistencyDistillationTask(TaskDefaults):
 
 
 def teacher_pipeline(cfg: ConsistencyDistillationConfig) -> Text2ImagePipeline:
-    pipe = load_pipeline(cfg.teacher)
-    if not isinstance(pipe, Text2ImagePipeline) or pipe.kind == "stable_diffusion":
-        raise ConfigError(f"teacher: '{cfg.teacher}' holds a {pipe.spec.kind} pipeline, not a condiff text-to-image model")
+    pipe = base_model(cfg.teacher, "teacher", cfg.data.resolution)
     if Prediction(pipe.cfg.prediction) is not Prediction.EPSILON or pipe.cfg.learn_sigma:
         raise ConfigError("teacher: consistency distillation here reads an eps-prediction model without learned variance")
     return pipe
 
 
 def student_eps(unet: nn.Module, teacher: Text2ImagePipeline, x: torch.Tensor, t: torch.Tensor, c: dict) -> torch.Tensor:
-    """The student's eps through the teacher's denoiser contract (the same wrapper, another UNet)."""
-    return teacher.denoiser.__class__.from_config(unet, teacher.cfg)(x, t, **c)
+    """The student's eps through the teacher's denoiser contract (the same wrapper and schedule, another UNet)."""
+    return Denoiser(unet, teacher.schedule, teacher.cfg.prediction)(x, t, **c)
