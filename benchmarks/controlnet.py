@@ -4,9 +4,11 @@
 
 Scenes: n two-object captions without a relation ("a red circle and a blue square", the world's two-objects
 category), each laid out at random by the world's own layout sampler (seed 1000 + i) and rendered; its edge map is
-`condiff control edges` of the rendering (nets.controlnet.edge_map). Each caption is drawn twice from seed i, in the
-same command: with `--control` (the shipped control_edges64, scale 1) and without it (the baseline: the default's
-own layout stage). A scene is *placed* when the oracle reads the caption right and each of its two objects (matched
+`condiff control edges` of the rendering (nets.controlnet.edge_map). Each caption is drawn three times from seed i,
+in the same command: as `generate --control` draws it (the shipped control_edges64, scale 1; the layout stage's
+phrases grounded on the map's outlines, pipelines.controlnet.map_grounding), with the map but no boxes (null
+grounding tokens, as the ControlNet trained), and without the map (the baseline: the default's own layout stage).
+A scene is *placed* when the oracle reads the caption right and each of its two objects (matched
 by shape and colour) has its centre within 0.08 of the scene's (a fraction of the image side).
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from condiff import components
 from condiff.catalogue import CONTROLNETS, model_folder
 from condiff.pipelines.controlnet import with_control
+from condiff.pipelines.requests import Control, ModelTag, Txt2ImgRequest, txt2img
 from condiff.pipelines.text2image import Text2ImagePipeline
 from condiff.nets.controlnet import edge_map
 from condiff.world.grammar import Category, sample_prompt
@@ -55,30 +58,30 @@ def main() -> None:
     ap.add_argument("--control-model", default=str(CONTROLNETS["edges"]))
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--grid", help="PNG: scene, edge map, with control, without (rows of 8 scenes)")
+    ap.add_argument("--grid", help="PNG: scene, edge map, with control, with control and no boxes, without (8 columns)")
     args = ap.parse_args()
     base = Text2ImagePipeline.from_pretrained(model_folder(args.model))
     controlled = with_control(Text2ImagePipeline.from_pretrained(model_folder(args.model)),
                               components.load("controlnet", args.control_model))
-    opts = base.defaults
+    opts, tag, name = base.defaults, ModelTag("default"), Path(args.control_model).name
+    arms = ("control", "control_no_boxes", "baseline")
     rows, grid, t0 = [], [], time.time()
     for i, (caption, objs) in enumerate(scenes(args.n)):
         scene = render([objs], base.resolution)
         m = edge_map(scene)
-        with_map = to_uint8(controlled([caption], [i], opts, control_map=m, control_scale=args.scale,
-                                       boxes=[[]]))[0].numpy()
-        without = to_uint8(base([caption], [i], opts))[0].numpy()
-        c_right, c_placed = placed(with_map, caption, objs)
-        b_right, b_placed = placed(without, caption, objs)
-        rows.append({"caption": caption, "control": {"right": c_right, "placed": c_placed},
-                     "baseline": {"right": b_right, "placed": b_placed}})
+        req = Txt2ImgRequest([caption], [i], opts, control=Control(m, "edges", args.scale, name))
+        drawn = {"control": next(txt2img(controlled, req, tag))[0].pixels,
+                 "control_no_boxes": to_uint8(controlled([caption], [i], opts, control_map=m, control_scale=args.scale,
+                                                         boxes=[[]]))[0].numpy(),
+                 "baseline": to_uint8(base([caption], [i], opts))[0].numpy()}
+        rows.append({"caption": caption} | {arm: dict(zip(("right", "placed"), placed(drawn[arm], caption, objs)))
+                                            for arm in arms})
         if len(grid) < 8:
             grid.append(np.concatenate([to_uint8(scene)[0].numpy(), (m[0, 0].numpy()[..., None].repeat(3, -1) * 255)
-                                        .astype(np.uint8), with_map, without], 0))
-        print(i, caption, rows[-1]["control"], rows[-1]["baseline"], flush=True)
-    summary = {arm: {k: float(np.mean([r[arm][k] for r in rows])) for k in ("right", "placed")}
-               for arm in ("control", "baseline")}
-    first8 = {arm: int(sum(r[arm]["placed"] for r in rows[:8])) for arm in ("control", "baseline")}
+                                        .astype(np.uint8)] + [drawn[arm] for arm in arms], 0))
+        print(i, caption, *(rows[-1][arm] for arm in arms), flush=True)
+    summary = {arm: {k: float(np.mean([r[arm][k] for r in rows])) for k in ("right", "placed")} for arm in arms}
+    first8 = {arm: int(sum(r[arm]["placed"] for r in rows[:8])) for arm in arms}
     result = {"n": args.n, "tolerance": TOLERANCE, "control_model": Path(args.control_model).name, "scale": args.scale,
               "sampling": {"steps": opts.steps, "sampler": opts.sampler.value, "guidance_scale": opts.guidance_scale},
               "summary": summary, "placed_of_first_8": first8, "wall_s": round(time.time() - t0, 1), "scenes": rows}
@@ -87,7 +90,7 @@ def main() -> None:
     print(json.dumps({"summary": summary, "placed_of_first_8": first8}))
     if args.grid:
         from PIL import Image
-        Image.fromarray(np.concatenate(grid, 1)).resize((64 * len(grid) * 2, 64 * 4 * 2), Image.NEAREST).save(args.grid)
+        Image.fromarray(np.concatenate(grid, 1)).resize((64 * len(grid) * 2, 64 * 5 * 2), Image.NEAREST).save(args.grid)
 
 
 if __name__ == "__main__":

@@ -267,3 +267,48 @@ def test_the_page_draws_from_an_uploaded_image_made_into_an_edge_map(tiny_model,
     assert "ControlNet" not in parse_parameters(Image.open(plain[0][0]).info["parameters"])
     monkeypatch.setitem(service_module.CONTROLNETS, "edges", tmp_path / "none")
     assert not service.controllable()
+
+
+def test_a_control_maps_objects_read_back_with_their_forms_and_boxes():
+    """Edge map (outlines bridged and filled) and segmentation map of one scene: each object's form, and its box
+    within a pixel and a half, as rendered."""
+    from condiff.nets.controlnet import segmentation_map
+    from condiff.pipelines.controlnet import map_objects
+
+    objects = [PlacedObject("triangle", "red", 0.25, 0.7, 0.36), PlacedObject("circle", "blue", 0.72, 0.3, 0.3),
+               PlacedObject("square", "green", 0.3, 0.22, 0.24)]
+    images = render([objects], 64)
+    for kind, m in (("edges", edge_map(images)), ("segmentation", segmentation_map(images))):
+        found = map_objects(m, kind)
+        assert sorted(o.shape for o in found) == sorted(o.shape for o in objects), kind
+        for o in objects:
+            f = next(f for f in found if f.shape == o.shape)
+            assert abs(f.cx - o.cx) <= 1.5 / 64 and abs(f.cy - o.cy) <= 1.5 / 64, (kind, o, f)
+            assert abs(f.side - o.s) <= 3 / 64, (kind, o, f)
+    assert map_objects(torch.zeros(1, 1, 32, 32), "edges") == []
+
+
+def test_map_grounding_gives_each_phrase_the_outline_of_its_form_nearest_its_own_box():
+    from condiff.pipelines.controlnet import map_grounding
+    from condiff.world.oracle import DetectedObject
+
+    def obj(shape, cx, cy, side=0.2):
+        return DetectedObject(shape, "unknown", cx, cy, side, side, 1.0, 0.0)
+
+    def box(cx, cy):
+        return [cx - 0.1, cy - 0.1, cx + 0.1, cy + 0.1]
+
+    found = [obj("circle", 0.2, 0.5), obj("circle", 0.8, 0.5), obj("square", 0.5, 0.2, 0.3)]
+    layout = [{"phrase": "red circle", "box": box(0.7, 0.6)}, {"phrase": "blue square", "box": box(0.1, 0.9)},
+              {"phrase": "green circle", "box": box(0.9, 0.9)}]
+    got = map_grounding(found, layout)
+    assert [g["phrase"] for g in got] == ["red circle", "blue square", "green circle"]
+    assert got[0]["box"] == pytest.approx(box(0.8, 0.5))  # the circle nearest its own box
+    assert got[1]["box"] == pytest.approx([0.35, 0.05, 0.65, 0.35])  # the square, however far
+    assert got[2]["box"] == pytest.approx(box(0.2, 0.5))  # the circle left
+    # a phrase naming no form (or a form the map lacks) takes the nearest free object; phrases beyond the objects drop
+    got = map_grounding(found[:1], [{"phrase": "a star", "box": box(0.5, 0.5)}, {"phrase": "red circle", "box": box(0.9, 0.9)}])
+    assert got == [{"phrase": "red circle", "box": pytest.approx(box(0.2, 0.5))}]
+    got = map_grounding(found, [{"phrase": "a star", "box": box(0.45, 0.3)}])
+    assert got == [{"phrase": "a star", "box": pytest.approx([0.35, 0.05, 0.65, 0.35])}]
+    assert map_grounding([], layout) == []

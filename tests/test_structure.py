@@ -290,6 +290,7 @@ LAZY = {
     ("condiff.eval.grid", "condiff.world.oracle"): "scipy",
     ("condiff.eval.real", "condiff.eval.fd"): "scipy, only for the digits judge's fidelity",
     ("condiff.eval.real", "condiff.eval.metrics"): "the digits judge's fidelity only",
+    ("condiff.pipelines.requests", "condiff.pipelines.controlnet"): "scipy and the oracle, only under a control map",
     ("condiff.train.tasks.autoencoder", "condiff.world.oracle"): "scipy",
     ("condiff.ui.api", "condiff.ui.variations"): "the endpoint named variations would shadow it",
     ("condiff.ui.app", "condiff.ui.api"): "fastapi, only when the API is mounted",

@@ -324,3 +324,15 @@ def test_bf16_on_a_cpu_without_native_bf16_is_flagged(tmp_path):
     assert not slow_bf16(cpu, Precision.FP32, str(plain))
     assert not slow_bf16(torch.device("cuda"), Precision.BF16, str(plain))
     assert not slow_bf16(cpu, Precision.BF16, str(tmp_path / "none"))  # no /proc/cpuinfo (macOS, Windows): unknown
+
+
+def test_the_learning_rate_warms_up_then_stays_or_follows_half_a_cosine_to_zero():
+    from condiff.train.trainer import lr_at
+
+    cfg = from_dict(TrainConfig, {"optim": {"steps": 110, "lr": 1e-3, "warmup_steps": 10}})
+    assert [lr_at(cfg, s) for s in (0, 4, 9, 50, 109)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    cfg = from_dict(TrainConfig, {"optim": {"steps": 110, "lr": 1e-3, "warmup_steps": 10, "lr_schedule": "cosine"}})
+    assert [lr_at(cfg, s) for s in (0, 9, 10, 60, 110)] == pytest.approx([1e-4, 1e-3, 1e-3, 5e-4, 0.0])
+    assert lr_at(cfg, 35) == pytest.approx(1e-3 * (1 + np.cos(np.pi / 4)) / 2)
+    with pytest.raises(ConfigError, match="'linear' is not one of"):
+        from_dict(TrainConfig, {"optim": {"lr_schedule": "linear"}})

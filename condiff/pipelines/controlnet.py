@@ -6,14 +6,18 @@ swapped for the controlled UNet (`generate --control MAP`).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..images import image_tensor, open_image, to_model_size
-from ..nets.controlnet import (MAP_CHANNELS, ControlKind, ControlledUNet, ControlNet, ControlNetConfig, edge_map,
-                               segmentation_map)
+from ..nets.controlnet import (MAP_CHANNELS, SEGMENT_COLOURS, ControlKind, ControlledUNet, ControlNet,
+                               ControlNetConfig, edge_map, segmentation_map)
+from ..world.grammar import SHAPES
+from ..world.oracle import DetectedObject, detect_silhouettes
 from .text2image import Text2ImagePipeline
 
 
@@ -30,6 +34,44 @@ def map_from_image(img, kind: ControlKind, side: int) -> torch.Tensor:
     """The control map (1, k, side, side) in [0, 1] of a PIL image, centre-cropped and resized to side first (what
     `condiff control KIND IN` writes, and the web page's 'make the map from this image')."""
     return control_maps(image_tensor(to_model_size(img, side)), kind)
+
+
+def map_objects(m: torch.Tensor, kind: ControlKind) -> list[DetectedObject]:
+    """The objects a control map (1, k, H, W) in [0, 1] draws, each with its box and form: an edge map's closed
+    outlines (bridged over one-pixel gaps, then filled), or a segmentation map's regions (the form its colour names)."""
+    if ControlKind(kind) is ControlKind.EDGES:
+        edges = m[0, 0].cpu().numpy() > 0.5
+        return detect_silhouettes(ndimage.binary_erosion(ndimage.binary_fill_holes(ndimage.binary_dilation(edges)),
+                                                         border_value=1))
+    pixels = m[0].permute(1, 2, 0).cpu().numpy() * 255
+    found = []
+    for form, colour in SEGMENT_COLOURS.items():
+        mask = np.abs(pixels - np.array(colour)).max(-1) < 32
+        found += [replace(o, shape=form) for o in detect_silhouettes(mask)]
+    return sorted(found, key=lambda o: (o.cx, o.cy))
+
+
+def map_grounding(objects: list[DetectedObject], layout: list[dict]) -> list[dict]:
+    """The layout stage's boxes moved onto a control map's objects, so that a grounded model binds each phrase (its
+    colour) to the outline it belongs to. Each phrase takes the free object of the form it names nearest its own box;
+    then the phrases naming no such form take the nearest free object of any form; phrases left over are dropped."""
+    free, placed = list(objects), {}
+
+    def take(i: int, candidates: list[DetectedObject]) -> None:
+        x0, y0, x1, y1 = layout[i]["box"]
+        o = min(candidates, key=lambda o: (o.cx - (x0 + x1) / 2) ** 2 + (o.cy - (y0 + y1) / 2) ** 2)
+        free.remove(o)
+        placed[i] = {"phrase": layout[i]["phrase"], "box": [round(v, 4) for v in (o.cx - o.w / 2, o.cy - o.h / 2,
+                                                                                    o.cx + o.w / 2, o.cy + o.h / 2)]}
+    for i, item in enumerate(layout):
+        forms = set(item["phrase"].lower().split()) & set(SHAPES)
+        same = [o for o in free if o.shape in forms]
+        if same:
+            take(i, same)
+    for i in range(len(layout)):
+        if i not in placed and free:
+            take(i, free)
+    return [placed[i] for i in sorted(placed)]
 
 
 def map_png(m: torch.Tensor) -> np.ndarray:

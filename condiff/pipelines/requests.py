@@ -183,9 +183,15 @@ def guidance_parameters(req: Txt2ImgRequest) -> dict:
 
 
 def boxes_for(pipe: Text2ImagePipeline, req: Txt2ImgRequest) -> list[list[dict]] | None:
-    """Each image's boxes: the request's layout, none for an inverted x_T, else the model's layout stage (if any)."""
+    """Each image's boxes: the request's layout, none for an inverted x_T, else the model's layout stage (if any),
+    moved onto the objects of the control map when there is one."""
     if req.layout is not None:
         return [req.layout] * len(req.prompts)
+    if req.control is not None and hasattr(pipe, "layouts"):  # the map says where, the phrases say what
+        from .controlnet import map_grounding, map_objects
+
+        objects = map_objects(req.control.map, req.control.kind)
+        return [map_grounding(objects, layout) for layout in pipe.layouts(req.prompts, req.seeds)]
     if (req.x_T is not None or req.control is not None) and pipe.unet.cfg.grounding_dim:
         return [[] for _ in req.prompts]  # an inverted x_T (as `edit invert` used) or a control map decides the layout
     if hasattr(pipe, "layouts"):  # a layout2image pipeline: its layout stage predicts the boxes (recorded)

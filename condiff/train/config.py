@@ -22,6 +22,11 @@ class Precision(str, enum.Enum):
     BF16 = "bf16"  # autocast; on CPU only where the machine has fast bf16 (see README)
 
 
+class LRSchedule(str, enum.Enum):
+    CONSTANT = "constant"  # after warm-up
+    COSINE = "cosine"  # after warm-up, half a cosine from lr down to 0 at the last step
+
+
 class LossWeighting(str, enum.Enum):
     UNIFORM = "uniform"  # L_simple: every timestep weighted 1
     MIN_SNR = "min_snr"  # Min-SNR-gamma (Hang et al. 2023): w_t = min(SNR_t, gamma) / SNR_t for epsilon
@@ -51,6 +56,7 @@ class OptimConfig:
     batch_size: int = 128
     lr: float = 4e-4
     warmup_steps: int = 500
+    lr_schedule: LRSchedule = LRSchedule.CONSTANT
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.9995

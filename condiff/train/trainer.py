@@ -22,7 +22,7 @@ from ..config import ConfigError, load_json, save_json
 from ..data import make_dataset
 from ..io import CheckpointError
 from . import distributed
-from .config import Precision
+from .config import LRSchedule, Precision
 from .distributed import World
 from .. import threads
 from .ema import EMA
@@ -123,8 +123,13 @@ def batch_line(run: Run) -> str:
 
 
 def lr_at(cfg, step: int) -> float:
-    """Linear warm-up, then constant."""
-    return cfg.optim.lr * min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))
+    """Linear warm-up, then constant or (lr_schedule "cosine") half a cosine down to 0 at the last step."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    if LRSchedule(o.lr_schedule) is LRSchedule.COSINE:
+        return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps))))
+    return o.lr
 
 
 class StepBatches(torch.utils.data.Dataset):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,20 @@ def detect_regions(image: np.ndarray) -> list[tuple[DetectedObject, np.ndarray]]
 def detect(image: np.ndarray) -> list[DetectedObject]:
     """Read the objects of an image (H, W, 3) uint8, sorted left to right."""
     return [o for o, _ in detect_regions(image)]
+
+
+def detect_silhouettes(mask: np.ndarray) -> list[DetectedObject]:
+    """Read the objects of a silhouette mask (H, W) bool, each connected component one object, by the same measures
+    as detect (its form from fill and asymmetry); colour "unknown". Sorted left to right."""
+    size = mask.shape[0]
+    comps, _ = ndimage.label(mask)
+    found = []
+    for i, (ys, xs) in enumerate(ndimage.find_objects(comps), start=1):
+        region = comps == i
+        obj = _measure(region, region.astype(np.float64), "unknown", size)
+        if obj is not None:
+            found.append(DetectedObject(_classify(obj.fill, obj.asym), *dataclasses.astuple(obj)[1:]))
+    return sorted(found, key=lambda o: (o.cx, o.cy))
 
 
 def _describe(o: DetectedObject) -> str:
