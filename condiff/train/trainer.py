@@ -125,11 +125,9 @@ def batch_line(run: Run) -> str:
 def lr_at(cfg, step: int) -> float:
     """Linear warm-up, then constant or (lr_schedule "cosine") half a cosine down to 0 at the last step."""
     o = cfg.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    if LRSchedule(o.lr_schedule) is LRSchedule.COSINE:
-        return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps))))
-    return o.lr
+    if step < o.warmup_steps or LRSchedule(o.lr_schedule) is LRSchedule.CONSTANT:
+        return o.lr * min(1.0, (step + 1) / max(1, o.warmup_steps))
+    return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps))))
 
 
 class StepBatches(torch.utils.data.Dataset):
