@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from condiff import components
+from condiff.diffusion.sampling import Sampler, SigmaSchedule
 from condiff.eval.bench import MAIN, summarize
 from condiff.io import json_safe
 from condiff.nets.layout_prior import sample_layouts
@@ -83,6 +84,7 @@ def run(pipe, opts, prompts, suites, seeds, batch, **kw) -> dict:
                for s, p, px in zip(suites, prompts, to_uint8(images).numpy())]
     table = summarize(records)
     table["seconds"] = round(time.time() - t, 1)
+    table["correct"] = [r["correct"] for r in records]  # per image, in job order: for gaps paired with another run
     return table
 
 
@@ -95,6 +97,8 @@ def main() -> None:
     ap.add_argument("--n-per-prompt", type=int, default=4)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance-scale", type=float, default=3.0)
+    ap.add_argument("--sampler", help="default: the model's own")
+    ap.add_argument("--schedule", help="step schedule (default: the model's own)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--rows", default="none,prior,prior_uncond,true", help="comma-separated subset of the rows")
     ap.add_argument("--obeyed", type=int, default=10, help="two-object prompts (x4 seeds) with random boxes; 0: skip")
@@ -103,6 +107,10 @@ def main() -> None:
     pipe = Text2ImagePipeline.from_pretrained(args.model)
     prior = components.load("layout_prior", args.layout_prior)
     opts = replace(pipe.defaults, steps=args.steps, guidance_scale=args.guidance_scale)
+    if args.sampler:
+        opts = replace(opts, sampler=Sampler(args.sampler))
+    if args.schedule:
+        opts = replace(opts, schedule=SigmaSchedule(args.schedule))
     jobs = [(s, p) for s in SUITES for p in suite_prompts(s, args.prompts_per_category) for _ in range(args.n_per_prompt)]
     suites, prompts = [s for s, _ in jobs], [p for _, p in jobs]
     seeds = list(range(len(jobs)))
@@ -111,7 +119,8 @@ def main() -> None:
             "prior": {"boxes": layouts},                  # pipeline, whose own layout stage fills boxes=None "prior_uncond": {"boxes": layouts, "boxes_in_uncond": True},
             "true": {"boxes": true_boxes(prompts, 0)}}
     report = {"model": args.model, "layout_prior": args.layout_prior, "temperature": args.temperature,
-              "steps": args.steps, "guidance_scale": args.guidance_scale, "images": len(jobs), "rows": {}}
+              "steps": args.steps, "guidance_scale": args.guidance_scale, "sampler": opts.sampler.value,
+              "schedule": opts.schedule.value, "images": len(jobs), "rows": {}}
     for name in args.rows.split(","):
         report["rows"][name] = run(pipe, opts, prompts, suites, seeds, args.batch_size, **rows[name])
         print(name, {k: round(v["accuracy"], 3) for k, v in report["rows"][name].items() if isinstance(v, dict)},
