@@ -312,3 +312,23 @@ def test_map_grounding_gives_each_phrase_the_outline_of_its_form_nearest_its_own
     got = map_grounding(found, [{"phrase": "a star", "box": box(0.45, 0.3)}])
     assert got == [{"phrase": "a star", "box": pytest.approx([0.35, 0.05, 0.65, 0.35])}]
     assert map_grounding([], layout) == []
+
+
+def test_under_a_control_map_the_shipped_defaults_layout_stage_grounds_its_phrases_on_the_maps_outlines():
+    """boxes_for (what generate --control, the API and the page draw with): the layout prior's phrases for the caption,
+    each on the outline of its form in the edge map of a rendered scene."""
+    from condiff.catalogue import CONTROLNETS, DEFAULT_MODEL
+    from condiff.pipelines.requests import Control, Txt2ImgRequest, boxes_for
+    from condiff.pipelines.text2image import Text2ImagePipeline
+
+    pipe = Text2ImagePipeline.from_pretrained(DEFAULT_MODEL)
+    objects = [PlacedObject("square", "blue", 0.25, 0.3, 0.3), PlacedObject("circle", "red", 0.7, 0.7, 0.3)]
+    m = edge_map(render([objects], 64))
+    req = Txt2ImgRequest(["a red circle and a blue square"] * 2, [0, 1], pipe.defaults,
+                         control=Control(m, "edges", 1.0, CONTROLNETS["edges"].name))
+    for boxes in boxes_for(pipe, req):
+        assert sorted(b["phrase"].removeprefix("a ") for b in boxes) == ["blue square", "red circle"], boxes
+        for b in boxes:
+            o = next(o for o in objects if o.shape in b["phrase"])
+            x0, y0, x1, y1 = b["box"]
+            assert abs((x0 + x1) / 2 - o.cx) < 0.03 and abs((y0 + y1) / 2 - o.cy) < 0.03 and abs(x1 - x0 - o.s) < 0.05
