@@ -63,6 +63,7 @@ class SigmaSchedule(str, enum.Enum):
     UNIFORM = "uniform"
     LEADING = "leading"
     TRAILING = "trailing"
+    PROGRESSIVE = "progressive"  # progressive distillation's grid (schedule.Spacing): what a distilled student draws on
     KARRAS = "karras"  # Karras et al. eq. 5, rho = 7: dense at small sigma
     EXPONENTIAL = "exponential"  # uniform in log sigma, i.e. in logSNR (DPM-Solver's "logSNR" step placement)
 

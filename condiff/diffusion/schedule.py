@@ -18,6 +18,12 @@ class Spacing(str, enum.Enum):
     UNIFORM = "uniform"  # improved DDPM's respacing: evenly spaced, first and last step included
     LEADING = "leading"  # diffusers' 'leading': 0, k, 2k, ... (DDIM paper)
     TRAILING = "trailing"  # diffusers' 'trailing': T-1, T-1-k, ... (Lin et al. 2023)
+    PROGRESSIVE = "progressive"  # progressive distillation's grid: top k / steps, k = 1..steps (top below T - 1)
+
+
+PROGRESSIVE_TOP = 0.96  # the progressive grid's first step, a fraction of T: on the cosine schedule t = 999 has
+# sqrt(alpha_bar) = 5e-5, where an eps-model's x0_hat (what a distilled step must be right about) is noise; at 960
+# it is 0.06. 960 = 2^6 x 15, so the grids of 1, 2, 4, ..., 64 steps nest on T = 1000.
 
 
 def linear_betas(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
@@ -109,6 +115,8 @@ class NoiseSchedule:
             ts = [round(i * (T - 1) / max(steps - 1, 1)) for i in range(steps)]
         elif spacing is Spacing.LEADING:
             ts = [min(i * (T // steps) + self.steps_offset, T - 1) for i in range(steps)]
+        elif spacing is Spacing.PROGRESSIVE:
+            ts = [round(k * round(PROGRESSIVE_TOP * T) / steps) for k in range(1, steps + 1)]
         else:
             ts = [round(T - i * T / steps) - 1 for i in range(steps)][::-1]
         return sorted(set(ts), reverse=True)

@@ -11,7 +11,7 @@ from ...catalogue import PACKAGE_PREFIX, model_folder
 from ...config import ConfigError, from_dict, read_json
 from .autoencoder import AutoencoderTask
 from .controlnet import ControlNetTask
-from .distill import ConsistencyDistillationTask
+from .distill import ConsistencyDistillationTask, ProgressiveDistillationTask
 from .embedding_prior import EmbeddingPriorTask
 from .judges import JudgeTask
 from .layout_prior import LayoutPriorTask
@@ -23,7 +23,8 @@ def tasks() -> dict:
     return {"text2image": Text2ImageTask(), "clip": JudgeTask("clip"), "classifier": JudgeTask("classifier"),
             "autoencoder": AutoencoderTask(), "layout_prior": LayoutPriorTask(),
             "upsampler": UpsamplerTask(), "embedding_prior": EmbeddingPriorTask(), "controlnet": ControlNetTask(),
-            "consistency_distillation": ConsistencyDistillationTask()}
+            "consistency_distillation": ConsistencyDistillationTask(),
+            "progressive_distillation": ProgressiveDistillationTask()}
 
 
 def task_named(name: str):

@@ -24,6 +24,7 @@ from ...data import DataConfig
 from ...diffusion.consistency import consistency_grid, ddim_solver_step, pseudo_huber
 from ...diffusion.denoiser import Denoiser, Prediction, x0_from_eps
 from ...diffusion.guidance import ClassifierFreeGuidance
+from ...diffusion.progressive import ddim_to, distillation_target, grid_spacing, truncated_snr_weight
 from ...diffusion.sampling import SamplingOptions
 from ...nets.grounding import grounding_inputs
 from ...nets.pretrained_text import FrozenTextCache
@@ -122,3 +123,69 @@ def teacher_pipeline(cfg: ConsistencyDistillationConfig) -> Text2ImagePipeline:
 def student_eps(unet: nn.Module, teacher: Text2ImagePipeline, x: torch.Tensor, t: torch.Tensor, c: dict) -> torch.Tensor:
     """The student's eps through the teacher's denoiser contract (the same wrapper and schedule, another UNet)."""
     return Denoiser(unet, teacher.schedule, teacher.cfg.prediction)(x, t, **c)
+
+
+@dataclass
+class ProgressiveDistillationConfig(RunSettings):
+    model: str = "progressive_distillation"
+    seed: int = 0
+    teacher: str = "condiff/weights/layout64"  # the model of this round's teacher: the base, or the last round's student
+    teacher_steps: int = 8  # the teacher's DDIM steps on the progressive grid; the student learns half as many
+    guidance_scale: float = 3.0  # w of the teacher's CFG, folded into the student (1: a distilled teacher has it)
+    data: DataConfig = defaults(DataConfig, resolution=64)
+    optim: OptimConfig = defaults(OptimConfig, steps=400, batch_size=16, lr=5e-5, warmup_steps=20, ema_decay=0.99,
+                                  p_uncond=0.0)
+
+
+class ProgressiveDistillationTask(ConsistencyDistillationTask):
+    """Progressive distillation (Salimans & Ho 2022; diffusion/progressive.py), one round: a student of
+    teacher_steps / 2 DDIM steps on the progressive grid, started as the teacher's UNet. The teacher's conditioning
+    (caption, boxes, the null branch of CFG) is the consistency distillation's; the exported model samples DDIM on the
+    progressive grid at its own steps, CFG 1 (one network call a step). Chain rounds by making the last student the
+    next teacher (guidance_scale 1)."""
+    name, config_cls = "progressive_distillation", ProgressiveDistillationConfig
+
+    def build(self, cfg: ProgressiveDistillationConfig, data, resume: bool) -> nn.Module:
+        if not 1 <= cfg.guidance_scale <= 20:
+            raise ConfigError(f"guidance_scale must be in [1, 20], got {cfg.guidance_scale}")
+        teacher = teacher_pipeline(cfg)
+        try:
+            grid_spacing(teacher.schedule, cfg.teacher_steps)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if teacher.unet.cfg.grounding_dim and not hasattr(data, "boxes"):
+            raise ConfigError("the teacher is grounded (boxes): train on data with boxes (the world, or a folder "
+                              "whose metadata.jsonl has them)")
+        return copy.deepcopy(teacher.unet).requires_grad_(True)
+
+    def prepare(self, run) -> None:
+        super().prepare(run)
+        run.state.pop("grid")
+
+    def loss(self, run, images: torch.Tensor, captions: list[str], box_lists: list | None = None) -> torch.Tensor:
+        cfg, teacher, generator = run.cfg, run.state["teacher"], run.generator
+        schedule, device, B = teacher.schedule, images.device, len(captions)
+        d = grid_spacing(schedule, cfg.teacher_steps)
+        with torch.no_grad():
+            x0 = run.state["latents"](images) if "latents" in run.state else images
+            c, u = self.conditions(run, captions, box_lists, device)
+        i = torch.randint(1, cfg.teacher_steps // 2 + 1, (B,), generator=generator).to(device)
+        t, t_mid, t_next = 2 * i * d, (2 * i - 1) * d, (2 * i - 2) * d  # t_next = 0: clean data
+        eps = torch.randn(x0.shape, generator=generator).to(device)
+        z_t = schedule.q_sample(x0, t, eps)
+        with torch.no_grad():
+            guided = ClassifierFreeGuidance(teacher.denoiser, cfg.guidance_scale, c, u)
+            z_mid = ddim_to(schedule, z_t, t, t_mid, guided(z_t, t))
+            z_next = ddim_to(schedule, z_mid, t_mid, t_next, guided(z_mid, t_mid))
+            target = distillation_target(schedule, z_t, t, z_next, t_next)
+        pred = x0_from_eps(schedule, z_t, t, student_eps(run.model, teacher, z_t, t, c))
+        return (truncated_snr_weight(schedule, t, pred) * (pred.float() - target.float()) ** 2).mean()
+
+    def export(self, run, folder: Path) -> None:
+        teacher = run.state["teacher"]
+        spec = copy.deepcopy(teacher.spec)
+        spec.stage("base").sampling = teacher.defaults.replace(
+            steps=run.cfg.teacher_steps // 2, sampler="ddim", schedule="progressive", guidance_scale=1.0, eta=0.0,
+            guidance_rescale=0.0)
+        student = copy.deepcopy(run.ema.model).float()
+        type(teacher).from_parts(teacher.parts | {spec.stage("base").unet: student}, spec).save_pretrained(folder)
