@@ -6,7 +6,9 @@ samplers at the same number of steps, with DDPM 250 as the reference, in one com
 Rows: lcm64 with the lcm sampler (guidance folded in: one network call a step) at 1, 2, 4, 8 steps; the default
 with DPM++ 2M (karras) and DDIM (its leading spacing) at the same steps under its CFG 3 (two calls a step, batched);
 the default with the lcm sampler at 4 steps (the undistilled teacher read as a consistency model: what the
-distillation adds); DDPM 250 (the reference). Each row: shapes-bench accuracy per category and overall (the same
+distillation adds); DDPM 250 (the reference); with --progressive, each progressively distilled student (configs/
+pd64_*.json) at its own steps, DDIM on the progressive grid, no CFG (--only-progressive: those and the reference
+alone, on the same prompts and seeds as a full run). Each row: shapes-bench accuracy per category and overall (the same
 prompts and seeds in every row; overall's gap to the reference with the paired standard error), FD to renders of
 the same prompts in clip32 features, and seconds per image at batch 1 (the mean of --latency-images, threads as
 the process has them).
@@ -32,13 +34,17 @@ from steps import ground_truth
 SUITE_NAMES = ("single", "counting", "two_objects", "position", "held_out")
 
 
-def rows_to_run(steps: list[int], reference: str, also: list[str]) -> list[tuple[str, str, int]]:
-    """(model, sampler, steps): the reference first, then each sampler over the step counts, then `also`."""
+def rows_to_run(steps: list[int], reference: str, also: list[str], progressive: dict,
+                only_progressive: bool = False) -> list[tuple[str, str, int]]:
+    """(model, sampler, steps): the reference first, then each sampler over the step counts, then `also`, then each
+    progressively distilled student at its own steps (DDIM on the progressive grid)."""
     pairs = [(s, int(n)) for s, n in (a.split(":") for a in [reference, *also])]
     runs = [("default", *pairs[0])]
-    runs += [("distilled", "lcm", n) for n in steps]
-    runs += [("default", s, n) for s in ("dpmpp_2m", "ddim") for n in steps]
-    return runs + [("default", "lcm", 4)] + [("default", s, n) for s, n in pairs[1:]]
+    if not only_progressive:
+        runs += [("distilled", "lcm", n) for n in steps]
+        runs += [("default", s, n) for s in ("dpmpp_2m", "ddim") for n in steps]
+        runs += [("default", "lcm", 4)] + [("default", s, n) for s, n in pairs[1:]]
+    return runs + [(name, "ddim", pipe.defaults.steps) for name, pipe in progressive.items()]
 
 
 def latency(pipe, opts, n: int) -> float:
@@ -59,17 +65,21 @@ def main() -> None:
     ap.add_argument("--prompts-per-category", type=int, default=10)
     ap.add_argument("--n-per-prompt", type=int, default=2)
     ap.add_argument("--latency-images", type=int, default=4)
+    ap.add_argument("--progressive", nargs="*", default=[], metavar="MODEL",
+                    help="progressively distilled students (condiff train progressive_distillation), each a row")
+    ap.add_argument("--only-progressive", action="store_true", help="only the reference and the --progressive rows")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    progressive = {f"progressive:{Path(m).name}": Text2ImagePipeline.from_pretrained(m) for m in args.progressive}
     pipes = {"default": Text2ImagePipeline.from_pretrained(DEFAULT_MODEL),
-             "distilled": Text2ImagePipeline.from_pretrained(args.distilled)}
+             "distilled": Text2ImagePipeline.from_pretrained(args.distilled)} | progressive
     clip = load_clip(DEFAULT_JUDGES["clip"])
     features = lambda x: clip_metric_features(clip, x)  # noqa: E731
     rows, reference = [], None
     print("| model | sampler | steps | UNet calls | single | counting | two objects | position | held-out | overall | "
           "gap to reference | FD | s / image |")
     print("| --- " * 13 + "|")
-    for model, sampler, steps in rows_to_run(args.steps, args.reference, args.also):
+    for model, sampler, steps in rows_to_run(args.steps, args.reference, args.also, progressive, args.only_progressive):
         pipe = pipes[model]
         schedule = "karras" if sampler == "dpmpp_2m" else pipe.defaults.schedule
         opts = pipe.defaults.replace(sampler=sampler, steps=steps, schedule=schedule)
