@@ -101,13 +101,13 @@ def main() -> None:
     for name, nfe in runs:
         sampler = Sampler(name)
         schedule = SigmaSchedule(args.schedule)
-        if schedule in SIGMA_SCHEDULES and sampler not in SIGMA_SAMPLERS:
-            schedule = pipe.defaults.schedule  # karras and exponential place sigmas; DDPM and DDIM keep the model's
-            # own timestep respacing (uniform for pixel models; leading for latent ones, whose unclipped x0_hat at
-            # t = 999 would otherwise be multiplied by 1/sqrt(alpha_bar) = 2e4)
-        # the rest (threshold: none for a latent model) is the model's; fresh SamplingOptions clipped latents
+        placed = {"schedule": schedule} if schedule not in SIGMA_SCHEDULES or sampler in SIGMA_SAMPLERS else {}
+        # karras and exponential place sigmas; DDPM and DDIM keep the model's own timestep respacing (uniform for
+        # pixel models; leading for latent ones, whose unclipped x0_hat at t = 999 would otherwise be multiplied by
+        # 1/sqrt(alpha_bar) = 2e4; leading too where the model saved a sigma placement: SamplingOptions.replace).
+        # The rest (threshold: none for a latent model) is the model's; fresh SamplingOptions clipped latents
         opts = pipe.defaults.replace(steps=steps_for(sampler, nfe), guidance_scale=args.guidance_scale,
-                                     sampler=sampler, schedule=schedule)
+                                     sampler=sampler, **placed)
         pipe.check(["a red circle"], opts)
         start = time.time()
         records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt,

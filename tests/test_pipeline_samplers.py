@@ -46,6 +46,25 @@ def test_placed_sigmas_span_the_spaced_range_and_need_a_sigma_sampler(tiny_model
         pipe(["a red circle"], [0], SamplingOptions(steps=3, sampler=Sampler.DDIM, schedule=placement))
 
 
+def test_a_saved_sigma_placement_gives_way_to_leading_when_a_timestep_sampler_is_asked_for_without_a_schedule():
+    """The default saves DPM++ 2M with Karras sigmas; `--sampler ddim` alone must still draw (leading spacing), while
+    a schedule given with the sampler is checked as given."""
+    from argparse import Namespace
+
+    saved = SamplingOptions(steps=20, sampler=Sampler.DPMPP_2M, schedule=SigmaSchedule.KARRAS)
+    for opts in (saved.replace(sampler="ddim"), SamplingOptions.from_args(Namespace(sampler="ddim"), base=saved)):
+        assert (opts.sampler, opts.schedule, opts.steps) == (Sampler.DDIM, SigmaSchedule.LEADING, 20)
+    assert saved.replace(sampler="euler").schedule is SigmaSchedule.KARRAS  # a sigma sampler keeps the placement
+    assert saved.replace(steps=5).schedule is SigmaSchedule.KARRAS
+    assert SamplingOptions(sampler="ddim", schedule="trailing").replace(sampler="ddpm").schedule is SigmaSchedule.TRAILING
+    with pytest.raises(ValueError, match="karras schedule needs a sigma sampler"):
+        saved.replace(sampler="ddim", schedule="karras")
+    with pytest.raises(ValueError, match="karras schedule needs a sigma sampler"):
+        SamplingOptions.from_args(Namespace(sampler="ddim", schedule="karras"), base=saved)
+    with pytest.raises(ValueError, match="unknown value 'dim'"):
+        saved.replace(sampler="dim")
+
+
 def test_shipped_model_with_dpmpp_2m_at_10_steps():
     pipe = Text2ImagePipeline.from_pretrained(BASE32)
     prompts = ["a red circle", "a blue square", "a yellow triangle", "a large green circle"]

@@ -132,10 +132,25 @@ class SamplingOptions:
         names = {f.name: f.name for f in fields(cls)} | {"percentile": "threshold_percentile"}
         kw = {field: getattr(args, arg) for field, arg in names.items() if getattr(args, arg, None) is not None}
         start = {f.name: getattr(base, f.name) for f in fields(cls)} if base is not None else {}
-        return cls(**(start | kw | overrides))
+        changes = kw | overrides
+        return cls(**(start | changes | _schedule_kept_valid(start.get("schedule", cls.schedule), changes)))
 
     def replace(self, **changes) -> "SamplingOptions":
+        changes |= _schedule_kept_valid(self.schedule, changes)
         return SamplingOptions(**({f.name: getattr(self, f.name) for f in fields(self)} | changes))
+
+
+def _schedule_kept_valid(schedule, changes: dict) -> dict:
+    """A saved sigma placement (karras, exponential) belongs to the sigma samplers: a change to a DDPM/DDIM-family
+    sampler that names no schedule takes 'leading' (diffusers' timestep spacing) instead of failing. A schedule
+    given with the sampler is checked as given."""
+    if "sampler" not in changes or "schedule" in changes:
+        return {}
+    try:
+        timestep_sampler = Sampler(changes["sampler"]) not in SIGMA_SAMPLERS
+    except ValueError:
+        return {}  # __post_init__ names the unknown sampler
+    return {"schedule": SigmaSchedule.LEADING} if timestep_sampler and SigmaSchedule(schedule) in SIGMA_SCHEDULES else {}
 
 
 SIGMA_MAX = 80.0  # EDM's sigma_max: the cosine schedule's last sigma (~2e4) wrecks 2nd-order steps (see README)
