@@ -47,6 +47,12 @@ def rows_to_run(steps: list[int], reference: str, also: list[str], progressive: 
     return runs + [(name, "ddim", pipe.defaults.steps) for name, pipe in progressive.items()]
 
 
+def run_name(folder: str) -> str:
+    """A model folder's name, or its run's for a run's model/ folder (runs/pd64_2/model -> pd64_2)."""
+    p = Path(folder).resolve()
+    return p.parent.name if p.name == "model" else p.name
+
+
 def latency(pipe, opts, n: int) -> float:
     """Seconds per image drawn one at a time (layout stage, sampling and decoding)."""
     prompts = [p for p in suite_prompts("two_objects", n)][:n]
@@ -70,7 +76,7 @@ def main() -> None:
     ap.add_argument("--only-progressive", action="store_true", help="only the reference and the --progressive rows")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    progressive = {f"progressive:{Path(m).name}": Text2ImagePipeline.from_pretrained(m) for m in args.progressive}
+    progressive = {f"progressive:{run_name(m)}": Text2ImagePipeline.from_pretrained(m) for m in args.progressive}
     pipes = {"default": Text2ImagePipeline.from_pretrained(DEFAULT_MODEL),
              "distilled": Text2ImagePipeline.from_pretrained(args.distilled)} | progressive
     clip = load_clip(DEFAULT_JUDGES["clip"])
