@@ -18,8 +18,9 @@ CLIP64 = WEIGHTS / "clip64"  # the CLIP the unCLIP decoder and prior read
 CONTROLNETS = {"edges": WEIGHTS / "control_edges64", "segmentation": WEIGHTS / "control_segmentation64"}  # control kind -> the shipped ControlNet of the default model
 DEFAULT_JUDGES = {"clip": WEIGHTS / "clip32", "noisy_clip": WEIGHTS / "noisy_clip32",
                   "classifier": WEIGHTS / "classifier32"}  # guidance and metric judges
-FEW_STEP = {DEFAULT_MODEL: WEIGHTS / "lcm64"}  # a model -> its consistency-distilled copy, which draws few steps
-FEW_STEP_MAX = 8  # `--steps` up to this on such a model (no sampler or CFG scale asked for) draw with the copy
+FEW_STEP = {DEFAULT_MODEL: ((1, WEIGHTS / "pd64"), (8, WEIGHTS / "lcm64"))}  # a model -> its distilled copies, each
+# with the most steps it draws: `--steps N` on the model (no sampler or CFG scale asked for) draws with the first copy
+# whose bound is at least N (pd64: progressively distilled to 1 step; lcm64: consistency-distilled, 2 to 8 steps)
 UPSAMPLERS = {128: WEIGHTS / "sr128", 256: WEIGHTS / "sr256"}  # output side -> the shipped stage that makes it
 PACKAGE_PREFIX = ("condiff", "weights")  # configs written before the catalogue name shipped folders this way
 
@@ -45,12 +46,12 @@ def model_folder(name: str | Path | None) -> Path:
 
 
 def few_step_model(model: Path, steps: int | None, sampler_or_scale_given: bool) -> Path:
-    """The model that draws `--steps`: a shipped model's consistency-distilled copy (FEW_STEP) for at most FEW_STEP_MAX
-    steps when no sampler or guidance scale was asked for, else the model itself."""
-    distilled = FEW_STEP.get(Path(model).resolve()) if Path(model).exists() else None
-    if steps is None or steps > FEW_STEP_MAX or sampler_or_scale_given or distilled is None or not distilled.is_dir():
+    """The model that draws `--steps`: the first of a shipped model's distilled copies (FEW_STEP) that draws that
+    many steps, when no sampler or guidance scale was asked for; else the model itself."""
+    copies = FEW_STEP.get(Path(model).resolve(), ()) if Path(model).exists() else ()
+    if steps is None or sampler_or_scale_given:
         return model
-    return distilled
+    return next((copy for most, copy in copies if steps <= most and copy.is_dir()), model)
 
 
 def shipped_name(path: str | Path) -> str:

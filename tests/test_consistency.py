@@ -114,7 +114,7 @@ def test_few_steps_on_a_model_with_a_distilled_copy_draw_with_the_copy(tiny_mode
 
     condiff_tag = lambda folder: ModelTag.of(folder).parameters()["Model"]  # noqa: E731
 
-    monkeypatch.setitem(catalogue.FEW_STEP, tiny_model.resolve(), tiny_lcm)
+    monkeypatch.setitem(catalogue.FEW_STEP, tiny_model.resolve(), ((8, tiny_lcm),))
 
     def drawn(*extra) -> dict:
         out = tmp_path / "x.png"
@@ -125,7 +125,7 @@ def test_few_steps_on_a_model_with_a_distilled_copy_draw_with_the_copy(tiny_mode
     assert (few["Sampler"], few["Steps"], few["CFG scale"]) == ("LCM", "2", "1.0")
     assert few["Model"] == condiff_tag(tiny_lcm)
     assert drawn("--steps", "2", "--sampler", "ddim")["Sampler"] == "DDIM"  # a sampler asked for: the model itself
-    assert drawn("--steps", "20")["Sampler"] == "DDIM"  # over FEW_STEP_MAX
+    assert drawn("--steps", "20")["Sampler"] == "DDIM"  # over the copy's 8
     assert drawn()["Sampler"] == "DDIM" and drawn()["Steps"] == "50"  # no --steps: the model's own settings
 
 
@@ -141,22 +141,23 @@ def test_exporting_the_distilled_model_shares_its_teachers_parts_and_draws_the_s
         assert torch.equal(a(["a red circle"], [4]), b(["a red circle"], [4]))
 
 
-def test_the_shipped_default_at_four_steps_draws_with_its_distilled_copy_and_draws_right(tmp_path):
+@pytest.mark.parametrize("steps, copy, sampler, schedule", [("4", "lcm64", "LCM", "leading"),
+                                                             ("1", "pd64", "DDIM", "progressive")])
+def test_the_shipped_default_at_few_steps_draws_with_its_distilled_copies_and_draws_right(tmp_path, steps, copy,
+                                                                                        sampler, schedule):
     from PIL import Image
 
-    from condiff.catalogue import FEW_STEP, DEFAULT_MODEL
     from condiff.png import parse_parameters
     from condiff.world.oracle import judge
 
-    if not (FEW_STEP[DEFAULT_MODEL] / "pipeline.json").is_file():
-        pytest.skip("no distilled copy shipped")
     prompts = ["a red circle to the left of a blue square", "three green triangles", "a small yellow square",
                "a white circle above a purple square"]
     right = 0
     for i, prompt in enumerate(prompts):
         out = tmp_path / f"{i}.png"
-        assert main(["generate", prompt, "--steps", "4", "--seed", str(i), "--out", str(out)]) == 0
+        assert main(["generate", prompt, "--steps", steps, "--seed", str(i), "--out", str(out)]) == 0
         params = parse_parameters(Image.open(out).text["parameters"])
-        assert (params["Model"], params["Sampler"], params["Steps"]) == ("lcm64", "LCM", "4")
+        assert (params["Model"], params["Sampler"], params["Steps"], params["CFG scale"]) == (copy, sampler, steps, "1.0")
+        assert params["Schedule type"] == schedule
         right += judge(np.asarray(Image.open(out).convert("RGB")), prompt).correct
     assert right >= 3
