@@ -4,8 +4,8 @@ torch's own default, condiff's choice, 1 thread and 2 threads, in one command.
     python benchmarks/threads.py --repeats 3 --out docs/fast/threads.json
 
 Run it on an otherwise quiet machine: it makes its own competitor. Each cell is the median over --repeats runs of
-a fresh process (`condiff generate PROMPT --steps S --sampler ddim`, the default model, one image): its wall time,
-and the sampling time the command reports. The competitor is a CPU-bound process doing float32 matmuls on
+a fresh process running the README's first command (`condiff generate "a red circle to the left of a blue square"`,
+the default model at its own settings, one image): its wall time, and the generation time the command reports. The competitor is a CPU-bound process doing float32 matmuls on
 --competitor-threads threads, as a training run with OMP_NUM_THREADS=1 does; it runs for the whole 'beside' column.
 
 Settings:
@@ -45,10 +45,10 @@ def env_without_threads() -> dict:
     return env
 
 
-def one_generate(threads: str | None, steps: int, out: Path) -> tuple[float, float]:
-    """(wall seconds, sampling seconds as the command reports them) of one fresh `condiff generate`."""
-    cmd = [sys.executable, "-m", "condiff.cli", "generate", "a red circle to the left of a blue square", "--steps",
-           str(steps), "--sampler", "ddim", "--out", str(out)] + (["--threads", threads] if threads else [])
+def one_generate(threads: str | None, out: Path) -> tuple[float, float]:
+    """(wall seconds, generation seconds as the command reports them) of one fresh `condiff generate`."""
+    cmd = [sys.executable, "-m", "condiff.cli", "generate", "a red circle to the left of a blue square", "--out",
+           str(out)] + (["--threads", threads] if threads else [])
     t = time.perf_counter()
     done = subprocess.run(cmd, env=env_without_threads(), capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - t
@@ -60,7 +60,6 @@ def one_generate(threads: str | None, steps: int, out: Path) -> tuple[float, flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=50, help="DDIM steps of the generate (the default's own: 50)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--competitor-threads", type=int, default=1)
     ap.add_argument("--out", required=True)
@@ -78,7 +77,7 @@ def main() -> None:
                 time.sleep(2)  # let it reach its loop (and the kernel count it runnable)
             try:
                 for name, threads in settings.items():
-                    runs = [one_generate(threads, args.steps, Path(tmp) / "o.png") for _ in range(args.repeats)]
+                    runs = [one_generate(threads, Path(tmp) / "o.png") for _ in range(args.repeats)]
                     cells[(where, name)] = {"wall_s": statistics.median(r[0] for r in runs),
                                             "sampling_s": statistics.median(r[1] for r in runs),
                                             "runs": [[round(w, 2), s] for w, s in runs]}
@@ -93,7 +92,7 @@ def main() -> None:
                                                                 for k in ("wall_s", "sampling_s")},
              "beside_over_condiff_alone": round(cells[("beside", name)]["wall_s"] / base, 2)}
             for name, threads in settings.items()]
-    report = {"steps": args.steps, "repeats": args.repeats, "competitor_threads": args.competitor_threads,
+    report = {"command": "condiff generate 'a red circle to the left of a blue square'", "repeats": args.repeats, "competitor_threads": args.competitor_threads,
               "cores": os.cpu_count(), "torch_default_threads": settings["torch"], "rows": rows,
               "runs": {f"{w}/{n}": c["runs"] for (w, n), c in cells.items()}, "wall_s": round(time.time() - t0, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
