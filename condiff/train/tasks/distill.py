@@ -105,12 +105,16 @@ class ConsistencyDistillationTask(TaskDefaults):
         return pseudo_huber(pred, target, cfg.huber_c)
 
     def export(self, run, folder: Path) -> None:
-        teacher = run.state["teacher"]
-        spec = copy.deepcopy(teacher.spec)
-        spec.stage("base").sampling = teacher.defaults.replace(steps=run.cfg.sample_steps, sampler="lcm",
-                                                               guidance_scale=1.0, eta=0.0, guidance_rescale=0.0)
-        student = copy.deepcopy(run.ema.model).float()
-        type(teacher).from_parts(teacher.parts | {spec.stage("base").unet: student}, spec).save_pretrained(folder)
+        export_student(run, folder, steps=run.cfg.sample_steps, sampler="lcm")
+
+
+def export_student(run, folder: Path, **sampling) -> None:
+    """The teacher's pipeline with the EMA student UNet, saved to sample as given, guidance folded in (CFG 1)."""
+    teacher = run.state["teacher"]
+    spec = copy.deepcopy(teacher.spec)
+    spec.stage("base").sampling = teacher.defaults.replace(guidance_scale=1.0, eta=0.0, guidance_rescale=0.0, **sampling)
+    student = copy.deepcopy(run.ema.model).float()
+    type(teacher).from_parts(teacher.parts | {spec.stage("base").unet: student}, spec).save_pretrained(folder)
 
 
 def teacher_pipeline(cfg: ConsistencyDistillationConfig) -> Text2ImagePipeline:
@@ -182,10 +186,4 @@ class ProgressiveDistillationTask(ConsistencyDistillationTask):
         return (truncated_snr_weight(schedule, t, pred) * (pred.float() - target.float()) ** 2).mean()
 
     def export(self, run, folder: Path) -> None:
-        teacher = run.state["teacher"]
-        spec = copy.deepcopy(teacher.spec)
-        spec.stage("base").sampling = teacher.defaults.replace(
-            steps=run.cfg.teacher_steps // 2, sampler="ddim", schedule="progressive", guidance_scale=1.0, eta=0.0,
-            guidance_rescale=0.0)
-        student = copy.deepcopy(run.ema.model).float()
-        type(teacher).from_parts(teacher.parts | {spec.stage("base").unet: student}, spec).save_pretrained(folder)
+        export_student(run, folder, steps=run.cfg.teacher_steps // 2, sampler="ddim", schedule="progressive")
