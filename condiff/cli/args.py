@@ -33,7 +33,7 @@ def check_image_count(n: int, limit: int, what: str = "--num-images") -> None:
 
 # The enums' values, spelled out so that building the parser does not import torch (tested to match).
 SAMPLER_NAMES = ["ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "lcm"]
-SCHEDULE_NAMES = ["uniform", "leading", "trailing", "karras", "exponential"]
+SCHEDULE_NAMES = ["uniform", "leading", "trailing", "progressive", "karras", "exponential"]
 THRESHOLD_NAMES = ["none", "static", "dynamic"]
 VARIANCE_NAMES = ["small", "large", "learned"]
 GUIDANCE_METHOD_NAMES = ["classifier", "clip", "clip_x0", "contrastive"]
