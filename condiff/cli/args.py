@@ -46,15 +46,18 @@ def add_sampling_arguments(p: argparse.ArgumentParser, steps: int | None, guidan
     """The sampler options shared by generate, eval bench and eval sweep (read back by SamplingOptions.from_args);
     steps None: the model's own (its pipeline.json)."""
     p.add_argument("--steps", type=int, default=steps,
-                   help="sampling steps (default: the model's own, e.g. 50)" if steps is None else
+                   help="sampling steps (default: the model's own, e.g. 20)" if steps is None else
                    f"sampling steps (default: {steps})")
     if guidance:
         p.add_argument("--guidance-scale", type=float,
                        help="classifier-free guidance scale (default: the model's: 3 for condiff's models, 7.5 for "
                             "Stable Diffusion)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES,
-                   help="see 'condiff samplers' (default: the model's: ddim for condiff's models, lcm for a distilled one)")
-    p.add_argument("--schedule", choices=SCHEDULE_NAMES, help="step placement (default: the model's, e.g. uniform)")
+                   help="see 'condiff samplers' (default: the model's: dpmpp_2m for the default, ddim for condiff's "
+                        "other models, lcm or ddim for a distilled one)")
+    p.add_argument("--schedule", choices=SCHEDULE_NAMES,
+                   help="step placement (default: the model's, e.g. karras; leading for ddim/ddpm on a model that "
+                        "saved a sigma placement)")
     if not full:
         return
     p.add_argument("--negative-prompt", default="")
