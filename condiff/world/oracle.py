@@ -119,13 +119,13 @@ def detect_silhouettes(mask: np.ndarray) -> list[DetectedObject]:
     """Read the objects of a silhouette mask (H, W) bool, each connected component one object, by the same measures
     as detect (its form from fill and asymmetry); colour "unknown". Sorted left to right."""
     size = mask.shape[0]
-    comps, _ = ndimage.label(mask)
+    comps, n = ndimage.label(mask)
     found = []
-    for i, (ys, xs) in enumerate(ndimage.find_objects(comps), start=1):
+    for i in range(1, n + 1):
         region = comps == i
         obj = _measure(region, region.astype(np.float64), "unknown", size)
-        if obj is not None:
-            found.append(DetectedObject(_classify(obj.fill, obj.asym), *dataclasses.astuple(obj)[1:]))
+        if obj is not None:  # _measure leaves an object of unknown colour unclassified
+            found.append(dataclasses.replace(obj, shape=_classify(obj.fill, obj.asym)))
     return sorted(found, key=lambda o: (o.cx, o.cy))
 
 
