@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from condiff.catalogue import DEFAULT_JUDGES, DEFAULT_MODEL, FEW_STEP
+from condiff.catalogue import DEFAULT_JUDGES, DEFAULT_MODEL, model_folder
 from condiff.eval.bench import MAIN, bench_samples, summarize
 from condiff.eval.fd import fd
 from condiff.eval.metrics import clip_metric_features
@@ -63,7 +63,7 @@ def latency(pipe, opts, n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--distilled", default=str(dict((c.name, c) for _, c in FEW_STEP[DEFAULT_MODEL])["lcm64"]))
+    ap.add_argument("--distilled", default=str(model_folder("lcm64")), help="the consistency-distilled default")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--reference", default="ddpm:250", help="SAMPLER:STEPS of the default, the paired baseline")
     ap.add_argument("--also", nargs="*", default=["ddim:50", "dpmpp_2m:20"], metavar="SAMPLER:STEPS",

@@ -51,27 +51,14 @@ class ConsistencyDistillationTask(TaskDefaults):
     name, config_cls = "consistency_distillation", ConsistencyDistillationConfig
 
     def build(self, cfg: ConsistencyDistillationConfig, data, resume: bool) -> nn.Module:
-        if not 1 <= cfg.guidance_scale <= 20:
-            raise ConfigError(f"guidance_scale must be in [1, 20], got {cfg.guidance_scale}")
         if cfg.huber_c < 0:
             raise ConfigError(f"huber_c must be >= 0, got {cfg.huber_c}")
         SamplingOptions(steps=cfg.sample_steps, sampler="lcm", guidance_scale=1.0)  # ValueError: over the grid
-        teacher = teacher_pipeline(cfg)
-        if teacher.unet.cfg.grounding_dim and not hasattr(data, "boxes"):
-            raise ConfigError("the teacher is grounded (boxes): train on data with boxes (the world, or a folder "
-                              "whose metadata.jsonl has them)")
-        return copy.deepcopy(teacher.unet).requires_grad_(True)  # the student starts as the teacher
+        return copy.deepcopy(checked_teacher(cfg, data).unet).requires_grad_(True)  # the student starts as the teacher
 
     def prepare(self, run) -> None:
-        teacher = teacher_pipeline(run.cfg).to(run.device)
-        for part in teacher.parts.values():
-            part.requires_grad_(False)
-        run.state["teacher"] = teacher
-        run.state["text"] = FrozenTextCache(teacher.text_encoder) if getattr(teacher.text_encoder, "frozen", False) \
-            else teacher.text_encoder
-        run.state["grid"] = torch.tensor(consistency_grid(teacher.schedule))
-        if teacher.autoencoder is not None:
-            run.state["latents"] = LatentCache(teacher.autoencoder.encode)
+        prepare_teacher(run)
+        run.state["grid"] = torch.tensor(consistency_grid(run.state["teacher"].schedule))
 
     def extras(self, run, raw) -> dict:
         return {"box_lists": run.data.boxes(raw)} if run.state["teacher"].unet.cfg.grounding_dim else {}
@@ -117,6 +104,30 @@ def export_student(run, folder: Path, **sampling) -> None:
     type(teacher).from_parts(teacher.parts | {spec.stage("base").unet: student}, spec).save_pretrained(folder)
 
 
+def checked_teacher(cfg, data) -> Text2ImagePipeline:
+    """The teacher a distillation config names, after the checks both distillations make: the CFG scale folded in,
+    and data with boxes for a grounded teacher."""
+    if not 1 <= cfg.guidance_scale <= 20:
+        raise ConfigError(f"guidance_scale must be in [1, 20], got {cfg.guidance_scale}")
+    teacher = teacher_pipeline(cfg)
+    if teacher.unet.cfg.grounding_dim and not hasattr(data, "boxes"):
+        raise ConfigError("the teacher is grounded (boxes): train on data with boxes (the world, or a folder "
+                          "whose metadata.jsonl has them)")
+    return teacher
+
+
+def prepare_teacher(run) -> None:
+    """The frozen teacher on the run's device, its text encoder (cached when frozen) and its latent cache."""
+    teacher = teacher_pipeline(run.cfg).to(run.device)
+    for part in teacher.parts.values():
+        part.requires_grad_(False)
+    run.state["teacher"] = teacher
+    run.state["text"] = FrozenTextCache(teacher.text_encoder) if getattr(teacher.text_encoder, "frozen", False) \
+        else teacher.text_encoder
+    if teacher.autoencoder is not None:
+        run.state["latents"] = LatentCache(teacher.autoencoder.encode)
+
+
 def teacher_pipeline(cfg: ConsistencyDistillationConfig) -> Text2ImagePipeline:
     pipe = base_model(cfg.teacher, "teacher", cfg.data.resolution)
     if Prediction(pipe.cfg.prediction) is not Prediction.EPSILON or pipe.cfg.learn_sigma:
@@ -150,21 +161,15 @@ class ProgressiveDistillationTask(ConsistencyDistillationTask):
     name, config_cls = "progressive_distillation", ProgressiveDistillationConfig
 
     def build(self, cfg: ProgressiveDistillationConfig, data, resume: bool) -> nn.Module:
-        if not 1 <= cfg.guidance_scale <= 20:
-            raise ConfigError(f"guidance_scale must be in [1, 20], got {cfg.guidance_scale}")
-        teacher = teacher_pipeline(cfg)
+        teacher = checked_teacher(cfg, data)
         try:
             grid_spacing(teacher.schedule, cfg.teacher_steps)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if teacher.unet.cfg.grounding_dim and not hasattr(data, "boxes"):
-            raise ConfigError("the teacher is grounded (boxes): train on data with boxes (the world, or a folder "
-                              "whose metadata.jsonl has them)")
         return copy.deepcopy(teacher.unet).requires_grad_(True)
 
     def prepare(self, run) -> None:
-        super().prepare(run)
-        run.state.pop("grid")
+        prepare_teacher(run)
 
     def loss(self, run, images: torch.Tensor, captions: list[str], box_lists: list | None = None) -> torch.Tensor:
         cfg, teacher, generator = run.cfg, run.state["teacher"], run.generator
