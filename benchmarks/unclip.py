@@ -16,7 +16,9 @@ without the prior, and the diversity the paper claims.
   The ends avoid the held-out (colour, shape) combinations. Reported too: how many end frames the oracle reads as
   their input, and the end frames' mean pixel distance (0-255) from the inputs.
 - Shapes-bench rows, same prompts and seeds, DDIM at the same steps: the default; unCLIP with its diffusion prior;
-  unCLIP without it (the decoder fed the caption's CLIP text embedding). Each at the given decoder CFG scales.
+  unCLIP with an autoregressive prior (--ar-prior, row unclip_ar: DALL-E 2's two priors side by side, each row with
+  the prior's own seconds per embedding and its samples' mean z_i . z_t); unCLIP without a prior (the decoder fed
+  the caption's CLIP text embedding). Each at the given decoder CFG scales.
 - Diversity: per prompt, the mean pairwise distance among its n images (pixels, mean |a - b| in 0-255, and CLIP
   image embeddings, 1 - cosine), averaged over prompts; plotted against overall accuracy.
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from condiff import components
 from condiff.eval.bench import MAIN, summarize
 from condiff.io import json_safe
 from condiff.pipelines.base import load_pipeline
@@ -125,7 +128,18 @@ def interpolation_bar(pipe, clip, opts, n: int, seed: int, frames: int, out_dir:
             "pairs_passed": passed, "of": n, "bar_met": passed >= n - 1}
 
 
+def prior_figures(pipe, prompts: list[str], seeds: list[int]) -> dict:
+    """The prior alone: seconds per embedding (its candidates included) and the mean z_i . z_t of what it keeps."""
+    t = time.time()
+    z = pipe.embeddings(prompts, seeds)
+    seconds = time.time() - t
+    with torch.no_grad():
+        dot = (z * pipe.clip.encode_text(prompts)).sum(-1).mean().item()
+    return {"prior_seconds_per_sample": round(seconds / len(prompts), 4), "prior_dot_z_t": round(dot, 4)}
+
+
 def bench_row(pipe, opts, prompts, suites, seeds, n_per_prompt: int, clip, batch: int) -> dict:
+    prior = prior_figures(pipe, prompts, seeds) if getattr(pipe, "prior", None) is not None else {}
     t = time.time()
     images = pipe.generate(prompts, seeds, opts, batch_size=batch, progress=True)
     seconds = time.time() - t
@@ -137,7 +151,7 @@ def bench_row(pipe, opts, prompts, suites, seeds, n_per_prompt: int, clip, batch
     table["diversity_pixels"] = round(float(np.mean([pairwise_pixels(px[i:i + n_per_prompt]) for i in groups])), 2)
     table["diversity_clip"] = round(float(np.mean([pairwise_cosine(emb[i:i + n_per_prompt]) for i in groups])), 4)
     table["seconds_per_image"] = round(seconds / len(prompts), 3)
-    return table
+    return table | prior
 
 
 def plot(rows: dict, path: Path) -> None:
@@ -147,7 +161,7 @@ def plot(rows: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, marker in (("default", "o"), ("unclip", "s"), ("unclip_no_prior", "^")):
+    for name, marker in (("default", "o"), ("unclip", "s"), ("unclip_ar", "D"), ("unclip_no_prior", "^")):
         pts = sorted((r["guidance_scale"], r["diversity_clip"], r["overall"]["accuracy"])
                      for key, r in rows.items() if r["row"] == name)
         if pts:
@@ -187,7 +201,10 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[3.0], help="decoder / default CFG scales")
     ap.add_argument("--prompts-per-category", type=int, default=8)
     ap.add_argument("--n-per-prompt", type=int, default=4)
-    ap.add_argument("--rows", default="default,unclip,unclip_no_prior")
+    ap.add_argument("--rows", default="default,unclip,unclip_no_prior", help="of default, unclip, unclip_ar (needs "
+                    "--ar-prior), unclip_no_prior")
+    ap.add_argument("--ar-prior", help="an autoregressive prior folder (condiff train, kind ar_prior) for the "
+                                       "unclip_ar row: the same decoder and CLIP with this prior")
     ap.add_argument("--bars", type=int, default=8, help="scenes (variations) and pairs (interpolation); 0: skip")
     ap.add_argument("--eta", type=float, default=VARIATION_ETA, help="variations' DDIM eta from the inverted noise")
     ap.add_argument("--candidates", type=int, default=VARIATION_CANDIDATES,
@@ -219,7 +236,10 @@ def main() -> None:
             print(f"{key}:", {k: v for k, v in report[key].items() if k not in ("scenes", "pairs")}, flush=True)
     jobs = [(s, p) for s in SUITES for p in suite_prompts(s, args.prompts_per_category) for _ in range(args.n_per_prompt)]
     suites, prompts, seeds = [s for s, _ in jobs], [p for _, p in jobs], list(range(len(jobs)))
-    models = {"default": lambda: load_pipeline(args.default), "unclip": lambda: pipe, "unclip_no_prior": pipe.without_prior}
+    models = {"default": lambda: load_pipeline(args.default), "unclip": lambda: pipe, "unclip_no_prior": pipe.without_prior,
+              "unclip_ar": lambda: pipe.with_prior(components.load("ar_prior", args.ar_prior))}
+    if "unclip_ar" in args.rows.split(",") and not args.ar_prior:
+        raise SystemExit("--rows unclip_ar: give the prior with --ar-prior FOLDER")
     report["rows"], reused = {}, reused_rows(args)
     for name in filter(None, args.rows.split(",")):
         model = None
@@ -235,11 +255,12 @@ def main() -> None:
                   row["diversity_pixels"], row["diversity_clip"], flush=True)
             (out_dir / "unclip.json").write_text(json.dumps(json_safe(report), indent=1) + "\n")
     cols = [*MAIN, "held_out", "overall"]
-    print("| model | CFG | " + " | ".join(cols) + " | diversity (pixels) | diversity (CLIP) | s/image |\n|"
-          + " --- |" * (len(cols) + 5))
+    print("| model | CFG | " + " | ".join(cols) + " | diversity (pixels) | diversity (CLIP) | s/image | prior s/sample |"
+          " prior z_i . z_t |\n|" + " --- |" * (len(cols) + 7))
     for r in report["rows"].values():
         print(f"| {r['row']} | {r['guidance_scale']:g} | " + " | ".join(f"{r[c]['accuracy']:.3f}" for c in cols)
-              + f" | {r['diversity_pixels']} | {r['diversity_clip']} | {r['seconds_per_image']} |")
+              + f" | {r['diversity_pixels']} | {r['diversity_clip']} | {r['seconds_per_image']} | "
+              f"{r.get('prior_seconds_per_sample', '')} | {r.get('prior_dot_z_t', '')} |")
     (out_dir / "unclip.json").write_text(json.dumps(json_safe(report), indent=1) + "\n")
     plot(report["rows"], out_dir / "diversity.png")
 

@@ -24,6 +24,7 @@ class ComponentType(str, enum.Enum):
     AUTOENCODER = "autoencoder"  # latent diffusion's first stage (nets/autoencoder.py)
     LAYOUT_PRIOR = "layout_prior"  # caption -> (phrase, box) sets (nets/layout_prior.py)
     EMBEDDING_PRIOR = "embedding_prior"  # unCLIP's diffusion prior: caption -> CLIP image embedding
+    AR_PRIOR = "ar_prior"  # unCLIP's autoregressive prior: caption -> the embedding's PCA codes
     CLIP = "clip"  # condiff CLIP, clean or noise-aware
     CLASSIFIER = "classifier"  # noise-aware classifier over the world's labels
     CONTROLNET = "controlnet"  # a ControlNet: a trainable copy of a UNet's encoder, read by a control map
@@ -36,6 +37,7 @@ CLASSES = {  # type -> (module, network class, config class), imported on demand
     ComponentType.AUTOENCODER: ("nets.autoencoder", "Autoencoder", "AutoencoderConfig"),
     ComponentType.LAYOUT_PRIOR: ("nets.layout_prior", "LayoutPrior", "LayoutPriorConfig"),
     ComponentType.EMBEDDING_PRIOR: ("nets.embedding_prior", "EmbeddingPrior", "EmbeddingPriorConfig"),
+    ComponentType.AR_PRIOR: ("nets.ar_prior", "ARPrior", "ARPriorConfig"),
     ComponentType.CLIP: ("nets.clip", "CLIP", "CLIPConfig"),
     ComponentType.CLASSIFIER: ("nets.classifier", "NoisyClassifier", "ClassifierConfig"),
     ComponentType.CONTROLNET: ("nets.controlnet", "ControlNet", "ControlNetConfig"),
@@ -58,7 +60,7 @@ def guess_type(folder: str | Path) -> ComponentType:
         raise ValueError(f"'{folder}': a diffusers {cfg['_class_name']} config, not a condiff component "
                          "(give the whole Stable Diffusion folder, with its model_index.json, as --model)")
     marks = [("source", ComponentType.PRETRAINED_TEXT_ENCODER), ("bins", ComponentType.LAYOUT_PRIOR),
-             ("text_width", ComponentType.EMBEDDING_PRIOR),
+             ("buckets", ComponentType.AR_PRIOR), ("text_width", ComponentType.EMBEDDING_PRIOR),
              ("latent_channels", ComponentType.AUTOENCODER),
              ("hint_channels", ComponentType.CONTROLNET), ("vocab", ComponentType.TEXT_ENCODER),
              ("channel_mult", ComponentType.UNET), ("text", ComponentType.CLIP), ("image", ComponentType.CLASSIFIER)]

@@ -319,7 +319,7 @@ def test_api_variations_draws_the_images_embedding_and_refuses_bad_input(compose
         assert r.status_code in (status, 400) and field in r.json()["detail"], r.text
 
 
-def test_the_unclip_benchmark_runs_end_to_end(composed, tiny_model, tmp_path):
+def test_the_unclip_benchmark_runs_end_to_end(composed, ar_prior, tiny_model, tmp_path):
     """benchmarks/unclip.py on the tiny models: every section runs and its report holds what the README quotes."""
     import subprocess
     import sys
@@ -328,6 +328,7 @@ def test_the_unclip_benchmark_runs_end_to_end(composed, tiny_model, tmp_path):
     script = Path(__file__).parents[1] / "benchmarks" / "unclip.py"
     r = subprocess.run([sys.executable, str(script), "--model", str(composed), "--default", str(tiny_model),
                         "--steps", "2", "--bars", "2", "--prompts-per-category", "1", "--n-per-prompt", "2",
+                        "--rows", "default,unclip,unclip_ar,unclip_no_prior", "--ar-prior", str(ar_prior[2] / "run" / "model"),
                         "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "unclip.json").read_text())
@@ -335,7 +336,9 @@ def test_the_unclip_benchmark_runs_end_to_end(composed, tiny_model, tmp_path):
     assert report["variations"]["eta"] == 0.5 and report["variations_from_noise"]["eta"] is None
     assert report["variations"]["candidates"] == 4 and report["variations_from_noise"]["candidates"] == 1
     assert report["interpolation"]["inverted"] and not report["interpolation_from_noise"]["inverted"]
-    assert set(report["rows"]) == {"default@3", "unclip@3", "unclip_no_prior@3"}
+    assert set(report["rows"]) == {"default@3", "unclip@3", "unclip_ar@3", "unclip_no_prior@3"}
+    assert all(report["rows"][f"{r}@3"]["prior_seconds_per_sample"] > 0 for r in ("unclip", "unclip_ar"))
+    assert "prior_seconds_per_sample" not in report["rows"]["unclip_no_prior@3"]
     assert all(0 <= row["overall"]["accuracy"] <= 1 and row["diversity_pixels"] > 0 for row in report["rows"].values())
     assert (tmp_path / "diversity.png").is_file() and (tmp_path / "variations.png").is_file()
     again = tmp_path / "again"
@@ -348,3 +351,105 @@ def test_the_unclip_benchmark_runs_end_to_end(composed, tiny_model, tmp_path):
     assert row["overall"] == report["rows"]["default@3"]["overall"] and row["reused_from"].endswith("unclip.json")
     r = subprocess.run(base + ["--steps", "3"], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "steps=2" in r.stderr  # another measurement: refused
+
+
+@pytest.fixture(scope="module")
+def ar_prior(decoder, tmp_path_factory):
+    """A tiny autoregressive prior trained by `condiff train` for a few steps on the tiny CLIP's embeddings."""
+    from condiff import components
+
+    tmp = tmp_path_factory.mktemp("ar_prior")
+    cfg = {"model": "ar_prior", "clip": str(decoder[1]), "data": {"resolution": 16}, "codec_images": 64,
+           "prior": {"width": 32, "layers": 2, "heads": 2, "buckets": 64, "variance_kept": 0.9},
+           "optim": {"steps": 3, "batch_size": 8, "warmup_steps": 1}, "checkpoint_every": 1}
+    (tmp / "prior.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp / "prior.json"), "--out", str(tmp / "run")]) == 0
+    assert components.guess_type(tmp / "run" / "model") == components.ComponentType.AR_PRIOR
+    return components.load("ar_prior", tmp / "run" / "model"), load_clip(decoder[1]), tmp
+
+
+def test_the_ar_codec_is_the_pca_of_its_fitting_set_binned_uniformly():
+    from condiff.nets.ar_prior import ARPrior, ARPriorConfig, fit_codec
+
+    g = torch.Generator().manual_seed(0)
+    # embeddings that vary along 2 directions only (and a tiny third): 2 components hold 99 % of the variance
+    basis = torch.linalg.qr(torch.randn(8, 3, generator=g))[0].T  # (3, 8) orthonormal
+    c = torch.randn(500, 3, generator=g) * torch.tensor([1.0, 0.5, 0.01])
+    z = torch.nn.functional.normalize(torch.ones(8) * 3 + c @ basis, dim=-1)
+    codec = fit_codec(z, z, 0.99, 5)
+    assert len(codec.basis) == 2
+    torch.testing.assert_close(codec.dots, torch.ones(5))  # z . z = 1 for unit vectors
+    prior = ARPrior(ARPriorConfig(embed_dim=8, text_width=4, max_text=3, components=2, buckets=256, width=8,
+                                  layers=1, heads=1, quantiles=5))
+    prior.set_codec(codec)
+    codes = prior.encode(z)
+    assert codes.min() == 0 and codes.max() == 255  # the extremes of the fitting set land in the end bins
+    # decoding a bin gives its centre: within half a bin of each component, so nearly the embedding back
+    assert ((prior.decode(codes) * z).sum(-1) > 0.99).all()
+    assert prior.dot_bucket(torch.tensor([-1.0, 0.0, 1.0])).tolist() == [0, 128, 255]
+    torch.testing.assert_close(prior.dot_at(torch.tensor([0.0, 0.5, 1.0])), torch.ones(3))
+
+
+def test_ar_prior_predicts_each_code_from_the_ones_before_and_samples_per_seed(ar_prior):
+    from condiff.nets.embedding_prior import clip_text
+    from condiff.pipelines.unclip import ar_prior_embeddings, categorical
+
+    net, clip, _ = ar_prior
+    K = net.cfg.components
+    prompts = ["a red circle", "two blue squares", "a green triangle"]
+    text = clip_text(clip, prompts)
+    codes = torch.randint(0, net.cfg.buckets, (3, K - 1))
+    dot = torch.tensor([60, 61, 62])
+    args = (text["tokens"], text["mask"], text["embed"], dot)
+    with torch.no_grad():
+        logits = net(codes, *args)
+        assert logits.shape == (3, K, net.cfg.buckets)
+        changed = codes.clone()
+        changed[:, -1] = (changed[:, -1] + 1) % net.cfg.buckets
+        other = net(changed, *args)  # a code changes the predictions after it only
+        torch.testing.assert_close(other[:, :-1], logits[:, :-1])
+        assert not torch.allclose(other[:, -1], logits[:, -1])
+        drop = torch.ones(3, dtype=torch.bool)  # the null text ignores the caption and the dot product
+        a = net(codes[:1].expand(3, -1), *args, drop=drop)
+        torch.testing.assert_close(a[0], a[2])
+    # inverse-CDF draws: u below the first bucket's mass gives 0, u near 1 the last bucket
+    assert categorical(torch.zeros(2, 4), torch.tensor([0.1, 0.99]), 1.0).tolist() == [0, 3]
+    z = ar_prior_embeddings(net, clip, prompts, [3, 4, 5])
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(ar_prior_embeddings(net, clip, prompts[1:2], [4])[0], z[1], atol=1e-5, rtol=1e-5)
+    four = ar_prior_embeddings(net, clip, prompts, [3, 4, 5], candidates=4)
+    one = ar_prior_embeddings(net, clip, prompts, [3, 4, 5], candidates=1)
+    z_t = text["embed"]
+    assert ((four * z_t).sum(-1) >= (z * z_t).sum(-1) - 1e-6).all()
+    assert ((z * z_t).sum(-1) >= (one * z_t).sum(-1) - 1e-6).all()
+    with pytest.raises(ValueError, match="temperature"):
+        ar_prior_embeddings(net, clip, prompts, [3, 4, 5], temperature=0)
+
+
+def test_ar_prior_training_resumes_exactly_and_composes_into_an_unclip_pipeline(ar_prior, decoder, tmp_path):
+    from safetensors.torch import load_file
+
+    from condiff.pipelines.base import load_pipeline
+    from condiff.pipelines.unclip import PRIOR_SEED_OFFSET, UnCLIPPipeline, ar_prior_embeddings
+
+    net, _, tmp = ar_prior
+    cfg = json.loads((tmp / "prior.json").read_text())
+    (tmp / "short.json").write_text(json.dumps(dict(cfg, optim=dict(cfg["optim"], steps=2))))
+    assert main(["train", "--config", str(tmp / "short.json"), "--out", str(tmp / "resumed")]) == 0
+    assert main(["train", "--config", str(tmp / "prior.json"), "--out", str(tmp / "resumed"), "--resume"]) == 0
+    a = load_file(str(tmp / "run" / "model" / "model.safetensors"))
+    b = load_file(str(tmp / "resumed" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and "basis" in a and all(torch.equal(a[k], b[k]) for k in a)
+    out = tmp_path / "unclip_ar"
+    assert main(["compose", "--text2image", str(decoder[0]), "--clip", str(decoder[1]), "--embedding-prior",
+                 str(tmp / "run" / "model"), "--out", str(out)]) == 0
+    pipe = load_pipeline(out)
+    assert isinstance(pipe, UnCLIPPipeline) and pipe.prior.cfg == net.cfg
+    with torch.no_grad():
+        pipe.unet.image_embed_proj.weight.normal_()
+    opts = pipe.defaults.replace(steps=2)
+    z = ar_prior_embeddings(pipe.prior, pipe.clip, ["a red circle"], [7 + PRIOR_SEED_OFFSET])
+    torch.testing.assert_close(pipe(["a red circle"], [7], opts), decode(pipe, z, ["a red circle"], [7], opts),
+                               atol=1e-5, rtol=1e-4)
+    assert main(["compose", "--text2image", str(decoder[0]), "--clip", str(decoder[1]), "--embedding-prior",
+                 str(decoder[1]), "--out", str(tmp_path / "bad")]) == 2

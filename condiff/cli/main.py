@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--text2image", required=True, help="a grounded text2image model, or an unCLIP decoder, folder")
     o.add_argument("--layout-prior", help="a layout prior folder (trained on the same text encoder)")
     o.add_argument("--clip", help="the CLIP folder an unCLIP decoder reads")
-    o.add_argument("--embedding-prior", help="unCLIP's diffusion prior folder (none: the prior-free baseline)")
+    o.add_argument("--embedding-prior", help="unCLIP's prior folder, diffusion (condiff train kind embedding_prior) or "
+                   "autoregressive (kind ar_prior), as its config says; none: the prior-free baseline")
     o.add_argument("--out", required=True, help="the composed pipeline folder to write")
     o.set_defaults(func=_compose)
 

@@ -16,6 +16,7 @@ from ..diffusion.denoiser import Denoiser
 from ..diffusion.guidance import ClassifierFreeGuidance
 from ..diffusion.samplers import PerSampleNoise, ddim_invert
 from ..diffusion.sampling import SamplingOptions, sample, sampling_timesteps
+from ..nets.ar_prior import ARPrior
 from ..nets.clip import image_embeddings
 from ..nets.embedding_prior import clip_text, prior_diffusion
 from .base import ComponentSpec, StageSpec
@@ -180,7 +181,63 @@ def prior_embeddings(prior, diffusion, clip, prompts: list[str], seeds: list[int
     return z[torch.arange(B), best]
 
 
+AR_PRIOR_GUIDANCE = 2.0  # the autoregressive prior's CFG scale on its logits (DALL-E 2 used guidance on both priors)
+AR_PRIOR_TEMPERATURE = 1.0
+
+
+def guided_logits(prior: ARPrior, codes: torch.Tensor, text: dict, dot: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on the next code's logits: l_u + s (l_c - l_u), both branches in one batch."""
+    n = len(codes)
+    drop = torch.arange(2 * n, device=codes.device) >= n
+    two = {k: torch.cat([v, v]) for k, v in text.items()}
+    logits = prior(torch.cat([codes, codes]), two["tokens"], two["mask"], two["embed"], torch.cat([dot, dot]), drop)
+    cond, uncond = logits[:, -1].float().chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+def categorical(logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
+    """A draw per row of softmax(logits / temperature) by inverting its CDF at the uniforms u (B,): each row's draw
+    depends on its own uniform alone."""
+    cdf = torch.softmax(logits.double() / temperature, dim=-1).cumsum(-1)
+    return torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None]).squeeze(1).clamp(max=logits.shape[-1] - 1)
+
+
+@torch.no_grad()
+def ar_prior_embeddings(prior: ARPrior, clip, prompts: list[str], seeds: list[int],
+                        guidance_scale: float = AR_PRIOR_GUIDANCE, candidates: int = 2,
+                        temperature: float = AR_PRIOR_TEMPERATURE) -> torch.Tensor:
+    """Unit CLIP image embeddings (B, D) for captions from the autoregressive prior (nets/ar_prior.py): the
+    dot-product token drawn from the top half of the training distribution, then the k codes one by one with
+    classifier-free guidance, decoded through the PCA basis. As with the diffusion prior, `candidates` per caption
+    and the one nearest z_t kept. Embedding i depends on prompts[i] and seeds[i] alone: every draw inverts the CDF at
+    a uniform from its own seed's generator."""
+    if candidates < 1:
+        raise ValueError(f"candidates: must be at least 1, got {candidates}")
+    if temperature <= 0:
+        raise ValueError(f"temperature: must be positive, got {temperature}")
+    B, k, K = len(prompts), candidates, prior.cfg.components
+    text = clip_text(clip, [p for p in prompts for _ in range(k)])
+    gens = [torch.Generator().manual_seed(candidate_seed(s, j)) for s in seeds for j in range(k)]
+    u = torch.stack([torch.rand(K + 1, generator=g, dtype=torch.float64) for g in gens]).to(clip.device)  # (B k, K+1)
+    dot = prior.dot_bucket(prior.dot_at(0.5 + 0.5 * u[:, 0]))  # the top half of the training dot products
+    codes = torch.zeros(B * k, 0, dtype=torch.long, device=clip.device)
+    for j in range(K):
+        nxt = categorical(guided_logits(prior, codes, text, dot, guidance_scale), u[:, j + 1], temperature)
+        codes = torch.cat([codes, nxt[:, None]], 1)
+    z = prior.decode(codes).view(B, k, -1)
+    best = (z * text["embed"].view(B, k, -1)).sum(-1).argmax(1)
+    return z[torch.arange(B), best]
+
+
 PRIOR_SEED_OFFSET = 2 ** 31  # the prior of image seed s draws from s + offset, so its noise is not the decoder's
+
+
+def prior_type(folder) -> ComponentType:
+    """The type of a prior folder (diffusion or autoregressive); a one-line error for any other component."""
+    kind = components.guess_type(folder)
+    if kind not in (ComponentType.EMBEDDING_PRIOR, ComponentType.AR_PRIOR):
+        raise ValueError(f"'{folder}' holds a {kind.value} component, not an unCLIP prior (embedding_prior or ar_prior)")
+    return kind
 
 
 class UnCLIPPipeline(Text2ImagePipeline):
@@ -199,7 +256,10 @@ class UnCLIPPipeline(Text2ImagePipeline):
         self.spec.kind = self.kind
         self.parts["clip"] = clip
         self.spec.components.append(ComponentSpec("clip", ComponentType.CLIP))
-        if prior is not None:
+        if isinstance(prior, ARPrior):  # no diffusion stage: its sampling is guided_logits at AR_PRIOR_GUIDANCE
+            self.parts["prior"] = prior
+            self.spec.components.append(ComponentSpec("prior", ComponentType.AR_PRIOR))
+        elif prior is not None:
             self.parts["prior"] = prior
             self.spec.components.append(ComponentSpec("prior", ComponentType.EMBEDDING_PRIOR))
             self.spec.stages.append(StageSpec("prior", "prior", prior_cfg or prior_diffusion(),
@@ -214,16 +274,21 @@ class UnCLIPPipeline(Text2ImagePipeline):
 
     @classmethod
     def compose(cls, decoder, clip, prior=None) -> "UnCLIPPipeline":
-        """An unCLIP decoder folder, the CLIP folder it reads and (optionally) a diffusion prior folder, as one."""
+        """An unCLIP decoder folder, the CLIP folder it reads and (optionally) a prior folder, diffusion or
+        autoregressive (its config says which), as one."""
         dec = Text2ImagePipeline.from_pretrained(decoder)
-        p = components.load("embedding_prior", prior) if prior is not None else None
+        p = components.load(prior_type(prior), prior) if prior is not None else None
         return cls(dec.text_encoder, dec.unet, dec.cfg, components.load("clip", clip), p, None, dec.autoencoder,
                    dec.defaults)
 
     def without_prior(self) -> "UnCLIPPipeline":
         """The same decoder fed the caption's CLIP text embedding (the paper's prior-free baseline)."""
-        return UnCLIPPipeline(self.text_encoder, self.unet, self.cfg, self.clip, None, None, self.autoencoder,
-                              self.defaults)
+        return self.with_prior(None)
+
+    def with_prior(self, prior) -> "UnCLIPPipeline":
+        """The same decoder and CLIP with another prior (a loaded diffusion or autoregressive one, or None)."""
+        return UnCLIPPipeline(self.text_encoder, self.unet, self.cfg, self.clip, prior, None, self.autoencoder,
+                              self.defaults, candidates=self.candidates)
 
     def check(self, prompts, opts, *other_steps) -> None:
         super().check(prompts, opts, *other_steps)
@@ -235,6 +300,9 @@ class UnCLIPPipeline(Text2ImagePipeline):
         if self.prior is None:
             with torch.no_grad():
                 return self.clip.encode_text(prompts)
+        if isinstance(self.prior, ARPrior):
+            return ar_prior_embeddings(self.prior, self.clip, prompts, [s + PRIOR_SEED_OFFSET for s in seeds],
+                                       candidates=self.candidates)
         stage = self.spec.stage("prior")
         return prior_embeddings(self.prior, stage.diffusion, self.clip, prompts,
                                 [s + PRIOR_SEED_OFFSET for s in seeds], stage.sampling, self.candidates)

@@ -12,7 +12,7 @@ from ...config import ConfigError, from_dict, read_json
 from .autoencoder import AutoencoderTask
 from .controlnet import ControlNetTask
 from .distill import ConsistencyDistillationTask, ProgressiveDistillationTask
-from .embedding_prior import EmbeddingPriorTask
+from .embedding_prior import ARPriorTask, EmbeddingPriorTask
 from .judges import JudgeTask
 from .layout_prior import LayoutPriorTask
 from .text2image import Text2ImageTask
@@ -22,7 +22,8 @@ from .upsampler import UpsamplerTask
 def tasks() -> dict:
     return {"text2image": Text2ImageTask(), "clip": JudgeTask("clip"), "classifier": JudgeTask("classifier"),
             "autoencoder": AutoencoderTask(), "layout_prior": LayoutPriorTask(),
-            "upsampler": UpsamplerTask(), "embedding_prior": EmbeddingPriorTask(), "controlnet": ControlNetTask(),
+            "upsampler": UpsamplerTask(), "embedding_prior": EmbeddingPriorTask(), "ar_prior": ARPriorTask(),
+            "controlnet": ControlNetTask(),
             "consistency_distillation": ConsistencyDistillationTask(),
             "progressive_distillation": ProgressiveDistillationTask()}
 

@@ -1,5 +1,6 @@
-"""Training unCLIP's diffusion prior (nets/embedding_prior.py): from a caption's frozen CLIP text states to the CLIP
-image embedding of its image, on world scenes or a captioned folder (any data with captions)."""
+"""Training unCLIP's priors, diffusion (nets/embedding_prior.py) and autoregressive (nets/ar_prior.py): from a caption's
+frozen CLIP text states to the CLIP image embedding of its image, on world scenes or a captioned folder (any data with
+captions)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from ...data import DataConfig
 from ...diffusion.denoiser import DiffusionConfig, Prediction
 from ...diffusion.schedule import NoiseSchedule
 from ...io import replace_dir, save_component
+from ...nets.ar_prior import ARPrior, ARPriorConfig, fit_codec
 from ...nets.clip import CLIPConfig, image_embeddings, load_clip
 from ...nets.embedding_prior import (
     EmbeddingPrior,
@@ -36,31 +38,101 @@ class EmbeddingPriorTrainConfig(RunSettings):
                                                                   warmup_steps=200, ema_decay=0.999, p_uncond=0.1))
 
 
+def read_clip(cfg) -> CLIPConfig:
+    """The config of the prior's CLIP, checked (a clean condiff CLIP), its sizes copied into cfg.prior."""
+    if not (Path(cfg.clip) / "config.json").is_file():
+        raise ConfigError(f"clip: '{cfg.clip}' is not a condiff CLIP folder (no config.json)")
+    clip_cfg = load_json(CLIPConfig, Path(cfg.clip) / "config.json")
+    if clip_cfg.image.noise_aware:
+        raise ConfigError(f"clip: '{cfg.clip}' is noise-aware; the prior maps between a clean CLIP's embeddings")
+    cfg.prior.embed_dim, cfg.prior.text_width = clip_cfg.embed_dim, clip_cfg.text.width
+    cfg.prior.max_text = clip_cfg.max_text_length
+    return clip_cfg
+
+
+def frozen_clip(folder: str, device):
+    return load_clip(folder).to(device).eval().requires_grad_(False)
+
+
+def embeddings(clip, images: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, dict]:
+    """The unit image embeddings of images and what the prior reads of their captions (clip_text)."""
+    with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+        text = clip_text(clip, captions)
+    return image_embeddings(clip, images), text
+
+
 class EmbeddingPriorTask(TaskDefaults):
     name, config_cls = "embedding_prior", EmbeddingPriorTrainConfig
 
     def build(self, cfg: EmbeddingPriorTrainConfig, data, resume: bool) -> nn.Module:
-        if not (Path(cfg.clip) / "config.json").is_file():
-            raise ConfigError(f"clip: '{cfg.clip}' is not a condiff CLIP folder (no config.json)")
         if Prediction(cfg.diffusion.prediction) is not Prediction.X0 or cfg.diffusion.learn_sigma:
             raise ConfigError("diffusion: the embedding prior predicts x0 (the clean embedding) and no variance")
-        clip_cfg = load_json(CLIPConfig, Path(cfg.clip) / "config.json")
-        if clip_cfg.image.noise_aware:
-            raise ConfigError(f"clip: '{cfg.clip}' is noise-aware; the prior maps between a clean CLIP's embeddings")
-        cfg.prior.embed_dim, cfg.prior.text_width = clip_cfg.embed_dim, clip_cfg.text.width
-        cfg.prior.max_text = clip_cfg.max_text_length
+        read_clip(cfg)
         return EmbeddingPrior(cfg.prior)
 
     def prepare(self, run) -> None:
-        run.state["clip"] = load_clip(run.cfg.clip).to(run.device).eval().requires_grad_(False)
+        run.state["clip"] = frozen_clip(run.cfg.clip, run.device)
         run.state["schedule"] = NoiseSchedule.from_config(run.cfg.diffusion.schedule)
 
     def loss(self, run, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        clip = run.state["clip"]
-        with torch.no_grad(), torch.autocast(run.device.type, enabled=False):
-            text = clip_text(clip, captions)
-        z_image = image_embeddings(clip, images)
+        z_image, text = embeddings(run.state["clip"], images, captions)
         return run.model.loss(z_image, text, run.state["schedule"], run.generator, run.cfg.optim.p_uncond)
+
+    def export(self, run, folder: Path) -> None:
+        tmp = folder.with_name(folder.name + ".tmp")
+        save_component(run.ema.model, run.cfg.prior, tmp)
+        replace_dir(tmp, folder)
+
+
+@dataclass
+class ARPriorTrainConfig(RunSettings):
+    model: str = "ar_prior"
+    seed: int = 0
+    data: DataConfig = defaults(DataConfig, resolution=64)
+    clip: str = "condiff/weights/clip64"  # the frozen CLIP the prior maps between (in the package)
+    prior: ARPriorConfig = field(default_factory=ARPriorConfig)
+    codec_images: int = 4096  # images whose embeddings fit the PCA, the ranges and the dot-product quantiles
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=3000, batch_size=128, lr=3e-4,
+                                                                  warmup_steps=200, ema_decay=0.999, p_uncond=0.1))
+
+
+CODEC_SEED = 104729  # the codec's images are drawn from the data with seed + this, apart from the training batches
+
+
+class ARPriorTask(TaskDefaults):
+    """DALL-E 2's autoregressive prior: the PCA codec is fitted on codec_images embeddings before step 0 (kept in
+    the run's config as `components` and in the weights as buffers, so --resume refits nothing)."""
+    name, config_cls = "ar_prior", ARPriorTrainConfig
+
+    def build(self, cfg: ARPriorTrainConfig, data, resume: bool) -> nn.Module:
+        read_clip(cfg)
+        if cfg.codec_images < 2 * cfg.prior.embed_dim:
+            raise ConfigError(f"codec_images: {cfg.codec_images} embeddings cannot fit a PCA of "
+                              f"{cfg.prior.embed_dim} dimensions; give at least {2 * cfg.prior.embed_dim}")
+        if cfg.prior.components and resume:
+            return ARPrior(cfg.prior)  # the checkpoint holds the fitted codec
+        codec = fit_codec(*self.codec_embeddings(cfg, data), cfg.prior.variance_kept, cfg.prior.quantiles)
+        cfg.prior.components = len(codec.basis)
+        prior = ARPrior(cfg.prior)
+        prior.set_codec(codec)
+        return prior
+
+    def codec_embeddings(self, cfg: ARPriorTrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
+        clip, chunk, z_image, z_text = frozen_clip(cfg.clip, "cpu"), 256, [], []
+        for i in range(0, cfg.codec_images, chunk):
+            images, captions = data.materialize(data.raw(cfg.seed + CODEC_SEED, i // chunk,
+                                                         min(chunk, cfg.codec_images - i)), torch.device("cpu"))
+            zi, text = embeddings(clip, images, captions)
+            z_image.append(zi)
+            z_text.append(text["embed"])
+        return torch.cat(z_image), torch.cat(z_text)
+
+    def prepare(self, run) -> None:
+        run.state["clip"] = frozen_clip(run.cfg.clip, run.device)
+
+    def loss(self, run, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        z_image, text = embeddings(run.state["clip"], images, captions)
+        return run.model.loss(z_image, text, run.generator, run.cfg.optim.p_uncond)
 
     def export(self, run, folder: Path) -> None:
         tmp = folder.with_name(folder.name + ".tmp")
