@@ -100,3 +100,29 @@ def test_weighted_loss_is_the_per_sample_weighted_mean():
     snr = ab / (1 - ab)
     assert torch.allclose(w.double(), torch.where(snr > 5, 5 / snr, torch.ones_like(snr)), rtol=1e-6)
     assert w[0] < 1e-3 and w[-1] == 1  # t = 0 (SNR ~ 1e5) nearly ignored; noisy steps keep weight 1
+
+
+def test_learned_variance_fine_tune_from_a_fixed_variance_model_keeps_its_eps(tiny_config_path, tiny_model, tmp_path):
+    """init.from_model of a fixed-variance model into a learn_sigma run: eps's output channels are the base's
+    exactly at step 0 and v's start at zero (v = 1/2, halfway between beta_tilde and beta)."""
+    from condiff.train.tasks.text2image import Text2ImageTask
+    from condiff.train.tasks import load_train_config
+    from condiff.data import make_dataset
+
+    cfg = json.loads(tiny_config_path.read_text())
+    cfg["pipeline"]["learn_sigma"] = True
+    cfg["init"] = {"from_model": str(tiny_model)}
+    path = tmp_path / "lv.json"
+    path.write_text(json.dumps(cfg))
+    run_cfg = load_train_config(path)
+    model = Text2ImageTask().build(run_cfg, make_dataset(run_cfg.data), resume=False)
+    base = Text2ImagePipeline.from_pretrained(tiny_model)
+    unet = model.unet.eval()
+    x, t = torch.randn(2, base.unet.cfg.in_channels, 8, 8), torch.tensor([10, 700])
+    ctx = torch.randn(2, 4, base.unet.cfg.context_dim)
+    with torch.no_grad():
+        out, ref = unet(x, t, context=ctx), base.unet(x, t, context=ctx)
+    C = base.unet.cfg.out_channels
+    assert out.shape[1] == 2 * C
+    torch.testing.assert_close(out[:, :C], ref)
+    assert torch.equal(out[:, C:], torch.zeros_like(out[:, C:]))

@@ -295,6 +295,17 @@ def widen_input_conv(state: dict, target: dict, at: int | None = None, count: in
     return state
 
 
+def widen_output_conv(state: dict, target: dict) -> dict:
+    """The last convolution of a UNet that learns the variance too (improved DDPM's hybrid loss) from a fixed-variance
+    one: eps's channels keep their weights, v's are appended with zero weights and bias (v = 0: log Sigma halfway
+    between log beta_tilde and log beta), so eps_hat is unchanged."""
+    for key in ("out.2.weight", "out.2.bias"):
+        old, new = state[key], target[key]
+        assert new.shape[0] == 2 * old.shape[0] and new.shape[1:] == old.shape[1:]
+        state = dict(state, **{key: torch.cat([old, old.new_zeros(old.shape)])})
+    return state
+
+
 def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
     """Load a saved pipeline's text encoder and UNet into the fresh model; their configs must match the run's."""
     folder = Path(cfg.init.from_model)
@@ -318,6 +329,10 @@ def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
         adds_inputs = name == "unet" and mine.cfg.extra_in_channels > theirs.cfg.extra_in_channels
         if adds_inputs:  # GLIDE's inpainting fine-tune: mask and masked image channels, zero-initialised
             diff = [k for k in diff if k != "extra_in_channels"]
+        adds_variance = (name == "unet" and cfg.pipeline.learn_sigma and not pretrained.cfg.learn_sigma
+                         and mine.cfg.out_channels == 2 * theirs.cfg.out_channels)
+        if adds_variance:  # improved DDPM's learned range from a fixed-variance model: v's channels start at zero
+            diff = [k for k in diff if k != "out_channels"]
         if diff:
             raise ConfigError(f"init.from_model: {name} of '{folder}' differs from the config in {', '.join(diff)}")
         state = {k: v.float() for k, v in theirs.state_dict().items()}
@@ -326,6 +341,8 @@ def init_from_pretrained(model: TextToImageModel, cfg: TrainConfig) -> None:
                                      count=mine.cfg.extra_in_channels - theirs.cfg.extra_in_channels)
         if adds_map:
             state = widen_input_conv(state, mine.state_dict())
+        if adds_variance:
+            state = widen_output_conv(state, mine.state_dict())
         missing, unexpected = mine.load_state_dict(state, strict=False)
         new = {f"causal.{i}." for i in range(getattr(theirs.cfg, "causal_layers", 0), getattr(mine.cfg, "causal_layers", 0))}
         missing = [k for k in missing if not (adds_grounding and (k.startswith("grounding.") or ".gated." in k))
