@@ -8,7 +8,10 @@ NFE counts model evaluations per image (a guided evaluation counts once): Heun t
 FD uses condiff CLIP image features (clip32, unit norm x sqrt(D), as condiff eval sweep) against renders of the
 same prompts; --features pixels uses 8x8 area-averaged pixels instead. With --reference SAMPLER:NFE that run is made
 too (the baseline, in the same command), and every row gets its overall-accuracy gap to it with the paired
-standard error over the same prompts and seeds.
+standard error over the same prompts and seeds. --ddpm-variances gives DDPM one row per variance (small, large,
+learned: improved DDPM's comparison of a learned Sigma against the fixed ones at each step count):
+
+    python benchmarks/steps.py --model runs/layout64_lv --samplers ddpm --nfe 10 25 50 250 --ddpm-variances small learned
 """
 from __future__ import annotations
 
@@ -46,10 +49,11 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for sampler in dict.fromkeys(r["sampler"] for r in rows):
-        mine = [r for r in rows if r["sampler"] == sampler]
-        ax1.plot([r["nfe"] for r in mine], [r["overall"] for r in mine], marker="o", label=sampler)
-        ax2.plot([r["nfe"] for r in mine], [r["fd"] for r in mine], marker="o", label=sampler)
+    label = lambda r: r["sampler"] + (f" ({r['ddpm_variance']})" if r.get("ddpm_variance") else "")  # noqa: E731
+    for line in dict.fromkeys(label(r) for r in rows):
+        mine = [r for r in rows if label(r) == line]
+        ax1.plot([r["nfe"] for r in mine], [r["overall"] for r in mine], marker="o", label=line)
+        ax2.plot([r["nfe"] for r in mine], [r["fd"] for r in mine], marker="o", label=line)
     for ax, label in ((ax1, "shapes-bench overall accuracy"), (ax2, "FD to ground truth")):
         ax.set_xscale("log")
         ax.set_xlabel("NFE")
@@ -73,7 +77,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--features", choices=["clip", "pixels"], default="clip", help="FD features")
-    parser.add_argument("--reference", help="SAMPLER:NFE baseline for paired accuracy gaps, e.g. ddpm:250")
+    parser.add_argument("--reference", help="SAMPLER:NFE baseline for paired accuracy gaps, e.g. ddpm:250 (DDPM's "
+                        "with the first of --ddpm-variances)")
+    parser.add_argument("--ddpm-variances", nargs="+", default=["small"], choices=["small", "large", "learned"],
+                        help="DDPM rows, one per variance (learned: a model trained with learn_sigma)")
     parser.add_argument("--out-dir", default="steps")
     parser.add_argument("--plot-with", nargs="+", default=[], metavar="STEPS_JSON",
                         help="also plot these earlier runs' rows (same prompts and seeds), e.g. lower NFE")
@@ -88,20 +95,24 @@ def main() -> None:
         features = lambda x: clip_metric_features(clip, x)  # noqa: E731
     else:
         features = pixel_features
-    runs = [(name, nfe) for name in args.samplers for nfe in args.nfe]
+    variances = lambda name: args.ddpm_variances if Sampler(name) is Sampler.DDPM else [None]  # noqa: E731
+    runs = [(name, nfe, v) for name in args.samplers for v in variances(name) for nfe in args.nfe]
     if args.reference:
         ref_name, ref_nfe = args.reference.split(":")
-        runs = [(ref_name, int(ref_nfe))] + [r for r in runs if r != (ref_name, int(ref_nfe))]
+        ref = (ref_name, int(ref_nfe), variances(ref_name)[0])
+        runs = [ref] + [r for r in runs if r != ref]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     print("| sampler | NFE | steps | single | counting | two objects | position | held-out | overall | gap (± s.e.) | FD | s |")
     print("| --- " * 12 + "|")
     reference = None
-    for name, nfe in runs:
+    for name, nfe, variance in runs:
         sampler = Sampler(name)
+        placed = {"ddpm_variance": variance} if variance else {}
         schedule = SigmaSchedule(args.schedule)
-        placed = {"schedule": schedule} if schedule not in SIGMA_SCHEDULES or sampler in SIGMA_SAMPLERS else {}
+        if schedule not in SIGMA_SCHEDULES or sampler in SIGMA_SAMPLERS:
+            placed["schedule"] = schedule
         # karras and exponential place sigmas; DDPM and DDIM keep the model's own timestep respacing (uniform for
         # pixel models; leading for latent ones, whose unclipped x0_hat at t = 999 would otherwise be multiplied by
         # 1/sqrt(alpha_bar) = 2e4; leading too where the model saved a sigma placement: SamplingOptions.replace).
@@ -116,7 +127,7 @@ def main() -> None:
         images = torch.stack([r["image"] for r in records])
         truth = ground_truth([r["prompt"] for r in records], pipe.resolution)
         correct = torch.tensor([float(r["correct"]) for r in records if r["suite"] in MAIN])
-        row = {"sampler": name, "schedule": schedule.value, "nfe": nfe, "steps": opts.steps,
+        row = {"sampler": name, "schedule": schedule.value, "nfe": nfe, "steps": opts.steps, "ddpm_variance": variance,
                **{k: v["accuracy"] for k, v in table.items()}, "fd": fd(images, truth, features),
                "seconds": round(time.time() - start, 1), "correct": [int(c) for c in correct.tolist()]}  # later pairing
         if reference is None and args.reference:
@@ -126,12 +137,12 @@ def main() -> None:
             row["gap"], row["gap_se"] = diff.mean().item(), (diff.std() / len(diff) ** 0.5).item()
         rows.append(row)
         gap = f"{row['gap']:+.3f} ± {row['gap_se']:.3f}" if "gap" in row else ("reference" if row.get("reference") else "")
-        print(f"| {name} | {nfe} | {opts.steps} | {row['single']:.3f} | {row['counting']:.3f} | "
+        print(f"| {name}{f' ({variance})' if variance else ''} | {nfe} | {opts.steps} | {row['single']:.3f} | {row['counting']:.3f} | "
               f"{row['two_objects']:.3f} | {row['position']:.3f} | {row['held_out']:.3f} | "
               f"{row['overall']:.3f} | {gap} | {row['fd']:.2f} | {row['seconds']} |", flush=True)
     (out / "steps.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
     earlier = [r for f in args.plot_with for r in json.loads(Path(f).read_text())["rows"]]
-    plot(sorted(earlier + rows, key=lambda r: (r["sampler"], r["nfe"])), out / "steps.png")
+    plot(sorted(earlier + rows, key=lambda r: (r["sampler"], r.get("ddpm_variance") or "", r["nfe"])), out / "steps.png")
     print(f"wrote {out / 'steps.json'} and {out / 'steps.png'}")
 
 

@@ -76,6 +76,19 @@ def test_train_and_sample_a_learned_variance_model(tiny_config_path, tmp_path, t
     for sampler in (["--sampler", "ddpm", "--ddpm-variance", "learned"], ["--sampler", "dpmpp_2m"]):
         assert main(["generate", "a red circle", "--model", str(tmp_path / "run" / "model"), "--steps", "3",
                      "--out", str(out), *sampler]) == 0
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "steps.py"  # improved DDPM's comparison, one row per variance
+    r = subprocess.run([sys.executable, str(script), "--model", str(tmp_path / "run" / "model"), "--samplers", "ddpm",
+                        "--nfe", "2", "3", "--ddpm-variances", "small", "learned", "--reference", "ddpm:3",
+                        "--prompts-per-category", "1", "--n-per-prompt", "1", "--features", "pixels",
+                        "--device", "cpu", "--out-dir", str(tmp_path / "steps")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "steps" / "steps.json").read_text())["rows"]
+    assert [(x["nfe"], x["ddpm_variance"]) for x in rows] == [(3, "small"), (2, "small"), (2, "learned"), (3, "learned")]
+    assert rows[0]["reference"] and all("gap" in x for x in rows[1:])
     capsys.readouterr()
     assert main(["generate", "a red circle", "--model", str(tiny_model), "--steps", "3", "--sampler", "ddpm",
                  "--ddpm-variance", "learned", "--out", str(out)]) == 2
