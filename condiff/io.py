@@ -119,10 +119,12 @@ def load_tensors(path: Path, limit: int | None = None) -> dict[str, torch.Tensor
 
 
 def save_component(module: torch.nn.Module, cfg, folder: Path, dtype: torch.dtype | None = None) -> None:
-    """folder/config.json + folder/model.safetensors."""
+    """folder/config.json + folder/model.safetensors; dtype (e.g. fp16 as shipped) casts every floating tensor but
+    those the module names in `full_precision` (tensors whose precision matters more than their size)."""
     state = module.state_dict()
     if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        keep = set(getattr(module, "full_precision", ()))
+        state = {k: v.to(dtype) if v.is_floating_point() and k not in keep else v for k, v in state.items()}
     atomic_save_tensors(state, folder / WEIGHTS)
     save_json(cfg, folder / CONFIG)
 

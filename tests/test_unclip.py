@@ -453,3 +453,10 @@ def test_ar_prior_training_resumes_exactly_and_composes_into_an_unclip_pipeline(
                                atol=1e-5, rtol=1e-4)
     assert main(["compose", "--text2image", str(decoder[0]), "--clip", str(decoder[1]), "--embedding-prior",
                  str(decoder[1]), "--out", str(tmp_path / "bad")]) == 2
+    from condiff import components  # an fp16 export keeps the codec in float32, the network in float16
+
+    components.save(net, tmp_path / "half", torch.float16)
+    half = load_file(str(tmp_path / "half" / "model.safetensors"))
+    assert {k: half[k].dtype for k in ("mean", "basis", "lo", "hi", "dots")} == dict.fromkeys(
+        ("mean", "basis", "lo", "hi", "dots"), torch.float32) and half["position"].dtype == torch.float16
+    assert torch.equal(components.load("ar_prior", tmp_path / "half").basis, net.basis)

@@ -66,6 +66,9 @@ class ARPrior(nn.Module):
     """net(codes, text_tokens=, text_mask=, text_embed=, dot=, drop=) -> logits (B, j + 1, buckets) of codes 1..j+1
     given codes 0..j-1 (codes (B, j), j < k)."""
 
+    full_precision = ("mean", "basis", "lo", "hi", "dots")  # the codec stays float32 in an fp16 export: 1024 bins
+    # over a range, and dot-product bins 0.002 wide near 1, are finer than fp16 resolves there
+
     def __init__(self, cfg: ARPriorConfig):
         super().__init__()
         if cfg.components < 1:
