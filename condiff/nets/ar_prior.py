@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .embedding_prior import causal_transformer
+
 
 @dataclass
 class ARPriorConfig:
@@ -82,9 +84,7 @@ class ARPrior(nn.Module):
         self.null_tokens = nn.Parameter(torch.randn(cfg.max_text + 2, w) * 0.02)  # null text: tokens, z_t, dot
         n = cfg.max_text + 1 + k
         self.position = nn.Parameter(torch.randn(n, w) * 0.02)
-        layer = nn.TransformerEncoderLayer(w, cfg.heads, 4 * w, dropout=0.0, activation="gelu", batch_first=True,
-                                           norm_first=True)
-        self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.transformer = causal_transformer(w, cfg.heads, cfg.layers)
         self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.buckets))
         self.register_buffer("causal", torch.triu(torch.ones(n, n, dtype=torch.bool), 1), persistent=False)
         for name, shape in (("mean", (D,)), ("basis", (k, D)), ("lo", (k,)), ("hi", (k,)), ("dots", (cfg.quantiles,))):

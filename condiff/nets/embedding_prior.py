@@ -34,6 +34,13 @@ class EmbeddingPriorConfig:
     heads: int = 4
 
 
+def causal_transformer(width: int, heads: int, layers: int) -> nn.TransformerEncoder:
+    """Both priors' decoder-only stack: pre-norm GELU layers without dropout; the causal mask is given per call."""
+    layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
 class EmbeddingPrior(nn.Module):
     """net(x_t, t, text_tokens=, text_mask=, text_embed=, drop=) -> x0_hat, for the Denoiser contract (prediction x0)."""
 
@@ -48,9 +55,7 @@ class EmbeddingPrior(nn.Module):
         self.null_tokens = nn.Parameter(torch.randn(cfg.max_text + 1, w) * 0.02)  # the null text: tokens and z_t
         self.query = nn.Parameter(torch.randn(w) * 0.02)
         self.position = nn.Parameter(torch.randn(n, w) * 0.02)
-        layer = nn.TransformerEncoderLayer(w, cfg.heads, 4 * w, dropout=0.0, activation="gelu", batch_first=True,
-                                           norm_first=True)
-        self.transformer = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.transformer = causal_transformer(w, cfg.heads, cfg.layers)
         self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, cfg.embed_dim))
         self.register_buffer("causal", torch.triu(torch.ones(n, n, dtype=torch.bool), 1), persistent=False)
 

@@ -27,15 +27,20 @@ from ..task import TaskDefaults
 
 
 @dataclass
-class EmbeddingPriorTrainConfig(RunSettings):
-    model: str = "embedding_prior"
+class PriorTrainSettings(RunSettings):
+    """What both unCLIP priors' training configs share."""
     seed: int = 0
     data: DataConfig = defaults(DataConfig, resolution=64)
     clip: str = "condiff/weights/clip64"  # the frozen CLIP the prior maps between (in the package)
-    prior: EmbeddingPriorConfig = field(default_factory=EmbeddingPriorConfig)
-    diffusion: DiffusionConfig = field(default_factory=prior_diffusion)  # DALL-E 2 predicts x0 (the clean z_i)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=3000, batch_size=128, lr=3e-4,
                                                                   warmup_steps=200, ema_decay=0.999, p_uncond=0.1))
+
+
+@dataclass
+class EmbeddingPriorTrainConfig(PriorTrainSettings):
+    model: str = "embedding_prior"
+    prior: EmbeddingPriorConfig = field(default_factory=EmbeddingPriorConfig)
+    diffusion: DiffusionConfig = field(default_factory=prior_diffusion)  # DALL-E 2 predicts x0 (the clean z_i)
 
 
 def read_clip(cfg) -> CLIPConfig:
@@ -85,15 +90,10 @@ class EmbeddingPriorTask(TaskDefaults):
 
 
 @dataclass
-class ARPriorTrainConfig(RunSettings):
+class ARPriorTrainConfig(PriorTrainSettings):
     model: str = "ar_prior"
-    seed: int = 0
-    data: DataConfig = defaults(DataConfig, resolution=64)
-    clip: str = "condiff/weights/clip64"  # the frozen CLIP the prior maps between (in the package)
     prior: ARPriorConfig = field(default_factory=ARPriorConfig)
     codec_images: int = 4096  # images whose embeddings fit the PCA, the ranges and the dot-product quantiles
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=3000, batch_size=128, lr=3e-4,
-                                                                  warmup_steps=200, ema_decay=0.999, p_uncond=0.1))
 
 
 CODEC_SEED = 104729  # the codec's images are drawn from the data with seed + this, apart from the training batches
