@@ -1,7 +1,13 @@
 import json
+import os
 
 import pytest
 import torch
+
+# One thread for every condiff command a test runs (its CLI calls and the subprocesses it starts): condiff otherwise
+# picks threads from the load of the moment (condiff/threads.py), and two trainings that a test compares bit for bit
+# (a run against its --resume) could then sum their floats in different orders. test_threads.py clears it itself.
+os.environ.setdefault("CONDIFF_THREADS", "1")
 
 TINY = {
     "seed": 0,
