@@ -154,6 +154,14 @@ def textdiff(pipe, clip, image: torch.Tensor, source: str, target: str, steps: i
     return decode(pipe, e, [source] * steps, [seed] * steps, opts.replace(sampler="ddim", eta=0.0), x=x_T)
 
 
+def nearest_candidates(z: torch.Tensor, z_t: torch.Tensor, k: int) -> torch.Tensor:
+    """DALL-E 2's trick for both priors: of each caption's k adjacent candidate embeddings (B k, D), the one with the
+    highest dot product with its text embedding z_t (B k, D) -> (B, D)."""
+    z, z_t = z.view(-1, k, z.shape[-1]), z_t.view(-1, k, z_t.shape[-1])
+    best = (z * z_t).sum(-1).argmax(1)  # (B,)
+    return z[torch.arange(len(z)), best]
+
+
 PRIOR_SAMPLING = SamplingOptions(steps=64, guidance_scale=2.0, threshold="none", schedule="leading")  # DALL-E 2: 64
 
 
@@ -176,9 +184,8 @@ def prior_embeddings(prior, diffusion, clip, prompts: list[str], seeds: list[int
     model = ClassifierFreeGuidance(denoiser, opts.guidance_scale, cond | {"drop": ~null}, cond | {"drop": null})
     noise = PerSampleNoise([candidate_seed(s, j) for s in seeds for j in range(k)])
     x = noise((B * k, prior.cfg.embed_dim), clip.device)
-    z = F.normalize(sample(model, denoiser.schedule, x, noise, opts).float(), dim=-1).view(B, k, -1)
-    best = (z * text["embed"].view(B, k, -1)).sum(-1).argmax(1)  # (B,)
-    return z[torch.arange(B), best]
+    z = F.normalize(sample(model, denoiser.schedule, x, noise, opts).float(), dim=-1)
+    return nearest_candidates(z, text["embed"], k)
 
 
 AR_PRIOR_GUIDANCE = 2.0  # the autoregressive prior's CFG scale on its logits (DALL-E 2 used guidance on both priors)
@@ -224,9 +231,7 @@ def ar_prior_embeddings(prior: ARPrior, clip, prompts: list[str], seeds: list[in
     for j in range(K):
         nxt = categorical(guided_logits(prior, codes, text, dot, guidance_scale), u[:, j + 1], temperature)
         codes = torch.cat([codes, nxt[:, None]], 1)
-    z = prior.decode(codes).view(B, k, -1)
-    best = (z * text["embed"].view(B, k, -1)).sum(-1).argmax(1)
-    return z[torch.arange(B), best]
+    return nearest_candidates(prior.decode(codes), text["embed"], k)
 
 
 PRIOR_SEED_OFFSET = 2 ** 31  # the prior of image seed s draws from s + offset, so its noise is not the decoder's

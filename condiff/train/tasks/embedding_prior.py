@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ... import components
 from ...config import ConfigError, load_json
 from ...data import DataConfig
 from ...diffusion.denoiser import DiffusionConfig, Prediction
 from ...diffusion.schedule import NoiseSchedule
-from ...io import replace_dir, save_component
 from ...nets.ar_prior import ARPrior, ARPriorConfig, fit_codec
 from ...nets.clip import CLIPConfig, image_embeddings, load_clip
 from ...nets.embedding_prior import (
@@ -66,7 +66,17 @@ def embeddings(clip, images: torch.Tensor, captions: list[str]) -> tuple[torch.T
     return image_embeddings(clip, images), text
 
 
-class EmbeddingPriorTask(TaskDefaults):
+class PriorTask(TaskDefaults):
+    """What both priors' tasks share: the frozen CLIP in run.state, and the EMA prior exported as a component."""
+
+    def prepare(self, run) -> None:
+        run.state["clip"] = frozen_clip(run.cfg.clip, run.device)
+
+    def export(self, run, folder: Path) -> None:
+        components.save(run.ema.model, folder)
+
+
+class EmbeddingPriorTask(PriorTask):
     name, config_cls = "embedding_prior", EmbeddingPriorTrainConfig
 
     def build(self, cfg: EmbeddingPriorTrainConfig, data, resume: bool) -> nn.Module:
@@ -76,17 +86,12 @@ class EmbeddingPriorTask(TaskDefaults):
         return EmbeddingPrior(cfg.prior)
 
     def prepare(self, run) -> None:
-        run.state["clip"] = frozen_clip(run.cfg.clip, run.device)
+        super().prepare(run)
         run.state["schedule"] = NoiseSchedule.from_config(run.cfg.diffusion.schedule)
 
     def loss(self, run, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         z_image, text = embeddings(run.state["clip"], images, captions)
         return run.model.loss(z_image, text, run.state["schedule"], run.generator, run.cfg.optim.p_uncond)
-
-    def export(self, run, folder: Path) -> None:
-        tmp = folder.with_name(folder.name + ".tmp")
-        save_component(run.ema.model, run.cfg.prior, tmp)
-        replace_dir(tmp, folder)
 
 
 @dataclass
@@ -99,7 +104,7 @@ class ARPriorTrainConfig(PriorTrainSettings):
 CODEC_SEED = 104729  # the codec's images are drawn from the data with seed + this, apart from the training batches
 
 
-class ARPriorTask(TaskDefaults):
+class ARPriorTask(PriorTask):
     """DALL-E 2's autoregressive prior: the PCA codec is fitted on codec_images embeddings before step 0 (kept in
     the run's config as `components` and in the weights as buffers, so --resume refits nothing)."""
     name, config_cls = "ar_prior", ARPriorTrainConfig
@@ -127,14 +132,6 @@ class ARPriorTask(TaskDefaults):
             z_text.append(text["embed"])
         return torch.cat(z_image), torch.cat(z_text)
 
-    def prepare(self, run) -> None:
-        run.state["clip"] = frozen_clip(run.cfg.clip, run.device)
-
     def loss(self, run, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         z_image, text = embeddings(run.state["clip"], images, captions)
         return run.model.loss(z_image, text, run.generator, run.cfg.optim.p_uncond)
-
-    def export(self, run, folder: Path) -> None:
-        tmp = folder.with_name(folder.name + ".tmp")
-        save_component(run.ema.model, run.cfg.prior, tmp)
-        replace_dir(tmp, folder)

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ... import components
 from ...config import ConfigError
 from ...data import DataConfig
-from ...io import replace_dir, save_component
 from ...nets.layout_prior import LayoutPrior, LayoutPriorConfig, target_sequence
 from ...nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
 from ..config import defaults, OptimConfig, RunSettings
@@ -89,6 +89,4 @@ class LayoutPriorTask(TaskDefaults):
         return run.model.loss(seq, cond["context"], cond["context_mask"])
 
     def export(self, run, folder: Path) -> None:
-        tmp = folder.with_name(folder.name + ".tmp")
-        save_component(run.ema.model, run.cfg.prior, tmp)
-        replace_dir(tmp, folder)
+        components.save(run.ema.model, folder)
