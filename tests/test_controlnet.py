@@ -94,20 +94,26 @@ def test_the_segmentation_map_paints_each_object_in_its_classs_colour_and_nothin
     assert np.array_equal(np.asarray(Image.open(tmp_path / "m.png").convert("RGB")).astype(int), m)
 
 
-def test_a_segmentation_controlnet_trains_and_without_a_model_the_command_says_how_to_make_one(
-        tiny_model, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_seg_controlnet(tiny_model, tmp_path_factory):
     from conftest import TINY
 
+    folder = tmp_path_factory.mktemp("seg")
     cfg = {"model": "controlnet", "base": str(tiny_model), "control": {"kind": "segmentation", "hint_channels": [8]},
            "data": {"resolution": 16}, "optim": {"steps": 1, "batch_size": 2, "warmup_steps": 1},
            "log_every": 1, "checkpoint_every": 1} | {"seed": TINY["seed"]}
-    (tmp_path / "seg.json").write_text(json.dumps(cfg))
-    assert main(["train", "--config", str(tmp_path / "seg.json"), "--out", str(tmp_path / "run")]) == 0
-    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["kind"] == "segmentation"
+    (folder / "seg.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(folder / "seg.json"), "--out", str(folder / "run")]) == 0
+    return folder / "run" / "model"
+
+
+def test_a_segmentation_controlnet_trains_and_without_a_model_the_command_says_how_to_make_one(
+        tiny_model, tiny_seg_controlnet, tmp_path, capsys):
+    assert json.loads((tiny_seg_controlnet / "config.json").read_text())["kind"] == "segmentation"
     Image.new("RGB", (16, 16)).save(tmp_path / "map.png")
     base = ["generate", "a red circle", "--model", str(tiny_model), "--steps", "2", "--out", str(tmp_path / "o.png"),
             "--control", str(tmp_path / "map.png"), "--control-kind", "segmentation"]
-    assert main(base + ["--control-model", str(tmp_path / "run" / "model")]) == 0
+    assert main(base + ["--control-model", str(tiny_seg_controlnet)]) == 0
     capsys.readouterr()
     assert main(base + ["--control-model", str(tmp_path / "nothing")]) != 0
     err = capsys.readouterr().err.strip()
@@ -211,6 +217,49 @@ def test_the_api_draws_from_a_control_map_and_refuses_a_bad_one_with_400(tiny_mo
                         ({"control": b64, "control_scale": 5}, "control_scale")]:
         r = client.post("/api/txt2img", json=body | extra)
         assert r.status_code == 400 and word in r.json()["detail"], (extra.keys(), r.json())
+
+
+def test_the_api_and_the_page_take_either_kind_of_map_each_read_by_its_own_controlnet(
+        tiny_model, tiny_controlnet, tiny_seg_controlnet, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("gradio")
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from condiff.png import parse_parameters
+    from condiff.nets.controlnet import segmentation_map
+    from condiff.pipelines.controlnet import map_png
+    from condiff.ui import service as service_module
+    from condiff.ui.api import create_api
+    from condiff.ui.app import make_handlers
+
+    monkeypatch.setitem(service_module.CONTROLNETS, "edges", tiny_controlnet)
+    monkeypatch.setitem(service_module.CONTROLNETS, "segmentation", tiny_seg_controlnet)
+    service = service_module.GenerationService(tiny_model)
+    assert service.controllable() == ["edges", "segmentation"]
+    client = TestClient(create_api(service))
+    objects = [[PlacedObject("square", "blue", 0.6, 0.4, 0.4)]]
+    seg, edges = io.BytesIO(), io.BytesIO()
+    Image.fromarray(map_png(segmentation_map(render(objects, 16)))).save(seg, format="PNG")
+    Image.fromarray(map_png(edge_map(render(objects, 16)))).save(edges, format="PNG")
+    b64 = lambda buf: base64.b64encode(buf.getvalue()).decode()  # noqa: E731
+    body = {"prompt": "a blue square", "steps": 3, "seed": 5}
+    pixels = lambda r: np.asarray(Image.open(io.BytesIO(base64.b64decode(r["images"][0]))))  # noqa: E731
+    by = {}
+    for kind, buf in [("segmentation", seg), ("edges", edges), ("segmentation", seg)]:
+        r = client.post("/api/txt2img", json=body | {"control": b64(buf), "control_kind": kind})
+        assert r.status_code == 200 and f"ControlNet: {kind}" in r.json()["parameters"][0]
+        assert by.setdefault(kind, pixels(r.json())).tobytes() == pixels(r.json()).tobytes()  # each kind's own net
+    assert not np.array_equal(by["edges"], by["segmentation"])
+    r = client.post("/api/txt2img", json=body | {"control": b64(seg), "control_kind": "depth"})
+    assert r.status_code == 400 and "control_kind" in r.json()["detail"]
+    photo = Image.fromarray(((render(objects, 48)[0].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8))
+    generate, _ = make_handlers(service, tmp_path)
+    *_, last = generate("a blue square", "", 5, 2, 3.0, "DDIM", 1, control_image=photo, control_make=True,
+                        control_kind="segmentation", progress=lambda *a, **k: None)
+    assert parse_parameters(Image.open(last[0][0]).info["parameters"])["ControlNet"] == "segmentation"
 
 
 def test_guess_mode_grades_the_residuals_by_depth_and_gives_the_map_to_the_conditional_branch_only(

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..catalogue import CONTROLNETS
 from ..diffusion.sampling import SAMPLER_INFO
 from ..pipelines.unclip import MAX_VARIATION_CANDIDATES, VARIATION_CANDIDATES, VARIATION_ETA, VARIATION_GUIDANCE
 from starlette.concurrency import run_in_threadpool
@@ -112,8 +113,9 @@ class Txt2ImgBody(SamplingBody):
     layout: list[dict] | None = None  # [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1] (a grounded model)
     size: int = Field(0, description="output side: 0 or the model's; 128 or 256 through the upsampler cascade; "
                                      "otherwise 400", json_schema_extra={"enum": [0, 64, 128, 256]})
-    control: str | None = Field(None, description="ControlNet: a base64 edge map of the "
-                                "model's size (condiff control edges IN --out MAP); it decides the layout")
+    control: str | None = Field(None, description="ControlNet: a base64 control map of the model's size "
+                                "(condiff control edges|segmentation IN --out MAP); it decides the layout")
+    control_kind: str = one_of("edges", list(CONTROLNETS), "the map's kind: which shipped ControlNet reads it")
     control_scale: float = bounded(1.0, 0, 2)
     control_guess: bool = Field(False, description="guess mode: the map in CFG's conditional branch only")
 

@@ -42,7 +42,7 @@ def _previews(x0_hat) -> list[np.ndarray]:
 def make_handlers(service: GenerationService, out_dir: Path):
     def generate(prompt, negative_prompt, seed, steps, guidance_scale, sampler, num_images, guide="none",
                  guide_scale=3.0, layout_text="", size=0, control_image=None, control_make=False, control_scale=1.0,
-                 progress=gr.Progress()):
+                 control_kind="edges", progress=gr.Progress()):
         import json
 
         try:
@@ -53,8 +53,9 @@ def make_handlers(service: GenerationService, out_dir: Path):
             req = service.resolve(Txt2ImgRequest(prompt, negative_prompt or "", int(seed), int(steps),
                                                  float(guidance_scale), sampler, int(num_images), guide or "none",
                                                  float(guide_scale), layout=layout, size=int(size or 0),
-                                                 control=_control_png(service, control_image, bool(control_make)),
-                                                 control_scale=float(control_scale)))
+                                                 control=_control_png(service, control_image, bool(control_make),
+                                                                      control_kind or "edges"),
+                                                 control_scale=float(control_scale), control_kind=control_kind or "edges"))
             service.check_layout(req)
         except (RequestError, ValueError, TypeError) as e:
             raise gr.Error(str(e)) from None
@@ -168,10 +169,13 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
                         layout_box = gr.Textbox(label='Boxes as JSON [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1]; '
                                                       "empty: the model's layout stage predicts them. Edit and "
                                                       "generate again to move an object.", lines=3, elem_id="layout")
-                    with gr.Accordion("ControlNet (an edge map decides the layout)", open=False, visible=controllable):
-                        control_image = gr.Image(label=f"Edge map ({res}x{res}, white edges on black), or any image "
-                                                       "with the box below ticked", type="pil", elem_id="control-map")
-                        control_make = gr.Checkbox(False, label="Make the edge map from this image first",
+                    with gr.Accordion("ControlNet (a map decides the layout)", open=False, visible=bool(controllable)):
+                        control_kind = gr.Radio(controllable or ["edges"], value=(controllable or ["edges"])[0],
+                                                label="Map kind", elem_id="control-kind")
+                        control_image = gr.Image(label=f"Control map ({res}x{res}: white edges on black, or one colour "
+                                                       "per form), or any image with the box below ticked", type="pil",
+                                                 elem_id="control-map")
+                        control_make = gr.Checkbox(False, label="Make the map of this kind from this image first",
                                                    elem_id="control-make")
                         control_scale = gr.Slider(0, 2, 1, step=0.05, label="Control scale", elem_id="control-scale")
                     button = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -199,7 +203,7 @@ def build_page(service: GenerationService, out_dir: Path) -> gr.Blocks:
             first = gr.Textbox(visible=False)  # JSON [PNG path, prompt] of the last result's first image (no gr.State:
             # its session heartbeat would keep a connection open)
             inputs = [prompt, negative, seed, steps, scale, sampler, count, guide, guide_scale, layout_box, size,
-                      control_image, control_make, control_scale]
+                      control_image, control_make, control_scale, control_kind]
             outputs = [gallery, used_seed, params, layout_box, overlay, first]
             up_button.click(lambda f, k: upscale(*_first_result(f, out_dir), k, 0, 20), [first, up_scale], [upscaled, up_params],
                             api_name=False)

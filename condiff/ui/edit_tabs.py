@@ -23,16 +23,16 @@ def _png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
-def _control_png(service: GenerationService, image, make_map: bool) -> bytes | None:
-    """The Text to image tab's control map as PNG bytes: the uploaded image itself, or (make_map) its edge map at
-    the model's side; None without an image."""
+def _control_png(service: GenerationService, image, make_map: bool, kind: str = "edges") -> bytes | None:
+    """The Text to image tab's control map as PNG bytes: the uploaded image itself, or (make_map) its map of this
+    kind (edges, segmentation) at the model's side; None without an image."""
     if image is None:
         return None
     if not make_map:
         return _png_bytes(image)
     from PIL import Image
 
-    return _png_bytes(Image.fromarray(map_png(map_from_image(image, "edges", service.pipe.resolution))))
+    return _png_bytes(Image.fromarray(map_png(map_from_image(image, kind, service.pipe.resolution))))
 
 
 def _first_result(text: str, out_dir: Path) -> tuple[bytes | None, str]:

@@ -56,7 +56,8 @@ class Txt2ImgRequest:
     layout: list | None = None  # grounding: [{"phrase", "box": [x0, y0, x1, y1]}] in [0, 1]; None: the model's layout
     # stage predicts it (a layout2image model), or no boxes
     size: int = 0  # output side: 0 (or the model's) as the model makes it; 128, 256 through the upsampler cascade
-    control: bytes | None = None  # ControlNet: an encoded edge map of the model's size (condiff control edges)
+    control: bytes | None = None  # ControlNet: an encoded map of the model's size (condiff control KIND IN --out MAP)
+    control_kind: str = "edges"  # which shipped ControlNet reads it: edges or segmentation
     control_scale: float = 1.0  # multiplies the ControlNet's residuals
     control_guess: bool = False  # guess mode: the map in CFG's conditional branch only, residuals graded by depth
 

@@ -89,7 +89,7 @@ class GenerationService:
         lora.apply(self.pipe.parts, list(loras))  # `serve --lora FILE[:WEIGHT]`: applied once, at load
         textual_inversion.apply(self.pipe.parts, list(embeddings))  # `serve --embedding FILE`
         self.model_tag = requests.ModelTag.of(self.model_path, loras, embeddings)  # hashed once, at start
-        self._controlnet = None  # the shipped edges ControlNet, loaded on the first request with a control map
+        self._controlnets: dict = {}  # kind -> the shipped ControlNet, loaded on the first request with such a map
         self._controlnet_lock = threading.Lock()
         self.adapters = (list(loras), list(embeddings))  # applied to the inpainting model too, when it loads
         self.limits = limits or ServeLimits()
@@ -202,8 +202,8 @@ class GenerationService:
             raise RequestError(str(e)) from None
         if req.control is not None:
             try:
-                checked_map(req.control, ControlKind.EDGES, self.pipe, req.control_scale, "control")
-                self.controlnet()
+                checked_map(req.control, self.control_kind(req), self.pipe, req.control_scale, "control")
+                self.controlnet(req.control_kind)
             except ValueError as e:
                 raise RequestError(str(e)) from None
         stages = [(opts.steps, self.pipe.resolution)]
@@ -235,35 +235,45 @@ class GenerationService:
             return [self._png(g) for batch in requests.txt2img(self.pipe, request, self.model_tag,
                                                                callback=callback) for g in batch]
 
-    def controllable(self) -> bool:
-        """Whether the shipped edges ControlNet exists and was made for this server's model (its config read, not
-        its weights)."""
-        path = CONTROLNETS["edges"] / "config.json"
-        if not path.is_file() or getattr(self.pipe, "variable_size", False):
-            return False
-        return fits(load_json(ControlNetConfig, path), self.pipe)
+    def controllable(self) -> list[str]:
+        """The control kinds whose shipped ControlNet exists and was made for this server's model (each config read,
+        not its weights)."""
+        if getattr(self.pipe, "variable_size", False):
+            return []
+        return [kind for kind, folder in CONTROLNETS.items() if (folder / "config.json").is_file()
+                and fits(load_json(ControlNetConfig, folder / "config.json"), self.pipe)]
 
-    def controlnet(self):
-        """The shipped edges ControlNet, loaded and put under the pipeline on first use (requests without a map still
-        draw as the base model); ValueError when there is none for this model."""
-        if self._controlnet is None:
-            folder = CONTROLNETS["edges"]
+    @staticmethod
+    def control_kind(req: Txt2ImgRequest) -> ControlKind:
+        if req.control_kind not in CONTROLNETS:
+            raise RequestError(f"control_kind: must be one of {', '.join(CONTROLNETS)}, got {req.control_kind!r}")
+        return ControlKind(req.control_kind)
+
+    def controlnet(self, kind: str):
+        """The shipped ControlNet of this kind, loaded on first use and checked against the model; ValueError when
+        there is none for it. The pipeline's denoiser takes it under a request's turn (control_for)."""
+        if kind not in self._controlnets:
+            folder = CONTROLNETS[kind]
             if not (folder / "config.json").is_file():
-                raise ValueError("control: this server has no ControlNet (no shipped control_edges64)")
+                raise ValueError(f"control: this server has no {kind} ControlNet (no shipped {folder.name})")
             with self._controlnet_lock:
-                if self._controlnet is None:
+                if kind not in self._controlnets:
                     net = components.load("controlnet", folder)
-                    with_control(self.pipe, net)  # ValueError for a ControlNet of another model: nothing is changed
-                    self._controlnet = net
-        return self._controlnet
+                    if not fits(net.cfg, self.pipe):
+                        raise ValueError(f"control: the shipped {folder.name} was made for another model")
+                    self._controlnets[kind] = net
+        return self._controlnets[kind]
 
     def control_for(self, req: Txt2ImgRequest) -> requests.Control | None:
-        """The request's control map and settings (validated); the scale and mode travel with the map."""
+        """The request's control map and settings (validated), its kind's ControlNet put under the pipeline (called
+        in the request's turn; a request without a map draws as the base model under any ControlNet)."""
         if req.control is None:
             return None
-        self.controlnet()
-        m = checked_map(req.control, ControlKind.EDGES, self.pipe, req.control_scale, "control")
-        return requests.Control(m, "edges", float(req.control_scale), CONTROLNETS["edges"].name, bool(req.control_guess))
+        kind = self.control_kind(req)
+        with_control(self.pipe, self.controlnet(kind.value))
+        m = checked_map(req.control, kind, self.pipe, req.control_scale, "control")
+        return requests.Control(m, kind.value, float(req.control_scale), CONTROLNETS[kind.value].name,
+                                bool(req.control_guess))
 
     def check_layout(self, req: Txt2ImgRequest) -> list[dict] | None:
         """req.layout checked (boxes in [0, 1], phrases in the prompt, at most the model's slots), or RequestError."""
