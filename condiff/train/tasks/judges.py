@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ... import components
 from ...data import DataConfig
 from ...diffusion.loss import sample_timesteps
 from ...diffusion.schedule import NoiseSchedule, ScheduleConfig
-from ...io import replace_dir, save_component
 from ...nets.classifier import ClassifierConfig, NoisyClassifier, batch_labels
 from ...nets.clip import CLIP, CLIPConfig, contrastive_loss
 from ...world.distractors import distractor_captions
@@ -94,6 +94,4 @@ class JudgeTask(TaskDefaults):
         return -model.log_prob(images, t, present, count).mean()
 
     def export(self, run, folder: Path) -> None:
-        tmp = folder.with_name(folder.name + ".tmp")
-        save_component(run.ema.model, run.cfg.clip if self.kind is AuxModel.CLIP else run.cfg.classifier, tmp)
-        replace_dir(tmp, folder)
+        components.save(run.ema.model, folder)  # its cfg: the run's clip or classifier config, filled in by build
