@@ -122,8 +122,16 @@ class ARPriorTask(PriorTask):
         prior.set_codec(codec)
         return prior
 
+    def prepare(self, run) -> None:
+        loaded = self.__dict__.pop("codec_clip", None)  # the CLIP build loaded for the codec, handed on, not reloaded
+        if loaded is not None and loaded[0] == run.cfg.clip:
+            run.state["clip"] = loaded[1].to(run.device)
+        else:
+            super().prepare(run)
+
     def codec_embeddings(self, cfg: ARPriorTrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
         clip, chunk, z_image, z_text = frozen_clip(cfg.clip, "cpu"), 256, [], []
+        self.codec_clip = (cfg.clip, clip)
         for i in range(0, cfg.codec_images, chunk):
             images, captions = data.materialize(data.raw(cfg.seed + CODEC_SEED, i // chunk,
                                                          min(chunk, cfg.codec_images - i)), torch.device("cpu"))
