@@ -18,6 +18,7 @@ CLIP64 = WEIGHTS / "clip64"  # the CLIP the unCLIP decoder and prior read
 CONTROLNETS = {"edges": WEIGHTS / "control_edges64", "segmentation": WEIGHTS / "control_segmentation64"}  # control kind -> the shipped ControlNet of the default model
 DEFAULT_JUDGES = {"clip": WEIGHTS / "clip32", "noisy_clip": WEIGHTS / "noisy_clip32",
                   "classifier": WEIGHTS / "classifier32"}  # guidance and metric judges
+EMOJI_CLIP = WEIGHTS / "clip32_emoji"  # the CLIP trained on the real emoji that judges the emoji model
 FEW_STEP = {DEFAULT_MODEL: ((1, WEIGHTS / "pd64"), (8, WEIGHTS / "lcm64"))}  # a model -> its distilled copies, each
 # with the most steps it draws: `--steps N` on the model (no sampler or CFG scale asked for) draws with the first copy
 # whose bound is at least N (pd64: progressively distilled to 1 step; lcm64: consistency-distilled, 2 to 8 steps)

@@ -57,3 +57,34 @@ def test_the_digit_feature_space_tells_real_digits_from_noise():
     fd = lambda a, b: frechet_distance(*feature_stats(a), *feature_stats(b))
     held = features(real_rows)
     assert fd(held, other) * 10 < fd(held, noise)
+
+
+def test_the_emoji_clip_finds_each_real_emoji_itself_and_its_fidelity_floor_beats_noise(tmp_path):
+    import json
+
+    import torch
+
+    from condiff.catalogue import EMOJI_CLIP
+    from condiff.cli import main
+    from condiff.eval.metrics import clip_image_features
+    from condiff.eval.real import clip_rank, emoji_clip_space
+
+    clip, real_x, real_e, captions = emoji_clip_space(str(EMOJI_CLIP))
+    assert len(real_x) == len(captions) == len(real_e) >= 2500
+    assert np.allclose(np.linalg.norm(real_e, axis=1), 1, atol=1e-5)
+    picks = np.random.default_rng(0).choice(len(captions), 100, replace=False)
+    first = {c: i for i, c in reversed(list(enumerate(captions)))}  # a name's first emoji (names can repeat)
+    picks = [i for i in picks if first[captions[i]] == i]
+    again = clip_image_features(clip, real_x[picks])  # the real emoji themselves, embedded again
+    ranks = [clip_rank(e, i, real_e) for e, i in zip(again, picks)]
+    assert np.mean([r == 1 for r in ranks]) >= 0.95
+    noise = clip_image_features(clip, torch.rand(len(picks), 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    assert np.median([clip_rank(e, i, real_e) for e, i in zip(noise, picks)]) > 20
+    out = tmp_path / "r.json"
+    assert main(["eval", "real", "emoji", "--names", "red apple", "banana", "--steps", "3", "--fidelity", "6",
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert len(r["clip_ranks"]) == 2 and all(1 <= k <= len(captions) for k in r["clip_ranks"])
+    assert r["fidelity"]["images"] == 6 and 0 <= r["fidelity"]["precision"] <= 1
+    assert r["fidelity"]["real_same_names"]["fd"] < r["fidelity"]["fd"]  # 3 steps draw worse than real emoji
+    assert r["real_clip_score"] > 0

