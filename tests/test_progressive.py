@@ -53,12 +53,18 @@ def test_two_teacher_steps_on_a_point_mass_give_the_point_as_target_and_ddim_on_
     assert torch.allclose(out, c.expand_as(out), atol=1e-9)
 
 
-def test_a_round_trains_and_the_student_draws_on_the_grid_at_half_the_steps_without_cfg(tiny_model, tmp_path):
+def test_a_round_trains_and_the_student_draws_on_the_grid_at_half_the_steps_without_cfg(tiny_model, tmp_path,
+                                                                                        monkeypatch):
+    from condiff.train.tasks import distill
+
+    loads, load = [], distill.teacher_pipeline
+    monkeypatch.setattr(distill, "teacher_pipeline", lambda c: loads.append(c.teacher) or load(c))
     cfg = {"model": "progressive_distillation", "teacher": str(tiny_model), "teacher_steps": 4, "guidance_scale": 2.0,
            "data": {"resolution": 16}, "optim": {"steps": 2, "batch_size": 4, "warmup_steps": 1, "lr": 1e-3},
            "log_every": 1, "checkpoint_every": 1}
     (tmp_path / "pd.json").write_text(json.dumps(cfg))
     assert main(["train", "--config", str(tmp_path / "pd.json"), "--out", str(tmp_path / "run")]) == 0
+    assert loads == [str(tiny_model)]  # build's checked teacher is the one training reads: loaded once
     pipe, teacher = load_pipeline(tmp_path / "run" / "model"), load_pipeline(tiny_model)
     d = pipe.defaults
     assert (d.sampler.value, d.schedule.value, d.steps, d.guidance_scale) == ("ddim", "progressive", 2, 1.0)

@@ -89,6 +89,16 @@ class TaskDefaults:
     def prepare(self, run: Run) -> None:
         pass
 
+    def hand_on(self, key, thing) -> None:
+        """Keep something build loaded (a frozen teacher, a CLIP) for prepare to take instead of loading it again;
+        the trainer drops whatever prepare did not take."""
+        self.__dict__.setdefault("handed", {})[key] = thing
+
+    def take(self, key, load):
+        """What build handed on under key (the source's name in it), else load()."""
+        handed = self.__dict__.get("handed", {})
+        return handed.pop(key) if key in handed else load()
+
     def extras(self, run: Run, raw) -> dict:
         return {}
 

@@ -78,6 +78,7 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
     device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     data = make_dataset(cfg.data)
+    task.__dict__.pop("handed", None)  # nothing an earlier build in this process handed on
     model = task.build(cfg, data, resume=resume).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -86,6 +87,7 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
     generator = torch.Generator().manual_seed(cfg.seed)
     run = Run(task, cfg, folder, data, model, ema, opt, generator, device, world=world, shards=shards)
     task.prepare(run)
+    task.__dict__.pop("handed", None)
     if cfg.compile:  # after EMA and optimizer hold the parameters; Module.compile keeps their names
         for module in model.children():
             module.compile()

@@ -54,7 +54,9 @@ class ConsistencyDistillationTask(TaskDefaults):
         if cfg.huber_c < 0:
             raise ConfigError(f"huber_c must be >= 0, got {cfg.huber_c}")
         SamplingOptions(steps=cfg.sample_steps, sampler="lcm", guidance_scale=1.0)  # ValueError: over the grid
-        return copy.deepcopy(checked_teacher(cfg, data).unet).requires_grad_(True)  # the student starts as the teacher
+        teacher = checked_teacher(cfg, data)
+        self.hand_on(teacher_key(cfg), teacher)  # prepare takes it as the frozen teacher: loaded once
+        return copy.deepcopy(teacher.unet).requires_grad_(True)  # the student starts as the teacher
 
     def prepare(self, run) -> None:
         prepare_teacher(run)
@@ -116,9 +118,13 @@ def checked_teacher(cfg, data) -> Text2ImagePipeline:
     return teacher
 
 
+def teacher_key(cfg) -> tuple:
+    return "teacher", str(cfg.teacher), cfg.data.resolution
+
+
 def prepare_teacher(run) -> None:
     """The frozen teacher on the run's device, its text encoder (cached when frozen) and its latent cache."""
-    teacher = teacher_pipeline(run.cfg).to(run.device)
+    teacher = run.task.take(teacher_key(run.cfg), lambda: teacher_pipeline(run.cfg)).to(run.device)
     for part in teacher.parts.values():
         part.requires_grad_(False)
     run.state["teacher"] = teacher
@@ -166,6 +172,7 @@ class ProgressiveDistillationTask(ConsistencyDistillationTask):
             grid_spacing(teacher.schedule, cfg.teacher_steps)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        self.hand_on(teacher_key(cfg), teacher)
         return copy.deepcopy(teacher.unet).requires_grad_(True)
 
     def prepare(self, run) -> None:

@@ -70,7 +70,7 @@ class PriorTask(TaskDefaults):
     """What both priors' tasks share: the frozen CLIP in run.state, and the EMA prior exported as a component."""
 
     def prepare(self, run) -> None:
-        run.state["clip"] = frozen_clip(run.cfg.clip, run.device)
+        run.state["clip"] = self.take(("clip", run.cfg.clip), lambda: frozen_clip(run.cfg.clip, "cpu")).to(run.device)
 
     def export(self, run, folder: Path) -> None:
         components.save(run.ema.model, folder)
@@ -122,16 +122,9 @@ class ARPriorTask(PriorTask):
         prior.set_codec(codec)
         return prior
 
-    def prepare(self, run) -> None:
-        loaded = self.__dict__.pop("codec_clip", None)  # the CLIP build loaded for the codec, handed on, not reloaded
-        if loaded is not None and loaded[0] == run.cfg.clip:
-            run.state["clip"] = loaded[1].to(run.device)
-        else:
-            super().prepare(run)
-
     def codec_embeddings(self, cfg: ARPriorTrainConfig, data) -> tuple[torch.Tensor, torch.Tensor]:
         clip, chunk, z_image, z_text = frozen_clip(cfg.clip, "cpu"), 256, [], []
-        self.codec_clip = (cfg.clip, clip)
+        self.hand_on(("clip", cfg.clip), clip)  # prepare takes it: loaded once
         for i in range(0, cfg.codec_images, chunk):
             images, captions = data.materialize(data.raw(cfg.seed + CODEC_SEED, i // chunk,
                                                          min(chunk, cfg.codec_images - i)), torch.device("cpu"))
