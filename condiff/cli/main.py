@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "four leaf clover", "blue heart"],
                    help="emoji: the names to draw, once each")
     r.add_argument("--clip", help="emoji: the CLIP that also judges (default: the shipped clip32_emoji; none: skip)")
-    r.add_argument("--fidelity", type=int, default=100, help="emoji: drawings of random names for FD, KID and "
+    r.add_argument("--fidelity", type=int, default=200, help="emoji: drawings of random names for FD, KID and "
                                                               "precision/recall in the CLIP's space (0: skip)")
     r.add_argument("--seed", type=int, default=0)
     add_sampling_arguments(r, steps=50)
