@@ -91,7 +91,7 @@ class TaskDefaults:
 
     def hand_on(self, key, thing) -> None:
         """Keep something build loaded (a frozen teacher, a CLIP) for prepare to take instead of loading it again;
-        the trainer drops whatever prepare did not take."""
+        before each build the trainer drops whatever an earlier run left."""
         self.__dict__.setdefault("handed", {})[key] = thing
 
     def take(self, key, load):

@@ -87,7 +87,6 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
     generator = torch.Generator().manual_seed(cfg.seed)
     run = Run(task, cfg, folder, data, model, ema, opt, generator, device, world=world, shards=shards)
     task.prepare(run)
-    task.__dict__.pop("handed", None)
     if cfg.compile:  # after EMA and optimizer hold the parameters; Module.compile keeps their names
         for module in model.children():
             module.compile()
