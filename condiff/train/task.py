@@ -29,6 +29,8 @@ class Task(Protocol):
 
     def prepare(self, run: Run) -> None: ...  # run.state extras, after the model exists
 
+    def drop_handed(self) -> None: ...  # forget what an earlier build handed on to prepare (before each build)
+
     def extras(self, run: Run, raw) -> dict: ...  # the loss's inputs besides images and captions (e.g. boxes)
 
     def loss(self, run: Run, images: torch.Tensor, captions: list[str], **extras) -> torch.Tensor: ...
@@ -98,6 +100,9 @@ class TaskDefaults:
         """What build handed on under key (the source's name in it), else load()."""
         handed = self.__dict__.get("handed", {})
         return handed.pop(key) if key in handed else load()
+
+    def drop_handed(self) -> None:
+        self.__dict__.pop("handed", None)
 
     def extras(self, run: Run, raw) -> dict:
         return {}

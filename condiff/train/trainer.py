@@ -78,7 +78,7 @@ def setup(cfg, folder: Path, resume: bool = False, device: str | None = None, ov
     device = resolve_device(device)
     torch.manual_seed(cfg.seed)
     data = make_dataset(cfg.data)
-    task.__dict__.pop("handed", None)  # nothing an earlier build in this process handed on
+    task.drop_handed()  # nothing an earlier build in this process handed on
     model = task.build(cfg, data, resume=resume).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -54,9 +54,7 @@ class ConsistencyDistillationTask(TaskDefaults):
         if cfg.huber_c < 0:
             raise ConfigError(f"huber_c must be >= 0, got {cfg.huber_c}")
         SamplingOptions(steps=cfg.sample_steps, sampler="lcm", guidance_scale=1.0)  # ValueError: over the grid
-        teacher = checked_teacher(cfg, data)
-        self.hand_on(teacher_key(cfg), teacher)  # prepare takes it as the frozen teacher: loaded once
-        return copy.deepcopy(teacher.unet).requires_grad_(True)  # the student starts as the teacher
+        return copy.deepcopy(checked_teacher(self, cfg, data).unet).requires_grad_(True)  # the student: the teacher
 
     def prepare(self, run) -> None:
         prepare_teacher(run)
@@ -106,15 +104,17 @@ def export_student(run, folder: Path, **sampling) -> None:
     type(teacher).from_parts(teacher.parts | {spec.stage("base").unet: student}, spec).save_pretrained(folder)
 
 
-def checked_teacher(cfg, data) -> Text2ImagePipeline:
+def checked_teacher(task, cfg, data) -> Text2ImagePipeline:
     """The teacher a distillation config names, after the checks both distillations make: the CFG scale folded in,
-    and data with boxes for a grounded teacher."""
+    and data with boxes for a grounded teacher. Handed on to the task's prepare, which takes it as the frozen
+    teacher: loaded once."""
     if not 1 <= cfg.guidance_scale <= 20:
         raise ConfigError(f"guidance_scale must be in [1, 20], got {cfg.guidance_scale}")
     teacher = teacher_pipeline(cfg)
     if teacher.unet.cfg.grounding_dim and not hasattr(data, "boxes"):
         raise ConfigError("the teacher is grounded (boxes): train on data with boxes (the world, or a folder "
                           "whose metadata.jsonl has them)")
+    task.hand_on(teacher_key(cfg), teacher)
     return teacher
 
 
@@ -167,12 +167,11 @@ class ProgressiveDistillationTask(ConsistencyDistillationTask):
     name, config_cls = "progressive_distillation", ProgressiveDistillationConfig
 
     def build(self, cfg: ProgressiveDistillationConfig, data, resume: bool) -> nn.Module:
-        teacher = checked_teacher(cfg, data)
+        teacher = checked_teacher(self, cfg, data)
         try:
             grid_spacing(teacher.schedule, cfg.teacher_steps)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        self.hand_on(teacher_key(cfg), teacher)
         return copy.deepcopy(teacher.unet).requires_grad_(True)
 
     def prepare(self, run) -> None:
