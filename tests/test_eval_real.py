@@ -69,7 +69,8 @@ def test_the_emoji_clip_finds_each_real_emoji_itself_and_its_fidelity_floor_beat
     from condiff.eval.metrics import clip_image_features
     from condiff.eval.real import clip_rank, emoji_clip_space
 
-    clip, real_x, real_e, captions = emoji_clip_space(str(EMOJI_CLIP))
+    clip, real_px, real_e, captions = emoji_clip_space(str(EMOJI_CLIP))
+    real_x = torch.from_numpy(real_px).permute(0, 3, 1, 2).float() / 127.5 - 1
     assert len(real_x) == len(captions) == len(real_e) >= 2500
     assert np.allclose(np.linalg.norm(real_e, axis=1), 1, atol=1e-5)
     picks = np.random.default_rng(0).choice(len(captions), 100, replace=False)

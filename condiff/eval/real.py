@@ -167,8 +167,8 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=1)
 def emoji_clip_space(folder: str, side: int = 64) -> tuple:
-    """(the CLIP in folder, every named real emoji at side px as the model draws them, their unit CLIP image
-    embeddings (N, D), their captions), in real_emoji's order."""
+    """(the CLIP in folder, every named real emoji at side px as the model draws them (N, side, side, 3) uint8,
+    their unit CLIP image embeddings (N, D), their captions), in real_emoji's order."""
     from .metrics import clip_image_features
 
     clip = components.load("clip", folder).eval()
@@ -176,8 +176,16 @@ def emoji_clip_space(folder: str, side: int = 64) -> tuple:
     for _, img, caption in real.emoji_samples():
         pics.append(np.asarray(img.convert("RGB").resize((side, side), Image.BILINEAR)))
         captions.append(caption)
-    x = to_tensor(np.stack(pics))
-    return clip, x, clip_image_features(clip, x), captions
+    pixels = np.stack(pics)
+    return clip, pixels, clip_image_features(clip, to_tensor(pixels)), captions
+
+
+@torch.no_grad()
+def mean_clip_score(image_embeds: np.ndarray, text_embeds: torch.Tensor) -> float:
+    """The mean CLIPScore of image embeddings (already computed, e.g. the cached real ones) with their texts'."""
+    from ..nets.clip import clip_score
+
+    return float(clip_score(torch.from_numpy(image_embeds).float(), text_embeds).mean())
 
 
 def clip_rank(embed: np.ndarray, target: int, real_embeds: np.ndarray) -> int:
@@ -191,24 +199,27 @@ def judge_emoji_clip(pipe, names: list[str], images: np.ndarray, seed: int, opts
     """The emoji CLIP's measures of the drawings of names (their index: a name's first emoji), and over `fidelity`
     drawings of random names (seeded) the feature-space fidelity against all real emoji."""
     from .fd import feature_stats, frechet_distance
-    from .metrics import clip_image_features, clip_scores, kid, precision_recall
+    from .metrics import clip_image_features, kid, precision_recall
 
-    clip, real_x, real_e, captions = emoji_clip_space(str(folder))
+    clip, _, real_e, captions = emoji_clip_space(str(folder))
     index = {c: i for i, c in reversed(list(enumerate(captions)))}
-    x = to_tensor(images)
-    ranks = [clip_rank(e, index[n], real_e) for e, n in zip(clip_image_features(clip, x), names)]
+    drawn = clip_image_features(clip, to_tensor(images))
+    with torch.no_grad():
+        text = clip.encode_text(names).cpu()
+    ranks = [clip_rank(e, index[n], real_e) for e, n in zip(drawn, names)]
     report = {"clip": str(folder), "clip_ranks": ranks, f"clip_in_top_{top}": sum(r <= top for r in ranks),
-              "clip_median_rank": float(np.median(ranks)), "clip_score": float(clip_scores(clip, x, names).mean()),
-              "real_clip_score": float(clip_scores(clip, real_x[[index[n] for n in names]], names).mean())}
-    with torch.no_grad():  # what the CLIP itself knows of the names: the real emoji's rank for the name's text
-        text = clip.encode_text(names).cpu().numpy().astype(np.float64)
-    report["clip_text_ranks"] = [clip_rank(t, index[n], real_e) for t, n in zip(text, names)]
+              "clip_median_rank": float(np.median(ranks)), "clip_score": mean_clip_score(drawn, text),
+              "real_clip_score": mean_clip_score(real_e[[index[n] for n in names]], text),
+              # what the CLIP itself knows of the names: the real emoji's rank for the name's text
+              "clip_text_ranks": [clip_rank(t, index[n], real_e) for t, n in zip(text.double().numpy(), names)]}
     if fidelity:
         picks = np.random.default_rng(seed).choice(len(captions), size=min(fidelity, len(captions)), replace=False)
         prompts = [captions[i] for i in picks]
-        fake_x = to_tensor(generate(pipe, prompts, seed + 10_000, opts))
+        fake_e = clip_image_features(clip, to_tensor(generate(pipe, prompts, seed + 10_000, opts)))
+        with torch.no_grad():
+            prompt_text = torch.cat([clip.encode_text(prompts[i:i + 256]).cpu() for i in range(0, len(prompts), 256)])
         scale = clip.cfg.embed_dim ** 0.5  # unit embeddings x sqrt(D): coordinates of unit scale, as KID expects
-        real_f, fake_f, same_f = real_e * scale, clip_image_features(clip, fake_x) * scale, real_e[picks] * scale
+        real_f, fake_f, same_f = real_e * scale, fake_e * scale, real_e[picks] * scale
 
         def fidelity_of(f: np.ndarray) -> dict:
             precision, recall = precision_recall(real_f, f)
@@ -217,9 +228,9 @@ def judge_emoji_clip(pipe, names: list[str], images: np.ndarray, seed: int, opts
                     "precision": precision, "recall": recall}
 
         report["fidelity"] = {"images": len(prompts), "seed": seed + 10_000, **fidelity_of(fake_f),
-                              "clip_score": float(clip_scores(clip, fake_x, prompts).mean()),
+                              "clip_score": mean_clip_score(fake_e, prompt_text),
                               "real_same_names": fidelity_of(same_f) |
-                              {"clip_score": float(clip_scores(clip, real_x[picks], prompts).mean())}}
+                              {"clip_score": mean_clip_score(real_e[picks], prompt_text)}}
     return report
 
 
