@@ -28,6 +28,7 @@ from .. import components
 from ..catalogue import EMOJI_CLIP, model_folder
 from ..data import real
 from ..diffusion.sampling import SamplingOptions
+from ..nets.clip import clip_score
 from ..pipelines.requests import ModelTag, Txt2ImgRequest, txt2img
 from ..pipelines.text2image import Text2ImagePipeline
 
@@ -183,8 +184,6 @@ def emoji_clip_space(folder: str, side: int = 64) -> tuple:
 @torch.no_grad()
 def mean_clip_score(image_embeds: np.ndarray, text_embeds: torch.Tensor) -> float:
     """The mean CLIPScore of image embeddings (already computed, e.g. the cached real ones) with their texts'."""
-    from ..nets.clip import clip_score
-
     return float(clip_score(torch.from_numpy(image_embeds).float(), text_embeds).mean())
 
 
