@@ -14,6 +14,7 @@ from ..pipelines.guidance import (GuidanceForm, GuidanceMethod, GuidanceOptions,
 from ..pipelines.requests import ModelTag, Txt2ImgRequest, txt2img
 from ..pipelines.stable_diffusion import check_size
 from ..pipelines.text2image import Text2ImagePipeline
+from ..pipelines.vocabulary import prompt_warnings
 from .args import adapters_from_args, apply_adapters, check_image_count
 from .cascade import upscale_from_args
 from .control import check_control_args, control_from_args
@@ -88,6 +89,9 @@ def generate(args) -> None:
     apply_adapters(pipe, loras, embs)
     opts = SamplingOptions.from_args(args, base=pipe.defaults)  # what the command line leaves out: the model's
     pipe.check(prompts, opts, *([args.clip_xt_chain] if args.clip_xt_iters else []))
+    tag = ModelTag.of(model, loras, embs)
+    for warning in prompt_warnings(args.prompts, pipe.spec.vocabulary, tag.name):
+        print(warning, file=sys.stderr)
     if getattr(pipe, "variable_size", False):
         pipe.at_size(*sd_size)
         upscale = None
@@ -99,6 +103,6 @@ def generate(args) -> None:
     req = Txt2ImgRequest(prompts, seeds_from_args(args.seed, len(prompts)), opts, guide, None, noise, layout,
                          args.boxes_in_uncond, x_T, upscale, args.batch_size, control)
     start = time.time()
-    done = write_images(txt2img(pipe, req, ModelTag.of(model, loras, embs), progress=True), args.out, len(prompts),
+    done = write_images(txt2img(pipe, req, tag, progress=True), args.out, len(prompts),
                         columns=args.num_images if len(args.prompts) > 1 else None)
     print(f"{len(done)} image(s) in {time.time() - start:.1f} s", file=sys.stderr)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -60,6 +60,7 @@ class PipelineSpec:
     components: list[ComponentSpec] = field(default_factory=list)
     stages: list[StageSpec] = field(default_factory=lambda: [StageSpec()])
     format: int = 2
+    vocabulary: list[str] | None = None  # the words of its training captions (pipelines/vocabulary.py); None: unknown
 
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:
@@ -117,6 +118,14 @@ class Pipeline:
         return cls(parts, spec)
 
     @classmethod
+    def assemble(cls, parts: dict[str, nn.Module], spec: PipelineSpec) -> "Pipeline":
+        """from_parts, keeping what the spec holds beyond components and stages (the vocabulary), which a subclass's
+        from_parts, building its spec anew, does not read."""
+        pipe = cls.from_parts(parts, spec)
+        pipe.spec.vocabulary = spec.vocabulary
+        return pipe
+
+    @classmethod
     def from_pretrained(cls, folder: str | Path, prediction: str | None = None) -> "Pipeline":
         """The pipeline saved in folder, which must be of this class (or a subclass); ValueError naming its kind."""
         pipe = load_pipeline(folder, prediction)
@@ -143,8 +152,8 @@ class Pipeline:
         """
         folder, shared = Path(folder), shared or {}
         tmp = folder.with_name(folder.name + ".tmp")
-        spec = PipelineSpec(self.spec.kind, [ComponentSpec(c.name, c.type, shared.get(c.name))
-                                             for c in self.spec.components], self.spec.stages, self.spec.format)
+        spec = replace(self.spec, components=[ComponentSpec(c.name, c.type, shared.get(c.name))
+                                              for c in self.spec.components])
         save_json(spec, tmp / SPEC)
         for c in spec.components:
             if c.name not in shared:
@@ -186,4 +195,4 @@ def load_pipeline(folder: str | Path, prediction: str | None = None) -> Pipeline
     if len(set(names)) != len(names):
         raise ConfigError(f"{folder / SPEC}: component names repeat: {names}")
     parts = {c.name: components.load(c.type, folder / (c.path or c.name)) for c in spec.components}
-    return cls.from_parts(parts, spec)
+    return cls.assemble(parts, spec)

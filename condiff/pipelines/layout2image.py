@@ -40,7 +40,9 @@ class Layout2ImagePipeline(Text2ImagePipeline):
         """A grounded text2image pipeline folder and a layout prior folder, as one pipeline."""
         t2i = Text2ImagePipeline.from_pretrained(text2image)
         prior = components.load("layout_prior", layout_prior)
-        return cls(t2i.text_encoder, t2i.unet, t2i.cfg, prior, t2i.autoencoder, t2i.defaults)
+        pipe = cls(t2i.text_encoder, t2i.unet, t2i.cfg, prior, t2i.autoencoder, t2i.defaults)
+        pipe.spec.vocabulary = t2i.spec.vocabulary
+        return pipe
 
     def layouts(self, prompts: list[str], seeds: list[int]) -> list[list[dict]]:
         return sample_layouts(self.layout_prior, self.text_encoder, prompts, seeds, self.temperature)

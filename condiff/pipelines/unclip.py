@@ -283,8 +283,10 @@ class UnCLIPPipeline(Text2ImagePipeline):
         autoregressive (its config says which), as one."""
         dec = Text2ImagePipeline.from_pretrained(decoder)
         p = components.load(prior_type(prior), prior) if prior is not None else None
-        return cls(dec.text_encoder, dec.unet, dec.cfg, components.load("clip", clip), p, None, dec.autoencoder,
+        pipe = cls(dec.text_encoder, dec.unet, dec.cfg, components.load("clip", clip), p, None, dec.autoencoder,
                    dec.defaults)
+        pipe.spec.vocabulary = dec.spec.vocabulary
+        return pipe
 
     def without_prior(self) -> "UnCLIPPipeline":
         """The same decoder fed the caption's CLIP text embedding (the paper's prior-free baseline)."""
@@ -292,8 +294,10 @@ class UnCLIPPipeline(Text2ImagePipeline):
 
     def with_prior(self, prior) -> "UnCLIPPipeline":
         """The same decoder and CLIP with another prior (a loaded diffusion or autoregressive one, or None)."""
-        return UnCLIPPipeline(self.text_encoder, self.unet, self.cfg, self.clip, prior, None, self.autoencoder,
+        pipe = UnCLIPPipeline(self.text_encoder, self.unet, self.cfg, self.clip, prior, None, self.autoencoder,
                               self.defaults, candidates=self.candidates)
+        pipe.spec.vocabulary = self.spec.vocabulary
+        return pipe
 
     def check(self, prompts, opts, *other_steps) -> None:
         super().check(prompts, opts, *other_steps)

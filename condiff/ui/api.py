@@ -219,14 +219,15 @@ def create_api(service: GenerationService, token: str | None = None) -> FastAPI:
 
     @app.post("/api/txt2img", responses=errors, openapi_extra=budget)
     async def txt2img(body: Txt2ImgBody, request: Request) -> dict:
-        """Generate; returns base64 PNGs (each with its 'parameters' text chunk), their parameters and seeds."""
+        """Generate; returns base64 PNGs (each with its 'parameters' text chunk), their parameters and seeds, and
+        'warnings': one line when the prompt names nothing the model was trained on."""
         fields = body.model_dump()
         fields["control"] = _decode("control", fields["control"])
         images = await serve_request(request, lambda req, cancel: service.txt2img(req, cancel=cancel),
                                      Txt2ImgRequest(**fields))
         return {"images": [base64.b64encode(im.png).decode() for im in images],
                 "parameters": [im.parameters for im in images], "seeds": [im.seed for im in images],
-                "layouts": [im.layout for im in images]}
+                "layouts": [im.layout for im in images], "warnings": service.prompt_warnings(body.prompt)}
 
     async def edit(body: EditBody, inpaint: bool, request: Request) -> dict:
         fields = body.model_dump()

@@ -59,6 +59,8 @@ def make_handlers(service: GenerationService, out_dir: Path):
             service.check_layout(req)
         except (RequestError, ValueError, TypeError) as e:
             raise gr.Error(str(e)) from None
+        for warning in service.prompt_warnings(req.prompt):  # a toast; it draws anyway
+            gr.Warning(warning)
         state: dict = {"step": 0, "x0": None, "new": False}
         result: dict = {}
 

@@ -36,6 +36,7 @@ from ..formats import embeddings as textual_inversion
 from ..formats import lora
 from ..nets.controlnet import ControlKind, ControlNetConfig
 from ..pipelines import requests
+from ..pipelines.vocabulary import prompt_warnings
 from ..pipelines.controlnet import checked_map, fits, with_control
 from ..pipelines.editing import inpainting_pipeline
 from ..pipelines.guidance import (
@@ -78,6 +79,10 @@ def check_counts(steps, guidance_scale, num_images, seed) -> None:
 
 
 class GenerationService:
+    def prompt_warnings(self, prompt: str) -> list[str]:
+        """The one-line warning when the prompt names nothing the served model was trained on (else none)."""
+        return prompt_warnings([prompt], self.pipe.spec.vocabulary, self.model_tag.name)
+
     def model_info(self) -> dict:
         return {"name": self.model_tag.name, "hash": self.model_tag.hash, "family": self.pipe.family,
                 "kind": self.pipe.kind, "resolution": self.pipe.resolution}

@@ -101,7 +101,7 @@ def export_student(run, folder: Path, **sampling) -> None:
     spec = copy.deepcopy(teacher.spec)
     spec.stage("base").sampling = teacher.defaults.replace(guidance_scale=1.0, eta=0.0, guidance_rescale=0.0, **sampling)
     student = copy.deepcopy(run.ema.model).float()
-    type(teacher).from_parts(teacher.parts | {spec.stage("base").unet: student}, spec).save_pretrained(folder)
+    type(teacher).assemble(teacher.parts | {spec.stage("base").unet: student}, spec).save_pretrained(folder)
 
 
 def checked_teacher(task, cfg, data) -> Text2ImagePipeline:

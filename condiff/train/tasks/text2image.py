@@ -38,6 +38,8 @@ from ...nets.pretrained_text import (
 from ...nets.text import TextEncoder
 from ...nets.unet import UNet
 from ...pipelines import requests
+from ...pipelines.base import read_spec
+from ...pipelines.vocabulary import vocabulary_of
 from ...pipelines.text2image import Text2ImagePipeline
 from ..distributed import barrier
 from ..config import LossWeighting, TrainConfig
@@ -199,7 +201,10 @@ class Text2ImageTask(TaskDefaults):
     def pipeline(self, run):
         m, text = run.ema.model, self.text_encoder(run, ema=True)
         text = text.encoder if isinstance(text, FrozenTextCache) else text
-        return Text2ImagePipeline(text, m.unet, run.cfg.pipeline, run.state.get("autoencoder"))
+        pipe = Text2ImagePipeline(text, m.unet, run.cfg.pipeline, run.state.get("autoencoder"))
+        base = run.cfg.init.from_model  # a fine-tuned model knows its base's words as well as its data's
+        pipe.spec.vocabulary = vocabulary_of(run.data.vocab, read_spec(Path(base)).vocabulary if base else None)
+        return pipe
 
     def export(self, run, folder: Path) -> None:
         cfg = run.cfg
