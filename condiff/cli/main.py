@@ -167,7 +167,7 @@ def _eval_bench(args) -> None:
     from ..eval.bench import run_bench
     from ..world.bench import SUITES
 
-    check_image_count(len(SUITES) * args.prompts_per_category * args.n_per_prompt, args.max_images,
+    check_image_count((len(SUITES) + 4 * args.language) * args.prompts_per_category * args.n_per_prompt, args.max_images,
                       "--prompts-per-category x --n-per-prompt")
 
     run_bench(args)
@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(b, batch_size=128)
     add_image_bound(b)
     b.add_argument("--out-dir", default="bench", help="writes report.json and grid.png here")
+    b.add_argument("--language", action="store_true", help="add the language suites: paraphrases, each beside its grammar caption")
     b.set_defaults(func=_eval_bench)
 
     w = esub.add_parser("sweep", help="every guidance method over scales: FD, KID, precision, recall, CLIP score, accuracy")

@@ -25,6 +25,7 @@ class DataConfig:
     path: str | None = None  # image folder with metadata.jsonl (imagefolder), or a shard pattern (shards)
     resolution: int = 32
     exclude_held_out: bool = True  # world: never show the held-out (colour, shape) pairs
+    paraphrase: float = 0.0  # world: the share of captions said by a training-list paraphrase (world/language.py)
     memory_limit_mb: int = 2048  # imagefolder: decode into memory up to this size, else read from disk per batch
 
 
@@ -35,7 +36,7 @@ def source_of(path: str) -> Source:
 
 def make_dataset(cfg: DataConfig):
     if Source(cfg.source) is Source.WORLD:
-        return WorldStream(cfg.resolution, cfg.exclude_held_out)
+        return WorldStream(cfg.resolution, cfg.exclude_held_out, cfg.paraphrase)
     if not cfg.path:
         raise ValueError(f"data.path is required for source '{Source(cfg.source).value}'")
     if Source(cfg.source) is Source.SHARDS:

@@ -6,37 +6,48 @@ import random
 import torch
 
 from ..world.grammar import VOCABULARY, Category, parse_caption, sample_prompt
+from ..world.language import paraphrase, training_words
 from ..world.render import layout, render, scene_boxes, to_uint8
 
 
 class WorldStream:
     """batch(seed, step, size) renders fresh captioned scenes; the same (seed, step) gives the same batch."""
 
-    def __init__(self, resolution: int = 32, exclude_held_out: bool = True):
-        self.resolution, self.exclude_held_out = resolution, exclude_held_out
-        self.vocab = list(VOCABULARY)
+    def __init__(self, resolution: int = 32, exclude_held_out: bool = True, paraphrase: float = 0.0):
+        self.resolution, self.exclude_held_out, self.paraphrase = resolution, exclude_held_out, paraphrase
+        self.vocab = sorted(set(VOCABULARY) | (set(training_words()) if paraphrase else set()))
 
-    def raw(self, seed: int, step: int, size: int) -> tuple[list, list[str]]:
-        """The cheap, CPU-side part of a batch (layouts, captions); data-loader workers make these."""
+    def raw(self, seed: int, step: int, size: int) -> tuple[list, ...]:
+        """The cheap, CPU-side part of a batch (layouts, captions; with paraphrases, each one's object phrases or
+        None for a grammar caption); data-loader workers make these. The scenes do not depend on `paraphrase`."""
         rng = random.Random(f"world/{seed}/{step}")
         specs = [sample_prompt(rng, rng.choice(tuple(Category)), self.exclude_held_out) for _ in range(size)]
-        return [layout(s, rng) for s in specs], [s.caption for s in specs]
+        layouts = [layout(s, rng) for s in specs]
+        if not self.paraphrase:
+            return layouts, [s.caption for s in specs]
+        said_rng = random.Random(f"world/{seed}/{step}/paraphrase")
+        said = [paraphrase(s, said_rng) if said_rng.random() < self.paraphrase else None for s in specs]
+        return (layouts, [p.caption if p else s.caption for p, s in zip(said, specs)],
+                [p.phrases if p else None for p in said])
 
     @staticmethod
     def shard(raw, sl: slice):
-        """Part of a raw batch (a data loader may hand the pair back as a list)."""
-        layouts, captions = raw
-        return layouts[sl], captions[sl]
+        """Part of a raw batch (a data loader may hand the tuple back as a list)."""
+        return tuple(part[sl] for part in raw)
 
     def materialize(self, raw, device="cpu") -> tuple[torch.Tensor, list[str]]:
         """Render on the training device: images (B, 3, H, W) in [-1, 1] and captions."""
-        layouts, captions = raw
+        layouts, captions = raw[:2]
         return render(layouts, self.resolution, device=device), captions
 
     def boxes(self, raw) -> list[list[dict]]:
-        """Each scene's objects as {"phrase", "box": [x0, y0, x1, y1]} (WORLD.md v2), exact from the layout."""
-        layouts, captions = raw
-        return [scene_boxes(parse_caption(c), placed) for placed, c in zip(layouts, captions)]
+        """Each scene's objects as {"phrase", "box": [x0, y0, x1, y1]} (WORLD.md v2), exact from the layout; a
+        paraphrase's phrases are its own words ("a crimson disc")."""
+        layouts, captions = raw[:2]
+        phrases = raw[2] if len(raw) > 2 else [None] * len(captions)
+        return [scene_boxes(parse_caption(c), placed) if said is None else
+                [{"phrase": ph, "box": p.box} for ph, p in zip(said, placed)]
+                for placed, c, said in zip(layouts, captions, phrases)]
 
     def batch(self, seed: int, step: int, size: int, device="cpu") -> tuple[torch.Tensor, list[str]]:
         return self.materialize(self.raw(seed, step, size), device)

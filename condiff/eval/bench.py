@@ -14,24 +14,41 @@ from ..io import json_safe
 from ..pipelines.text2image import Text2ImagePipeline
 from ..catalogue import DEFAULT_MODEL
 from ..world.bench import SUITES, suite_prompts
+from ..world.language import SPLITS, language_suite
 from ..world.oracle import judge
 from ..world.render import to_uint8
 from .grid import save_grid
 
 MAIN = ("single", "counting", "two_objects", "position")
+LANGUAGE = tuple(f"language_{split}{twin}" for split in SPLITS for twin in ("", "/grammar"))
+
+
+def language_jobs(prompts_per_suite: int, n_per_prompt: int, first_seed: int) -> list[tuple[str, str, object, int]]:
+    """(suite, prompt, spec, seed) of the language suites (world/language.py): each paraphrase, and its grammar
+    caption drawn with the same seed (the '/grammar' twin), so the gap between the two is the language's alone."""
+    jobs, seed = [], first_seed
+    for split in SPLITS:
+        for p in language_suite(split, prompts_per_suite):
+            for _ in range(n_per_prompt):
+                jobs += [(f"language_{split}", p.caption, p.spec, seed), (f"language_{split}/grammar", p.spec.caption,
+                                                                           p.spec, seed)]
+                seed += 1
+    return jobs
 
 
 def bench_samples(pipe: Text2ImagePipeline, opts: SamplingOptions, prompts_per_category: int, n_per_prompt: int,
-                  seed: int = 0, batch_size: int = 128, progress: bool = True) -> list[dict]:
-    """One record per image: suite, prompt, seed, verdict; images kept on the records as uint8."""
-    jobs = [(suite, p) for suite in SUITES for p in suite_prompts(suite, prompts_per_category)
+                  seed: int = 0, batch_size: int = 128, progress: bool = True, language: bool = False) -> list[dict]:
+    """One record per image: suite, prompt, seed, verdict; images kept on the records as uint8. language: the
+    language suites too, prompts_per_category paraphrases each (after the grammar suites' seeds)."""
+    jobs = [(suite, p, p) for suite in SUITES for p in suite_prompts(suite, prompts_per_category)
             for _ in range(n_per_prompt)]
-    prompts = [p for _, p in jobs]
-    seeds = [seed + i for i in range(len(jobs))]
-    images = pipe.generate(prompts, seeds, opts, batch_size=batch_size, progress=progress)
+    jobs = [(suite, p, spec, seed + i) for i, (suite, p, spec) in enumerate(jobs)]
+    if language:
+        jobs += language_jobs(prompts_per_category, n_per_prompt, seed + len(jobs))
+    images = pipe.generate([j[1] for j in jobs], [j[3] for j in jobs], opts, batch_size=batch_size, progress=progress)
     records = []
-    for (suite, prompt), s, img, px in zip(jobs, seeds, images, to_uint8(images).numpy()):
-        v = judge(px, prompt)
+    for (suite, prompt, spec, s), img, px in zip(jobs, images, to_uint8(images).numpy()):
+        v = judge(px, spec)
         records.append({"suite": suite, "prompt": prompt, "seed": s, "correct": v.correct, "reason": v.reason,
                         "image": img, "verdict": v})
     return records
@@ -40,7 +57,7 @@ def bench_samples(pipe: Text2ImagePipeline, opts: SamplingOptions, prompts_per_c
 def summarize(records: list[dict]) -> dict:
     """Accuracy with its standard error per suite; 'overall' is the mean of the four main categories."""
     table = {}
-    for suite in SUITES:
+    for suite in SUITES + LANGUAGE:
         rows = [r for r in records if r["suite"] == suite]
         if not rows:
             continue
@@ -71,8 +88,15 @@ def run_bench(args) -> dict:
     model = Path(args.model) if args.model else DEFAULT_MODEL
     pipe = Text2ImagePipeline.from_pretrained(model).to(device)
     opts = SamplingOptions.from_args(args, base=pipe.defaults)
+    if getattr(args, "language", False):  # before any drawing: a learned encoder knows its training words alone
+        try:
+            pipe.check([j[1] for j in language_jobs(args.prompts_per_category, 1, 0)], opts)
+        except ValueError as e:
+            raise ValueError(f"--language: {e} (the language suites need a model that reads any English: a frozen "
+                             "pretrained text encoder)") from None
     start = time.time()
-    records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt, args.seed, args.batch_size)
+    records = bench_samples(pipe, opts, args.prompts_per_category, args.n_per_prompt, args.seed, args.batch_size,
+                            language=getattr(args, "language", False))
     table = summarize(records)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +106,7 @@ def run_bench(args) -> dict:
               "samples": [{k: r[k] for k in ("suite", "prompt", "seed", "correct", "reason")} for r in records]}
     (out / "report.json").write_text(json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n")  # NaN -> null
     # records run suite by suite, prompt by prompt: show the first image of the first 8 prompts of each suite
-    shown = [r for suite in SUITES for r in [x for x in records if x["suite"] == suite][::args.n_per_prompt][:8]]
+    shown = [r for suite in SUITES + LANGUAGE[::2] for r in [x for x in records if x["suite"] == suite][::args.n_per_prompt][:8]]
     save_grid(torch.stack([r["image"] for r in shown]), [r["prompt"] for r in shown], out / "grid.png",
               [r["verdict"] for r in shown])
     print(format_table(table))

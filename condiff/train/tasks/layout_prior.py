@@ -18,7 +18,7 @@ from ...config import ConfigError
 from ...data import DataConfig
 from ...nets.layout_prior import LayoutPrior, LayoutPriorConfig, target_sequence
 from ...nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
-from ..config import defaults, OptimConfig, RunSettings
+from ..config import defaults, InitConfig, OptimConfig, RunSettings
 from ..task import TaskDefaults
 from .text2image import FrozenTextCache
 
@@ -33,6 +33,19 @@ class LayoutPriorTrainConfig(RunSettings):
     prior: LayoutPriorConfig = field(default_factory=LayoutPriorConfig)
     optim: OptimConfig = defaults(OptimConfig, steps=3000, batch_size=128, lr=5e-4, warmup_steps=200,
                                   ema_decay=0.999, p_uncond=0.0)
+    init: InitConfig = field(default_factory=InitConfig)  # from_model: a layout prior, or a pipeline that has one
+
+
+def pretrained_prior(cfg: LayoutPriorTrainConfig) -> LayoutPrior:
+    """init.from_model's layout prior (its own folder, or a layout2image pipeline's); its config must be the run's."""
+    folder = Path(cfg.init.from_model)
+    folder = folder / "layout_prior" if (folder / "pipeline.json").is_file() else folder
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"init.from_model: '{cfg.init.from_model}' holds no layout prior")
+    prior = components.load("layout_prior", folder)
+    if prior.cfg != cfg.prior:
+        raise ConfigError(f"init.from_model: its layout prior's config differs from this run's prior: {prior.cfg}")
+    return prior
 
 
 def phrase_span(caption: str, phrase: str, offsets: list[tuple[int, int]], cursor: int) -> tuple[int, int, int] | None:
@@ -74,7 +87,10 @@ class LayoutPriorTask(TaskDefaults):
         if not hasattr(data, "boxes"):
             raise ConfigError("the layout prior trains on boxes; this data source has none")
         cfg.prior.context_dim, cfg.prior.max_text = cfg.text.width, cfg.text.max_length
-        return LayoutPrior(cfg.prior)
+        model = LayoutPrior(cfg.prior)
+        if cfg.init.from_model and not resume:
+            model.load_state_dict(pretrained_prior(cfg).state_dict())
+        return model
 
     def prepare(self, run) -> None:
         run.state["text"] = FrozenTextCache(PretrainedTextEncoder(run.cfg.text).to(run.device))
