@@ -30,7 +30,7 @@ def test_vocabulary_of_joins_captions_and_more_words():
         ["3", "a", "circle", "crimson", "photo", "picture", "red"]
 
 
-def test_training_records_the_data_vocabulary_joined_with_the_base_models(tiny_model, tiny_config_path, tmp_path):
+def test_a_fine_tune_records_its_words_joined_with_its_bases_and_samples_as_its_base(tiny_model, tiny_config_path, tmp_path):
     from condiff.config import load_json
     from condiff.train.config import TrainConfig
     from condiff.train.trainer import setup
@@ -39,11 +39,14 @@ def test_training_records_the_data_vocabulary_joined_with_the_base_models(tiny_m
     base = tmp_path / "base"
     shutil.copytree(tiny_model, base)
     spec = json.loads((base / "pipeline.json").read_text())
+    spec["stages"][0]["sampling"] |= {"steps": 7, "sampler": "dpmpp_2m"}
     (base / "pipeline.json").write_text(json.dumps(spec | {"vocabulary": ["crimson"]}))
     cfg = load_json(TrainConfig, tiny_config_path)
     cfg.init.from_model = str(base)
     run = setup(cfg, tmp_path / "run", device="cpu")
-    assert run.task.pipeline(run).spec.vocabulary == sorted(WORLD + ["crimson"])
+    pipe = run.task.pipeline(run)
+    assert pipe.spec.vocabulary == sorted(WORLD + ["crimson"])
+    assert (pipe.defaults.steps, pipe.defaults.sampler.value) == (7, "dpmpp_2m")  # it samples as its base did
 
 
 def test_generate_and_the_api_warn_and_still_draw(tmp_path, capsys):

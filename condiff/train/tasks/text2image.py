@@ -201,9 +201,10 @@ class Text2ImageTask(TaskDefaults):
     def pipeline(self, run):
         m, text = run.ema.model, self.text_encoder(run, ema=True)
         text = text.encoder if isinstance(text, FrozenTextCache) else text
-        pipe = Text2ImagePipeline(text, m.unet, run.cfg.pipeline, run.state.get("autoencoder"))
-        base = run.cfg.init.from_model  # a fine-tuned model knows its base's words as well as its data's
-        pipe.spec.vocabulary = vocabulary_of(run.data.vocab, read_spec(Path(base)).vocabulary if base else None)
+        base = read_spec(Path(run.cfg.init.from_model)) if run.cfg.init.from_model else None
+        pipe = Text2ImagePipeline(text, m.unet, run.cfg.pipeline, run.state.get("autoencoder"),
+                                  base.stage("base").sampling if base else None)  # a fine-tune samples as its base
+        pipe.spec.vocabulary = vocabulary_of(run.data.vocab, base.vocabulary if base else None)  # and knows its words
         return pipe
 
     def export(self, run, folder: Path) -> None:
