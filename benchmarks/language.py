@@ -45,7 +45,7 @@ def run(folder: str, prompts: int, n_per_prompt: int, steps: int | None, grid: P
     table = {f"{s}|{c}": {"accuracy": k / n, "n": n} for (s, c), (k, n) in sorted(cells.items())}
     if grid is not None:  # the first 8 paraphrases of each split above their grammar twins
         rows = [i for split in SPLITS for i in [j for j, job in enumerate(jobs) if job[0] == f"language_{split}"][:8]]
-        order = [i for i in rows] + [i + 1 for i in rows]
+        order = rows + [i + 1 for i in rows]  # each paraphrase's twin is the next job
         save_grid(images[order], [jobs[i][1] for i in order], grid, columns=8)
     return {"model": folder, "sampler": opts.sampler.value, "steps": opts.steps, "guidance_scale": opts.guidance_scale,
             "prompts": prompts, "n_per_prompt": n_per_prompt, "seconds": round(seconds, 1), "table": table,

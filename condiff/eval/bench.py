@@ -40,9 +40,9 @@ def bench_samples(pipe: Text2ImagePipeline, opts: SamplingOptions, prompts_per_c
                   seed: int = 0, batch_size: int = 128, progress: bool = True, language: bool = False) -> list[dict]:
     """One record per image: suite, prompt, seed, verdict; images kept on the records as uint8. language: the
     language suites too, prompts_per_category paraphrases each (after the grammar suites' seeds)."""
-    jobs = [(suite, p, p) for suite in SUITES for p in suite_prompts(suite, prompts_per_category)
-            for _ in range(n_per_prompt)]
-    jobs = [(suite, p, spec, seed + i) for i, (suite, p, spec) in enumerate(jobs)]
+    grammar = [(suite, p) for suite in SUITES for p in suite_prompts(suite, prompts_per_category)
+               for _ in range(n_per_prompt)]
+    jobs = [(suite, p, p, seed + i) for i, (suite, p) in enumerate(grammar)]  # a caption is its own spec
     if language:
         jobs += language_jobs(prompts_per_category, n_per_prompt, seed + len(jobs))
     images = pipe.generate([j[1] for j in jobs], [j[3] for j in jobs], opts, batch_size=batch_size, progress=progress)
