@@ -11,12 +11,14 @@ from condiff.nets.layout_prior import LayoutPriorConfig
 from condiff.nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
 from condiff.train.tasks.layout_prior import targets
 from condiff.world.grammar import VOCABULARY, Category, sample_prompt
-from condiff.world.language import (COLOUR_SYNONYMS, FORMS, NUMBER_SYNONYMS, RELATION_PHRASES, SHAPE_SYNONYMS,
-                                    SIZE_SYNONYMS, language_suite, paraphrase, training_words)
+from condiff.world.language import (COLOUR_SYNONYMS, FORMS, MORE_COLOURS, MORE_FORMS, MORE_RELATIONS, MORE_SHAPES,
+                                    NUMBER_SYNONYMS, RELATION_PHRASES, SHAPE_SYNONYMS, SIZE_SYNONYMS, language_suite,
+                                    paraphrase, training_words)
 from condiff.world.oracle import judge
 from condiff.world.render import layout, render, to_uint8
 
 SEEN = set(VOCABULARY) | set(training_words())
+SEEN2 = set(VOCABULARY) | set(training_words(2))  # training list 2: list 1 and several more of each
 
 
 def _held_out_words() -> set[str]:
@@ -26,10 +28,28 @@ def _held_out_words() -> set[str]:
     return words
 
 
-def test_the_held_out_lists_share_no_naming_word_with_training():
-    assert not _held_out_words() & SEEN
+@pytest.mark.parametrize("seen", [SEEN, SEEN2], ids=["list1", "list2"])
+def test_the_held_out_lists_share_no_naming_word_with_training(seen):
+    assert not _held_out_words() & seen
     for forms in FORMS.values():  # each held-out sentence form has a word training never shows
-        assert all({w for w in f.split() if not w.startswith("{")} - SEEN for f in forms[1])
+        assert all({w for w in f.split() if not w.startswith("{")} - seen for f in forms[1])
+
+
+def test_training_list_2_says_every_one_of_its_words_and_list_1_none_of_them():
+    more = {w for t in (MORE_COLOURS, MORE_SHAPES) for syn in t.values() for w in syn}
+    more |= {w for forms in MORE_FORMS.values() for f in forms for w in f.split() if not w.startswith("{")} - SEEN
+    more |= {w for ps in MORE_RELATIONS.values() for p in ps for w in p.split()} - SEEN
+    assert {"alone", "plus", "sits", "atop", "west"} <= more
+    said = {1: set(), 2: set()}
+    for version in (1, 2):
+        rng = random.Random(5)
+        for k in range(3000):
+            p = paraphrase(sample_prompt(rng, list(Category)[k % 4]), rng, version=version)
+            assert set(p.caption.split()) <= (SEEN2 if version == 2 else SEEN), p.caption
+            said[version] |= set(p.caption.split()) | {w[:-1] for w in p.caption.split()}  # plurals too
+    assert more <= said[2] and not (more - set(VOCABULARY)) & said[1]
+    with pytest.raises(ValueError, match="training list 3"):
+        paraphrase(sample_prompt(random.Random(0), Category.SINGLE), random.Random(0), version=3)
 
 
 @pytest.mark.parametrize("split", ["train", "held_out"])
@@ -62,12 +82,13 @@ def test_the_oracle_judges_a_rendered_scene_right_under_its_paraphrase():
         assert judge(px, p.spec).correct, p.caption
 
 
-def test_the_stream_says_the_same_scenes_in_other_words_and_the_prior_finds_every_phrase():
-    plain, said = WorldStream(16, True), WorldStream(16, True, paraphrase=0.5)
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_stream_says_the_same_scenes_in_other_words_and_the_prior_finds_every_phrase(version):
+    plain, said = WorldStream(16, True), WorldStream(16, True, paraphrase=0.5, paraphrase_list=version)
     raw0, raw = plain.raw(3, 7, 64), said.raw(3, 7, 64)
     assert (plain.materialize(raw0)[0] == said.materialize(raw)[0]).all()  # the scenes do not change
     changed = sum(a != b for a, b in zip(raw0[1], raw[1]))
-    assert 16 <= changed <= 48 and set(training_words()) <= set(said.vocab)
+    assert 16 <= changed <= 48 and set(training_words(version)) <= set(said.vocab)
     boxes = said.boxes(raw)
     assert [[b["box"] for b in x] for x in boxes] == [[b["box"] for b in x] for x in plain.boxes(raw0)]
     enc = PretrainedTextEncoder(PretrainedTextConfig())  # the real WordPiece offsets

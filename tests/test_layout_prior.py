@@ -3,13 +3,14 @@
 import json
 
 import pytest
+import torch
 
 from condiff import components
 from condiff.cli import main
 from condiff.png import read_parameters
 from condiff.data.world import WorldStream
 from condiff.eval.layouts import judge_layout
-from condiff.nets.layout_prior import LayoutPriorConfig, decode_layout, sample_layouts, target_sequence
+from condiff.nets.layout_prior import LayoutPrior, LayoutPriorConfig, decode_layout, sample_layouts, target_sequence
 from condiff.nets.pretrained_text import PretrainedTextConfig, PretrainedTextEncoder
 from condiff.pipelines.base import load_pipeline
 from condiff.train.tasks.layout_prior import targets
@@ -102,3 +103,22 @@ def test_layout_command_prints_and_draws_the_predicted_boxes(tiny_prior, tiny_be
     assert main(["layout", "a red circle", "--model", str(tiny_prior), "--text-source", str(tiny_bert),
                  "--temperature", "nan"]) == 2
     assert "--temperature" in capsys.readouterr().err
+
+
+def test_a_pointer_prior_points_at_token_states_wherever_they_are():
+    """Pointer spans: permuting the caption's token states permutes the span logits alike and leaves every other
+    logit as it was (the decoder reads its memory without positions); a pointer-less prior has no such tie."""
+    for pointer in (True, False):
+        cfg = LayoutPriorConfig(context_dim=16, width=32, layers=1, heads=2, max_text=8, pointer=pointer)
+        torch.manual_seed(0)
+        prior = LayoutPrior(cfg).eval()
+        ctx, mask = torch.randn(2, 6, 16), torch.ones(2, 6, dtype=torch.bool)
+        mask[1, 4:] = False  # the second caption is 4 tokens long
+        tokens = torch.tensor([[cfg.bos, cfg.bins + 1, cfg.bins + 2, 7]] * 2)
+        perm = torch.tensor([0, 3, 2, 1, 4, 5])
+        a, b = prior.logits(tokens, ctx, mask), prior.logits(tokens, ctx[:, perm], mask[:, perm])
+        spans = slice(cfg.bins, cfg.bins + 6)
+        assert torch.allclose(a[..., :cfg.bins], b[..., :cfg.bins], atol=1e-5)  # coordinates: content, not places
+        assert torch.allclose(a[..., spans][..., perm], b[..., spans], atol=1e-5) == pointer
+        if pointer:  # padding and places past the caption are never pointed at
+            assert (a[1, :, cfg.bins + 4:cfg.bins + cfg.max_text] <= -1e4 + 1).all()

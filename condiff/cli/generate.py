@@ -90,7 +90,7 @@ def generate(args) -> None:
     opts = SamplingOptions.from_args(args, base=pipe.defaults)  # what the command line leaves out: the model's
     pipe.check(prompts, opts, *([args.clip_xt_chain] if args.clip_xt_iters else []))
     tag = ModelTag.of(model, loras, embs)
-    for warning in prompt_warnings(args.prompts, pipe.spec.vocabulary, tag.name):
+    for warning in prompt_warnings(args.prompts, pipe.spec.vocabulary, tag.name, args.literal):
         print(warning, file=sys.stderr)
     if getattr(pipe, "variable_size", False):
         pipe.at_size(*sd_size)
@@ -101,7 +101,7 @@ def generate(args) -> None:
     control = control_from_args(args, pipe, control_folder)
     guide, noise = guidance_from_args(args, prompts)
     req = Txt2ImgRequest(prompts, seeds_from_args(args.seed, len(prompts)), opts, guide, None, noise, layout,
-                         args.boxes_in_uncond, x_T, upscale, args.batch_size, control)
+                         args.boxes_in_uncond, x_T, upscale, args.batch_size, control, args.literal)
     start = time.time()
     done = write_images(txt2img(pipe, req, tag, progress=True), args.out, len(prompts),
                         columns=args.num_images if len(args.prompts) > 1 else None)

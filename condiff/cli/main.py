@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     '(default for a layout2image model: its layout stage predicts the boxes)')
     g.add_argument("--boxes", help='grounding (a model trained with boxes): JSON [{"phrase": "a red circle", "box": [x0, y0, x1, y1]}, ...] in [0, 1]')
     g.add_argument("--boxes-in-uncond", action="store_true", help="CFG's unconditional branch sees the boxes too")
+    g.add_argument("--literal", action="store_true", help="read the prompt as written: no colour word the model "
+                   "never saw read as the nearest colour it knows")
     g.add_argument("--from-noise", help="start from a saved x_T (edit invert --save-noise) instead of the seed's noise")
     g.add_argument("-n", "--num-images", type=positive_int, default=1, help="images per prompt")
     g.add_argument("--size", type=int, help="output side: the model's (64) or, through the upsampler cascade, 128 or 256; "

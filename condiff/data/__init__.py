@@ -26,6 +26,7 @@ class DataConfig:
     resolution: int = 32
     exclude_held_out: bool = True  # world: never show the held-out (colour, shape) pairs
     paraphrase: float = 0.0  # world: the share of captions said by a training-list paraphrase (world/language.py)
+    paraphrase_list: int = 1  # world: which version of the training list (1: one synonym a word; 2: several)
     memory_limit_mb: int = 2048  # imagefolder: decode into memory up to this size, else read from disk per batch
 
 
@@ -36,7 +37,7 @@ def source_of(path: str) -> Source:
 
 def make_dataset(cfg: DataConfig):
     if Source(cfg.source) is Source.WORLD:
-        return WorldStream(cfg.resolution, cfg.exclude_held_out, cfg.paraphrase)
+        return WorldStream(cfg.resolution, cfg.exclude_held_out, cfg.paraphrase, cfg.paraphrase_list)
     if not cfg.path:
         raise ValueError(f"data.path is required for source '{Source(cfg.source).value}'")
     if Source(cfg.source) is Source.SHARDS:

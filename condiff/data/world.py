@@ -13,9 +13,11 @@ from ..world.render import layout, render, scene_boxes, to_uint8
 class WorldStream:
     """batch(seed, step, size) renders fresh captioned scenes; the same (seed, step) gives the same batch."""
 
-    def __init__(self, resolution: int = 32, exclude_held_out: bool = True, paraphrase: float = 0.0):
+    def __init__(self, resolution: int = 32, exclude_held_out: bool = True, paraphrase: float = 0.0,
+                 paraphrase_list: int = 1):
         self.resolution, self.exclude_held_out, self.paraphrase = resolution, exclude_held_out, paraphrase
-        self.vocab = sorted(set(VOCABULARY) | (set(training_words()) if paraphrase else set()))
+        self.paraphrase_list = paraphrase_list
+        self.vocab = sorted(set(VOCABULARY) | (set(training_words(paraphrase_list)) if paraphrase else set()))
 
     def raw(self, seed: int, step: int, size: int) -> tuple[list, ...]:
         """The cheap, CPU-side part of a batch (layouts, captions; with paraphrases, each one's object phrases or
@@ -26,7 +28,7 @@ class WorldStream:
         if not self.paraphrase:
             return layouts, [s.caption for s in specs]
         said_rng = random.Random(f"world/{seed}/{step}/paraphrase")
-        said = [paraphrase(s, said_rng) if said_rng.random() < self.paraphrase else None for s in specs]
+        said = [paraphrase(s, said_rng, version=self.paraphrase_list) if said_rng.random() < self.paraphrase else None for s in specs]
         return (layouts, [p.caption if p else s.caption for p, s in zip(said, specs)],
                 [p.phrases if p else None for p in said])
 

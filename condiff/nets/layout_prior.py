@@ -5,6 +5,10 @@ six tokens: the start and end of the object's phrase as caption-token indices, t
 `bins` levels; then <eos>. Decoding is constrained to that grammar of token types, and sampling with a seeded
 generator gives varied layouts. Phrases are read back as the caption's text between the span's character offsets,
 so generation never parses the caption: the world's grammar only made the training targets (see targets()).
+
+With `pointer` (Vinyals et al. 2015's pointer networks), a span index's logit is the match of the decoder's query
+with that caption token's state, not a learned logit for the index: the prior points at the words it means wherever
+they are, so a sentence form it never saw ("you can see a red circle ...") does not shift its spans onto other words.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ class LayoutPriorConfig:
     bins: int = 64  # box coordinates quantised to bins levels in [0, 1]
     max_text: int = 32  # caption tokens (the text encoder's max_length)
     max_objects: int = 4
+    pointer: bool = False  # span indices by pointing at the caption's tokens (else: an output class per index)
 
     @property
     def vocab(self) -> int:
@@ -55,6 +60,8 @@ class LayoutPrior(nn.Module):
                                            batch_first=True, norm_first=True)
         self.decoder = nn.TransformerDecoder(layer, cfg.layers)
         self.out = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.vocab))
+        if cfg.pointer:
+            self.query, self.key = nn.Linear(cfg.width, cfg.width), nn.Linear(cfg.context_dim, cfg.width)
 
     def logits(self, tokens: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         """(B, S) input tokens (starting with <bos>) -> (B, S, vocab) next-token logits."""
@@ -66,7 +73,20 @@ class LayoutPrior(nn.Module):
         # whose shape check imports sympy (0.5 s of a cold generate)
         pad = (~context_mask)[:, None, None, :].expand(B, heads, S, L).reshape(B * heads, S, L)
         h = self.decoder(h, self.memory(context), tgt_mask=causal, memory_mask=pad)
-        return self.out(h)
+        logits = self.out(h)
+        if self.cfg.pointer:
+            logits = self.point(logits, self.out[0](h), context, context_mask)
+        return logits
+
+    def point(self, logits: torch.Tensor, h: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor):
+        """logits with each span index's replaced by q(h) . k(token state) / sqrt(width); padding and indices past
+        the caption get -1e4 (the decoding grammar never allows them)."""
+        cfg, L = self.cfg, context.shape[1]
+        match = self.query(h) @ self.key(context).transpose(1, 2) / cfg.width ** 0.5  # (B, S, L)
+        match = match.masked_fill(~context_mask[:, None, :], -1e4)
+        past = match.new_full((*match.shape[:2], cfg.max_text - L), -1e4)
+        return torch.cat([logits[..., :cfg.bins], match.to(logits.dtype), past.to(logits.dtype),
+                          logits[..., cfg.bins + cfg.max_text:]], dim=-1)
 
     def loss(self, targets: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of target sequences (B, S) (padding -100 after <eos>) under teacher forcing."""

@@ -27,6 +27,7 @@ from ..png import format_parameters
 from ..world.render import to_uint8
 from .editing import img2img, inpaint, leakage
 from .guidance import GuidanceOptions, NoiseOptimization, make_guide, make_initializer
+from .lexicon import read_colours
 from .text2image import Text2ImagePipeline
 from .upsample import StageRun, UpsamplePipeline, cascade
 
@@ -117,6 +118,7 @@ class Txt2ImgRequest:
     upscale: Upscale | None = None
     batch_size: int = 32
     control: Control | None = None  # a control map (the pipeline's denoiser reads it: pipelines.controlnet)
+    literal: bool = False  # read the prompts as written: no colour-name lookup (lexicon.py)
 
 
 @dataclass
@@ -128,6 +130,7 @@ class Img2ImgRequest:
     opts: SamplingOptions
     strength: float = 0.6  # 0 returns the input, 1 is text to image
     batch_size: int = 32
+    literal: bool = False
 
 
 @dataclass
@@ -142,6 +145,7 @@ class InpaintRequest:
     resample: Resample = field(default_factory=Resample)  # RePaint's jumps
     paste_back: bool = True  # the input's own pixels outside the mask
     batch_size: int = 32
+    literal: bool = False
 
 
 def sampling_parameters(opts: SamplingOptions, seed: int, pixels: np.ndarray, model: ModelTag) -> dict:
@@ -182,6 +186,12 @@ def guidance_parameters(req: Txt2ImgRequest) -> dict:
     return params
 
 
+def said(pipe: Text2ImagePipeline, prompts: list[str], literal: bool = False) -> list[str]:
+    """The prompts as the model reads them: a colour word it never saw, by the nearest colour it knows (lexicon.py).
+    The images' infotext keeps the prompts as written; reading them again gives the same words."""
+    return list(prompts) if literal else [read_colours(p, pipe.spec.vocabulary)[0] for p in prompts]
+
+
 def boxes_for(pipe: Text2ImagePipeline, req: Txt2ImgRequest) -> list[list[dict]] | None:
     """Each image's boxes: the request's layout, none for an inverted x_T, else the model's layout stage (if any),
     moved onto the objects of the control map when there is one."""
@@ -209,7 +219,8 @@ def txt2img(pipe: Text2ImagePipeline, req: Txt2ImgRequest, model: ModelTag, prog
     n = len(req.prompts)
     for i in tqdm(range(0, n, req.batch_size), disable=not progress, desc="generating", unit="batch"):
         prompts, seeds = req.prompts[i:i + req.batch_size], req.seeds[i:i + req.batch_size]
-        batch = replace(req, prompts=prompts, seeds=seeds, x_T=None if req.x_T is None else req.x_T[i:i + len(seeds)])
+        read = said(pipe, prompts, req.literal)
+        batch = replace(req, prompts=read, seeds=seeds, x_T=None if req.x_T is None else req.x_T[i:i + len(seeds)])
         boxes = boxes_for(pipe, batch)
         g = {} if boxes is None else {"boxes": boxes, "boxes_in_uncond": req.boxes_in_uncond}
         if batch.x_T is not None:
@@ -222,9 +233,9 @@ def txt2img(pipe: Text2ImagePipeline, req: Txt2ImgRequest, model: ModelTag, prog
                 g |= {"cond_only": m | {"control_on": on}, "uncond_only": m | {"control_on": ~on}}
             else:
                 g |= m
-        images = pipe(prompts, seeds, req.opts, callback=callback, guide=guide, init=init, **g).cpu()
+        images = pipe(read, seeds, req.opts, callback=callback, guide=guide, init=init, **g).cpu()
         if req.upscale:
-            images = cascade(images, prompts, seeds, req.upscale.stages, req.upscale.runs, progress=progress,
+            images = cascade(images, read, seeds, req.upscale.stages, req.upscale.runs, progress=progress,
                              callback=callback)
         yield results(images, prompts, seeds, req.opts, model, extra, boxes)
 
@@ -249,7 +260,7 @@ def edit_img2img(pipe: Text2ImagePipeline, req: Img2ImgRequest, model: ModelTag,
     extra = {"Denoising strength": req.strength, "Edit": "img2img"}
     for seeds in _batches(req.seeds, req.batch_size):
         x = req.image.expand(len(seeds), -1, -1, -1)
-        out = img2img(pipe, [req.prompt] * len(seeds), x, seeds, req.opts, req.strength, callback=callback)
+        out = img2img(pipe, said(pipe, [req.prompt], req.literal) * len(seeds), x, seeds, req.opts, req.strength, callback=callback)
         yield results(out, [req.prompt] * len(seeds), seeds, req.opts, model, extra)
 
 
@@ -261,7 +272,7 @@ def edit_inpaint(pipe: Text2ImagePipeline, req: InpaintRequest, model: ModelTag,
     for seeds in _batches(req.seeds, req.batch_size):
         n = len(seeds)
         x, m = req.image.expand(n, -1, -1, -1), req.mask.expand(n, -1, -1, -1)
-        raw, method = inpaint(pipe, [req.prompt] * n, x, m, seeds, req.opts, req.method, paste_back=False,
+        raw, method = inpaint(pipe, said(pipe, [req.prompt], req.literal) * n, x, m, seeds, req.opts, req.method, paste_back=False,
                               resample=req.resample, callback=callback)
         if extra is None:
             extra = {"Edit": f"inpaint ({method})", "Mask pixels": int(req.mask.sum()), "Paste back": req.paste_back}

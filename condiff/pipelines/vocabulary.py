@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from .lexicon import read_colours, read_note
+
 FUNCTION_WORDS = frozenset("a an the of and to with in on at is are there this that it its".split())
 EXAMPLES = 4  # known words the warning names
 
@@ -49,10 +51,15 @@ def unknown_prompt_warning(prompt: str, vocabulary: list[str] | None, model: str
             f"{len(known)} words include {examples}); the image will not follow it")
 
 
-def prompt_warnings(prompts: Iterable[str], vocabulary: list[str] | None, model: str) -> list[str]:
-    """One warning per distinct prompt that names nothing the model knows, in prompt order."""
-    found = (unknown_prompt_warning(p, vocabulary, model) for p in dict.fromkeys(prompts))
-    return [w for w in found if w is not None]
+def prompt_warnings(prompts: Iterable[str], vocabulary: list[str] | None, model: str,
+                    literal: bool = False) -> list[str]:
+    """Per distinct prompt, in prompt order: the note naming the colour words read as others (lexicon.py; none when
+    literal), then the warning if the prompt as read names nothing the model knows."""
+    out = []
+    for p in dict.fromkeys(prompts):
+        read, replaced = (p, []) if literal else read_colours(p, vocabulary)
+        out += [w for w in (read_note(replaced), unknown_prompt_warning(read, vocabulary, model)) if w is not None]
+    return out
 
 
 __all__ = ["FUNCTION_WORDS", "content_words", "prompt_warnings", "unknown_prompt_warning", "vocabulary_of", "words"]

@@ -4,8 +4,12 @@ A paraphrase is made from a PromptSpec, so the grammar caption it stands for (it
 judges an image against that spec, whatever the words. Every sentence form, relation phrasing and synonym below is in
 one of two lists (docs/language.md):
 
-- TRAIN: what a model may be trained on (`data.paraphrase` in a training config);
-- HELD_OUT: never in training; the language suite's held-out half measures what the frozen encoder carries over.
+- TRAIN: what a model may be trained on (`data.paraphrase` in a training config). It has two versions
+  (`data.paraphrase_list`): list 1 gives each word one synonym, list 2 adds several more of each kind (MORE_*), so
+  that a model must read a word through the encoder's sense of it rather than learn one token. The language suite's
+  training half always draws from list 1, so its figures compare across versions;
+- HELD_OUT: never in training, in either version; the language suite's held-out half measures what the frozen
+  encoder carries over.
 
 A paraphrase also gives each object's phrase as the exact text of the caption that names it ("a crimson disc",
 "navy boxes" for counted objects), which is what the layout prior learns to point at and the grounded UNet reads.
@@ -40,6 +44,23 @@ FORMS = {  # category -> (training sentence forms, held-out forms); {a}, {b}: ob
 }
 GRAMMAR_FORMS = {Category.SINGLE: "{a}", Category.COUNTING: "{n} {p}", Category.TWO_OBJECTS: "{a} and {b}",
                  Category.POSITION: "{a} {r} {b}"}
+# Training list 2: list 1's choices plus these (a thesaurus's common synonyms; none is a held-out word or shares one)
+MORE_COLOURS = {"red": ("ruby", "cherry", "vermilion"), "green": ("jade", "mint", "grassy"),
+                "blue": ("cobalt", "sapphire", "ultramarine"), "yellow": ("canary", "mustard", "sunflower"),
+                "purple": ("plum", "lavender", "amethyst"), "orange": ("apricot", "pumpkin", "marigold"),
+                "cyan": ("teal", "peacock"), "white": ("pearl", "cream", "milky", "alabaster")}
+MORE_SHAPES = {"circle": ("ball", "orb", "sphere"), "square": ("cube", "tile"), "triangle": ("cone", "spike")}
+MORE_SIZES = {"small": ("mini", "petite", "miniature"), "large": ("giant", "massive", "enormous")}
+MORE_NUMBERS = {"two": ("a couple of", "twin"), "three": ("a group of three",), "four": ("a group of four",)}
+MORE_RELATIONS = {Relation.LEFT_OF: ("at the left of", "west of"), Relation.RIGHT_OF: ("at the right of", "east of"),
+                  Relation.ABOVE: ("atop", "north of"), Relation.BELOW: ("underneath", "south of")}
+MORE_FORMS = {Category.SINGLE: ("a photo of {a}", "a drawing of {a}", "{a} alone"),
+              Category.COUNTING: ("a picture of {n} {p}", "exactly {n} {p}"),
+              Category.TWO_OBJECTS: ("{a} plus {b}", "both {a} and {b}", "{a} together with {b}"),
+              Category.POSITION: ("{a} sits {r} {b}", "{a} is located {r} {b}", "a picture of {a} {r} {b}")}
+_MORE = {id(COLOUR_SYNONYMS): MORE_COLOURS, id(SHAPE_SYNONYMS): MORE_SHAPES, id(SIZE_SYNONYMS): MORE_SIZES,
+         id(NUMBER_SYNONYMS): MORE_NUMBERS}
+TRAINING_LISTS = (1, 2)
 SYNONYM_P = 0.5  # each replaceable word is said by its split's synonym with this probability
 
 
@@ -54,40 +75,56 @@ def plural(noun: str) -> str:
     return noun + "es" if noun.endswith(("x", "s", "ch", "sh")) else noun + "s"
 
 
-def _word(word: str, table: dict, split: str, rng: random.Random) -> str:
-    """The grammar word, or with probability SYNONYM_P its synonym from the split's list."""
-    return table[word][SPLITS.index(split)] if rng.random() < SYNONYM_P else word
+def _word(word: str, table: dict, split: str, rng: random.Random, version: int) -> str:
+    """The grammar word, or with probability SYNONYM_P a synonym from the split's list (version 1 of the training
+    list has one a word, and draws no choice, so its stream is what it always was)."""
+    if rng.random() >= SYNONYM_P:
+        return word
+    if split == "held_out" or version == 1:
+        return table[word][SPLITS.index(split)]
+    return rng.choice((table[word][0],) + _MORE[id(table)][word])
 
 
-def _object_words(o: ObjectSpec, split: str, rng: random.Random) -> list[str]:
-    size = [_word(o.size, SIZE_SYNONYMS, split, rng)] if o.size else []
-    return size + [_word(o.colour, COLOUR_SYNONYMS, split, rng), _word(o.shape, SHAPE_SYNONYMS, split, rng)]
+def _object_words(o: ObjectSpec, split: str, rng: random.Random, version: int) -> list[str]:
+    size = [_word(o.size, SIZE_SYNONYMS, split, rng, version)] if o.size else []
+    return size + [_word(o.colour, COLOUR_SYNONYMS, split, rng, version),
+                   _word(o.shape, SHAPE_SYNONYMS, split, rng, version)]
 
 
-def _phrase(o: ObjectSpec, split: str, rng: random.Random) -> str:
-    words = _object_words(o, split, rng)
+def _phrase(o: ObjectSpec, split: str, rng: random.Random, version: int) -> str:
+    words = _object_words(o, split, rng, version)
     return f"{article(words[0])} {' '.join(words)}"
 
 
-def paraphrase(spec: PromptSpec, rng: random.Random, split: str = "train", grammar_form: bool = True) -> Paraphrase:
-    """spec said with the split's forms, phrasings and synonyms (train: the grammar's own form is one of the choices
-    unless grammar_form=False; held_out: a held-out form always)."""
+def _check(split: str, version: int) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}' (known: {', '.join(SPLITS)})")
+    if version not in TRAINING_LISTS:
+        raise ValueError(f"unknown training list {version} (known: {', '.join(map(str, TRAINING_LISTS))})")
+
+
+def paraphrase(spec: PromptSpec, rng: random.Random, split: str = "train", grammar_form: bool = True,
+               version: int = 1) -> Paraphrase:
+    """spec said with the split's forms, phrasings and synonyms (train: from training list `version`, and the
+    grammar's own form is one of the choices unless grammar_form=False; held_out: a held-out form always)."""
+    _check(split, version)
     i = SPLITS.index(split)
-    forms = FORMS[spec.category][i] + ((GRAMMAR_FORMS[spec.category],) if split == "train" and grammar_form else ())
+    more = split == "train" and version == 2
+    forms = (FORMS[spec.category][i] + (MORE_FORMS[spec.category] if more else ())
+             + ((GRAMMAR_FORMS[spec.category],) if split == "train" and grammar_form else ()))
     form = rng.choice(forms)
     if spec.category is Category.COUNTING:
         o = spec.objects[0]
         number = {v: k for k, v in NUMBERS.items()}[len(spec.objects)]
-        colour, shape = _object_words(o, split, rng)
+        colour, shape = _object_words(o, split, rng, version)
         p = f"{colour} {plural(shape)}"
-        n = _word(number, NUMBER_SYNONYMS, split, rng)
+        n = _word(number, NUMBER_SYNONYMS, split, rng, version)
         return Paraphrase(form.format(n=n, p=p), spec, (p,) * len(spec.objects))
-    phrases = tuple(_phrase(o, split, rng) for o in spec.objects)
+    phrases = tuple(_phrase(o, split, rng, version) for o in spec.objects)
     r = ""
     if spec.relation is not None:
-        choices = RELATION_PHRASES[spec.relation][i] + ((spec.relation.value,) if split == "train" else ())
+        choices = (RELATION_PHRASES[spec.relation][i] + (MORE_RELATIONS[spec.relation] if more else ())
+                   + ((spec.relation.value,) if split == "train" else ()))
         r = rng.choice(choices) if rng.random() < SYNONYM_P or split == "held_out" else spec.relation.value
     caption = form.format(a=phrases[0], b=phrases[-1], r=r)
     return Paraphrase(caption, spec, phrases)
@@ -107,15 +144,24 @@ def language_suite(split: str, n: int) -> list[Paraphrase]:
     return out
 
 
-def training_words() -> list[str]:
-    """Every word a paraphrase of the training split can use, beyond the grammar's."""
-    words = {w for table in (COLOUR_SYNONYMS, SHAPE_SYNONYMS, SIZE_SYNONYMS, NUMBER_SYNONYMS)
-             for syn in table.values() for w in syn[0].split()}
-    words |= {plural(s[0]) for s in SHAPE_SYNONYMS.values()}
-    words |= {w for phr in RELATION_PHRASES.values() for p in phr[0] for w in p.split()}
-    words |= {w for forms in FORMS.values() for f in forms[0] for w in f.split() if not w.startswith("{")}
+def training_words(version: int = 1) -> list[str]:
+    """Every word a paraphrase of training list `version` can use, beyond the grammar's."""
+    _check("train", version)
+    tables = (COLOUR_SYNONYMS, SHAPE_SYNONYMS, SIZE_SYNONYMS, NUMBER_SYNONYMS)
+    said = {syn[0] for table in tables for syn in table.values()}
+    relations = {p for phr in RELATION_PHRASES.values() for p in phr[0]}
+    forms = {f for fs in FORMS.values() for f in fs[0]}
+    if version == 2:
+        said |= {w for table in tables for more in _MORE[id(table)].values() for w in more}
+        relations |= {p for more in MORE_RELATIONS.values() for p in more}
+        forms |= {f for fs in MORE_FORMS.values() for f in fs}
+    shapes = [SHAPE_SYNONYMS[s][0] for s in SHAPE_SYNONYMS] + [w for s in MORE_SHAPES for w in MORE_SHAPES[s]
+                                                               if version == 2]
+    words = {w for phrase in said | relations for w in phrase.split()} | {plural(s) for s in shapes}
+    words |= {w for f in forms for w in f.split() if not w.startswith("{")}
     return sorted(words)
 
 
-__all__ = ["COLOUR_SYNONYMS", "FORMS", "NUMBER_SYNONYMS", "Paraphrase", "RELATION_PHRASES", "SHAPE_SYNONYMS",
-           "SIZE_SYNONYMS", "SPLITS", "language_suite", "paraphrase", "plural", "training_words"]
+__all__ = ["COLOUR_SYNONYMS", "FORMS", "MORE_COLOURS", "MORE_FORMS", "MORE_NUMBERS", "MORE_RELATIONS", "MORE_SHAPES",
+           "MORE_SIZES", "NUMBER_SYNONYMS", "Paraphrase", "RELATION_PHRASES", "SHAPE_SYNONYMS",
+           "SIZE_SYNONYMS", "SPLITS", "TRAINING_LISTS", "language_suite", "paraphrase", "plural", "training_words"]
