@@ -122,3 +122,18 @@ def test_a_pointer_prior_points_at_token_states_wherever_they_are():
         assert torch.allclose(a[..., spans][..., perm], b[..., spans], atol=1e-5) == pointer
         if pointer:  # padding and places past the caption are never pointed at
             assert (a[1, :, cfg.bins + 4:cfg.bins + cfg.max_text] <= -1e4 + 1).all()
+
+
+def test_the_shipped_pointer_prior_finds_the_objects_in_sentence_forms_it_never_saw():
+    """layout64_language's prior points at the objects' own words in held-out forms (docs/language.md), where the
+    default's index classes shift its spans onto other words ('see a cyan')."""
+    pipe = load_pipeline("condiff/weights/layout64_language")
+    assert pipe.layout_prior.cfg.pointer
+    for caption, objects in (("you can see a cyan square above a red circle", ["a cyan square", "a red circle"]),
+                             ("a purple circle along with a blue square", ["a purple circle", "a blue square"]),
+                             ("an image showing a large blue square", ["a large blue square"])):
+        layouts = pipe.layouts([caption] * 4, [0, 1, 2, 3])
+        assert all([b["phrase"] for b in layout] == objects for layout in layouts), (caption, layouts)
+    default = load_pipeline("condiff/weights/layout64")
+    shifted = default.layouts(["you can see a cyan square above a red circle"], [0])[0]
+    assert [b["phrase"] for b in shifted] != ["a cyan square", "a red circle"]

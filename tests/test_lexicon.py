@@ -1,4 +1,6 @@
 """Colour words a model never saw, read as the nearest basic colour it knows (pipelines/lexicon.py)."""
+import base64
+import io
 import json
 
 import numpy as np
@@ -71,3 +73,22 @@ def test_generate_draws_a_read_colour_word_as_the_word_it_is_read_as(tmp_path, c
     assert (pixels[0] == pixels[1]).all() and (pixels[0] != pixels[2]).any()
     assert Image.open(scarlet).text["parameters"].startswith("a scarlet circle")  # the infotext keeps the words
     assert json.loads((DEFAULT_MODEL / "pipeline.json").read_text())["vocabulary"]  # what the reading reads
+
+
+def test_the_api_reads_the_same_words_and_says_so_unless_literal():
+    from fastapi.testclient import TestClient
+
+    from condiff.ui.api import create_api
+    from condiff.ui.service import GenerationService
+
+    client = TestClient(create_api(GenerationService(DEFAULT_MODEL)))
+
+    def post(prompt, **more):
+        r = client.post("/api/txt2img", json={"prompt": prompt, "steps": 2, "seed": 5} | more)
+        assert r.status_code == 200
+        return r.json()
+
+    scarlet, red, literal = post("a scarlet circle"), post("a red circle"), post("a scarlet circle", literal=True)
+    assert scarlet["warnings"] == ["note: read 'scarlet' as 'red' (colour_names)"] and literal["warnings"] == []
+    pixels = [np.asarray(Image.open(io.BytesIO(base64.b64decode(r["images"][0])))) for r in (scarlet, red, literal)]
+    assert (pixels[0] == pixels[1]).all() and (pixels[0] != pixels[2]).any()

@@ -118,6 +118,8 @@ class Txt2ImgBody(SamplingBody):
     control_kind: str = one_of("edges", list(CONTROLNETS), "the map's kind: which shipped ControlNet reads it")
     control_scale: float = bounded(1.0, 0, 2)
     control_guess: bool = Field(False, description="guess mode: the map in CFG's conditional branch only")
+    literal: bool = Field(False, description="the prompt as written: no colour word the model never saw read as "
+                                             "the nearest colour it knows")
 
 
 class EditBody(SamplingBody):
@@ -220,14 +222,16 @@ def create_api(service: GenerationService, token: str | None = None) -> FastAPI:
     @app.post("/api/txt2img", responses=errors, openapi_extra=budget)
     async def txt2img(body: Txt2ImgBody, request: Request) -> dict:
         """Generate; returns base64 PNGs (each with its 'parameters' text chunk), their parameters and seeds, and
-        'warnings': one line when the prompt names nothing the model was trained on."""
+        'warnings': a note naming colour words read as others, and one line when the prompt names nothing the model
+        was trained on."""
         fields = body.model_dump()
         fields["control"] = _decode("control", fields["control"])
         images = await serve_request(request, lambda req, cancel: service.txt2img(req, cancel=cancel),
                                      Txt2ImgRequest(**fields))
         return {"images": [base64.b64encode(im.png).decode() for im in images],
                 "parameters": [im.parameters for im in images], "seeds": [im.seed for im in images],
-                "layouts": [im.layout for im in images], "warnings": service.prompt_warnings(body.prompt)}
+                "layouts": [im.layout for im in images],
+                "warnings": service.prompt_warnings(body.prompt, body.literal)}
 
     async def edit(body: EditBody, inpaint: bool, request: Request) -> dict:
         fields = body.model_dump()

@@ -60,6 +60,7 @@ class Txt2ImgRequest:
     control_kind: str = "edges"  # which shipped ControlNet reads it: edges or segmentation
     control_scale: float = 1.0  # multiplies the ControlNet's residuals
     control_guess: bool = False  # guess mode: the map in CFG's conditional branch only, residuals graded by depth
+    literal: bool = False  # the prompt as written: no colour word the model never saw read as one it knows
 
 
 @dataclass

@@ -79,9 +79,10 @@ def check_counts(steps, guidance_scale, num_images, seed) -> None:
 
 
 class GenerationService:
-    def prompt_warnings(self, prompt: str) -> list[str]:
-        """The one-line warning when the prompt names nothing the served model was trained on (else none)."""
-        return prompt_warnings([prompt], self.pipe.spec.vocabulary, self.model_tag.name)
+    def prompt_warnings(self, prompt: str, literal: bool = False) -> list[str]:
+        """The note naming colour words read as others, and the warning when the prompt names nothing the served
+        model was trained on (each one line; none when neither applies)."""
+        return prompt_warnings([prompt], self.pipe.spec.vocabulary, self.model_tag.name, literal)
 
     def model_info(self) -> dict:
         return {"name": self.model_tag.name, "hash": self.model_tag.hash, "family": self.pipe.family,
@@ -236,7 +237,7 @@ class GenerationService:
             guide, judge = self.guide_for(req)
             request = requests.Txt2ImgRequest(prompts, seeds, opts, guide, judge, layout=layout,
                                               upscale=self.upscale_to(int(req.size)), batch_size=MAX_IMAGES,
-                                              control=self.control_for(req))
+                                              control=self.control_for(req), literal=req.literal)
             return [self._png(g) for batch in requests.txt2img(self.pipe, request, self.model_tag,
                                                                callback=callback) for g in batch]
 
