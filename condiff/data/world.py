@@ -28,7 +28,8 @@ class WorldStream:
         if not self.paraphrase:
             return layouts, [s.caption for s in specs]
         said_rng = random.Random(f"world/{seed}/{step}/paraphrase")
-        said = [paraphrase(s, said_rng, version=self.paraphrase_list) if said_rng.random() < self.paraphrase else None for s in specs]
+        said = [paraphrase(s, said_rng, version=self.paraphrase_list) if said_rng.random() < self.paraphrase else None
+                for s in specs]
         return (layouts, [p.caption if p else s.caption for p, s in zip(said, specs)],
                 [p.phrases if p else None for p in said])
 

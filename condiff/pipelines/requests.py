@@ -258,9 +258,10 @@ def edit_img2img(pipe: Text2ImagePipeline, req: Img2ImgRequest, model: ModelTag,
                  callback: Callable[[dict], None] | None = None) -> Iterator[list[Generated]]:
     """The request's images, one batch at a time, each with its edit's parameters."""
     extra = {"Denoising strength": req.strength, "Edit": "img2img"}
+    read = said(pipe, [req.prompt], req.literal)
     for seeds in _batches(req.seeds, req.batch_size):
         x = req.image.expand(len(seeds), -1, -1, -1)
-        out = img2img(pipe, said(pipe, [req.prompt], req.literal) * len(seeds), x, seeds, req.opts, req.strength, callback=callback)
+        out = img2img(pipe, read * len(seeds), x, seeds, req.opts, req.strength, callback=callback)
         yield results(out, [req.prompt] * len(seeds), seeds, req.opts, model, extra)
 
 
@@ -269,10 +270,11 @@ def edit_inpaint(pipe: Text2ImagePipeline, req: InpaintRequest, model: ModelTag,
     """The request's images, one batch at a time; the infotext names the method that ran and, for a latent model, the
     first image's PSNR outside the mask before paste-back (the autoencoder's round trip)."""
     extra = None
+    read = said(pipe, [req.prompt], req.literal)
     for seeds in _batches(req.seeds, req.batch_size):
         n = len(seeds)
         x, m = req.image.expand(n, -1, -1, -1), req.mask.expand(n, -1, -1, -1)
-        raw, method = inpaint(pipe, said(pipe, [req.prompt], req.literal) * n, x, m, seeds, req.opts, req.method, paste_back=False,
+        raw, method = inpaint(pipe, read * n, x, m, seeds, req.opts, req.method, paste_back=False,
                               resample=req.resample, callback=callback)
         if extra is None:
             extra = {"Edit": f"inpaint ({method})", "Mask pixels": int(req.mask.sum()), "Paste back": req.paste_back}

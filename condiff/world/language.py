@@ -58,8 +58,6 @@ MORE_FORMS = {Category.SINGLE: ("a photo of {a}", "a drawing of {a}", "{a} alone
               Category.COUNTING: ("a picture of {n} {p}", "exactly {n} {p}"),
               Category.TWO_OBJECTS: ("{a} plus {b}", "both {a} and {b}", "{a} together with {b}"),
               Category.POSITION: ("{a} sits {r} {b}", "{a} is located {r} {b}", "a picture of {a} {r} {b}")}
-_MORE = {id(COLOUR_SYNONYMS): MORE_COLOURS, id(SHAPE_SYNONYMS): MORE_SHAPES, id(SIZE_SYNONYMS): MORE_SIZES,
-         id(NUMBER_SYNONYMS): MORE_NUMBERS}
 TRAINING_LISTS = (1, 2)
 SYNONYM_P = 0.5  # each replaceable word is said by its split's synonym with this probability
 
@@ -75,20 +73,21 @@ def plural(noun: str) -> str:
     return noun + "es" if noun.endswith(("x", "s", "ch", "sh")) else noun + "s"
 
 
-def _word(word: str, table: dict, split: str, rng: random.Random, version: int) -> str:
-    """The grammar word, or with probability SYNONYM_P a synonym from the split's list (version 1 of the training
-    list has one a word, and draws no choice, so its stream is what it always was)."""
+def _word(word: str, table: dict, more: dict, split: str, rng: random.Random, version: int) -> str:
+    """The grammar word, or with probability SYNONYM_P a synonym from the split's list: table's (list 1, held-out),
+    or on training list 2 one of table's list-1 synonym and more's (list 1 has one a word, and draws no choice, so
+    its stream is what it always was)."""
     if rng.random() >= SYNONYM_P:
         return word
     if split == "held_out" or version == 1:
         return table[word][SPLITS.index(split)]
-    return rng.choice((table[word][0],) + _MORE[id(table)][word])
+    return rng.choice((table[word][0],) + more[word])
 
 
 def _object_words(o: ObjectSpec, split: str, rng: random.Random, version: int) -> list[str]:
-    size = [_word(o.size, SIZE_SYNONYMS, split, rng, version)] if o.size else []
-    return size + [_word(o.colour, COLOUR_SYNONYMS, split, rng, version),
-                   _word(o.shape, SHAPE_SYNONYMS, split, rng, version)]
+    size = [_word(o.size, SIZE_SYNONYMS, MORE_SIZES, split, rng, version)] if o.size else []
+    return size + [_word(o.colour, COLOUR_SYNONYMS, MORE_COLOURS, split, rng, version),
+                   _word(o.shape, SHAPE_SYNONYMS, MORE_SHAPES, split, rng, version)]
 
 
 def _phrase(o: ObjectSpec, split: str, rng: random.Random, version: int) -> str:
@@ -118,7 +117,7 @@ def paraphrase(spec: PromptSpec, rng: random.Random, split: str = "train", gramm
         number = {v: k for k, v in NUMBERS.items()}[len(spec.objects)]
         colour, shape = _object_words(o, split, rng, version)
         p = f"{colour} {plural(shape)}"
-        n = _word(number, NUMBER_SYNONYMS, split, rng, version)
+        n = _word(number, NUMBER_SYNONYMS, MORE_NUMBERS, split, rng, version)
         return Paraphrase(form.format(n=n, p=p), spec, (p,) * len(spec.objects))
     phrases = tuple(_phrase(o, split, rng, version) for o in spec.objects)
     r = ""
@@ -147,16 +146,17 @@ def language_suite(split: str, n: int) -> list[Paraphrase]:
 def training_words(version: int = 1) -> list[str]:
     """Every word a paraphrase of training list `version` can use, beyond the grammar's."""
     _check("train", version)
-    tables = (COLOUR_SYNONYMS, SHAPE_SYNONYMS, SIZE_SYNONYMS, NUMBER_SYNONYMS)
-    said = {syn[0] for table in tables for syn in table.values()}
+    said = {syn[0] for table in (COLOUR_SYNONYMS, SHAPE_SYNONYMS, SIZE_SYNONYMS, NUMBER_SYNONYMS)
+            for syn in table.values()}
+    shapes = {syn[0] for syn in SHAPE_SYNONYMS.values()}
     relations = {p for phr in RELATION_PHRASES.values() for p in phr[0]}
     forms = {f for fs in FORMS.values() for f in fs[0]}
     if version == 2:
-        said |= {w for table in tables for more in _MORE[id(table)].values() for w in more}
+        said |= {w for more in (MORE_COLOURS, MORE_SHAPES, MORE_SIZES, MORE_NUMBERS)
+                 for ws in more.values() for w in ws}
+        shapes |= {w for ws in MORE_SHAPES.values() for w in ws}
         relations |= {p for more in MORE_RELATIONS.values() for p in more}
         forms |= {f for fs in MORE_FORMS.values() for f in fs}
-    shapes = [SHAPE_SYNONYMS[s][0] for s in SHAPE_SYNONYMS] + [w for s in MORE_SHAPES for w in MORE_SHAPES[s]
-                                                               if version == 2]
     words = {w for phrase in said | relations for w in phrase.split()} | {plural(s) for s in shapes}
     words |= {w for f in forms for w in f.split() if not w.startswith("{")}
     return sorted(words)
